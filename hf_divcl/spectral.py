@@ -301,15 +301,22 @@ def infonce_loss(
     positives: torch.Tensor,
     temperature: float,
     negatives: torch.Tensor | None = None,
+    *,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """Per-anchor InfoNCE loss ``−log softmax([a, c]/τ)[0]`` on unit-normalised inputs, shape `(..., B)`.
+    """Per-anchor InfoNCE loss ``−log softmax([a, c]/τ)[0]``, shape `(..., B)`.
 
     Same conventions as :func:`gradient_bands` (in-batch positives as negatives unless `negatives` is given).
+    With ``normalize=False`` the inputs are used as given (already unit rows), so that autograd returns the
+    gradient w.r.t. the unit anchor itself rather than its projection through the normalisation.
     """
-    u, v = _normalize(_float_dtype(anchors)), _normalize(_float_dtype(positives))
+    u, v = _float_dtype(anchors), _float_dtype(positives)
+    if normalize:
+        u, v = _normalize(u), _normalize(v)
     a = (u * v).sum(-1)
     neg_logits = _negative_logits(u, v, negatives, temperature)[0]
-    return torch.logaddexp(torch.logsumexp(neg_logits, -1), a / temperature) - a / temperature
+    # ℓ = log(1 + Σ_j exp((c_j − a)/τ)): exact for tiny losses, and its autograd never forms 1 − p₊ by cancellation.
+    return F.softplus(torch.logsumexp(neg_logits - (a / temperature).unsqueeze(-1), dim=-1))
 
 
 def _negative_logits(u, v, negatives, tau):
@@ -381,12 +388,11 @@ def gradient_bands(
 
     a = (u * v).sum(-1)  # (..., B) alignment
     neg_logits, cos, z = _negative_logits(u, v, negatives, tau)  # (..., B, K)
-    pos_logit = a / tau
-    lse_neg = torch.logsumexp(neg_logits, dim=-1)
-    lse_all = torch.logaddexp(lse_neg, pos_logit)
-    # 1 − p₊ from logs, never as 1 − p₊ (which cancels catastrophically when the positive dominates).
-    one_minus_p = torch.exp(lse_neg - lse_all)
-    p_pos = torch.exp(pos_logit - lse_all)
+    # x = log Σ_j exp((c_j − a)/τ); then 1 − p₊ = σ(x), p₊ = σ(−x), ℓ = softplus(x) — never 1 − p₊ by
+    # subtraction, which cancels catastrophically when the positive takes nearly all the mass (small τ).
+    x = torch.logsumexp(neg_logits - (a / tau).unsqueeze(-1), dim=-1)
+    one_minus_p = torch.sigmoid(x)
+    p_pos = torch.sigmoid(-x)
     q = torch.softmax(neg_logits, dim=-1)  # (..., B, K) softmax over negatives only
 
     m = (q.unsqueeze(-2) @ z).squeeze(-2) if z.ndim == u.ndim + 1 else q @ z  # (..., B, d)
@@ -421,7 +427,7 @@ def gradient_bands(
         spread_lower=spread_lower, spread_upper=spread_upper, alignment_lower=alignment_lower,
         spectral_lower=spectral_lower, spectral_upper=spectral_upper,
         scale=scale, p_pos=p_pos, v_q=v_q, k_eff=k_eff, m_minus_v=m_minus_v, alignment=a,
-        lambda_max_neg=lam, loss=lse_all - pos_logit,
+        lambda_max_neg=lam, loss=F.softplus(x),
         nt_xent_loss=nt_loss, nt_xent_grad_norm=nt_grad, nt_xent_grad_upper=nt_upper,
         temperature=float(tau.detach()) if isinstance(tau, torch.Tensor) else float(tau),
     )

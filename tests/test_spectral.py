@@ -16,7 +16,7 @@ TAUS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 F64 = torch.float64
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # float64 references
 
 
@@ -73,7 +73,7 @@ def rel_err(x, ref):
     return ((x - ref).abs() / ref.abs().clamp_min(1e-300)).max().item()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # exact gradient == autograd
 
 
@@ -140,7 +140,7 @@ def test_leading_batch_dimensions_equal_separate_calls():
         assert torch.allclose(div["effective_rank"][r], batch_diversity(u[r])["effective_rank"], rtol=1e-12)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # batch-level NT-Xent
 
 
@@ -193,7 +193,7 @@ def test_perfectly_orthogonal_batch_is_finite_and_maximally_diverse():
     assert div["mean_sq_cosine"].item() == pytest.approx(0.0, abs=1e-15)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # bands hold everywhere (property-based)
 
 
@@ -269,7 +269,7 @@ def test_gradient_matches_autograd_on_random_geometries(data, b, d, tau, seed):
     assert ((got - ref).abs() <= 1e-8 * ref + 1e-12 / tau).all()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # diversity
 
 
@@ -329,7 +329,7 @@ def test_learnable_temperature_tensor_is_accepted():
     assert torch.allclose(gradient_bands(x, x, t).grad_norm, gradient_bands(x, x, 0.1).grad_norm)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # bad input
 
 
@@ -383,5 +383,5 @@ def test_batch_diversity_rejects_bad_input_clearly(kwargs, match):
 
 
 def test_non_tensor_input_is_a_type_error():
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         batch_diversity([[1.0, 0.0], [0.0, 1.0]])

@@ -1,0 +1,59 @@
+"""The ``hf-divcl`` command line: ``hf-divcl diagnose [--config x.yaml] [--flags]``.
+
+Heavy libraries (torch, transformers) are imported only inside the command that needs them, so ``--help``
+answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import add_dataclass_arguments, config_from_args
+
+__all__ = ["main"]
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import DiagnoseConfig, format_report, run_diagnose
+
+    cfg = config_from_args(DiagnoseConfig, args)
+    report = run_diagnose(cfg, progress=not args.quiet)
+    print(format_report(report))
+    if cfg.plot:
+        print(f"\nplot written to {cfg.plot}")
+    if cfg.output_json:
+        print(f"report written to {cfg.output_json}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .diagnose import DiagnoseConfig
+
+    parser = argparse.ArgumentParser(prog="hf-divcl", description="Diversity-window batches for contrastive "
+                                     "encoders: measure batch diversity and InfoNCE gradient bands.")
+    parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("diagnose", help="Embed random and diversity-controlled batches with a model and report "
+                       "diversity, measured vs. predicted gradient norms and the gradient-vs-diversity curve.")
+    p.add_argument("--config", help="YAML file with DiagnoseConfig fields; command-line flags override it.")
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_dataclass_arguments(p, DiagnoseConfig)
+    p.set_defaults(func=_diagnose)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
+        print(f"hf-divcl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
