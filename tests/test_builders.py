@@ -1,0 +1,157 @@
+"""Epoch planning: partitions, duplicates, determinism, windows and clear errors, for every builder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_divcl.builders import BUILDERS, ClusterBuilder, duplicate_groups, get_builder, plan_epoch
+from hf_divcl.window import DiversityWindow
+
+ALL = sorted(BUILDERS)
+
+
+def clustered(n=3000, d=48, k=40, spread=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=gen)
+    lab = torch.randint(k, (n,), generator=gen)
+    return F.normalize(centres[lab] + spread * torch.randn(n, d, generator=gen), dim=-1)
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return clustered()
+
+
+@pytest.fixture(scope="module")
+def window(bank):
+    """A window around random batches' diversity: feasible for every builder."""
+    plan = plan_epoch(bank, 32, builder="random", seed=123)
+    v = plan.values[:-1]
+    return DiversityWindow(v.mean().item() - 2 * v.std().item(), v.mean().item() + 2 * v.std().item())
+
+
+def flat(plan):
+    return torch.cat(plan.batches)
+
+
+@pytest.mark.parametrize("builder", ALL)
+@pytest.mark.parametrize("n,b,drop_last", [(3000, 32, False), (3000, 32, True), (3001, 64, False), (100, 7, False)])
+def test_every_row_exactly_once_per_epoch(bank, builder, n, b, drop_last):
+    x = bank if n <= bank.shape[0] else torch.cat([bank, bank[:1]])
+    x = x[:n]
+    wide = DiversityWindow(1, b)
+    plan = plan_epoch(x, b, builder=builder, window=wide, seed=1, drop_last=drop_last)
+    rows = flat(plan)
+    n_full = n // b
+    sizes = [bt.numel() for bt in plan.batches]
+    assert sizes[:n_full] == [b] * n_full
+    if drop_last or n % b == 0:
+        assert len(plan) == n_full and rows.numel() == n_full * b
+    else:
+        assert len(plan) == n_full + 1 and sizes[-1] == n % b
+        assert sorted(rows.tolist()) == list(range(n))
+    assert rows.unique().numel() == rows.numel()  # nothing twice
+    assert len(list(plan)) == len(plan)
+
+
+@pytest.mark.parametrize("builder", ALL)
+def test_deterministic_per_seed_and_epoch_and_different_across_epochs(bank, window, builder):
+    a = plan_epoch(bank, 32, builder=builder, window=window, seed=5, epoch=2)
+    b = plan_epoch(bank, 32, builder=builder, window=window, seed=5, epoch=2)
+    c = plan_epoch(bank, 32, builder=builder, window=window, seed=5, epoch=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.batches, b.batches, strict=True))
+    assert not torch.equal(flat(a), flat(c))
+
+
+@pytest.mark.parametrize("builder", ALL)
+def test_duplicates_never_share_a_batch(bank, window, builder):
+    texts = [f"text {i}" for i in range(bank.shape[0])]
+    for i in range(0, 600, 3):  # 200 groups of three identical texts, plus shared positives
+        texts[i + 1] = texts[i + 2] = texts[i]
+    groups = duplicate_groups(texts)
+    plan = plan_epoch(bank, 32, builder=builder, window=window, seed=2, groups=groups)
+    for bt in plan.batches:
+        g = groups[bt]
+        assert g.unique().numel() == g.numel()
+    assert sorted(flat(plan).tolist()) == list(range(bank.shape[0]))
+
+
+def test_duplicate_groups_join_across_columns():
+    g = duplicate_groups(["a", "b", "c", "d"], ["x", "y", "x", "a"])
+    assert g[0] == g[2]  # same positive
+    assert g[3] == g[0]  # row 3's positive is row 0's anchor: a false negative too
+    assert g[1] != g[0] and g.unique().numel() == 2
+
+
+def test_too_many_duplicates_for_the_batches_is_an_error(bank):
+    groups = torch.arange(64)
+    groups[:10] = 1000  # 10 identical rows but only 4 batches
+    with pytest.raises(ValueError, match=r"10 rows \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] are duplicates.*only 4 batches"):
+        plan_epoch(bank[:64], 16, builder="random", groups=groups)
+
+
+@pytest.mark.parametrize("builder", ["greedy", "pool"])
+def test_feasible_window_is_met_by_greedy_and_pool_on_clustered_data(bank, window, builder):
+    plan = plan_epoch(bank, 32, builder=builder, window=window, seed=3)
+    assert plan.in_window_fraction >= 0.95, plan.summary()
+
+
+def test_greedy_steers_towards_low_and_high_diversity(bank):
+    rnd = plan_epoch(bank, 32, builder="random", seed=4).values[:-1].mean().item()
+    lo = plan_epoch(bank, 32, builder="greedy", window=DiversityWindow(rnd - 6, rnd - 4), seed=4,
+                    on_infeasible="closest")
+    hi = plan_epoch(bank, 32, builder="greedy", window=DiversityWindow(rnd + 0.5, rnd + 1.5), seed=4,
+                    on_infeasible="closest")
+    assert lo.values.nanmean().item() < rnd - 2 < rnd < hi.values.nanmean().item()
+
+
+def test_cluster_builder_one_cluster_per_batch_is_less_diverse_than_random(bank):
+    rnd = plan_epoch(bank, 32, builder="random", seed=4).values.nanmean().item()
+    tas = plan_epoch(bank, 32, builder=ClusterBuilder(clusters_per_batch=1), seed=4)
+    assert tas.values.nanmean().item() < rnd
+
+
+def test_infeasible_window_fails_fast_with_the_measured_range(bank):
+    with pytest.raises(ValueError, match=r"not achievable on this data .*range over \[[0-9.]+, [0-9.]+\]"):
+        plan_epoch(bank, 32, builder="greedy", window=DiversityWindow(31.5, 32.0))
+    with pytest.warns(UserWarning, match="closest achievable window"):
+        plan = plan_epoch(bank, 32, builder="greedy", window=DiversityWindow(31.5, 32.0), on_infeasible="closest")
+    assert plan.window.high < 31.5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"embeddings": torch.empty(0, 8)}, "data set is empty"),
+    ({"batch_size": 5000}, r"batch_size \(5000\) is larger than the data set \(3000 rows\)"),
+    ({"batch_size": 1}, "batch_size must be >= 2"),
+    ({"builder": "nope"}, "Unknown batch builder 'nope'"),
+    ({"builder": "greedy", "window": None}, "needs a DiversityWindow"),
+    ({"groups": torch.zeros(10, dtype=torch.long)}, r"groups must have one id per row"),
+    ({"window": DiversityWindow(33, 40)}, r"outside what batches of B = 32 in d = 48 can reach"),
+])
+def test_bad_input_is_named(bank, window, kwargs, match):
+    args = {"embeddings": bank, "batch_size": 32, "builder": "random", "window": window, **kwargs}
+    if "window" in kwargs and kwargs["window"] is not None and args["builder"] == "random":
+        args["builder"] = "greedy"
+    with pytest.raises(ValueError, match=match):
+        plan_epoch(args.pop("embeddings"), args.pop("batch_size"), **args)
+
+
+def test_nan_rows_in_the_bank_are_named(bank):
+    x = bank.clone()
+    x[[17, 42]] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN/Inf embeddings at rows \[17, 42\]"):
+        plan_epoch(x, 32, builder="random")
+
+
+def test_builders_by_name_class_and_instance():
+    assert get_builder("pool", p=5).p == 5
+    assert get_builder(ClusterBuilder, n_clusters=3).n_clusters == 3
+    inst = ClusterBuilder()
+    assert get_builder(inst) is inst
+
+
+def test_float16_bank_is_accepted_without_copying_to_float32(bank):
+    plan = plan_epoch(bank.half(), 32, builder="greedy", window=DiversityWindow(1, 32), seed=0)
+    assert plan.in_window_fraction == 1.0
