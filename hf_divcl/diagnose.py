@@ -91,7 +91,7 @@ def _load_pairs(cfg: DiagnoseConfig) -> tuple[list[str], list[str], str]:
         source = "embedded" if cfg.data == "embedded" else "debian"
         ds = wordnet_pairs(kind=cfg.pair_kind, source=source)
         label = f"WordNet 3.0 {cfg.pair_kind} pairs ({'embedded sample' if source == 'embedded' else 'Debian'})"
-        anchors, positives = ds["anchor"], ds["positive"]
+        anchors, positives = list(ds["anchor"]), list(ds["positive"])
     else:
         from .data.local import load_pair_file
 

@@ -39,6 +39,6 @@ def load_pair_file(path: str | Path, anchor_column: str = "anchor",
     if missing:
         raise ValueError(f"{str(path)!r} has no column(s) {missing}; its columns are {ds.column_names}. "
                          "Choose them with --anchor-column / --positive-column.")
-    anchors, positives = ds[anchor_column], ds[positive_column]
+    anchors, positives = list(ds[anchor_column]), list(ds[positive_column])
     validate_pairs(anchors, positives, str(path), anchor_column, positive_column)
     return anchors, positives

@@ -1,0 +1,218 @@
+"""``DiversityWindowBatchSampler``: diversity-window batches as a drop-in sentence-transformers batch sampler.
+
+Keeps the Trainer / Accelerate contract (DESIGN.md §4): every rank runs the whole sampler and
+``BatchSamplerShard`` keeps every ``W``-th batch, so the sampler is a pure function of
+``(bank, seed, epoch, arguments)``, yields the same sequence on every rank, has an exact ``__len__``, and
+implements ``set_epoch``. With ``W`` processes gathering negatives across devices, the loss sees ``W``
+consecutive batches as one global batch: the epoch is planned with global batches of ``W × batch_size`` rows,
+each split into ``W`` consecutive local batches, so the window applies to what the loss actually sees.
+
+    >>> args = SentenceTransformerTrainingArguments(output_dir="out", batch_sampler=DiversityWindowBatchSampler)
+    >>> # or, with options:
+    >>> sampler_cls = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(12, 20))
+    >>> args = SentenceTransformerTrainingArguments(output_dir="out", batch_sampler=sampler_cls)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from sentence_transformers.base.sampler import DefaultBatchSampler
+
+from .builders import BatchBuilder, EpochPlan, duplicate_groups, plan_epoch
+from .window import DiversityWindow, calibrate_window
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DiversityWindowBatchSampler"]
+
+
+def _world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+class DiversityWindowBatchSampler(DefaultBatchSampler):
+    """Plan each epoch with a batch builder so that batches fall inside a diversity window.
+
+    Args:
+        dataset (`datasets.Dataset`): the training data (its string columns define duplicates).
+        batch_size (`int`): per-device batch size.
+        drop_last (`bool`): drop rows that do not fill a last (global) batch.
+        valid_label_columns, generator, seed: as in :class:`DefaultBatchSampler`.
+        bank (`EmbeddingBank` or `torch.Tensor` of shape `(N, d)`, *optional*): one embedding per row. Without
+            one, the dataset's first text column is encoded once with the packaged all-MiniLM-L6-v2 (cached).
+        window (:class:`DiversityWindow`, `str`, or `None`): the target; ``"auto"`` (default) calibrates it on the
+            bank at `temperature`.
+        builder (`str`, class or :class:`BatchBuilder`): ``"greedy"`` (default), ``"pool"``, ``"cluster"``,
+            ``"random"``.
+        builder_kwargs (`dict`, *optional*): options of the builder (e.g. ``{"m": 64}``).
+        temperature (`float`, *optional*, defaults to 0.05): τ used by ``window="auto"``.
+        processes (`int`, *optional*): processes sharing a global batch (default: the distributed world size).
+        on_infeasible (`str`, *optional*, defaults to `"closest"`): see :func:`hf_divcl.builders.plan_epoch`.
+        dedupe (`bool`, *optional*, defaults to `True`): keep rows with identical text out of the same batch.
+    """
+
+    _defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        drop_last: bool,
+        valid_label_columns: list[str] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        *,
+        bank: Any = None,
+        window: DiversityWindow | str | None = "auto",
+        builder: str | type[BatchBuilder] | BatchBuilder = "greedy",
+        builder_kwargs: dict[str, Any] | None = None,
+        temperature: float = 0.05,
+        processes: int | None = None,
+        on_infeasible: str = "closest",
+        dedupe: bool = True,
+    ) -> None:
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        opts = {"bank": bank, "window": window, "builder": builder, "builder_kwargs": builder_kwargs,
+                "temperature": temperature, "processes": processes, "on_infeasible": on_infeasible,
+                "dedupe": dedupe}
+        for key, value in self._defaults.items():  # options bound by configure()
+            opts[key] = value
+        self.dataset = dataset
+        self.num_rows = len(dataset)
+        self.builder = opts["builder"]
+        self.builder_kwargs = dict(opts["builder_kwargs"] or {})
+        self.temperature = opts["temperature"]
+        self.processes = int(opts["processes"] or _world_size())
+        self.on_infeasible = opts["on_infeasible"]
+        self._bank = opts["bank"]
+        self._window = opts["window"]
+        self._dedupe = opts["dedupe"]
+        self._groups: torch.Tensor | None = None
+        self._plan: tuple[int, EpochPlan] | None = None
+        self._skip = 0  # batches to skip at the start of the current epoch (resume)
+        if self.num_rows == 0:
+            raise ValueError("The training dataset is empty.")
+        if self.global_batch_size > self.num_rows:
+            raise ValueError(f"The global batch ({self.processes} process(es) × {batch_size}) is larger than the "
+                             f"dataset ({self.num_rows} rows).")
+        if isinstance(self._window, str) and self._window != "auto":
+            self._window = DiversityWindow.parse(self._window)
+
+    @classmethod
+    def configure(cls, **options: Any) -> type[DiversityWindowBatchSampler]:
+        """A subclass with these keyword options bound, to pass as ``batch_sampler=`` (which takes a class)."""
+        return type(cls.__name__, (cls,), {"_defaults": {**cls._defaults, **options}})
+
+    # -- the embedding snapshot and the window ------------------------------------------------------------
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.processes
+
+    def embeddings(self) -> torch.Tensor:
+        """``(N, d)`` bank snapshot the plan is computed from."""
+        if self._bank is None:
+            self._bank = self._default_bank()
+        bank = self._bank
+        x = bank.all(view=0, dtype=bank.dtype) if hasattr(bank, "all") and not isinstance(bank, torch.Tensor) else bank
+        if x.shape[0] != self.num_rows:
+            raise ValueError(f"The bank has {x.shape[0]} rows but the dataset has {self.num_rows}; rebuild the bank "
+                             "for this dataset.")
+        return x
+
+    def _text_columns(self) -> list[str]:
+        feats = getattr(self.dataset, "features", None) or {}
+        labels = set(self.valid_label_columns or [])
+        cols = [c for c in self.dataset.column_names if c not in labels
+                and getattr(feats.get(c), "dtype", None) in ("string", "large_string")]
+        return cols
+
+    def _default_bank(self) -> torch.Tensor:
+        from .models import load_sentence_transformer
+
+        cols = self._text_columns()
+        if not cols:
+            raise ValueError("DiversityWindowBatchSampler needs a `bank` for datasets without text columns "
+                             "(e.g. images): build one with EmbeddingBank.from_reference(...) and pass it via "
+                             "DiversityWindowBatchSampler.configure(bank=...).")
+        logger.warning("No bank given: encoding column %r of %d rows with all-MiniLM-L6-v2 to plan batches. Pass "
+                       "bank=... (DiversityWindowBatchSampler.configure) to use your own model.", cols[0],
+                       self.num_rows)
+        model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+        emb = model.encode(self.dataset[cols[0]], convert_to_tensor=True, normalize_embeddings=True,
+                           show_progress_bar=True)
+        return emb.cpu().half()
+
+    def window(self) -> DiversityWindow | None:
+        if self._window == "auto":
+            x = self.embeddings()
+            cal = calibrate_window(x, self.global_batch_size, self.temperature, seed=self.seed)
+            self._window = cal.window
+            logger.info("calibrated window: %s", cal.format())
+        return self._window
+
+    def groups(self) -> torch.Tensor | None:
+        if self._dedupe and self._groups is None:
+            cols = self._text_columns()
+            if cols:
+                self._groups = duplicate_groups(*(self.dataset[c] for c in cols))
+        return self._groups if self._dedupe else None
+
+    # -- planning -----------------------------------------------------------------------------------------------
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The (cached) global-batch plan of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan[0] != epoch:
+            builder = self.builder
+            window = self.window() if builder != "random" else None
+            plan = plan_epoch(self.embeddings(), self.global_batch_size, builder=builder, window=window,
+                              seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=self.groups(),
+                              on_infeasible=self.on_infeasible, **self.builder_kwargs)
+            self._plan = (epoch, plan)
+        return self._plan[1]
+
+    def local_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """Global batches split into ``processes`` consecutive local batches of ``batch_size``."""
+        out = []
+        for gb in self.plan(epoch).batches:
+            out.extend(gb[i:i + self.batch_size].tolist() for i in range(0, gb.numel(), self.batch_size))
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.local_batches()
+        skip, self._skip = self._skip, 0
+        self._yielded = skip
+        for bt in batches[skip:]:
+            self._yielded += 1
+            yield bt
+
+    def __len__(self) -> int:
+        g = self.global_batch_size
+        n_full = self.num_rows // g
+        rest = self.num_rows - n_full * g
+        extra = 0 if self.drop_last or rest == 0 else -(-rest // self.batch_size)
+        return n_full * self.processes + extra
+
+    # -- resume -------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, seed and how many batches of this epoch were yielded; enough to resume the same plan."""
+        return {"epoch": self.epoch, "seed": self.seed, "batches_yielded": getattr(self, "_yielded", 0),
+                "num_rows": self.num_rows, "batch_size": self.batch_size, "processes": self.processes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("num_rows", "batch_size", "processes"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"Cannot resume: the saved sampler had {key}={state[key]}, this one has "
+                                 f"{getattr(self, key)}.")
+        self.seed = state["seed"]
+        self.set_epoch(state["epoch"])
+        self._skip = int(state["batches_yielded"])

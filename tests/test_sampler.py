@@ -1,0 +1,202 @@
+"""DiversityWindowBatchSampler: the Trainer/Accelerate contract, global batches, resume, drop-in training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from hf_divcl.sampler import DiversityWindowBatchSampler
+from hf_divcl.window import DiversityWindow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_data(n=600, d=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(12, d, generator=gen)
+    bank = F.normalize(centres[torch.arange(n) % 12] + torch.randn(n, d, generator=gen), dim=-1)
+    ds = Dataset.from_dict({"anchor": [f"a{i}" for i in range(n)], "positive": [f"p{i}" for i in range(n)]})
+    return ds, bank
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+def sampler(data, **kw):
+    ds, bank = data
+    opts = {"bank": bank, "window": DiversityWindow(1, 16), "builder": "greedy", "processes": 1, **kw}
+    cls = DiversityWindowBatchSampler.configure(**opts)
+    return cls(ds, batch_size=kw.pop("batch_size", 16), drop_last=kw.pop("drop_last", False), seed=3)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_len_is_exact_and_rows_partition(data, drop_last, processes):
+    ds, bank = data
+    cls = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(1, 16 * processes),
+                                                processes=processes)
+    s = cls(ds, batch_size=16, drop_last=drop_last, seed=0)
+    batches = list(s)
+    assert len(batches) == len(s)
+    rows = [r for b in batches for r in b]
+    assert len(rows) == len(set(rows))
+    if not drop_last:
+        assert sorted(rows) == list(range(len(ds)))
+    assert all(len(b) == 16 for b in batches[: len(ds) // (16 * processes) * processes])
+
+
+def test_same_sequence_each_time_and_new_order_per_epoch(data):
+    s = sampler(data)
+    first, again = list(s), list(s)
+    assert first == again
+    s.set_epoch(1)
+    assert list(s) != first
+
+
+def test_global_batches_are_consecutive_local_batches(data):
+    ds, bank = data
+    s = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(1, 32), processes=2)(
+        ds, batch_size=16, drop_last=True, seed=0)
+    local = list(s)
+    plan = s.plan()
+    for k, gb in enumerate(plan.batches):
+        assert local[2 * k] + local[2 * k + 1] == gb.tolist()
+    assert plan.in_window_fraction == 1.0
+
+
+def test_resume_mid_epoch_gives_exactly_the_remaining_rows(data):
+    s = sampler(data)
+    s.set_epoch(2)
+    it = iter(s)
+    seen = [next(it) for _ in range(7)]
+    state = s.state_dict()
+    resumed = sampler(data)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert seen + rest == list(sampler_at_epoch(data, 2))
+    assert resumed.state_dict()["batches_yielded"] == len(s)
+
+
+def sampler_at_epoch(data, epoch):
+    s = sampler(data)
+    s.set_epoch(epoch)
+    return s
+
+
+def test_resume_refuses_a_different_dataset(data):
+    state = sampler(data).state_dict()
+    ds, bank = make_data(n=500)
+    other = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(1, 16), processes=1)(
+        ds, batch_size=16, drop_last=False)
+    with pytest.raises(ValueError, match="num_rows=600"):
+        other.load_state_dict(state)
+
+
+def test_duplicate_texts_never_share_a_batch():
+    ds, bank = make_data(n=200)
+    anchors = list(ds["anchor"])
+    anchors[1] = anchors[2] = anchors[0]
+    ds = ds.remove_columns("anchor").add_column("anchor", anchors)
+    s = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(1, 16), processes=1)(
+        ds, batch_size=16, drop_last=False)
+    for b in s:
+        texts = [anchors[i] for i in b]
+        assert len(texts) == len(set(texts))
+
+
+def test_bank_length_mismatch_and_oversized_batches_are_named(data):
+    ds, bank = data
+    with pytest.raises(ValueError, match="bank has 599 rows but the dataset has 600"):
+        list(DiversityWindowBatchSampler.configure(bank=bank[:599], window=DiversityWindow(1, 16), processes=1)(
+            ds, batch_size=16, drop_last=False))
+    with pytest.raises(ValueError, match=r"global batch \(2 process\(es\) × 400\) is larger than the dataset"):
+        DiversityWindowBatchSampler.configure(bank=bank, processes=2)(ds, batch_size=400, drop_last=False)
+
+
+def test_auto_window_is_calibrated_on_the_bank(data):
+    s = sampler(data, window="auto")
+    w = s.window()
+    assert isinstance(w, DiversityWindow) and 1 <= w.low <= w.high <= 16
+    assert len(list(s)) == len(s)
+
+
+def test_drop_in_sentence_transformer_trainer_trains(tiny_model_dir, tmp_path):
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(tiny_model_dir, device="cpu")
+    n = 64
+    ds = Dataset.from_dict({"anchor": [f"word number {i} of {i % 5}" for i in range(n)],
+                            "positive": [f"meaning {i * 7 % 13} item {i}" for i in range(n)]})
+    bank = model.encode(ds["anchor"], convert_to_tensor=True, normalize_embeddings=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8, learning_rate=1e-3,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+        batch_sampler=DiversityWindowBatchSampler.configure(bank=bank, window="auto", builder="greedy"),
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(trainer.get_train_dataloader().batch_sampler, DiversityWindowBatchSampler)
+
+
+DIST_SCRIPT = r'''
+import json, sys, torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from hf_divcl.sampler import DiversityWindowBatchSampler
+from hf_divcl.window import DiversityWindow
+
+acc = Accelerator(cpu=True)
+n = 300
+gen = torch.Generator().manual_seed(0)
+bank = F.normalize(torch.randn(n, 16, generator=gen), dim=-1)
+ds = Dataset.from_dict({"idx": list(range(n))})
+s = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(1, 16), dedupe=False)(
+    ds, batch_size=8, drop_last=True, seed=1)
+assert s.processes == acc.num_processes
+dl = acc.prepare(DataLoader(ds, batch_sampler=s, collate_fn=lambda rows: [r["idx"] for r in rows]))
+out = {"rank": acc.process_index, "world": acc.num_processes, "full_plan": [list(b) for b in s],
+       "shard": [list(b) for b in dl]}
+json.dump(out, open(sys.argv[1] + f"/rank{acc.process_index}.json", "w"))
+'''
+
+
+@pytest.mark.slow
+def test_two_real_processes_share_the_plan_and_get_disjoint_shards(tmp_path):
+    script = tmp_path / "dist.py"
+    script.write_text(DIST_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(script), str(tmp_path)], check=True, env=env, cwd=tmp_path, timeout=300)
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["full_plan"] == r1["full_plan"]  # same sequence on every rank
+    rows0 = {x for b in r0["shard"] for x in b}
+    rows1 = {x for b in r1["shard"] for x in b}
+    assert not rows0 & rows1  # disjoint shards
+    plan = r0["full_plan"]
+    assert r0["shard"] == plan[0::2] and r1["shard"] == plan[1::2]
+    # each global batch (one local batch per rank) is a planned 16-row batch
+    assert len(rows0 | rows1) == len(plan) * 8 == (300 // 16) * 16
