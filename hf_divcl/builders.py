@@ -139,22 +139,25 @@ def calibrate_target(ctx: PlanContext, n_rows: int = 20_000, n_batches: int = 12
     levels = [SweepLevel("local", b), SweepLevel("local", 4 * b), SweepLevel("local", 16 * b),
               SweepLevel("random"), SweepLevel("spread", 2), SweepLevel("spread", 4), SweepLevel("spread", 8)]
     metric = window.metric if window is not None else "effective_rank"
-    vals, mc = [], []
+    vals, mc, exact = [], [], []
     for lv in levels:
         if lv.kind != "random" and (lv.param * (b if lv.kind == "spread" else 1)) > xs.shape[0]:
             continue
         idx = draw_level(xs, lv, b, n_batches, ctx.generator)
         vals.append(measure_diversity(xs[idx], metric))
         mc.append(sketch_mean_sq_cosine(ss[idx]))
-    v, c = torch.cat(vals), torch.cat(mc)
-    ctx.calibration = {"achievable": (v.min().item(), v.max().item()), "metric": v, "sketch_mcos2": c}
+        exact.append(measure_diversity(xs[idx], "mean_sq_cosine"))
+    v, c, e = torch.cat(vals), torch.cat(mc), torch.cat(exact)
+    ctx.calibration = {"achievable": (v.min().item(), v.max().item()), "metric": v, "sketch_mcos2": c,
+                       "mean_sq_cosine": e}
     return ctx.calibration
 
 
-def target_sketch_mcos2(ctx: PlanContext, value: float) -> float:
-    """The sketch mean cos² that corresponds to a window-metric ``value`` (monotone fit on binned samples)."""
+def target_sketch_mcos2(ctx: PlanContext, value: float, key: str = "sketch_mcos2") -> float:
+    """The mean cos² (in the sketch, or exact with ``key="mean_sq_cosine"``) that corresponds to a window-metric
+    ``value``: a monotone fit on binned calibration batches."""
     cal = calibrate_target(ctx)
-    v, c = cal["metric"], cal["sketch_mcos2"]
+    v, c = cal["metric"], cal[key]
     order = v.argsort()
     v, c = v[order], c[order]
     nb = max(2, min(20, v.numel() // 4))
@@ -231,8 +234,13 @@ class GreedyBuilder(BatchBuilder):
         m_rows, r = s.shape
         m_near = round(self.m * self.near_fraction)
         m_rand = max(1, self.m - m_near)
-        k = max(2, m_rows // (2 * b))
-        labels = kmeans(torch.nn.functional.normalize(s, dim=-1), k, gen) if m_near else None
+        k = max(2, m_rows // max(2, b // 4))
+        sn = torch.nn.functional.normalize(s, dim=-1)
+        labels = kmeans(sn, k, gen) if m_near else None
+        if m_near:  # centroids in the sketch, to find the cluster nearest to a batch's running mean
+            cent = torch.nn.functional.normalize(
+                torch.zeros(int(labels.max()) + 1, s.shape[1]).index_add_(0, labels, sn), dim=-1)
+        centre = torch.zeros(n_batches, r)
         used = torch.zeros(m_rows, dtype=torch.bool)
         members = torch.empty(n_batches, b, dtype=torch.long)
         second = torch.zeros(n_batches, r, r)  # Σ_j x_j x_jᵀ of each batch, in the sketch
@@ -244,7 +252,8 @@ class GreedyBuilder(BatchBuilder):
             cand = avail[torch.randperm(avail.numel(), generator=gen)[: n_batches * mr]].view(n_batches, mr)
             valid = torch.ones_like(cand, dtype=torch.bool)
             if slot > 0 and m_near and mr >= 4:
-                near, near_ok = self._near_candidates(labels, avail, members[:, 0], m_near, gen)
+                near_cluster = (torch.nn.functional.normalize(centre, dim=-1) @ cent.T).argmax(1)
+                near, near_ok = self._near_candidates(labels, avail, near_cluster, m_near, gen)
                 cand, valid = torch.cat([cand, near], 1), torch.cat([valid, near_ok], 1)
             if slot == 0:
                 chosen, gain = cand[:, 0], torch.zeros(n_batches)
@@ -262,19 +271,19 @@ class GreedyBuilder(BatchBuilder):
             pair_sum += gain
             x = s[chosen]
             second += x.unsqueeze(2) * x.unsqueeze(1)
+            centre += sn[chosen]
         return members
 
     @staticmethod
-    def _near_candidates(labels, avail, seeds, m_near, gen):
-        """``m_near`` random unused rows from each batch's seed cluster ``(n, m_near)`` and a validity mask."""
+    def _near_candidates(labels, avail, ck, m_near, gen):
+        """``m_near`` random unused rows of cluster ``ck[i]`` for each batch ``i``: ``(n, m_near)`` and a mask."""
         lab = labels[avail]
         order = torch.argsort(lab, stable=True)
         sorted_avail = avail[order]
         counts = torch.bincount(lab, minlength=int(labels.max()) + 1)
         starts = torch.cumsum(counts, 0) - counts
-        ck = labels[seeds]
         cnt = counts[ck].unsqueeze(1)
-        offs = (torch.rand(seeds.numel(), m_near, generator=gen) * cnt).long()
+        offs = (torch.rand(ck.numel(), m_near, generator=gen) * cnt).long()
         pos = (starts[ck].unsqueeze(1) + offs).clamp(max=sorted_avail.numel() - 1)
         return sorted_avail[pos], (cnt > 0).expand(-1, m_near)
 
@@ -538,6 +547,53 @@ def repair_duplicates(batches: list[torch.Tensor], groups: torch.Tensor, gen: to
     return batches
 
 
+def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals: int = 32,
+                 chunk: int = 256) -> torch.Tensor:
+    """Improve a plan ``(n, B)`` (positions) by exact swaps: each pass pairs batches at random and, per pair,
+    tries ``proposals`` row exchanges, keeping the one that most reduces the two batches' distance to the
+    target mean squared cosine (exact, full dimension — the participation ratio is a function of it).
+
+    Cost per pass ``O(n · proposals · B · d)``; embeddings are gathered per chunk of pairs, so memory stays small.
+    """
+    gen, b = ctx.generator, ctx.batch_size
+    target = target_sketch_mcos2(ctx, ctx.window.center, key="mean_sq_cosine")
+    batches = batches.clone()
+    n = batches.shape[0]
+    npairs = b * (b - 1)
+    for _ in range(passes):
+        order = torch.randperm(n, generator=gen)
+        pairs = order[: n // 2 * 2].view(-1, 2)
+        for sl in _chunks(pairs.shape[0], chunk):
+            pk = pairs[sl]  # (p, 2)
+            p = pk.shape[0]
+            x = ctx.emb(batches[pk]).float()  # (p, 2, B, d)
+            g = x @ x.mT  # (p, 2, B, B)
+            total = g.square().sum((-2, -1)) - b  # Σ_{i≠j} cos² per batch, (p, 2)
+            i = torch.randint(b, (p, proposals), generator=gen)  # leaves batch 0
+            j = torch.randint(b, (p, proposals), generator=gen)  # leaves batch 1
+            xi = x[:, 0].gather(1, i.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (p, T, d)
+            xj = x[:, 1].gather(1, j.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            cij = (xi * xj).sum(-1)  # (p, T)
+            # row sums of cos² of the leaving row within its batch (excluding itself)
+            out0 = g[:, 0].square().sum(-1).gather(1, i) - 1
+            out1 = g[:, 1].square().sum(-1).gather(1, j) - 1
+            in0 = (xj @ x[:, 0].mT).square().sum(-1) - cij.square()  # x_j against batch 0 without x_i
+            in1 = (xi @ x[:, 1].mT).square().sum(-1) - cij.square()
+            new0 = (total[:, :1] + 2 * (in0 - out0)) / npairs
+            new1 = (total[:, 1:] + 2 * (in1 - out1)) / npairs
+            cur = ((total / npairs) - target).abs().sum(1, keepdim=True)
+            gain = cur - ((new0 - target).abs() + (new1 - target).abs())
+            best = gain.argmax(1)
+            ok = gain.gather(1, best.unsqueeze(1)).squeeze(1) > 0
+            rows = torch.nonzero(ok).squeeze(1)
+            if rows.numel():
+                bi, bj = i[rows, best[rows]], j[rows, best[rows]]
+                k0, k1 = pk[rows, 0], pk[rows, 1]
+                a, c = batches[k0, bi].clone(), batches[k1, bj].clone()
+                batches[k0, bi], batches[k1, bj] = c, a
+    return batches
+
+
 # ------------------------------------------------------------------------------------------------------------
 # epoch plan
 
@@ -638,6 +694,7 @@ def plan_epoch(
     groups: torch.Tensor | None = None,
     on_infeasible: str = "error",
     shuffle_batches: bool = True,
+    refine_passes: int = 0,
     **builder_kwargs: Any,
 ) -> EpochPlan:
     """Partition rows ``0..N-1`` into batches of ``batch_size`` for one epoch.
@@ -654,6 +711,8 @@ def plan_epoch(
         on_infeasible (`str`): ``"error"`` (default) or ``"closest"`` (warn and move the window into the range
             measured on the data).
         shuffle_batches (`bool`): shuffle the order of the planned batches.
+        refine_passes (`int`): after the builder, passes of exact pairwise swaps between batches that move
+            both batches' mean squared cosine towards the window's target (see :func:`refine_swaps`).
         **builder_kwargs: passed to the builder class (e.g. ``m=64`` for greedy, ``p=3`` for pool).
     """
     t0 = time.perf_counter()
@@ -681,11 +740,14 @@ def plan_epoch(
     perm = torch.randperm(n, generator=gen)
     rest = perm[n_full * batch_size:]  # leftover rows → last partial batch
     body = perm[: n_full * batch_size].sort().values  # rows to assign (sorted: builders shuffle themselves)
-    ctx = PlanContext(embeddings, body, batch_size, window, gen)
+    ctx = PlanContext(embeddings, body, batch_size, window, gen,
+                      sketch_dim=getattr(b_obj, "sketch_dim", 32))
     achievable = None
     if window is not None and b_obj.uses_window:
         window, achievable = _resolve_window(ctx, on_infeasible)
     local = b_obj.assign(ctx, n_full)  # (n_full, B) positions into body
+    if refine_passes and window is not None and b_obj.uses_window and n_full >= 2:
+        local = refine_swaps(ctx, local, refine_passes)
     full = body[local]
     if shuffle_batches:
         full = full[torch.randperm(n_full, generator=gen)]

@@ -155,3 +155,15 @@ def test_builders_by_name_class_and_instance():
 def test_float16_bank_is_accepted_without_copying_to_float32(bank):
     plan = plan_epoch(bank.half(), 32, builder="greedy", window=DiversityWindow(1, 32), seed=0)
     assert plan.in_window_fraction == 1.0
+
+
+def test_refinement_keeps_the_partition_and_moves_batches_towards_the_window(bank):
+    rnd = plan_epoch(bank, 32, builder="random", seed=4)
+    v = rnd.values[:-1]
+    target = DiversityWindow(v.mean().item() + 1.0 * v.std().item(), v.mean().item() + 3 * v.std().item())
+    plain = plan_epoch(bank, 32, builder="pool", window=target, seed=4)
+    refined = plan_epoch(bank, 32, builder="pool", window=target, seed=4, refine_passes=8)
+    assert sorted(flat(refined).tolist()) == list(range(bank.shape[0]))
+    dist = [target.distance(p.values[:-1]).mean().item() for p in (plain, refined)]
+    assert dist[1] < dist[0]
+    assert refined.in_window_fraction >= plain.in_window_fraction
