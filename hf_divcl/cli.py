@@ -1,4 +1,4 @@
-"""The ``hf-divcl`` command line: ``hf-divcl diagnose [--config x.yaml] [--flags]``.
+"""The ``hf-divcl`` command line: ``hf-divcl {diagnose,calibrate} [--config x.yaml] [--flags]``.
 
 Heavy libraries (torch, transformers) are imported only inside the command that needs them, so ``--help``
 answers instantly.
@@ -28,7 +28,22 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import CalibrateConfig, run_calibrate
+
+    cfg = config_from_args(CalibrateConfig, args)
+    for res in run_calibrate(cfg, progress=not args.quiet):
+        print(res.format())
+        print()
+    if cfg.plot:
+        print(f"plot(s) written next to {cfg.plot}")
+    if cfg.output_json:
+        print(f"windows written to {cfg.output_json}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from .calibrate import CalibrateConfig
     from .diagnose import DiagnoseConfig
 
     parser = argparse.ArgumentParser(prog="hf-divcl", description="Diversity-window batches for contrastive "
@@ -41,6 +56,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_dataclass_arguments(p, DiagnoseConfig)
     p.set_defaults(func=_diagnose)
+    p = sub.add_parser("calibrate", help="Choose the diversity window around the batch diversity that maximises "
+                       "the InfoNCE gradient for a model, data set, batch size and temperature.")
+    p.add_argument("--config", help="YAML file with CalibrateConfig fields; command-line flags override it.")
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    add_dataclass_arguments(p, CalibrateConfig)
+    p.set_defaults(func=_calibrate)
     return parser
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .models import DEFAULT_TEXT_MODEL, load_sentence_transformer, resolve_device
+from .embed import PairEmbeddingConfig, embed_pairs
 from .spectral import batch_diversity, gradient_bands, infonce_loss
 from .sweep import default_levels, draw_level, parse_level
 
@@ -24,29 +23,15 @@ __all__ = ["DiagnoseConfig", "DiagnoseReport", "diagnose_embeddings", "format_re
 
 
 @dataclass
-class DiagnoseConfig:
+class DiagnoseConfig(PairEmbeddingConfig):
     """Configuration of ``hf-divcl diagnose`` (every field is also a ``--flag`` and a YAML key)."""
 
-    model: str = field(default=DEFAULT_TEXT_MODEL, metadata={
-        "help": "SentenceTransformer folder or name; 'all-MiniLM-L6-v2' loads the packaged offline copy."})
-    data: str = field(default="embedded", metadata={
-        "help": "'embedded' (WordNet sample shipped with hf_divcl), 'wordnet' (Debian wordnet-base, full), "
-                "or a local .csv/.tsv/.jsonl/.parquet file of pairs."})
-    pair_kind: str = field(default="example", metadata={
-        "help": "WordNet pairs: 'example' (example sentence -> gloss), 'lemma' (lemmas -> gloss) or 'both'.",
-        "choices": ["example", "lemma", "both"]})
-    anchor_column: str = field(default="anchor", metadata={"help": "Anchor text column of a local data file."})
-    positive_column: str = field(default="positive", metadata={"help": "Positive text column of a local file."})
-    max_pairs: int = field(default=2500, metadata={"help": "Embed at most this many pairs (seeded subset)."})
     batch_size: int = field(default=64, metadata={"help": "Training batch size B to diagnose."})
     n_batches: int = field(default=32, metadata={"help": "Batches drawn per diversity level."})
     temperatures: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.5], metadata={
         "help": "Temperatures τ to analyse (MultipleNegativesRankingLoss's default scale 20 is τ = 0.05)."})
     levels: list[str] | None = field(default=None, metadata={
         "help": "Diversity levels of the sweep, e.g. local:64 local:256 random spread:4 (default: automatic)."})
-    encode_batch_size: int = field(default=64, metadata={"help": "Batch size used to embed the texts."})
-    seed: int = field(default=0, metadata={"help": "Seed for the pair subset and the batches."})
-    device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', 'cuda:1', ..."})
     plot: str | None = field(default=None, metadata={"help": "Write a PNG of gradient norm vs diversity here."})
     output_json: str | None = field(default=None, metadata={"help": "Write the full report as JSON here."})
 
@@ -82,29 +67,6 @@ class DiagnoseReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _load_pairs(cfg: DiagnoseConfig) -> tuple[list[str], list[str], str]:
-    if cfg.data in ("embedded", "wordnet"):
-        from .data import wordnet_pairs
-
-        source = "embedded" if cfg.data == "embedded" else "debian"
-        ds = wordnet_pairs(kind=cfg.pair_kind, source=source)
-        label = f"WordNet 3.0 {cfg.pair_kind} pairs ({'embedded sample' if source == 'embedded' else 'Debian'})"
-        anchors, positives = list(ds["anchor"]), list(ds["positive"])
-    else:
-        from .data.local import load_pair_file
-
-        anchors, positives = load_pair_file(cfg.data, cfg.anchor_column, cfg.positive_column)
-        label = cfg.data
-    if len(anchors) < cfg.batch_size:
-        raise ValueError(f"{label} has {len(anchors)} pairs, fewer than batch_size={cfg.batch_size}.")
-    if len(anchors) > cfg.max_pairs:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        keep = torch.randperm(len(anchors), generator=gen)[: cfg.max_pairs].sort().values.tolist()
-        anchors = [anchors[i] for i in keep]
-        positives = [positives[i] for i in keep]
-    return anchors, positives, label
 
 
 def _autograd_norms(u: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
@@ -276,16 +238,9 @@ def plot_report(rep: DiagnoseReport, path: str | Path) -> Path:
 
 def run_diagnose(cfg: DiagnoseConfig, progress: bool = True) -> DiagnoseReport:
     """Load model and data, embed, analyse; writes the optional plot and JSON."""
-    anchors, positives, label = _load_pairs(cfg)
-    model = load_sentence_transformer(cfg.model, device=cfg.device)
-    t0 = time.perf_counter()
-    emb = model.encode(anchors + positives, batch_size=cfg.encode_batch_size, show_progress_bar=progress,
-                       convert_to_tensor=True, normalize_embeddings=True)
-    embed_seconds = time.perf_counter() - t0
-    emb = emb.to(resolve_device(cfg.device)).double()
-    n = len(anchors)
-    rep = diagnose_embeddings(emb[:n], emb[n:], cfg, model_name=cfg.model, data_label=label,
-                              embed_seconds=embed_seconds, progress=progress)
+    pairs = embed_pairs(cfg, progress=progress, min_pairs=cfg.batch_size)
+    rep = diagnose_embeddings(pairs.anchors, pairs.positives, cfg, model_name=cfg.model, data_label=pairs.label,
+                              embed_seconds=pairs.seconds, progress=progress)
     if cfg.output_json:
         Path(cfg.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.output_json).write_text(json.dumps(rep.to_dict(), indent=2))

@@ -116,3 +116,20 @@ def test_spectral_cost_benchmark_smoke(tmp_path):
                    capture_output=True, text=True)
     res = json.loads(out.read_text())["results"][0]
     assert res["batch_size"] == 16 and res["step_seconds"] > 0 and res["diagnostics_seconds"] > 0
+
+
+def test_cli_calibrate_with_tiny_model(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.csv"
+    rows = [f"word{i} alpha{i % 7},definition {i} topic {i % 5}" for i in range(120)]
+    data.write_text("anchor,positive\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "cal.json"
+    rc = main(["calibrate", "--quiet", "--model", tiny_model_dir, "--data", str(data), "--batch-size", "8",
+               "--n-batches", "4", "--temperatures", "0.05", "0.5", "--output-json", str(out),
+               "--plot", str(tmp_path / "cal.png")])
+    assert rc == 0
+    assert "window: effective_rank in" in capsys.readouterr().out
+    res = json.loads(out.read_text())["results"]
+    assert [r["temperature"] for r in res] == [0.05, 0.5]
+    for r in res:
+        assert 1 <= r["window"]["low"] <= r["window"]["high"] <= 8
+    assert (tmp_path / "cal_tau0.05.png").exists() and (tmp_path / "cal_tau0.5.png").exists()
