@@ -633,7 +633,9 @@ class EpochPlan:
         return self.in_window[full].float().mean().item()
 
     def summary(self) -> dict[str, Any]:
-        v = self.values[~self.values.isnan()]
+        """Builder settings and statistics over the full-size batches."""
+        full = torch.tensor([bt.numel() == self.batches[0].numel() for bt in self.batches])
+        v = self.values[full & ~self.values.isnan()]
         return {
             **self.builder, "n_batches": len(self), "metric": self.metric,
             "metric_mean": v.mean().item() if v.numel() else float("nan"),

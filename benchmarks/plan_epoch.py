@@ -1,0 +1,134 @@
+"""Epoch-planning cost: seconds, peak memory and fraction in window for each builder, N = 10⁴ … 10⁶ rows.
+
+Synthetic clustered 384-d unit embeddings stored as a float16 bank (as :class:`hf_divcl.bank.EmbeddingBank`
+keeps them), B = 256. For each N, the window is placed below random batches' diversity (random mean − 2σ … − 0.5σ,
+so random batches rarely hit it) and every builder plans one epoch; sentence-transformers'
+``NoDuplicatesBatchSampler`` is timed on a dataset of the same N in the same run. Each measurement runs in a
+fresh subprocess so peak RSS is its own.
+
+    python benchmarks/plan_epoch.py                       # N = 1e4, 1e5, 1e6
+    python benchmarks/plan_epoch.py --sizes 10000 --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def make_bank(n: int, d: int, seed: int = 0):
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(max(10, n // 1000), d, generator=gen) * 1.5
+    out = torch.empty(n, d, dtype=torch.float16)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        lab = torch.randint(centres.shape[0], (e - s,), generator=gen)
+        out[s:e] = F.normalize(centres[lab] + torch.randn(e - s, d, generator=gen), dim=-1).half()
+    return out
+
+
+def child(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    bank = make_bank(args.n, args.dim)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if args.builder == "no_duplicates":
+        from datasets import Dataset
+        from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+        ds = Dataset.from_dict({"anchor": [f"a{i}" for i in range(args.n)],
+                                "positive": [f"p{i}" for i in range(args.n)]})
+        t0 = time.perf_counter()
+        sampler = NoDuplicatesBatchSampler(ds, batch_size=args.batch_size, drop_last=False, seed=0)
+        n_batches = sum(1 for _ in sampler)
+        res = {"n_batches": n_batches, "in_window_fraction": None}
+    else:
+        from hf_divcl.builders import plan_epoch
+        from hf_divcl.window import DiversityWindow
+
+        window = DiversityWindow(args.low, args.high) if args.builder != "random" else None
+        plan = plan_epoch(bank, args.batch_size, builder=args.builder, window=window, seed=0,
+                          on_infeasible="closest", refine_passes=args.refine)
+        res = plan.summary()
+        res.pop("window", None)
+        if args.low is not None:
+            w = DiversityWindow(args.low, args.high)
+            full = plan.values[: args.n // args.batch_size]
+            res["in_window_fraction"] = w.contains(full).float().mean().item()
+    res["seconds"] = time.perf_counter() - t0
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["bank_mb"] = bank.numel() * 2 / 2**20
+    res["rss_before_mb"] = base_rss / 1024
+    return res
+
+
+def run_child(**kw) -> dict:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in kw.items() if v is not None]
+    cmd = [sys.executable, __file__, "--child", *flags]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc={out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--builders", nargs="+", default=["random", "greedy", "pool", "cluster", "no_duplicates"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--refine", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="N = 2000, B = 64, d = 32: checks the script runs.")
+    p.add_argument("--output", default="benchmarks/results/plan_epoch.json")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--builder", help=argparse.SUPPRESS)
+    p.add_argument("--low", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--high", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return {}
+    if args.smoke:
+        args.sizes, args.batch_size, args.dim = [2000], 64, 32
+    rows = []
+    for n in args.sizes:
+        rnd = run_child(n=n, builder="random", batch_size=args.batch_size, dim=args.dim,
+                        threads=args.threads)
+        mean, std = rnd["metric_mean"], rnd["metric_std"]
+        low, high = mean - 2 * std, mean - 0.5 * std
+        for b in args.builders:
+            r = rnd if b == "random" else run_child(n=n, builder=b, batch_size=args.batch_size,
+                                                    dim=args.dim, threads=args.threads, low=low, high=high,
+                                                    refine=args.refine)
+            if b == "random":
+                r = run_child(n=n, builder="random", batch_size=args.batch_size, dim=args.dim,
+                              threads=args.threads, low=low, high=high)
+            r.update({"n": n, "builder_name": b, "window": [low, high]})
+            rows.append(r)
+            print(f"N={n:>8} {b:>14}: {r.get('seconds', float('nan')):8.2f} s  peak RSS "
+                  f"{r.get('peak_rss_mb', float('nan')):7.0f} MB (bank {r.get('bank_mb', 0):6.0f} MB)  in window "
+                  f"{r.get('in_window_fraction')}  {r.get('error', '')}", flush=True)
+    out = {"benchmark": "plan_epoch", "batch_size": args.batch_size, "dim": args.dim, "threads": args.threads,
+           "machine": platform.machine(), "rows": rows}
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"written {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
