@@ -234,9 +234,9 @@ class GreedyBuilder(BatchBuilder):
         m_rows, r = s.shape
         m_near = round(self.m * self.near_fraction)
         m_rand = max(1, self.m - m_near)
-        k = max(2, m_rows // max(2, b // 4))
+        k = int(min(512, max(2, m_rows // (2 * b))))
         sn = torch.nn.functional.normalize(s, dim=-1)
-        labels = kmeans(sn, k, gen) if m_near else None
+        labels = kmeans(sn, k, gen, iters=6) if m_near else None
         if m_near:  # centroids in the sketch, to find the cluster nearest to a batch's running mean
             cent = torch.nn.functional.normalize(
                 torch.zeros(int(labels.max()) + 1, s.shape[1]).index_add_(0, labels, sn), dim=-1)
@@ -417,7 +417,7 @@ class ClusterBuilder(BatchBuilder):
         ctx.sketch_dim = self.sketch_dim
         m = ctx.num_rows
         k = self.n_clusters or int(min(1024, max(2, m // (4 * b))))
-        labels = kmeans(torch.nn.functional.normalize(ctx.sketch, dim=-1), k, gen)
+        labels = kmeans(torch.nn.functional.normalize(ctx.sketch, dim=-1), k, gen, iters=8)
         # rows sorted by cluster, random within a cluster
         order = torch.argsort(labels.double() + torch.rand(m, generator=gen, dtype=torch.float64) * 0.5)
         divisors = [c for c in range(1, b + 1) if b % c == 0]
