@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--refine", type=int, default=0)
+    p.add_argument("--refine", type=int, default=4, help="Exact swap-refinement passes (library default 4).")
     p.add_argument("--smoke", action="store_true", help="N = 2000, B = 64, d = 32: checks the script runs.")
     p.add_argument("--output", default="benchmarks/results/plan_epoch.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -41,8 +41,8 @@ def _bench_batch(model, anchors: list[str], positives: list[str], tau: float, ar
     from hf_divcl.spectral import batch_diversity, gradient_bands
 
     b = len(anchors)
-    feats_a = {k: t.to(args.device) for k, t in model.tokenize(anchors).items()}
-    feats_p = {k: t.to(args.device) for k, t in model.tokenize(positives).items()}
+    feats_a = {k: t.to(args.device) if hasattr(t, "to") else t for k, t in model.preprocess(anchors).items()}
+    feats_p = {k: t.to(args.device) if hasattr(t, "to") else t for k, t in model.preprocess(positives).items()}
     captured = {}
 
     def step():

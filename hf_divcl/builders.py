@@ -203,48 +203,90 @@ class GreedyBuilder(BatchBuilder):
     """Greedy-m: fill all batches slot by slot, each taking the best of ``m`` fresh candidates.
 
     Half of each batch's candidates are drawn uniformly from the unused pool (they pull towards *more*
-    diversity), half from the unused rows of the k-means cluster of the batch's first row (they pull towards
-    *less*); the candidate whose squared cosines to the batch's members bring its running mean closest to the
-    window's target wins. Scoring uses each batch's second-moment matrix in a PCA sketch, updated in place.
+    diversity), half from the unused rows of the k-means cluster nearest to the batch's running mean direction
+    (they pull towards *less*); the candidate whose squared cosines to the batch's members bring its running mean
+    closest to the target wins. Scoring uses each batch's second-moment matrix in a PCA sketch, updated in place.
+    The target (a mean squared cosine in the sketch) is first read off calibration batches, then corrected by
+    bisection on small pilot plans until their exact window metric sits at the window's centre.
 
     Args:
         m (`int`, *optional*, defaults to 64): candidates scored per batch and slot.
         sketch_dim (`int`, *optional*, defaults to 32): dimension of the PCA sketch used for scoring.
         near_fraction (`float`, *optional*, defaults to 0.5): share of candidates drawn from the batch's cluster.
+        pilot_rows (`int`, *optional*, defaults to 8192): rows of the pilot plans that correct the target.
+        pilot_steps (`int`, *optional*, defaults to 6): bisection steps on pilot plans (0: trust the calibration).
     """
 
     name = "greedy"
 
-    def __init__(self, m: int = 64, sketch_dim: int = 32, near_fraction: float = 0.5) -> None:
+    def __init__(self, m: int = 64, sketch_dim: int = 32, near_fraction: float = 0.5, pilot_rows: int = 8192,
+                 pilot_steps: int = 6) -> None:
         if m < 1 or sketch_dim < 1 or not 0 <= near_fraction < 1:
             raise ValueError(f"GreedyBuilder needs m >= 1, sketch_dim >= 1 and 0 <= near_fraction < 1; got m={m}, "
                              f"sketch_dim={sketch_dim}, near_fraction={near_fraction}.")
         self.m, self.sketch_dim, self.near_fraction = m, sketch_dim, near_fraction
+        self.pilot_rows, self.pilot_steps = pilot_rows, pilot_steps
 
     def config(self) -> dict[str, Any]:
-        return {"builder": self.name, "m": self.m, "sketch_dim": self.sketch_dim, "near_fraction": self.near_fraction}
+        return {"builder": self.name, "m": self.m, "sketch_dim": self.sketch_dim, "near_fraction": self.near_fraction,
+                "pilot_rows": self.pilot_rows, "pilot_steps": self.pilot_steps}
 
     def assign(self, ctx: PlanContext, n_batches: int) -> torch.Tensor:
         b, gen = ctx.batch_size, ctx.generator
         if ctx.window is None:
             return RandomBuilder().assign(ctx, n_batches)
-        ctx.sketch_dim = self.sketch_dim
         s = ctx.sketch  # (M, r)
-        target = target_sketch_mcos2(ctx, ctx.window.center)
-        m_rows, r = s.shape
-        m_near = round(self.m * self.near_fraction)
-        m_rand = max(1, self.m - m_near)
-        k = int(min(512, max(2, m_rows // (2 * b))))
+        m_rows = s.shape[0]
         sn = torch.nn.functional.normalize(s, dim=-1)
-        labels = kmeans(sn, k, gen, iters=6) if m_near else None
-        if m_near:  # centroids in the sketch, to find the cluster nearest to a batch's running mean
+        labels = cent = None
+        if self.near_fraction > 0:
+            labels = kmeans(sn, int(min(512, max(2, m_rows // (2 * b)))), gen, iters=6)
             cent = torch.nn.functional.normalize(
                 torch.zeros(int(labels.max()) + 1, s.shape[1]).index_add_(0, labels, sn), dim=-1)
-        centre = torch.zeros(n_batches, r)
+        target = self._closed_loop_target(ctx, s, sn, labels, cent)
+        return self._fill(s, sn, labels, cent, n_batches, b, target, gen)
+
+    def _closed_loop_target(self, ctx, s, sn, labels, cent) -> float:
+        """The sketch target whose greedy batches hit the window centre, by bisection on pilot plans.
+
+        The calibration map from the window metric to the sketch's mean cos² is only approximate (the sketch sees
+        ``r`` of ``d`` dimensions, and greedy batches are not shaped like calibration batches), so the target is
+        corrected on seeded pilot subsets of ``pilot_rows`` rows before the full fill.
+        """
+        b, window = ctx.batch_size, ctx.window
+        target = target_sketch_mcos2(ctx, window.center)
+        cal = calibrate_target(ctx)["sketch_mcos2"]
+        lo, hi = cal.min().item(), cal.max().item()
+        n_pilot = min(s.shape[0], max(self.pilot_rows, 8 * b)) // b
+        if self.pilot_steps == 0 or n_pilot < 2:
+            return target
+        pgen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=ctx.generator)))
+        pos = torch.randperm(s.shape[0], generator=pgen)[: n_pilot * b]
+        for _ in range(self.pilot_steps):
+            members = self._fill(s[pos], sn[pos], labels[pos] if labels is not None else None, cent, n_pilot, b,
+                                 target, torch.Generator().manual_seed(0))
+            value = measure_diversity(ctx.emb(pos[members]), window.metric).mean().item()
+            if window.contains(torch.tensor(value)) and abs(value - window.center) < 0.25 * (window.high - window.low):
+                break
+            # more diverse than wanted ⇔ target mean cos² too small (for metrics where larger = more diverse)
+            too_diverse = (value > window.center) == (window.direction > 0)
+            if too_diverse:
+                lo = target
+            else:
+                hi = target
+            target = 0.5 * (lo + hi)
+        return target
+
+    def _fill(self, s, sn, labels, cent, n_batches: int, b: int, target: float, gen) -> torch.Tensor:
+        """Fill ``n_batches`` batches of ``b`` positions of ``s`` slot by slot (see the class docstring)."""
+        m_rows, r = s.shape
+        m_near = round(self.m * self.near_fraction) if labels is not None else 0
+        m_rand = max(1, self.m - m_near)
         used = torch.zeros(m_rows, dtype=torch.bool)
         members = torch.empty(n_batches, b, dtype=torch.long)
         second = torch.zeros(n_batches, r, r)  # Σ_j x_j x_jᵀ of each batch, in the sketch
         pair_sum = torch.zeros(n_batches)  # Σ_{i<j} (x_i·x_j)²
+        centre = torch.zeros(n_batches, r)
         rows = torch.arange(n_batches)
         for slot in range(b):
             avail = (~used).nonzero().squeeze(1)
@@ -696,7 +738,7 @@ def plan_epoch(
     groups: torch.Tensor | None = None,
     on_infeasible: str = "error",
     shuffle_batches: bool = True,
-    refine_passes: int = 0,
+    refine_passes: int = 4,
     **builder_kwargs: Any,
 ) -> EpochPlan:
     """Partition rows ``0..N-1`` into batches of ``batch_size`` for one epoch.
@@ -713,8 +755,9 @@ def plan_epoch(
         on_infeasible (`str`): ``"error"`` (default) or ``"closest"`` (warn and move the window into the range
             measured on the data).
         shuffle_batches (`bool`): shuffle the order of the planned batches.
-        refine_passes (`int`): after the builder, passes of exact pairwise swaps between batches that move
-            both batches' mean squared cosine towards the window's target (see :func:`refine_swaps`).
+        refine_passes (`int`, defaults to 4): after the builder, passes of exact pairwise swaps between batches
+            that move both batches' mean squared cosine towards the window's target (see :func:`refine_swaps`);
+            they mostly cut the batch-to-batch spread. 0 turns them off.
         **builder_kwargs: passed to the builder class (e.g. ``m=64`` for greedy, ``p=3`` for pool).
     """
     t0 = time.perf_counter()
