@@ -167,3 +167,22 @@ def test_refinement_keeps_the_partition_and_moves_batches_towards_the_window(ban
     dist = [target.distance(p.values[:-1]).mean().item() for p in (plain, refined)]
     assert dist[1] < dist[0]
     assert refined.in_window_fraction >= plain.in_window_fraction
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shift", [(-2.0, -0.5), (0.5, 2.0)])
+def test_greedy_meets_a_shifted_window_on_minilm_wordnet_embeddings(shift):
+    """Real anisotropic embeddings: a window 1.5σ wide, off random's centre (random hits ~30 %)."""
+    from hf_divcl.data import wordnet_pairs
+    from hf_divcl.models import load_sentence_transformer
+
+    ds = wordnet_pairs("example", source="embedded")
+    model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+    emb = model.encode(list(ds["anchor"]), convert_to_tensor=True, normalize_embeddings=True,
+                       show_progress_bar=False)
+    rnd = plan_epoch(emb, 32, builder="random", seed=0).summary()
+    window = DiversityWindow(rnd["metric_mean"] + shift[0] * rnd["metric_std"],
+                             rnd["metric_mean"] + shift[1] * rnd["metric_std"])
+    assert plan_epoch(emb, 32, builder="random", window=window, seed=0).in_window_fraction < 0.5
+    plan = plan_epoch(emb, 32, builder="greedy", window=window, seed=0)
+    assert plan.in_window_fraction >= 0.95, plan.summary()
