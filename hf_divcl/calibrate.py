@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .embed import PairEmbeddingConfig, embed_pairs
+from .embed import PairEmbeddingConfig, check_temperatures, embed_pairs
 from .window import METRICS, CalibrationResult, calibrate_window
 
 __all__ = ["CalibrateConfig", "run_calibrate"]
@@ -31,8 +30,7 @@ class CalibrateConfig(PairEmbeddingConfig):
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}.")
-        if not self.temperatures or any(not (t > 0 and math.isfinite(t)) for t in self.temperatures):
-            raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}.")
+        check_temperatures(self.temperatures)
         if not 0 < self.keep_fraction <= 1:
             raise ValueError(f"keep_fraction must be in (0, 1], got {self.keep_fraction}.")
 

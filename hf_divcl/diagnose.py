@@ -8,14 +8,14 @@ high diversity and report the mean gradient norm at each temperature → optiona
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .embed import PairEmbeddingConfig, embed_pairs
+from .embed import PairEmbeddingConfig, check_temperatures, embed_pairs
+from .plotting import pyplot, save_figure
 from .spectral import batch_diversity, gradient_bands, infonce_loss
 from .sweep import default_levels, draw_level, parse_level
 
@@ -42,8 +42,7 @@ class DiagnoseConfig(PairEmbeddingConfig):
             raise ValueError(f"n_batches must be >= 1, got {self.n_batches}.")
         if self.max_pairs < self.batch_size:
             raise ValueError(f"max_pairs ({self.max_pairs}) must be at least batch_size ({self.batch_size}).")
-        if not self.temperatures or any(not (t > 0 and math.isfinite(t)) for t in self.temperatures):
-            raise ValueError(f"temperatures must be finite numbers > 0, got {self.temperatures}.")
+        check_temperatures(self.temperatures)
         if self.levels:
             for lv in self.levels:
                 parse_level(lv)
@@ -204,11 +203,7 @@ def format_report(rep: DiagnoseReport) -> str:
 
 def plot_report(rep: DiagnoseReport, path: str | Path) -> Path:
     """Gradient norm (with bands) against effective rank, one curve per τ; absolute and peak-normalised."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x = [r["effective_rank"] for r in rep.sweep]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for t in rep.random_bands:
@@ -228,12 +223,7 @@ def plot_report(rep: DiagnoseReport, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{rep.model} on {rep.data}")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_diagnose(cfg: DiagnoseConfig, progress: bool = True) -> DiagnoseReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import torch
 
 from .models import DEFAULT_TEXT_MODEL, load_sentence_transformer, resolve_device
 
-__all__ = ["EmbeddedPairs", "PairEmbeddingConfig", "embed_pairs", "load_pairs"]
+__all__ = ["EmbeddedPairs", "PairEmbeddingConfig", "check_temperatures", "embed_pairs", "load_pairs"]
 
 
 @dataclass
@@ -30,6 +31,12 @@ class PairEmbeddingConfig:
     encode_batch_size: int = field(default=64, metadata={"help": "Batch size used to embed the texts."})
     seed: int = field(default=0, metadata={"help": "Seed for the pair subset and the batches."})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', 'cuda:1', ..."})
+
+
+def check_temperatures(temperatures: list[float]) -> None:
+    """Raise unless ``temperatures`` is a non-empty list of finite numbers > 0."""
+    if not temperatures or any(not (t > 0 and math.isfinite(t)) for t in temperatures):
+        raise ValueError(f"temperatures must be finite numbers > 0, got {temperatures}.")
 
 
 @dataclass

@@ -141,12 +141,10 @@ class CalibrationResult:
         return "\n".join(lines)
 
     def plot(self, path: str | Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from .plotting import pyplot, save_figure
 
         x = [r["metric"] for r in self.curve]
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6.5, 4))
         ax.plot(x, [r["grad_norm"] for r in self.curve], marker="o", label="mean ‖∇_u ℓ‖ (exact)")
         ax.fill_between(x, [r["lower"] for r in self.curve], [r["upper"] for r in self.curve], alpha=0.2,
@@ -157,12 +155,7 @@ class CalibrationResult:
         ax.set_title(f"τ = {self.temperature:g}, B = {self.batch_size}")
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)
 
 
 def calibrate_window(
