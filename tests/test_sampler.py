@@ -200,3 +200,16 @@ def test_two_real_processes_share_the_plan_and_get_disjoint_shards(tmp_path):
     assert r0["shard"] == plan[0::2] and r1["shard"] == plan[1::2]
     # each global batch (one local batch per rank) is a planned 16-row batch
     assert len(rows0 | rows1) == len(plan) * 8 == (300 // 16) * 16
+
+
+def test_sampler_reads_an_embedding_bank(data):
+    from hf_divcl.bank import EmbeddingBank
+
+    ds, emb = data
+    bank = EmbeddingBank(len(ds), emb.shape[1], num_views=2)
+    bank.update(torch.arange(len(ds)), torch.stack([emb, emb], 1), step=0)
+    s = DiversityWindowBatchSampler.configure(bank=bank, window=DiversityWindow(1, 16), processes=1)(
+        ds, batch_size=16, drop_last=False, seed=3)
+    assert s.embeddings().dtype == torch.float16
+    rows = sorted(r for b in s for r in b)
+    assert rows == list(range(len(ds)))
