@@ -213,3 +213,29 @@ def test_sampler_reads_an_embedding_bank(data):
     assert s.embeddings().dtype == torch.float16
     rows = sorted(r for b in s for r in b)
     assert rows == list(range(len(ds)))
+
+
+@pytest.mark.slow
+def test_plain_class_drop_in_trains_minilm_on_wordnet(tmp_path):
+    """`batch_sampler=DiversityWindowBatchSampler` unchanged: the bank comes from the packaged MiniLM."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from hf_divcl.data import wordnet_pairs
+    from hf_divcl.models import load_sentence_transformer
+
+    ds = wordnet_pairs("example", source="embedded", limit=256).select_columns(["anchor", "positive"])
+    model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=16, learning_rate=5e-5,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, batch_sampler=DiversityWindowBatchSampler)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model))
+    before = next(model.parameters()).detach().clone()
+    trainer.train()
+    sampler = trainer.get_train_dataloader().batch_sampler
+    assert isinstance(sampler, DiversityWindowBatchSampler)
+    assert isinstance(sampler.window(), DiversityWindow) and 0 <= sampler.plan().in_window_fraction <= 1
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(0 < x < 10 for x in losses)
+    assert not torch.equal(before, next(model.parameters()).detach())
