@@ -71,6 +71,7 @@ class PlanContext:
     _sketch: torch.Tensor | None = None
     sketch_dim: int = 32
     calibration: dict[str, Any] = field(default_factory=dict)
+    progress: bool = False
 
     @property
     def num_rows(self) -> int:
@@ -244,7 +245,7 @@ class GreedyBuilder(BatchBuilder):
             cent = torch.nn.functional.normalize(
                 torch.zeros(int(labels.max()) + 1, s.shape[1]).index_add_(0, labels, sn), dim=-1)
         target = self._closed_loop_target(ctx, s, sn, labels, cent)
-        return self._fill(s, sn, labels, cent, n_batches, b, target, gen)
+        return self._fill(s, sn, labels, cent, n_batches, b, target, gen, progress=ctx.progress)
 
     def _closed_loop_target(self, ctx, s, sn, labels, cent) -> float:
         """The sketch target whose greedy batches hit the window centre, by bisection on pilot plans.
@@ -277,8 +278,11 @@ class GreedyBuilder(BatchBuilder):
             target = 0.5 * (lo + hi)
         return target
 
-    def _fill(self, s, sn, labels, cent, n_batches: int, b: int, target: float, gen) -> torch.Tensor:
+    def _fill(self, s, sn, labels, cent, n_batches: int, b: int, target: float, gen,
+              progress: bool = False) -> torch.Tensor:
         """Fill ``n_batches`` batches of ``b`` positions of ``s`` slot by slot (see the class docstring)."""
+        from tqdm.auto import tqdm
+
         m_rows, r = s.shape
         m_near = round(self.m * self.near_fraction) if labels is not None else 0
         m_rand = max(1, self.m - m_near)
@@ -288,7 +292,7 @@ class GreedyBuilder(BatchBuilder):
         pair_sum = torch.zeros(n_batches)  # Σ_{i<j} (x_i·x_j)²
         centre = torch.zeros(n_batches, r)
         rows = torch.arange(n_batches)
-        for slot in range(b):
+        for slot in tqdm(range(b), desc="greedy fill (slots)", disable=not progress, leave=False):
             avail = (~used).nonzero().squeeze(1)
             mr = min(m_rand, avail.numel() // n_batches)
             cand = avail[torch.randperm(avail.numel(), generator=gen)[: n_batches * mr]].view(n_batches, mr)
@@ -597,12 +601,14 @@ def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals
 
     Cost per pass ``O(n · proposals · B · d)``; embeddings are gathered per chunk of pairs, so memory stays small.
     """
+    from tqdm.auto import tqdm
+
     gen, b = ctx.generator, ctx.batch_size
     target = target_sketch_mcos2(ctx, ctx.window.center, key="mean_sq_cosine")
     batches = batches.clone()
     n = batches.shape[0]
     npairs = b * (b - 1)
-    for _ in range(passes):
+    for _ in tqdm(range(passes), desc="refining batches", disable=not ctx.progress, leave=False):
         order = torch.randperm(n, generator=gen)
         pairs = order[: n // 2 * 2].view(-1, 2)
         for sl in _chunks(pairs.shape[0], chunk):
@@ -739,6 +745,7 @@ def plan_epoch(
     on_infeasible: str = "error",
     shuffle_batches: bool = True,
     refine_passes: int = 4,
+    progress: bool | None = None,
     **builder_kwargs: Any,
 ) -> EpochPlan:
     """Partition rows ``0..N-1`` into batches of ``batch_size`` for one epoch.
@@ -758,6 +765,7 @@ def plan_epoch(
         refine_passes (`int`, defaults to 4): after the builder, passes of exact pairwise swaps between batches
             that move both batches' mean squared cosine towards the window's target (see :func:`refine_swaps`);
             they mostly cut the batch-to-batch spread. 0 turns them off.
+        progress (`bool`, *optional*): progress bars; default on from 100,000 rows.
         **builder_kwargs: passed to the builder class (e.g. ``m=64`` for greedy, ``p=3`` for pool).
     """
     t0 = time.perf_counter()
@@ -785,8 +793,8 @@ def plan_epoch(
     perm = torch.randperm(n, generator=gen)
     rest = perm[n_full * batch_size:]  # leftover rows → last partial batch
     body = perm[: n_full * batch_size].sort().values  # rows to assign (sorted: builders shuffle themselves)
-    ctx = PlanContext(embeddings, body, batch_size, window, gen,
-                      sketch_dim=getattr(b_obj, "sketch_dim", 32))
+    ctx = PlanContext(embeddings, body, batch_size, window, gen, sketch_dim=getattr(b_obj, "sketch_dim", 32),
+                      progress=n >= 100_000 if progress is None else progress)
     achievable = None
     if window is not None and b_obj.uses_window:
         window, achievable = _resolve_window(ctx, on_infeasible)
