@@ -608,9 +608,14 @@ def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals
     batches = batches.clone()
     n = batches.shape[0]
     npairs = b * (b - 1)
-    for _ in tqdm(range(passes), desc="refining batches", disable=not ctx.progress, leave=False):
-        order = torch.randperm(n, generator=gen)
-        pairs = order[: n // 2 * 2].view(-1, 2)
+    for it in tqdm(range(passes), desc="refining batches", disable=not ctx.progress, leave=False):
+        if it % 2 == 0:  # pair the batches furthest above the target with those furthest below it
+            mc = torch.cat([measure_diversity(ctx.emb(batches[sl]), "mean_sq_cosine") for sl in _chunks(n, chunk)])
+            order = torch.argsort(mc - target)
+            h = n // 2
+            pairs = torch.stack([order[:h], order.flip(0)[:h]], 1)
+        else:
+            pairs = torch.randperm(n, generator=gen)[: n // 2 * 2].view(-1, 2)
         for sl in _chunks(pairs.shape[0], chunk):
             pk = pairs[sl]  # (p, 2)
             p = pk.shape[0]
