@@ -231,7 +231,7 @@ def random_batches(data, r: int, b: int, d: int, gen: torch.Generator):
 SIZES = st.integers(1, 10).map(lambda k: 2**k)  # 2 … 1024
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), b=st.one_of(SIZES, st.integers(2, 300)), d=st.one_of(SIZES, st.integers(2, 300)),
        tau=st.floats(0.01, 1.0), seed=st.integers(0, 2**31 - 1))
 def test_bands_contain_measured_norm_for_every_anchor(data, b, d, tau, seed):
@@ -257,7 +257,7 @@ def test_bands_contain_measured_norm_for_every_anchor(data, b, d, tau, seed):
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), b=st.integers(2, 64), d=st.integers(2, 64), tau=st.floats(0.01, 1.0),
        seed=st.integers(0, 2**31 - 1))
 def test_gradient_matches_autograd_on_random_geometries(data, b, d, tau, seed):
