@@ -15,7 +15,9 @@ each split into ``W`` consecutive local batches, so the window applies to what t
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -97,6 +99,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._groups: torch.Tensor | None = None
         self._plan: tuple[int, EpochPlan] | None = None
         self._skip = 0  # batches to skip at the start of the current epoch (resume)
+        self.plan_seconds = 0.0  # wall time spent planning epochs (window calibration included)
         if self.num_rows == 0:
             raise ValueError("The training dataset is empty.")
         if self.global_batch_size > self.num_rows:
@@ -158,11 +161,22 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             logger.info("calibrated window: %s", cal.format())
         return self._window
 
+    def _image_columns(self) -> list[str]:
+        feats = getattr(self.dataset, "features", None) or {}
+        return [c for c in self.dataset.column_names if type(feats.get(c)).__name__ == "Image"]
+
     def groups(self) -> torch.Tensor | None:
+        """Duplicate group per row: rows with the same text in the same column (anchor, positive) or the same image
+        bytes share a group, so they never meet in a batch as false negatives. Hard-negative columns (third and
+        later) are not compared: a row's hard negative may well be another row's positive."""
         if self._dedupe and self._groups is None:
-            cols = self._text_columns()
+            cols = [[(k, t) for t in self.dataset[c]] for k, c in enumerate(self._text_columns()[:2])]
+            for c in self._image_columns():  # compare the encoded bytes (or paths), never decode
+                cells = self.dataset.data.column(c).to_pylist()
+                cols.append([hashlib.sha256(x["bytes"]).digest() if x and x.get("bytes") is not None
+                             else (x or {}).get("path") or f"row{i}" for i, x in enumerate(cells)])
             if cols:
-                self._groups = duplicate_groups(*(self.dataset[c] for c in cols))
+                self._groups = duplicate_groups(*cols)
         return self._groups if self._dedupe else None
 
     # -- planning -----------------------------------------------------------------------------------------------
@@ -171,11 +185,13 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         """The (cached) global-batch plan of ``epoch`` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
         if self._plan is None or self._plan[0] != epoch:
+            t0 = time.perf_counter()
             builder = self.builder
             window = self.window() if builder != "random" else None
             plan = plan_epoch(self.embeddings(), self.global_batch_size, builder=builder, window=window,
                               seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=self.groups(),
                               on_infeasible=self.on_infeasible, **self.builder_kwargs)
+            self.plan_seconds += time.perf_counter() - t0
             self._plan = (epoch, plan)
         return self._plan[1]
 
@@ -203,16 +219,40 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
 
     # -- resume -------------------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch, seed and how many batches of this epoch were yielded; enough to resume the same plan."""
-        return {"epoch": self.epoch, "seed": self.seed, "batches_yielded": getattr(self, "_yielded", 0),
-                "num_rows": self.num_rows, "batch_size": self.batch_size, "processes": self.processes}
+    def state_dict(self, include_plan: bool = True) -> dict[str, Any]:
+        """Epoch, seed, how many batches of this epoch were yielded and (optionally) the epoch's plan itself.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+        Keeping the plan makes a resume exact even when the bank changed since the epoch began (a bank fed by
+        training steps): the resumed run replays the same partition instead of re-planning from newer embeddings.
+        """
+        state: dict[str, Any] = {"epoch": self.epoch, "seed": self.seed,
+                                 "batches_yielded": getattr(self, "_yielded", 0), "num_rows": self.num_rows,
+                                 "batch_size": self.batch_size, "processes": self.processes}
+        if include_plan and self._plan is not None and self._plan[0] == self.epoch:
+            batches = self._plan[1].batches
+            state["plan_epoch"] = self._plan[0]
+            state["plan_rows"] = torch.cat(batches) if batches else torch.empty(0, dtype=torch.long)
+            state["plan_sizes"] = torch.tensor([b.numel() for b in batches], dtype=torch.long)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> None:
+        """Restore a :meth:`state_dict`. With ``skip`` the next iteration starts after the batches already
+        yielded; pass ``skip=False`` when the caller skips them itself (the transformers Trainer does)."""
         for key in ("num_rows", "batch_size", "processes"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"Cannot resume: the saved sampler had {key}={state[key]}, this one has "
                                  f"{getattr(self, key)}.")
         self.seed = state["seed"]
         self.set_epoch(state["epoch"])
-        self._skip = int(state["batches_yielded"])
+        self._skip = int(state["batches_yielded"]) if skip else 0
+        if "plan_rows" in state:
+            rows = torch.as_tensor(state["plan_rows"], dtype=torch.long)
+            sizes = torch.as_tensor(state["plan_sizes"], dtype=torch.long).tolist()
+            batches = list(torch.split(rows, sizes)) if sizes else []
+            window = self._window if isinstance(self._window, DiversityWindow) else None
+            nan = torch.full((len(batches),), float("nan"))
+            self._plan = (int(state["plan_epoch"]), EpochPlan(batches=batches, values=nan,
+                                                              in_window=torch.zeros(len(batches), dtype=torch.bool),
+                                                              metric=window.metric if window else "effective_rank",
+                                                              builder={"name": "restored"}, window=window,
+                                                              seconds=0.0))

@@ -1,0 +1,193 @@
+"""Diversity logging and the collapse alarm.
+
+:class:`DiversityLogger` keeps, per training step, the global batch's diversity metrics as device tensors (no
+host sync in the step) and the last batch's embeddings; at every logging step it summarises them — diversity
+means, fraction of batches inside the window, exact per-anchor gradient norms (mean, percentiles) against the
+predicted bands, time spent in selection versus training, bank staleness — into the Trainer's ``log`` (hence
+every ``report_to`` integration) and one line of ``diversity_log.jsonl``. The collapse alarm fires when the
+effective rank stays below a threshold for ``patience`` consecutive steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from .spectral import batch_diversity, gradient_bands
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PREFIX", "CollapseError", "DiversityLogger", "read_diversity_log"]
+
+PREFIX = "divcl/"
+_STEP_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine")
+
+
+class CollapseError(RuntimeError):
+    """Raised by the collapse alarm with ``action="raise"``."""
+
+
+def read_diversity_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``diversity_log.jsonl`` (a torn last line from a crash is skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class DiversityLogger(TrainerCallback):
+    """Per-step batch geometry → per-logging-step summary (see module docstring).
+
+    Args:
+        metric: the window's diversity metric (one of :data:`hf_divcl.window.METRICS`).
+        log_bands: compute gradient bands of the last batch at each logging step.
+        log_file: path of the JSONL log (written by the main process only); ``None`` disables it.
+        collapse_threshold: effective rank under which a step counts as collapsed (``0`` disables the alarm).
+        collapse_patience: consecutive collapsed steps that trigger the alarm.
+        collapse_action: ``"warn"`` or ``"stop"`` (ends training cleanly after the current step, saving as usual).
+    """
+
+    def __init__(self, *, metric: str = "effective_rank", log_bands: bool = True, log_file: str | None = None,
+                 collapse_threshold: float = 0.0, collapse_patience: int = 20, collapse_action: str = "warn",
+                 is_main_process: bool = True) -> None:
+        if collapse_action not in ("warn", "stop"):
+            raise ValueError(f"collapse_action must be 'warn' or 'stop', got {collapse_action!r}.")
+        self.metric = metric
+        self.log_bands = log_bands
+        self.log_file = Path(log_file) if log_file else None
+        self.collapse_threshold = collapse_threshold
+        self.collapse_patience = collapse_patience
+        self.collapse_action = collapse_action
+        self.is_main_process = is_main_process
+        self.window = None
+        self._steps: list[torch.Tensor] = []
+        self._last: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self._low_run = 0
+        self.alarm = False
+        self._stop = False
+        self._step_t0: float | None = None
+        self._step_seconds: list[float] = []
+        self.bookkeeping_seconds = 0.0
+        self._truncated = False
+
+    # -- per step (no host sync) ---------------------------------------------------------------------------------
+
+    def record(self, anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> None:
+        """Record the global batch of one step: ``anchors``/``positives`` ``(N, d)`` unit rows (detached)."""
+        t0 = time.perf_counter()
+        d = batch_diversity(anchors, spectrum=True, validate=False)
+        self._steps.append(torch.stack([d[k].float() for k in _STEP_METRICS]))
+        self._last = (anchors, positives, temperature)
+        self.bookkeeping_seconds += time.perf_counter() - t0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._step_t0 is not None:
+            self._step_seconds.append(time.perf_counter() - self._step_t0)
+        if self._stop:
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._stop:  # the alarm fired in this log: stop now, and save unless saving is off
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+
+    # -- per logging step ----------------------------------------------------------------------------------------
+
+    def summary(self, *, step: int, bank=None, selection_seconds: float = 0.0) -> dict[str, float]:
+        """Metrics since the last call, keyed ``divcl/...`` (one host sync). Empty when no step was recorded."""
+        if not self._steps:
+            return {}
+        t0 = time.perf_counter()
+        per_step = torch.stack(self._steps).cpu()  # (steps, metrics)
+        self._steps.clear()
+        out: dict[str, float] = {}
+        for i, key in enumerate(_STEP_METRICS):
+            out[PREFIX + key] = per_step[:, i].mean().item()
+        values = per_step[:, _STEP_METRICS.index(self.metric)] if self.metric in _STEP_METRICS else None
+        if self.window is not None and values is not None:
+            out[PREFIX + "in_window_fraction"] = self.window.contains(values).float().mean().item()
+            out[PREFIX + "window_low"] = float(self.window.low)
+            out[PREFIX + "window_high"] = float(self.window.high)
+        if self.log_bands and self._last is not None:
+            u, v, tau = self._last
+            bands = gradient_bands(u.double(), v.double(), tau, validate=False)
+            g = bands.grad_norm.float().cpu()
+            q = torch.quantile(g, torch.tensor([0.1, 0.5, 0.9]))
+            out.update({
+                PREFIX + "grad_norm_mean": g.mean().item(),
+                PREFIX + "grad_norm_p10": q[0].item(), PREFIX + "grad_norm_p50": q[1].item(),
+                PREFIX + "grad_norm_p90": q[2].item(),
+                PREFIX + "band_lower_mean": bands.lower.mean().item(),
+                PREFIX + "band_upper_mean": bands.upper.mean().item(),
+                PREFIX + "spectral_lower_mean": bands.spectral_lower.mean().item(),
+                PREFIX + "spectral_upper_mean": bands.spectral_upper.mean().item(),
+                PREFIX + "band_inside_fraction": bands.inside().float().mean().item(),
+                PREFIX + "p_pos_mean": bands.p_pos.mean().item(),
+                PREFIX + "k_eff_mean": bands.k_eff.mean().item(),
+                PREFIX + "temperature": float(tau),
+                PREFIX + "global_batch_size": float(u.shape[0]),
+            })
+        step_time = sum(self._step_seconds)
+        self._step_seconds.clear()
+        self.bookkeeping_seconds += time.perf_counter() - t0
+        out[PREFIX + "step_seconds"] = step_time / max(1, per_step.shape[0])
+        out[PREFIX + "selection_seconds_total"] = float(selection_seconds)
+        out[PREFIX + "bookkeeping_seconds_total"] = float(self.bookkeeping_seconds)
+        if bank is not None:
+            st = bank.staleness(step)
+            out[PREFIX + "bank_staleness_mean"] = st["mean"]
+            out[PREFIX + "bank_staleness_max"] = st["max"]
+            out[PREFIX + "bank_never_updated_fraction"] = st["never_filled_fraction"]
+        self._check_collapse(per_step[:, 0], step, out)
+        return out
+
+    def _check_collapse(self, eff_rank: torch.Tensor, step: int, out: dict[str, float]) -> None:
+        if self.collapse_threshold <= 0:
+            return
+        for r in eff_rank.tolist():
+            self._low_run = self._low_run + 1 if r < self.collapse_threshold else 0
+        out[PREFIX + "collapsed_steps"] = float(self._low_run)
+        if self._low_run >= self.collapse_patience:
+            msg = (f"Collapse alarm at step {step}: the effective rank of the training batch has stayed below "
+                   f"{self.collapse_threshold} for {self._low_run} consecutive steps (last mean "
+                   f"{eff_rank.mean().item():.2f}). The embeddings are converging to a few directions: lower the "
+                   "learning rate, raise the temperature, or check the data for near-duplicates.")
+            self.alarm = True
+            out[PREFIX + "collapse_alarm"] = 1.0
+            if self.collapse_action == "stop":
+                logger.error(msg + " Stopping training (collapse_action='stop').")
+                self._stop = True
+            else:
+                logger.warning(msg)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (main process). The first write of a run drops lines at or after its step, so a
+        resumed run leaves no duplicate steps from the attempt it replaces."""
+        if self.log_file is None or not self.is_main_process:
+            return
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if not self._truncated:
+            self._truncated = True
+            if self.log_file.exists():
+                keep = [r for r in read_diversity_log(self.log_file) if r.get("step", -1) < record["step"]]
+                tmp = self.log_file.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+                os.replace(tmp, self.log_file)
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with self.log_file.open("a") as fh:
+            fh.write(json.dumps(clean) + "\n")
+            fh.flush()

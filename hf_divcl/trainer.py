@@ -1,0 +1,431 @@
+"""``DivCLTrainer`` and ``DivCLTrainingArguments``: diversity-window training by swapping one class.
+
+    >>> trainer = DivCLTrainer(model=SentenceTransformer(...), args=DivCLTrainingArguments(output_dir="out"),
+    ...                        train_dataset=pairs)
+    >>> trainer.train()
+
+With no hf_divcl-specific argument this trains with diversity-window batches (greedy builder, window calibrated at
+the start), the project's InfoNCE on the global batch, a bank fed by the training steps, and full diversity
+logging. The data flow per run: dataset → (validated, row ids) → bank (reference encoding, then updated from each
+step's embeddings) → builder → :class:`~hf_divcl.sampler.DiversityWindowBatchSampler` →
+:class:`~hf_divcl.collator.DivCLDataCollator` → model → loss → :class:`~hf_divcl.callbacks.DiversityLogger`.
+Checkpoints carry the bank and the epoch plan, so ``resume_from_checkpoint`` continues the same plan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import BatchSamplers
+from transformers import TrainerCallback
+
+from .bank import EmbeddingBank
+from .callbacks import PREFIX, DiversityLogger
+from .collator import ROW_ID_COLUMN, DivCLDataCollator
+from .losses import InfoNCELoss, gather_with_grad
+from .sampler import DiversityWindowBatchSampler
+from .validation import DatasetError, validate_training_dataset
+from .window import DiversityWindow
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DivCLTrainer", "DivCLTrainingArguments"]
+
+STATE_DIR = "divcl_state"
+BANK_SOURCES = ("training", "reference")
+
+
+@dataclass
+class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
+    """sentence-transformers training arguments plus the diversity-window options (all with defaults)."""
+
+    window: str = field(default="auto", metadata={
+        "help": "Diversity window: 'auto' (calibrated on the bank at the start, at `temperature`), 'low:high' or "
+                "'metric:low:high' (metrics: effective_rank, participation_ratio, mean_sq_cosine, lambda_max), or "
+                "'none' (builder without a target)."})
+    window_keep_fraction: float = field(default=0.9, metadata={
+        "help": "'auto' window: diversity levels whose mean gradient norm is at least this fraction of the peak."})
+    builder: str = field(default="greedy", metadata={
+        "help": "Batch builder: greedy (Greedy-m), pool (Pool-P), cluster (k-means mix) or random.",
+        "choices": ["greedy", "pool", "cluster", "random"]})
+    builder_kwargs: dict | str | None = field(default=None, metadata={
+        "help": "Builder options as a dict or JSON, e.g. '{\"m\": 64}' (greedy) or '{\"p\": 3}' (pool)."})
+    on_infeasible: str = field(default="closest", metadata={
+        "help": "When the window is out of reach on this data: 'closest' (warn, aim as close as possible) or "
+                "'raise'.", "choices": ["closest", "raise"]})
+    dedupe: bool = field(default=True, metadata={
+        "help": "Keep rows with identical text (or identical image bytes) out of the same batch."})
+    bank_source: str = field(default="training", metadata={
+        "help": "'training': encode once with the starting model, then update each row from the training steps' "
+                "own embeddings (no extra forward passes); 'reference': keep the starting model's encoding.",
+        "choices": list(BANK_SOURCES)})
+    bank_refresh_epochs: int = field(default=0, metadata={
+        "help": "Re-encode the whole data set every k epochs (0: never)."})
+    bank_cache_dir: str | None = field(default=None, metadata={
+        "help": "Cache of reference encodings keyed by model and data fingerprints (default: "
+                "$HF_DIVCL_CACHE or ~/.cache/hf_divcl/banks)."})
+    bank_encode_batch_size: int = field(default=64, metadata={"help": "Batch size of the reference encoding."})
+    temperature: float = field(default=0.05, metadata={
+        "help": "InfoNCE temperature τ (logits = cos/τ); 0.05 equals MultipleNegativesRankingLoss's scale 20."})
+    learnable_temperature: bool = field(default=False, metadata={"help": "Learn log τ (clamped to [0.01, 1])."})
+    loss_type: str = field(default="infonce", metadata={
+        "help": "'infonce' (anchor → positives, + hard-negative columns) or 'nt_xent' (SimCLR, 2N views).",
+        "choices": ["infonce", "nt_xent"]})
+    symmetric_loss: bool = field(default=False, metadata={"help": "InfoNCE in both directions (CLIP-style)."})
+    gather_across_devices: bool = field(default=True, metadata={
+        "help": "Negatives from every process (with gradient): the loss and the window see the global batch."})
+    whitening: bool = field(default=False, metadata={"help": "ZCA-whiten each global batch before the loss."})
+    whitening_eps: float = field(default=0.05, metadata={"help": "Whitening shrinkage relative to mean variance."})
+    log_bands: bool = field(default=True, metadata={
+        "help": "Log exact per-anchor gradient norms and their spectral bands at every logging step."})
+    diversity_log_file: str = field(default="diversity_log.jsonl", metadata={
+        "help": "JSON-lines log of every logging step, in output_dir ('' to disable)."})
+    collapse_threshold: float = field(default=1.5, metadata={
+        "help": "Collapse alarm: effective rank of the training batch below this value counts as collapsed "
+                "(0 disables)."})
+    collapse_patience: int = field(default=20, metadata={"help": "Collapsed steps in a row that raise the alarm."})
+    collapse_action: str = field(default="warn", metadata={
+        "help": "'warn' or 'stop' (finish the current step, save, and end training).", "choices": ["warn", "stop"]})
+    image_size: int | None = field(default=None, metadata={
+        "help": "Side of augmented image views (default: the model's image processor size)."})
+    augment_scale_min: float = field(default=0.3, metadata={"help": "Smallest random-resized-crop area fraction."})
+    augment_jitter: float = field(default=0.4, metadata={"help": "Brightness/contrast jitter strength."})
+    logging_steps: float = field(default=10, metadata={
+        "help": "Log (loss, diversity, bands) every N steps; a float < 1 is a fraction of the total steps."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.builder_kwargs, str):
+            try:
+                self.builder_kwargs = json.loads(self.builder_kwargs) if self.builder_kwargs.strip() else None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"builder_kwargs must be a JSON object, got {self.builder_kwargs!r} ({err}).") from None
+        if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
+            raise ValueError(f"builder_kwargs must be a dict, got {type(self.builder_kwargs).__name__}.")
+        if self.bank_source not in BANK_SOURCES:
+            raise ValueError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.window not in ("auto", "none"):
+            DiversityWindow.parse(self.window)  # fail now, not at the first epoch
+
+    def parsed_window(self) -> DiversityWindow | str | None:
+        return None if self.window == "none" else self.window if self.window == "auto" else \
+            DiversityWindow.parse(self.window)
+
+
+class _DivCLControl(TrainerCallback):
+    """Epoch-end bank maintenance and the learnable temperature's gradient across processes."""
+
+    def __init__(self, trainer: DivCLTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.flush_bank()
+        k = args.bank_refresh_epochs
+        if k and state.epoch is not None and round(state.epoch) % k == 0:
+            self.trainer.refresh_bank()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        loss = self.trainer.loss
+        p = getattr(loss, "log_temperature", None)
+        if isinstance(p, torch.nn.Parameter) and p.grad is not None and torch.distributed.is_available() \
+                and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= torch.distributed.get_world_size()
+
+
+class DivCLTrainer(SentenceTransformerTrainer):
+    """A :class:`SentenceTransformerTrainer` that trains on diversity-window batches and logs batch geometry.
+
+    Args (beyond those of :class:`SentenceTransformerTrainer`):
+        bank (:class:`~hf_divcl.bank.EmbeddingBank` or `(N, d)` tensor, *optional*): embeddings to plan from;
+            default: encode the first input column with the model being trained (cached on disk).
+        loss: default :class:`~hf_divcl.losses.InfoNCELoss` from the arguments; sentence-transformers losses
+            (MultipleNegativesRankingLoss, CachedMultipleNegativesRankingLoss, ...) work too — their embeddings
+            are captured by a forward hook for logging and the bank.
+    """
+
+    training_args_class = DivCLTrainingArguments
+    data_collator_class = DivCLDataCollator
+
+    def __init__(self, model=None, args: DivCLTrainingArguments | None = None, train_dataset=None,
+                 eval_dataset=None, loss=None, *, bank: EmbeddingBank | torch.Tensor | None = None, **kwargs) -> None:
+        if args is None:
+            args = DivCLTrainingArguments(output_dir="divcl_output")
+        if isinstance(args, SentenceTransformerTrainingArguments) and not isinstance(args, DivCLTrainingArguments):
+            args = DivCLTrainingArguments(**{k: v for k, v in args.to_dict().items()
+                                             if k in DivCLTrainingArguments.__dataclass_fields__})
+        self._user_bank = bank
+        self.bank: EmbeddingBank | None = None
+        self.divcl_sampler: DiversityWindowBatchSampler | None = None
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._resume_dir: Path | None = None
+        self._capture: list[torch.Tensor] | None = None
+        if train_dataset is not None:
+            train_dataset = self._prepare_train_dataset(train_dataset, args, infonce=loss is None or
+                                                        isinstance(loss, InfoNCELoss))
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
+                         **kwargs)
+        self.args: DivCLTrainingArguments
+        log_file = os.path.join(args.output_dir, args.diversity_log_file) if args.diversity_log_file else None
+        window = args.parsed_window()
+        self.diversity = DiversityLogger(
+            metric=window.metric if isinstance(window, DiversityWindow) else "effective_rank",
+            log_bands=args.log_bands, log_file=log_file, collapse_threshold=args.collapse_threshold,
+            collapse_patience=args.collapse_patience, collapse_action=args.collapse_action,
+            is_main_process=self.is_world_process_zero())
+        self.add_callback(self.diversity)
+        self.add_callback(_DivCLControl(self))
+        self.model.register_forward_hook(self._capture_hook)
+
+    # -- data ----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _world_size() -> int:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
+    def _prepare_train_dataset(self, dataset, args: DivCLTrainingArguments, infonce: bool = True):
+        global_batch = args.per_device_train_batch_size * (self._world_size() if args.gather_across_devices else 1)
+        cols = validate_training_dataset(dataset, min_rows=max(2, global_batch), ignore=(ROW_ID_COLUMN,))
+        single_image = len(cols) == 1 and type(dataset.features[cols[0]]).__name__ == "Image"
+        if infonce and len(cols) < 2 and not single_image:
+            raise DatasetError(f"The contrastive loss needs 2 input columns (anchor, positive[, negatives...]); the "
+                               f"data set has {len(cols)}: {cols}. Add a positive column, or pass a loss that "
+                               "works on single texts.")
+        if ROW_ID_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(ROW_ID_COLUMN)
+        return dataset.add_column(ROW_ID_COLUMN, np.arange(len(dataset), dtype=np.int64))
+
+    def _input_columns(self, dataset) -> list[str]:
+        labels = set(self.data_collator.valid_label_columns)
+        return [c for c in dataset.column_names if c not in labels and c not in (ROW_ID_COLUMN, "dataset_name")]
+
+    def get_data_collator(self, model, args, processing_class=None):
+        collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
+        if "image" in getattr(model, "modalities", ["text"]):
+            try:
+                from .augment import TwoViewAugment, to_model_inputs
+            except ImportError as err:  # kornia is an optional extra
+                raise ImportError("Image training needs kornia: pip install 'hf_divcl[vision]'.") from err
+            size = args.image_size or _processor_image_size(model) or 224
+            collator.augment = TwoViewAugment(size, scale=(args.augment_scale_min, 1.0), jitter=args.augment_jitter,
+                                              seed=args.seed)
+            collator.to_inputs = lambda views: to_model_inputs(model, views)
+        return collator
+
+    def get_default_loss(self, model) -> torch.nn.Module:
+        a = self.args
+        return InfoNCELoss(model, temperature=a.temperature, learnable_temperature=a.learnable_temperature,
+                           loss_type=a.loss_type, symmetric=a.symmetric_loss,
+                           gather_across_devices=a.gather_across_devices, whitening=a.whitening,
+                           whitening_eps=a.whitening_eps)
+
+    # -- bank and sampler ----------------------------------------------------------------------------------------
+
+    def build_bank(self, dataset) -> EmbeddingBank:
+        """The bank the sampler plans from: the user's, a checkpoint's, or a (cached) reference encoding."""
+        if self._resume_dir is not None and (self._resume_dir / STATE_DIR / "bank" / "bank.json").is_file():
+            bank = EmbeddingBank.load(self._resume_dir / STATE_DIR / "bank")
+            logger.info("bank restored from %s", self._resume_dir)
+            return bank
+        if self._user_bank is not None:
+            b = self._user_bank
+            if isinstance(b, torch.Tensor):
+                bank = EmbeddingBank(b.shape[0], b.shape[1])
+                bank.update(torch.arange(b.shape[0]), b, step=0)
+                bank.source = "user"
+                b = bank
+            if b.num_rows != len(dataset):
+                raise ValueError(f"The bank has {b.num_rows} rows but the training set has {len(dataset)}.")
+            return b
+        column = self._input_columns(dataset)[0]
+        values = dataset[column]
+        values = list(values)
+        cache = self.args.bank_cache_dir or os.path.join(
+            os.environ.get("HF_DIVCL_CACHE") or os.path.join(Path.home(), ".cache", "hf_divcl"), "banks")
+        t0 = time.perf_counter()
+        bank = EmbeddingBank.from_reference(
+            self.model, [values], batch_size=self.args.bank_encode_batch_size, cache_dir=cache,
+            show_progress_bar=not self.args.disable_tqdm, data_fingerprint_=f"{dataset._fingerprint}-{column}")
+        self.model.train()
+        logger.info("bank: %s (%.1f s)", bank, time.perf_counter() - t0)
+        self.bank_seconds = time.perf_counter() - t0
+        return bank
+
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        if ROW_ID_COLUMN not in getattr(dataset, "column_names", []):  # evaluation data: the usual sampler
+            return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        if self.args.batch_sampler != BatchSamplers.BATCH_SAMPLER:
+            logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
+                           "logs the batch geometry.", self.args.batch_sampler)
+            return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        self.bank = self.build_bank(dataset)
+        processes = self._world_size() if self.args.gather_across_devices else 1
+        sampler = DiversityWindowBatchSampler(
+            dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
+            generator=generator, seed=seed, bank=self.bank, window=self.args.parsed_window(),
+            builder=self.args.builder, builder_kwargs=self.args.builder_kwargs, temperature=self.args.temperature,
+            processes=processes, on_infeasible=self.args.on_infeasible, dedupe=self.args.dedupe)
+        if self._resume_dir is not None and (self._resume_dir / STATE_DIR / "sampler.json").is_file():
+            sampler.load_state_dict(_load_sampler_state(self._resume_dir / STATE_DIR), skip=False)
+        window = sampler.window() if sampler.builder != "random" else None
+        self.diversity.window = window
+        if window is not None and self.is_world_process_zero():
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            with open(os.path.join(self.args.output_dir, "divcl_window.json"), "w") as fh:
+                json.dump({"window": window.to_dict(), "builder": self.args.builder,
+                           "temperature": self.args.temperature, "global_batch_size": sampler.global_batch_size},
+                          fh, indent=2)
+        self.divcl_sampler = sampler
+        return sampler
+
+    def flush_bank(self) -> None:
+        """Write the buffered training-step embeddings into the bank (one host transfer per flush)."""
+        if not self._pending or self.bank is None:
+            self._pending.clear()
+            return
+        ids = torch.cat([i for i, _ in self._pending]).cpu()
+        emb = torch.cat([e for _, e in self._pending]).float().cpu()
+        self._pending.clear()
+        self.bank.update(ids, emb, step=self.state.global_step)
+        self.bank.source = "training"
+
+    def refresh_bank(self) -> None:
+        if self.bank is None or self.train_dataset is None:
+            return
+        column = self._input_columns(self.train_dataset)[0]
+        self.bank.refresh(self.model, [list(self.train_dataset[column])], step=self.state.global_step,
+                          batch_size=self.args.bank_encode_batch_size, show_progress_bar=not self.args.disable_tqdm)
+        self.model.train()
+
+    # -- the step ------------------------------------------------------------------------------------------------
+
+    def _capture_hook(self, module, args, output):
+        if self._capture is not None and isinstance(output, dict) and "sentence_embedding" in output:
+            self._capture.append(output["sentence_embedding"].detach())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        row_ids = inputs.pop("row_ids", None)
+        ours = isinstance(self.loss, InfoNCELoss)
+        track = row_ids is not None and self.model.training
+        if track and not ours:
+            self._capture = []
+        try:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            captured, self._capture = self._capture, None
+        if track:
+            t0 = time.perf_counter()
+            self._after_step(row_ids, captured)
+            self.diversity.bookkeeping_seconds += time.perf_counter() - t0
+        return result
+
+    def _after_step(self, row_ids: torch.Tensor, captured: list[torch.Tensor] | None) -> None:
+        if isinstance(self.loss, InfoNCELoss) and self.loss.last_output is not None:
+            out = self.loss.last_output
+            anchors, positives, tau = out.anchors, out.positives, out.temperature
+            if self.loss.gather_across_devices:
+                with torch.no_grad():
+                    ids = gather_with_grad(row_ids[:, None])[0][:, 0]
+            else:
+                ids = row_ids
+            self.loss.last_output = None
+        else:
+            n = row_ids.shape[0]
+            if not captured:
+                return
+            flat = torch.cat(captured)
+            if flat.shape[0] < 2 * n:
+                return
+            anchors, positives = torch.nn.functional.normalize(flat[:2 * n].float(), dim=-1).split(n)
+            scale = getattr(self.loss, "scale", None)
+            tau = 1.0 / float(scale) if scale else self.args.temperature
+            with torch.no_grad():
+                anchors = gather_with_grad(anchors)[0]
+                positives = gather_with_grad(positives)[0]
+                ids = gather_with_grad(row_ids[:, None])[0][:, 0]
+        self.diversity.record(anchors, positives, tau)
+        if self.bank is not None and self.args.bank_source == "training":
+            self._pending.append((ids, anchors.to(torch.float16)))
+
+    # -- logging and checkpoints ---------------------------------------------------------------------------------
+
+    def selection_seconds(self) -> float:
+        s = self.divcl_sampler.plan_seconds if self.divcl_sampler is not None else 0.0
+        return s + getattr(self.data_collator, "selection_seconds", 0.0)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and "eval_loss" not in logs:
+            self.flush_bank()
+            logs = {**logs, **self.diversity.summary(step=self.state.global_step, bank=self.bank,
+                                                     selection_seconds=self.selection_seconds())}
+        super().log(logs, start_time)
+        if any(k.startswith(PREFIX) for k in logs):
+            self.diversity.write({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
+
+    def _save_checkpoint(self, model, trial) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.flush_bank()
+        if self.args.should_save and self.divcl_sampler is not None:
+            state_dir = folder / STATE_DIR
+            state_dir.mkdir(parents=True, exist_ok=True)
+            _save_sampler_state(self.divcl_sampler.state_dict(), state_dir)
+            if self.bank is not None:
+                self.bank.save(state_dir / "bank")
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, checkpoint_path, *args, **kwargs) -> None:
+        self._resume_dir = Path(checkpoint_path)
+        return super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        extra = [p for p in self.loss.parameters() if p.requires_grad] if isinstance(self.loss, torch.nn.Module) \
+            else []
+        known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        extra = [p for p in extra if id(p) not in known]
+        if extra:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+
+def _processor_image_size(model) -> int | None:
+    proc = getattr(model[0], "processor", None)
+    proc = getattr(proc, "image_processor", proc)
+    size = getattr(proc, "size", None)
+    if isinstance(size, dict):
+        return size.get("height") or size.get("shortest_edge")
+    return size if isinstance(size, int) else None
+
+
+def _save_sampler_state(state: dict[str, Any], directory: Path) -> None:
+    """Scalars as JSON, the plan as ``.npy`` (never pickled); JSON goes last so a torn save is never read."""
+    for key in ("plan_rows", "plan_sizes"):
+        if key in state:
+            tmp = directory / f".{key}.npy.tmp"
+            with tmp.open("wb") as fh:
+                np.save(fh, state[key].numpy(), allow_pickle=False)
+            os.replace(tmp, directory / f"{key}.npy")
+    scalars = {k: v for k, v in state.items() if k not in ("plan_rows", "plan_sizes")}
+    tmp = directory / ".sampler.json.tmp"
+    tmp.write_text(json.dumps(scalars, indent=2))
+    os.replace(tmp, directory / "sampler.json")
+
+
+def _load_sampler_state(directory: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((directory / "sampler.json").read_text())
+    if "plan_epoch" in state:
+        for key in ("plan_rows", "plan_sizes"):
+            state[key] = torch.from_numpy(np.load(directory / f"{key}.npy", allow_pickle=False))
+    return state
+
