@@ -157,7 +157,8 @@ class TwoViewAugment:
         jitter: brightness and contrast strength (factors drawn from ``[1 - jitter, 1 + jitter]``).
         p_jitter: probability that an image gets colour jitter.
         grayscale_p: probability that a view is turned grey.
-        seed: seeds a private generator, so two instances with the same seed give the same sequence of views.
+        seed: seeds a private generator, so two instances with the same seed give the same sequence of views
+            (in DataLoader workers the generator is re-seeded per worker and epoch, see ``_own_generator``).
         saturation: saturation strength, default ``jitter``; hue: hue shift, default ``jitter / 4``. On grey
             inputs (three equal channels) saturation and hue leave the image grey, so they only act on colour.
 
@@ -179,6 +180,8 @@ class TwoViewAugment:
         for name, p in (("p_jitter", p_jitter), ("grayscale_p", grayscale_p)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}={p}: a probability must lie in [0, 1].")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed={seed!r}: pass None or a non-negative int.")
         saturation = jitter if saturation is None else saturation
         hue = jitter / 4 if hue is None else hue
         if not 0.0 <= hue <= 0.5:
@@ -197,9 +200,25 @@ class TwoViewAugment:
         self.pipeline = torch.nn.Sequential(*steps)  # kept off nn.Module.to(): parameters stay sampled on CPU
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._worker_seed: int | None = None
 
     def __repr__(self) -> str:
         return f"TwoViewAugment(image_size={self.image_size}, seed={self.seed}, pipeline={self.pipeline})"
+
+    def _own_generator(self) -> torch.Generator | None:
+        """The seeded generator; inside a DataLoader worker it is re-seeded from ``(seed, worker seed)``.
+
+        Each worker holds a copy of this object with the same generator state, and non-persistent workers get a
+        fresh copy every epoch; without re-seeding every worker and every epoch would repeat the same views.
+        The worker seed is the DataLoader's base seed (drawn from the main process's torch RNG each epoch) plus
+        the worker id, so runs stay reproducible under ``torch.manual_seed``.
+        """
+        info = torch.utils.data.get_worker_info()
+        if self._generator is not None and info is not None and info.seed != self._worker_seed:
+            mixed = np.random.SeedSequence([self.seed, info.seed]).generate_state(1, np.uint64)[0]
+            self._generator = torch.Generator().manual_seed(int(mixed) & (2**63 - 1))
+            self._worker_seed = info.seed
+        return self._generator
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """One augmented view of a float ``(n, 3, H, W)`` batch in [0, 1] (global RNG) → ``(n, 3, S, S)``."""
@@ -208,7 +227,7 @@ class TwoViewAugment:
     def __call__(self, images: Sequence[Any] | torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = images_to_tensor(images, self.image_size)
-        source = generator if generator is not None else self._generator
+        source = generator if generator is not None else self._own_generator()
         if source is None:
             return self.view(x), self.view(x)
         if source.device.type != "cpu":

@@ -103,12 +103,18 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "Log (loss, diversity, bands) every N steps; a float < 1 is a fraction of the total steps."})
 
     def __post_init__(self) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available() \
+                and not os.environ.get("ACCELERATE_USE_CPU"):
+            # `accelerate launch --multi_gpu` on a machine without GPUs: without this the Trainer would run each
+            # process as a separate single-process job (no DDP, every rank saving).
+            self.use_cpu = True
         super().__post_init__()
         if isinstance(self.builder_kwargs, str):
             try:
                 self.builder_kwargs = json.loads(self.builder_kwargs) if self.builder_kwargs.strip() else None
             except json.JSONDecodeError as err:
-                raise ValueError(f"builder_kwargs must be a JSON object, got {self.builder_kwargs!r} ({err}).") from None
+                raise ValueError(f"builder_kwargs must be a JSON object, got {self.builder_kwargs!r} "
+                                 f"({err}).") from None
         if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
             raise ValueError(f"builder_kwargs must be a dict, got {type(self.builder_kwargs).__name__}.")
         if self.bank_source not in BANK_SOURCES:

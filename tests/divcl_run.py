@@ -14,11 +14,11 @@ import signal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from sentence_transformers import SentenceTransformer  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
 
-from hf_divcl.data import wordnet_pairs  # noqa: E402
-from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments  # noqa: E402
+from hf_divcl.data import wordnet_pairs
+from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
 
 
 class RecordingTrainer(DivCLTrainer):

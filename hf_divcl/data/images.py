@@ -12,7 +12,7 @@ and a ``label`` column (`datasets.ClassLabel`), so they feed the same collators 
   ``train``, the other 297 are ``test`` (the rows cycle through the digits, so both splits are near balanced).
 
 Images are stored in the Arrow table as binary PGM (``P5``) bytes: building them is a numpy concatenation
-(60,000 rows in well under a second) where PNG encoding takes seconds; PIL decodes both, and
+(60,000 rows in under a second, most of it gunzip) where PNG encoding takes 5 to 9 s; PIL decodes both, and
 ``encoding="png"`` gives PNG bytes for data sets you mean to share.
 """
 
@@ -208,7 +208,7 @@ def fashion_mnist(split: str = "train", limit: int | None = None, root: str | os
         split: ``"train"`` (60,000 rows) or ``"test"`` (10,000 rows).
         limit: keep only the first ``limit`` rows (file order, so deterministic); None keeps all.
         root: folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
-        encoding: how images are stored in the table, ``"pgm"`` (fast) or ``"png"`` (compact, ~5 s for 60k).
+        encoding: how images are stored in the table, ``"pgm"`` (fast) or ``"png"`` (portable, 5 to 9 s for 60k rows).
 
     Returns:
         `datasets.Dataset` (in memory); ``label`` is a `ClassLabel` over [`FASHION_MNIST_CLASSES`].
@@ -261,4 +261,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
     bunch = load_digits()
     images = np.rint(np.asarray(bunch.images) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    return images, np.asarray(bunch.target)
+    labels = np.asarray(bunch.target).copy()
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
