@@ -30,11 +30,11 @@ from transformers import TrainerCallback
 
 from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger
-from .collator import ROW_ID_COLUMN, DivCLDataCollator
+from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
 from .losses import InfoNCELoss, gather_with_grad
 from .sampler import DiversityWindowBatchSampler
 from .validation import DatasetError, validate_training_dataset
-from .window import DiversityWindow
+from .window import DiversityWindow, calibrate_window
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     collapse_patience: int = field(default=20, metadata={"help": "Collapsed steps in a row that raise the alarm."})
     collapse_action: str = field(default="warn", metadata={
         "help": "'warn' or 'stop' (finish the current step, save, and end training).", "choices": ["warn", "stop"]})
+    mega_batch_factor: int = field(default=1, metadata={
+        "help": "Mega-batch mode (M > 1): the sampler draws M×B random rows per step and the collator keeps the B "
+                "whose bank embeddings best fit the window; one epoch then trains on 1/M of the rows."})
     image_size: int | None = field(default=None, metadata={
         "help": "Side of augmented image views (default: the model's image processor size)."})
     augment_scale_min: float = field(default=0.3, metadata={"help": "Smallest random-resized-crop area fraction."})
@@ -123,6 +126,11 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if self.window not in ("auto", "none"):
             DiversityWindow.parse(self.window)  # fail now, not at the first epoch
+        if self.window == "none" and self.builder != "random":
+            raise ValueError(f"builder={self.builder!r} aims batches at a window; window='none' only goes with "
+                             "builder='random'. Use window='auto' to calibrate one.")
+        if self.mega_batch_factor < 1:
+            raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}.")
 
     def parsed_window(self) -> DiversityWindow | str | None:
         return None if self.window == "none" else self.window if self.window == "auto" else \
@@ -277,23 +285,50 @@ class DivCLTrainer(SentenceTransformerTrainer):
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
         self.bank = self.build_bank(dataset)
         processes = self._world_size() if self.args.gather_across_devices else 1
+        mega = max(1, int(self.args.mega_batch_factor))
+        builder = self.args.builder
+        window = self._resolve_window(batch_size * processes, seed) if builder != "random" or mega > 1 else None
         sampler = DiversityWindowBatchSampler(
-            dataset, batch_size=batch_size, drop_last=drop_last, valid_label_columns=valid_label_columns,
-            generator=generator, seed=seed, bank=self.bank, window=self.args.parsed_window(),
-            builder=self.args.builder, builder_kwargs=self.args.builder_kwargs, temperature=self.args.temperature,
-            processes=processes, on_infeasible=self.args.on_infeasible, dedupe=self.args.dedupe)
+            dataset, batch_size=batch_size * mega, drop_last=drop_last, valid_label_columns=valid_label_columns,
+            generator=generator, seed=seed, bank=self.bank, window=None if mega > 1 else window,
+            builder="random" if mega > 1 else builder, builder_kwargs=self.args.builder_kwargs,
+            temperature=self.args.temperature, processes=processes, on_infeasible=self.args.on_infeasible,
+            dedupe=self.args.dedupe)
         if self._resume_dir is not None and (self._resume_dir / STATE_DIR / "sampler.json").is_file():
             sampler.load_state_dict(_load_sampler_state(self._resume_dir / STATE_DIR), skip=False)
-        window = sampler.window() if sampler.builder != "random" else None
+        if mega > 1:
+            if window is None:
+                raise ValueError("mega_batch_factor > 1 needs a window (window='auto' or 'low:high').")
+            self.data_collator.select = MegaBatchSelector(self.bank, window, batch_size,
+                                                          builder=builder if builder != "random" else "greedy",
+                                                          seed=seed)
         self.diversity.window = window
         if window is not None and self.is_world_process_zero():
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
             with open(os.path.join(self.args.output_dir, "divcl_window.json"), "w") as fh:
                 json.dump({"window": window.to_dict(), "builder": self.args.builder,
-                           "temperature": self.args.temperature, "global_batch_size": sampler.global_batch_size},
+                           "temperature": self.args.temperature, "global_batch_size": batch_size * processes,
+                           "mega_batch_factor": mega},
                           fh, indent=2)
         self.divcl_sampler = sampler
         return sampler
+
+    def _resolve_window(self, global_batch: int, seed: int) -> DiversityWindow | None:
+        """The run's window: restored from a checkpoint, given, or calibrated on the bank (curve saved in
+        ``output_dir/divcl_calibration.json``)."""
+        saved = self._resume_dir / STATE_DIR / "window.json" if self._resume_dir is not None else None
+        if saved is not None and saved.is_file():
+            return DiversityWindow(**json.loads(saved.read_text()))
+        window = self.args.parsed_window()
+        if window != "auto":
+            return window
+        cal = calibrate_window(self.bank.all(dtype=torch.float32), global_batch, self.args.temperature, seed=seed,
+                               keep_fraction=self.args.window_keep_fraction)
+        logger.info("calibrated window: %s", cal.format())
+        if self.is_world_process_zero():
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            Path(self.args.output_dir, "divcl_calibration.json").write_text(json.dumps(cal.to_dict(), indent=2))
+        return cal.window
 
     def flush_bank(self) -> None:
         """Write the buffered training-step embeddings into the bank (one host transfer per flush)."""
@@ -386,6 +421,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
             state_dir = folder / STATE_DIR
             state_dir.mkdir(parents=True, exist_ok=True)
             _save_sampler_state(self.divcl_sampler.state_dict(), state_dir)
+            if self.diversity.window is not None:
+                (state_dir / "window.json").write_text(json.dumps(self.diversity.window.to_dict()))
             if self.bank is not None:
                 self.bank.save(state_dir / "bank")
         super()._save_checkpoint(model, trial)
