@@ -1,4 +1,4 @@
-"""The ``hf-divcl`` command line: ``hf-divcl {diagnose,calibrate} [--config x.yaml] [--flags]``.
+"""The ``hf-divcl`` command line: ``hf-divcl {diagnose,calibrate,train} [--config x.yaml] [--flags]``.
 
 Heavy libraries (torch, transformers) are imported only inside the command that needs them, so ``--help``
 answers instantly.
@@ -42,6 +42,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .train import main as train_main
+
+    return train_main(args.rest)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from .calibrate import CalibrateConfig
     from .diagnose import DiagnoseConfig
@@ -62,6 +68,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_dataclass_arguments(p, CalibrateConfig)
     p.set_defaults(func=_calibrate)
+    p = sub.add_parser("train", add_help=False, help="Run a recipe: train with diversity-window batches, evaluate, "
+                       "write the model card (and push). `hf-divcl train --config recipes/text_wordnet.yaml "
+                       "--max_steps 20`; `hf-divcl train --help` lists the keys.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_train)
     return parser
 
 

@@ -310,6 +310,13 @@ class DivCLTrainer(SentenceTransformerTrainer):
                            "temperature": self.args.temperature, "global_batch_size": batch_size * processes,
                            "mega_batch_factor": mega},
                           fh, indent=2)
+        if self.is_world_process_zero():
+            loss = self.loss
+            run = {"loss": type(loss).__name__ + (f" ({loss.loss_type}{', symmetric' if loss.symmetric else ''})"
+                                                  if isinstance(loss, InfoNCELoss) else ""),
+                   "processes": processes, "batch_size": batch_size, "bank_source": self.args.bank_source,
+                   "train_rows": len(dataset), "dimension": self.bank.dim, "whitening": self.args.whitening}
+            Path(self.args.output_dir, "divcl_run.json").write_text(json.dumps(run, indent=2))
         self.divcl_sampler = sampler
         return sampler
 

@@ -1,0 +1,213 @@
+"""Model cards for diversity-window runs: two plots from ``diversity_log.jsonl`` and a README rendered from the
+Jinja template in ``model_cards/``.
+
+The YAML header is sentence-transformers' own card metadata (``model.model_card_data``: base model, library,
+pipeline tag, tags, …, so the Hub keeps treating the model as a sentence-transformers model) plus hf_divcl's
+tags. The body is rendered in a sandboxed Jinja environment; every untrusted string (data set names, texts,
+repo ids, user names) goes through the ``md`` filter, which escapes Markdown and HTML, so no data can inject
+markup, links or template code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .callbacks import read_diversity_log
+from .plotting import pyplot, save_figure
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TEMPLATE_PATH", "md_escape", "plot_diversity_trajectory", "plot_gradient_bands", "write_model_card"]
+
+TEMPLATE_PATH = Path(os.environ.get("HF_DIVCL_CARD_TEMPLATE") or
+                     Path(__file__).resolve().parents[1] / "model_cards" / "divcl_model_card.md.jinja")
+TRAJECTORY_PNG = "diversity_trajectory.png"
+BANDS_PNG = "gradient_bands.png"
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+
+
+def md_escape(value: Any) -> str:
+    """Text safe to place in Markdown: HTML metacharacters become entities, Markdown syntax is backslash-escaped,
+    line breaks become spaces (a table row stays one row)."""
+    text = str(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            xs.append(int(r["step"]))
+            ys.append(float(v))
+    return xs, ys
+
+
+def plot_diversity_trajectory(records: Sequence[dict], path: str | Path, metric: str = "effective_rank") -> Path:
+    """Batch diversity per logged step with the window shaded, and the fraction of batches inside it."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    xs, ys = _series(records, f"divcl/{metric}")
+    ax.plot(xs, ys, marker="o", ms=3, color="tab:blue", label=f"training batch {metric.replace('_', ' ')}")
+    lows, highs = _series(records, "divcl/window_low")[1], _series(records, "divcl/window_high")[1]
+    if lows and highs:
+        ax.fill_between(_series(records, "divcl/window_low")[0], lows, highs, color="tab:green", alpha=0.18,
+                        label="diversity window")
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric.replace("_", " "))
+    fx, fy = _series(records, "divcl/in_window_fraction")
+    if fy:
+        ax2 = ax.twinx()
+        ax2.plot(fx, fy, color="tab:orange", lw=1, ls="--", label="fraction of batches in window")
+        ax2.set_ylim(-0.02, 1.02)
+        ax2.set_ylabel("fraction in window")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="best")
+    else:
+        ax.legend(fontsize=8)
+    ax.set_title("Batch diversity during training")
+    return save_figure(fig, path)
+
+
+def plot_gradient_bands(records: Sequence[dict], path: str | Path) -> Path:
+    """Measured per-anchor gradient norms (median, 10–90 % range) against the predicted bands, log scale."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x, p50 = _series(records, "divcl/grad_norm_p50")
+    _, p10 = _series(records, "divcl/grad_norm_p10")
+    _, p90 = _series(records, "divcl/grad_norm_p90")
+    if p50:
+        ax.fill_between(x, p10, p90, color="tab:blue", alpha=0.2, label="measured ‖∇‖, 10–90 %")
+        ax.plot(x, p50, color="tab:blue", marker="o", ms=3, label="measured ‖∇‖, median")
+    for key, style, label in (("divcl/band_lower_mean", ("tab:red", "--"), "lower band (mean)"),
+                              ("divcl/band_upper_mean", ("tab:purple", "--"), "upper band (mean)"),
+                              ("divcl/spectral_upper_mean", ("tab:gray", ":"), "spectral upper (mean)")):
+        bx, by = _series(records, key)
+        by_pos = [(a, b) for a, b in zip(bx, by, strict=True) if b > 0]
+        if by_pos:
+            ax.plot([a for a, _ in by_pos], [b for _, b in by_pos], color=style[0], ls=style[1], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("per-anchor gradient norm")
+    ax.set_title("InfoNCE gradient norms vs. spectral bands")
+    ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, path)
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.{digits}g}"
+    return str(v)
+
+
+def _metadata(model, tags: Sequence[str]) -> str:
+    data: dict[str, Any] = {}
+    if model is not None and getattr(model, "model_card_data", None) is not None:
+        try:
+            data = yaml.safe_load(model.model_card_data.to_yaml()) or {}
+        except Exception as err:  # card data of exotic models; the card is still useful without it
+            logger.warning("sentence-transformers card metadata unavailable (%s); writing a minimal header", err)
+    data.setdefault("library_name", "sentence-transformers")
+    data["tags"] = list(dict.fromkeys([*(data.get("tags") or []), *tags]))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).strip()
+
+
+def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dataset: str, train_rows: int,
+                     repo_id: str | None = None, evaluation: dict[str, tuple[float | None, float | None]] | None = None,
+                     evaluation_note: str = "", usage_inputs: Sequence[str] | None = None,
+                     template_path: str | Path | None = None) -> Path:
+    """Write ``README.md``, ``diversity_trajectory.png`` and ``gradient_bands.png`` into ``output_dir``.
+
+    Reads ``diversity_log.jsonl``, ``divcl_window.json``, ``divcl_calibration.json`` (when the window was
+    calibrated) and ``training_args.json`` / ``trainer_state.json`` when present. ``evaluation`` maps a metric name
+    to ``(before, after)``.
+    """
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    out = Path(output_dir)
+    log_path = out / "diversity_log.jsonl"
+    if not log_path.is_file():
+        raise FileNotFoundError(f"{str(log_path)!r} is missing: write_model_card needs the diversity log of a "
+                                "DivCLTrainer run in output_dir.")
+    records = read_diversity_log(log_path)
+    if not records:
+        raise ValueError(f"{str(log_path)!r} has no records; train for at least `logging_steps` steps.")
+    info = json.loads((out / "divcl_window.json").read_text()) if (out / "divcl_window.json").is_file() else {}
+    cal = json.loads((out / "divcl_calibration.json").read_text()) if (out / "divcl_calibration.json").is_file() \
+        else None
+    run = json.loads((out / "divcl_run.json").read_text()) if (out / "divcl_run.json").is_file() else {}
+    window = info.get("window") or {}
+    metric = window.get("metric", "effective_rank")
+    plot_diversity_trajectory(records, out / TRAJECTORY_PNG, metric=metric)
+    plot_gradient_bands(records, out / BANDS_PNG)
+
+    fractions = _series(records, "divcl/in_window_fraction")[1]
+    ranks = _series(records, f"divcl/{metric}")[1]
+    inside = _series(records, "divcl/band_inside_fraction")[1]
+    p50 = _series(records, "divcl/grad_norm_p50")[1]
+    in_window = sum(fractions) / len(fractions) if fractions else float("nan")
+    trajectory_summary = (f"Over {len(records)} logs, {metric.replace('_', ' ')} went from {_fmt(ranks[0])} to "
+                          f"{_fmt(ranks[-1])}; on average {in_window:.0%} of the batches were inside the window."
+                          if ranks else "")
+    bands_summary = (f"Median gradient norm from {_fmt(p50[0])} to {_fmt(p50[-1])}; "
+                     f"{min(inside):.0%}–{max(inside):.0%} of the anchors inside their bands (the bands are exact "
+                     "inequalities, so this is 100 % up to rounding)." if p50 and inside else "")
+    curve = None
+    if cal:
+        curve = {"keep_fraction_pct": f"{cal.get('keep_fraction', 0.9):.0%}",
+                 "curve": [{"level": r["level"], "metric": _fmt(r["metric"]), "grad_norm": _fmt(r["grad_norm"])}
+                           for r in cal.get("curve", [])]}
+    eval_rows = [{"name": k, "before": _fmt(b) if b is not None else "–", "after": _fmt(a) if a is not None else "–"}
+                 for k, (b, a) in (evaluation or {}).items()]
+    dimension = model.get_embedding_dimension() if model is not None and hasattr(model, "get_embedding_dimension") \
+        else run.get("dimension", "?")
+    modalities = getattr(model, "modalities", ["text"]) if model is not None else ["text"]
+    usage = list(usage_inputs or (["The weather is lovely today.", "It's so sunny outside!"]
+                                  if "text" in modalities else []))
+    base_model_link = (f"[{md_escape(base_model)}](https://huggingface.co/{base_model})"
+                       if re.fullmatch(r"[\w.-]+/[\w.-]+", base_model) else f"`{base_model.replace('`', '')}`")
+    context = {
+        "metadata_yaml": _metadata(model, ["hf_divcl", "diversity-window", "contrastive-learning"]),
+        "model_name": (repo_id or out.name), "base_model": base_model, "base_model_link": base_model_link,
+        "dataset": dataset, "modality": " and ".join(modalities), "dimension": dimension,
+        "repo_id": repo_id or str(out), "usage_inputs": usage, "usage_count": len(usage),
+        "train_rows": train_rows, "loss": run.get("loss", "InfoNCE"), "temperature": info.get("temperature"),
+        "global_batch_size": info.get("global_batch_size"), "processes": run.get("processes", 1),
+        "batch_size": run.get("batch_size", info.get("global_batch_size")), "steps": records[-1]["step"],
+        "epochs": _fmt(records[-1].get("epoch"), 3), "builder": info.get("builder", "n/a"),
+        "window_metric": metric, "window_low": _fmt(window.get("low")), "window_high": _fmt(window.get("high")),
+        "window_origin": ("calibrated on the starting model's embeddings of this data set" if cal else
+                          "set by the user"),
+        "bank_source": run.get("bank_source", "training"),
+        "in_window_fraction": f"{in_window:.1%}" if math.isfinite(in_window) else "n/a",
+        "calibration": curve, "trajectory_png": TRAJECTORY_PNG, "bands_png": BANDS_PNG,
+        "trajectory_summary": trajectory_summary, "bands_summary": bands_summary,
+        "evaluation": eval_rows, "evaluation_note": evaluation_note,
+    }
+    env = ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+    env.filters["md"] = md_escape
+    # a Python literal that cannot close the code fence or open HTML (escapes only occur inside string literals)
+    env.filters["pyrepr"] = lambda v: repr(v).replace("`", "\\x60").replace("<", "\\x3c").replace(">", "\\x3e")
+    template = Path(template_path or TEMPLATE_PATH)
+    if not template.is_file():
+        raise FileNotFoundError(f"Model card template {str(template)!r} not found; pass template_path= or set "
+                                "HF_DIVCL_CARD_TEMPLATE.")
+    text = env.from_string(template.read_text(encoding="utf-8")).render(**context)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    readme = out / "README.md"
+    tmp = out / ".README.md.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, readme)
+    return readme

@@ -1,0 +1,278 @@
+"""Recipes: data → model → ``DivCLTrainer`` → evaluation → model card (→ Hub), from one YAML config.
+
+A config is one flat YAML mapping whose keys are fields of :class:`RecipeConfig` (what to train on, evaluation,
+card, push) or of :class:`~hf_divcl.trainer.DivCLTrainingArguments` (every training option). Any key can be
+overridden on the command line (``--max_steps 10``); unknown keys and wrong types fail before anything runs.
+
+    python recipes/text_wordnet.py --config recipes/text_wordnet.yaml --max_steps 10
+    accelerate launch recipes/text_wordnet.py --config recipes/text_wordnet.yaml
+    hf-divcl train --config recipes/vision_fashion_mnist.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RecipeConfig", "load_recipe_config", "main", "run_recipe"]
+
+TASKS = ("text", "vision", "clip")
+
+
+@dataclass
+class RecipeConfig:
+    """What a recipe trains on and what it does after training."""
+
+    task: str = field(default="text", metadata={
+        "help": "text (sentence pairs), vision (SimCLR-style two views of one image) or clip (image–text pairs).",
+        "choices": list(TASKS)})
+    model: str = field(default="all-MiniLM-L6-v2", metadata={
+        "help": "SentenceTransformer folder or name ('all-MiniLM-L6-v2' is packaged); 'tiny-vit' / 'tiny-clip' "
+                "build a small randomly initialised encoder from a config (no download)."})
+    data: str = field(default="embedded", metadata={
+        "help": "text: 'embedded' (WordNet sample shipped with hf_divcl), 'wordnet' (Debian wordnet-base) or a "
+                "local .csv/.tsv/.jsonl/.parquet file with anchor/positive columns; vision/clip: 'fashion_mnist' "
+                "(Debian dataset-fashion-mnist) or 'digits' (scikit-learn)."})
+    pair_kind: str = field(default="example", metadata={
+        "help": "WordNet pairs: example (sentence → gloss), lemma (lemmas → gloss) or both.",
+        "choices": ["example", "lemma", "both"]})
+    anchor_column: str = field(default="anchor", metadata={"help": "Anchor column of a local data file."})
+    positive_column: str = field(default="positive", metadata={"help": "Positive column of a local data file."})
+    max_train_rows: int = field(default=0, metadata={"help": "Use at most this many training rows (0: all)."})
+    max_eval_rows: int = field(default=500, metadata={"help": "Held-out rows used for evaluation."})
+    image_size: int = field(default=28, metadata={"help": "tiny-vit / tiny-clip: input image side."})
+    hidden_size: int = field(default=64, metadata={"help": "tiny-vit / tiny-clip: hidden size."})
+    layers: int = field(default=2, metadata={"help": "tiny-vit / tiny-clip: transformer layers."})
+    run_evaluation: bool = field(default=True, metadata={"help": "Evaluate before and after training."})
+    write_card: bool = field(default=True, metadata={"help": "Write README.md (model card) with the plots."})
+    push_repo_id: str | None = field(default=None, metadata={
+        "help": "Push the trained model, card, plots and logs to this Hub repo (namespace/name) at the end."})
+    hub_endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT)."})
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+
+
+# -- configuration -------------------------------------------------------------------------------------------------
+
+
+def _field_types() -> dict[str, tuple[type, Any]]:
+    from .trainer import DivCLTrainingArguments
+
+    out: dict[str, tuple[type, Any]] = {}
+    for cls in (RecipeConfig, DivCLTrainingArguments):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                out[f.name] = (cls, hints.get(f.name))
+    return out
+
+
+def _check_type(key: str, value: Any, tp: Any, source: str) -> None:
+    if value is None:
+        return
+    allowed = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"),
+                                                                                   "UnionType", ())) else (tp,)
+    simple = [a for a in allowed if a in (bool, int, float, str)]
+    if not simple or len(simple) < len([a for a in allowed if a is not type(None)]):
+        return  # complex types (lists, dicts, enums) are checked by the argument classes themselves
+    ok = any(isinstance(value, a) and not (a is int and isinstance(value, bool)) or
+             (a is float and isinstance(value, int) and not isinstance(value, bool)) for a in simple)
+    if not ok:
+        names = " or ".join(a.__name__ for a in simple)
+        raise ValueError(f"{source}: key {key!r} must be {names}, got {value!r} ({type(value).__name__}).")
+
+
+def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None):
+    """``(RecipeConfig, DivCLTrainingArguments)`` from a YAML file (``yaml.safe_load``) and overrides."""
+    from .trainer import DivCLTrainingArguments
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"Config file {str(p)!r} does not exist.")
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"Config file {str(p)!r} must be a mapping of key: value, got {type(data).__name__}.")
+    data.update(overrides or {})
+    types_ = _field_types()
+    source = str(path) if path is not None else "config"
+    for key, value in data.items():
+        if key not in types_:
+            close = difflib.get_close_matches(key, list(types_), n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"{source}: unknown key {key!r}.{hint} Keys are RecipeConfig fields (task, model, data, "
+                             "...) or DivCLTrainingArguments / TrainingArguments fields.")
+        _check_type(key, value, types_[key][1], source)
+    rec = {k: v for k, v in data.items() if types_[k][0] is RecipeConfig}
+    targs = {k: v for k, v in data.items() if types_[k][0] is not RecipeConfig}
+    targs.setdefault("output_dir", "outputs/divcl")
+    return RecipeConfig(**rec), DivCLTrainingArguments(**targs)
+
+
+def _parse_cli(argv: list[str], default_config: str | None) -> tuple[str | None, dict[str, Any]]:
+    """``--config PATH`` plus ``--key value`` overrides (values parsed as YAML scalars: 10, 1e-4, true, [a, b])."""
+    config, overrides = default_config, {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("Keys:", ", ".join(sorted(_field_types())))
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            raise ValueError(f"Unexpected argument {arg!r}; use --config PATH and --key value overrides.")
+        key, _, value = arg[2:].partition("=")
+        if not value:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+                i += 1
+            else:
+                value = "true"  # a bare flag
+        key = key.replace("-", "_")
+        if key == "config":
+            config = value
+        else:
+            overrides[key] = yaml.safe_load(value)
+        i += 1
+    return config, overrides
+
+
+# -- data and models -----------------------------------------------------------------------------------------------
+
+
+def load_data(cfg: RecipeConfig, seed: int):
+    """``(train, test, description)`` datasets for the task."""
+    if cfg.task == "text":
+        if cfg.data in ("embedded", "wordnet"):
+            from .data import wordnet_split
+
+            source = "embedded" if cfg.data == "embedded" else "debian"
+            train = wordnet_split(kind=cfg.pair_kind, split="train", source=source, seed=seed)
+            test = wordnet_split(kind=cfg.pair_kind, split="test", source=source, seed=seed)
+            desc = f"WordNet 3.0 {cfg.pair_kind} → gloss pairs ({'embedded sample' if source == 'embedded' else 'full'})"
+        else:
+            from datasets import Dataset
+
+            from .data import load_pair_file
+
+            anchors, positives = load_pair_file(cfg.data, cfg.anchor_column, cfg.positive_column)
+            full = Dataset.from_dict({"anchor": anchors, "positive": positives}).shuffle(seed=seed)
+            n_test = min(cfg.max_eval_rows, len(full) // 5)
+            test, train = full.select(range(n_test)), full.select(range(n_test, len(full)))
+            desc = f"pairs from {Path(cfg.data).name}"
+        train = train.select_columns(["anchor", "positive"])
+        test = test.select_columns(["anchor", "positive"])
+    else:
+        from .data import digits, fashion_mnist, fashion_mnist_image_text
+
+        if cfg.data == "fashion_mnist":
+            load = fashion_mnist_image_text if cfg.task == "clip" else fashion_mnist
+            train, test = load("train"), load("test")
+            desc = "Fashion-MNIST" + (" images with class descriptions" if cfg.task == "clip" else "")
+        elif cfg.data == "digits" and cfg.task == "vision":
+            train, test = digits("train"), digits("test")
+            desc = "scikit-learn digits"
+        else:
+            raise ValueError(f"data={cfg.data!r} is not available for task={cfg.task!r}; use 'fashion_mnist'"
+                             + (" or 'digits'" if cfg.task == "vision" else "") + ".")
+    if cfg.max_train_rows:
+        train = train.select(range(min(cfg.max_train_rows, len(train))))
+    test = test.select(range(min(cfg.max_eval_rows, len(test))))
+    return train, test, desc
+
+
+def load_model(cfg: RecipeConfig, output_dir: str, seed: int):
+    from sentence_transformers import SentenceTransformer
+
+    from .models import load_sentence_transformer
+
+    if cfg.model in ("tiny-vit", "tiny-clip"):
+        from .vision import build_tiny_clip_sentence_transformer, build_tiny_vit_sentence_transformer
+
+        build = build_tiny_vit_sentence_transformer if cfg.model == "tiny-vit" else build_tiny_clip_sentence_transformer
+        path = build(Path(output_dir) / "init_model", image_size=cfg.image_size, hidden_size=cfg.hidden_size,
+                     layers=cfg.layers, seed=seed)
+        return SentenceTransformer(path, device="cpu"), f"{cfg.model} (random init, hidden {cfg.hidden_size})"
+    return load_sentence_transformer(cfg.model, device="cpu"), cfg.model
+
+
+def evaluate_model(cfg: RecipeConfig, model, train, test) -> dict[str, float]:
+    from . import evaluation
+
+    if cfg.task == "text":
+        return evaluation.evaluate_text(model, test)
+    return evaluation.evaluate_vision(model, train.select_columns(["image", "label"]), test)
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+
+
+def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
+    """Train, evaluate, write the card (and push). Returns a summary (also in ``output_dir/divcl_summary.json``)."""
+    from .trainer import DivCLTrainer
+
+    t0 = time.perf_counter()
+    train, test, desc = load_data(cfg, args.seed)
+    model, base = load_model(cfg, args.output_dir, args.seed)
+    before = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    after = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
+    summary: dict[str, Any] = {"task": cfg.task, "base_model": base, "data": desc, "train_rows": len(train),
+                               "eval_rows": len(test), "before": before, "after": after,
+                               "steps": trainer.state.global_step, "seconds": time.perf_counter() - t0}
+    if not trainer.is_world_process_zero():
+        return summary
+    out = Path(args.output_dir)
+    (out / "divcl_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "training_args.json").write_text(args.to_json_string())
+    if cfg.write_card:
+        from .card import write_model_card
+
+        evaluation = {k: (before.get(k), after.get(k)) for k in dict.fromkeys([*before, *after])}
+        usage = list(test["anchor"][:2]) if cfg.task == "text" else None
+        card = write_model_card(out, model=model, base_model=base, dataset=desc, train_rows=len(train),
+                                repo_id=cfg.push_repo_id, evaluation=evaluation, usage_inputs=usage,
+                                evaluation_note=f"Held-out set: {len(test)} rows of {desc} (never trained on).")
+        summary["card"] = str(card)
+    if cfg.push_repo_id:
+        from .hub import push_to_hub
+
+        summary["pushed"] = push_to_hub(out, cfg.push_repo_id, endpoint=cfg.hub_endpoint)
+    return summary
+
+
+def main(argv: list[str] | None = None, default_config: str | None = None) -> int:
+    """Entry point of the recipe scripts and of ``hf-divcl train``."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config, overrides = _parse_cli(argv, default_config)
+        cfg, args = load_recipe_config(config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"hf-divcl train: error: {err}", file=sys.stderr)
+        return 2
+    summary = run_recipe(cfg, args)
+    if summary.get("before") is not None:
+        for key in summary.get("after", {}):
+            b, a = summary["before"].get(key), summary["after"][key]
+            print(f"{key:32s} {b if b is None else round(b, 4)!s:>10} → {round(a, 4)}")
+    print(f"done in {summary['seconds']:.0f} s: model, card and diversity log in {args.output_dir}")
+    return 0
