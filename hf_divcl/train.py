@@ -90,7 +90,7 @@ def _check_type(key: str, value: Any, tp: Any, source: str) -> None:
     simple = [a for a in allowed if a in (bool, int, float, str)]
     if not simple or len(simple) < len([a for a in allowed if a is not type(None)]):
         return  # complex types (lists, dicts, enums) are checked by the argument classes themselves
-    ok = any(isinstance(value, a) and not (a is int and isinstance(value, bool)) or
+    ok = any((isinstance(value, a) and not (a is int and isinstance(value, bool))) or
              (a is float and isinstance(value, int) and not isinstance(value, bool)) for a in simple)
     if not ok:
         names = " or ".join(a.__name__ for a in simple)
@@ -165,7 +165,8 @@ def load_data(cfg: RecipeConfig, seed: int):
             source = "embedded" if cfg.data == "embedded" else "debian"
             train = wordnet_split(kind=cfg.pair_kind, split="train", source=source, seed=seed)
             test = wordnet_split(kind=cfg.pair_kind, split="test", source=source, seed=seed)
-            desc = f"WordNet 3.0 {cfg.pair_kind} → gloss pairs ({'embedded sample' if source == 'embedded' else 'full'})"
+            which = "embedded sample" if source == "embedded" else "full"
+            desc = f"WordNet 3.0 {cfg.pair_kind} → gloss pairs ({which})"
         else:
             from datasets import Dataset
 

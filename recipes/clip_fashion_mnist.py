@@ -1,8 +1,8 @@
 """CLIP-style image–text: a small CLIP (random init) on Fashion-MNIST images and their class descriptions.
 
-    python recipes/clip_fashion_mnist.py                                   # recipes/clip_fashion_mnist.yaml (minutes on CPU)
-    python recipes/clip_fashion_mnist.py --config recipes/clip_fashion_mnist_gpu.yaml
-    accelerate launch recipes/clip_fashion_mnist.py --max_steps 20        # any key can be overridden
+    python recipes/clip_fashion_mnist.py                      # recipes/clip_fashion_mnist.yaml (minutes on CPU)
+    python recipes/clip_fashion_mnist.py --per_device_train_batch_size 256 --max_steps 2000   # GPU-sized
+    accelerate launch recipes/clip_fashion_mnist.py --max_steps 20      # any key can be overridden
 """
 
 import sys

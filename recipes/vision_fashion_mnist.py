@@ -1,8 +1,8 @@
 """SimCLR-style vision: a small ViT (random init) on Fashion-MNIST, two augmented views per image, NT-Xent.
 
-    python recipes/vision_fashion_mnist.py                                   # recipes/vision_fashion_mnist.yaml (minutes on CPU)
+    python recipes/vision_fashion_mnist.py                      # recipes/vision_fashion_mnist.yaml (minutes on CPU)
     python recipes/vision_fashion_mnist.py --config recipes/vision_fashion_mnist_gpu.yaml
-    accelerate launch recipes/vision_fashion_mnist.py --max_steps 20        # any key can be overridden
+    accelerate launch recipes/vision_fashion_mnist.py --max_steps 20      # any key can be overridden
 """
 
 import sys
