@@ -177,7 +177,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     usage = list(usage_inputs or (["The weather is lovely today.", "It's so sunny outside!"]
                                   if "text" in modalities else []))
     base_model_link = (f"[{md_escape(base_model)}](https://huggingface.co/{base_model})"
-                       if re.fullmatch(r"[\w.-]+/[\w.-]+", base_model) else f"`{base_model.replace('`', '')}`")
+                       if re.fullmatch(r"[\w.-]+/[\w.-]+", base_model) else md_escape(base_model))
     context = {
         "metadata_yaml": _metadata(model, ["hf_divcl", "diversity-window", "contrastive-learning"]),
         "model_name": (repo_id or out.name), "base_model": base_model, "base_model_link": base_model_link,

@@ -1,0 +1,79 @@
+"""Model cards: plots from the diversity log, sentence-transformers metadata kept, hostile text escaped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from hf_divcl.card import md_escape, write_model_card
+
+
+def fake_run(out, steps=(5, 10, 15)):
+    """A diversity log and window files as a DivCLTrainer run writes them (values from a real tiny run)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "diversity_log.jsonl").open("w") as fh:
+        for i, s in enumerate(steps):
+            fh.write(json.dumps({"step": s, "epoch": s / 20, "loss": 2.9 - 0.1 * i,
+                                 "divcl/effective_rank": 12.0 + i, "divcl/window_low": 11.0, "divcl/window_high": 14.0,
+                                 "divcl/in_window_fraction": 0.8, "divcl/grad_norm_p10": 2.0,
+                                 "divcl/grad_norm_p50": 3.0 - 0.1 * i, "divcl/grad_norm_p90": 4.0,
+                                 "divcl/band_lower_mean": 0.3, "divcl/band_upper_mean": 37.0,
+                                 "divcl/spectral_upper_mean": 37.5, "divcl/band_inside_fraction": 1.0}) + "\n")
+    (out / "divcl_window.json").write_text(json.dumps({
+        "window": {"low": 11.0, "high": 14.0, "metric": "effective_rank"}, "builder": "greedy",
+        "temperature": 0.05, "global_batch_size": 32}))
+    (out / "divcl_calibration.json").write_text(json.dumps({"keep_fraction": 0.9, "curve": [
+        {"level": "local:8", "metric": 6.1, "grad_norm": 7.2}, {"level": "random", "metric": 12.5, "grad_norm": 9.9}]}))
+
+
+def test_card_has_both_plots_the_window_and_sentence_transformers_metadata(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "run"
+    fake_run(out)
+    model = SentenceTransformer(tiny_model_dir, device="cpu")
+    readme = write_model_card(out, model=model, base_model="sentence-transformers/all-MiniLM-L6-v2",
+                              dataset="WordNet pairs", train_rows=2000, repo_id="me/my-model",
+                              evaluation={"ndcg@10": (0.41, 0.52)})
+    text = readme.read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["library_name"] == "sentence-transformers"
+    assert {"hf_divcl", "diversity-window"} <= set(header["tags"])
+    for png in ("diversity_trajectory.png", "gradient_bands.png"):
+        assert f"]({png})" in text
+        with Image.open(out / png) as img:
+            assert img.size[0] > 400 and img.size[1] > 200
+    assert "effective\\_rank ∈ [11, 14]" in text and "| random | 12.5 | 9.9 |" in text
+    assert "| ndcg@10 | 0.41 | 0.52 |" in text and "SentenceTransformer('me/my-model')" in text
+    assert "80%" in text and "2510.05767" in text
+
+
+HOSTILE = '{{ 7*7 }} {% for x in range(3) %}X{% endfor %} <script>alert(1)</script> [click](http://evil) | ``` `'
+
+
+def test_hostile_text_is_escaped_and_never_executed(tmp_path):
+    out = tmp_path / "run"
+    fake_run(out)
+    readme = write_model_card(out, base_model=HOSTILE, dataset=HOSTILE, train_rows=3, repo_id=None,
+                              evaluation={HOSTILE: (1.0, 2.0)}, usage_inputs=[HOSTILE])
+    text = readme.read_text()
+    assert "49" not in text and "XXX" not in text  # template syntax in data is inert
+    before, code = text.split("```python")
+    code, after = code.split("```", 1)  # the usage code block still closes where it should
+    assert "\\x60" in code and "\\x3cscript\\x3e" in code and "<" not in code.split("model.encode")[1]
+    prose = before + after
+    assert "<script>" not in prose and "&lt;script&gt;" in prose
+    assert "[click](http://evil)" not in prose and "\\[click\\]\\(http://evil\\)" in prose
+
+
+def test_markdown_escape_keeps_table_rows_on_one_line():
+    assert md_escape("a|b\nc") == "a\\|b c"
+    assert md_escape("*x* _y_ #z") == "\\*x\\* \\_y\\_ \\#z"
+
+
+def test_card_needs_a_diversity_log(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"diversity_log\.jsonl"):
+        write_model_card(tmp_path, base_model="m", dataset="d", train_rows=1)
