@@ -34,7 +34,7 @@ def build_tiny_sentence_transformer(path) -> str:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
     (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok_cls = getattr(transformers, "BertTokenizerFast", transformers.BertTokenizer)
-    tokenizer = tok_cls(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=True)
+    tokenizer = tok_cls(vocab=str(hf_dir / "vocab.txt"), do_lower_case=True)  # transformers 5 ignores vocab_file=
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(hf_dir)
     config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,

@@ -12,7 +12,14 @@ from .images import (
     read_idx,
 )
 from .local import load_pair_file, validate_pairs
-from .wordnet import WORDNET_ROOT, WordNetSynset, embedded_sample_path, iter_wordnet_synsets, wordnet_pairs
+from .wordnet import (
+    WORDNET_ROOT,
+    WordNetSynset,
+    embedded_sample_path,
+    iter_wordnet_synsets,
+    wordnet_pairs,
+    wordnet_split,
+)
 
 __all__ = [
     "DIGITS_TRAIN_SIZE",
@@ -30,4 +37,5 @@ __all__ = [
     "read_idx",
     "validate_pairs",
     "wordnet_pairs",
+    "wordnet_split",
 ]

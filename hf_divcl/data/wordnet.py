@@ -24,6 +24,7 @@ each in double quotes and introduced by ``;``. Lines starting with two spaces ar
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -45,7 +46,9 @@ __all__ = [
     "iter_wordnet_synsets",
     "parse_gloss",
     "parse_synset_line",
+    "split_key",
     "wordnet_pairs",
+    "wordnet_split",
 ]
 
 WORDNET_ROOT = "/usr/share/wordnet"
@@ -54,6 +57,7 @@ WORDNET_ROOT = "/usr/share/wordnet"
 WORDNET_ENV = "HF_DIVCL_WORDNET_DIR"
 KINDS = ("example", "lemma", "both")
 SOURCES = ("auto", "debian", "embedded")
+SPLITS = ("train", "test")
 COLUMNS = ("anchor", "positive", "kind", "synset_id")
 SAMPLE_HEADER = ("kind", "synset_id", "anchor", "positive")
 SAMPLE_NAME = "wordnet_sample.tsv"
@@ -337,3 +341,105 @@ def wordnet_pairs(
         cols = {name: [values[i] for i in keep] for name, values in cols.items()}
     features = datasets.Features({name: datasets.Value("string") for name in COLUMNS})
     return datasets.Dataset.from_dict(cols, features=features)
+
+
+def split_key(synset_id: str, seed: int = 0) -> float:
+    """A synset's place in the held-out order of [`wordnet_split`]: a number in ``[0, 1)`` from BLAKE2b of
+    ``f"{seed}:{synset_id}"``, so it is the same in every process, for every kind and every source."""
+    digest = hashlib.blake2b(f"{seed}:{synset_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _check_test_size(test_size: int | float) -> None:
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)):
+        raise TypeError(f"test_size must be an int (test pairs) or a float in (0, 1) (fraction of synsets); "
+                        f"got {test_size!r} ({type(test_size).__name__}).")
+    if isinstance(test_size, int) and test_size < 1:
+        raise ValueError(f"test_size={test_size}: pass a number of test pairs >= 1 or a fraction in (0, 1).")
+    if isinstance(test_size, float) and not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size={test_size}: a float test_size is the fraction of synsets held out and must "
+                         "lie strictly between 0 and 1; pass an int for a number of test pairs.")
+
+
+def wordnet_split(
+    kind: str = "example",
+    split: str = "train",
+    source: str = "auto",
+    root: str | os.PathLike | None = None,
+    test_size: int | float = 500,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """A fixed train/test split of [`wordnet_pairs`] made BY SYNSET: no synset (hence no definition) is on both
+    sides, so test glosses are never seen in training.
+
+    Synsets are ordered by [`split_key`] ``(synset_id, seed)``, a hash that depends on nothing else:
+
+    - ``test_size`` an `int` (default 500): the test split takes whole synsets in that order until it holds at
+      least ``test_size`` pairs of ``kind`` (exactly ``test_size`` when every synset gives one pair, as in the
+      embedded sample; a few more otherwise);
+    - ``test_size`` a `float` in ``(0, 1)``: a synset is in the test split iff its key is below ``test_size``.
+      Membership then depends only on ``(seed, synset_id)``: every kind and both sources put a synset on the same
+      side, and the embedded sample's test synsets are exactly the Debian test synsets it contains. Use a
+      fraction when training on one kind (e.g. ``"both"``) and testing on another; with an int, test sets of
+      different kinds are nested prefixes of one order, so a longer test prefix can overlap another kind's train.
+
+    Both splits keep the order of [`wordnet_pairs`] (by synset id).
+
+    Sizes for the embedded sample (2,500 example + 1,500 lemma pairs, one pair per synset), ``seed=0``:
+
+    ===========  ===============  ===============  ===============
+    kind         test_size=500    test_size=0.2    test_size=0.1
+    ===========  ===============  ===============  ===============
+    ``example``  2,000 / 500      1,951 / 549      2,247 / 253
+    ``lemma``    1,000 / 500      1,166 / 334      1,336 / 164
+    ``both``     3,500 / 500      3,117 / 883      3,583 / 417
+    ===========  ===============  ===============  ===============
+
+    (train / test pairs.) Debian WordNet 3.0 (``source="debian"``), ``seed=0``: ``example`` 47,836 / 500 with
+    ``test_size=500`` (356 test synsets) and 43,345 / 4,991 with ``0.1``; ``lemma`` 117,159 / 500 and
+    105,564 / 12,095.
+
+    Args:
+        kind (`str`, defaults to `"example"`): ``"example"``, ``"lemma"`` or ``"both"``, as in [`wordnet_pairs`].
+        split (`str`, defaults to `"train"`): ``"train"`` or ``"test"``.
+        source (`str`, defaults to `"auto"`): ``"debian"``, ``"embedded"`` or ``"auto"``, as in [`wordnet_pairs`].
+        root (`str` or `os.PathLike`, *optional*): folder of the Debian data files.
+        test_size (`int` or `float`, defaults to 500): pairs in the test split (int) or fraction of synsets (float).
+        seed (`int`, defaults to 0): seed of the synset order; another seed gives another split.
+
+    Returns:
+        `datasets.Dataset`: columns ``anchor``, ``positive``, ``kind``, ``synset_id``.
+
+    Raises:
+        `ValueError`: unknown ``split``/``kind``/``source``, a bad ``test_size``, or a split that would be empty.
+        `TypeError`: ``test_size`` is neither an int nor a float.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}; got {split!r}.")
+    _check_test_size(test_size)
+    ds = wordnet_pairs(kind=kind, source=source, root=root)
+    synset_ids = ds["synset_id"]
+    counts: dict[str, int] = {}
+    for sid in synset_ids:
+        counts[sid] = counts.get(sid, 0) + 1
+    keys = {sid: split_key(sid, seed) for sid in counts}
+    if isinstance(test_size, float):
+        test_synsets = {sid for sid, key in keys.items() if key < test_size}
+    else:
+        if test_size >= len(synset_ids):
+            raise ValueError(f"test_size={test_size} leaves no training pairs: the {kind} pairs of source "
+                             f"{source!r} number {len(synset_ids)}. Pass a smaller int or a fraction.")
+        test_synsets, held = set(), 0
+        for sid in sorted(counts, key=lambda s: (keys[s], s)):
+            if held >= test_size:
+                break
+            test_synsets.add(sid)
+            held += counts[sid]
+    rows = [i for i, sid in enumerate(synset_ids) if (sid in test_synsets) == (split == "test")]
+    if not rows:
+        other = "test" if split == "train" else "train"
+        raise ValueError(f"The {split} split of the {kind} pairs (source {source!r}, test_size={test_size}, "
+                         f"seed={seed}) is empty: all {len(synset_ids)} pairs fell in {other}. Change test_size.")
+    logger.info("WordNet %s pairs, %s split: %d of %d pairs (%d test synsets, seed %d).", kind, split, len(rows),
+                len(synset_ids), len(test_synsets), seed)
+    return ds.select(rows)

@@ -1,0 +1,257 @@
+"""Time to quality: does diversity-window batching reach a held-out score sooner than random batches, counting
+the cost of selection?
+
+Every policy trains the same model on the same data with the same steps, learning rate, τ and batch size; only
+the batch sampler differs:
+
+    random          hf_divcl sampler, random builder (duplicate-free)
+    no_duplicates   sentence-transformers' NoDuplicatesBatchSampler
+    cluster         TAS-Balanced-like k-means mix, calibrated window
+    pool            Pool-P3, calibrated window
+    greedy          Greedy-64, calibrated window
+
+The held-out score is evaluated every ``--eval-every`` steps (evaluation time excluded from the clock); the clock
+includes everything else a run pays: reference encoding of the bank, window calibration, epoch planning,
+training steps and logging. Reported per policy over seeds: final score (mean ± std), and wall-clock seconds and
+steps to reach the random baseline's final mean score (linear interpolation between evaluations; ``null`` if
+never reached).
+
+    python benchmarks/time_to_quality.py --task text      # MiniLM, WordNet example → gloss, ndcg@10 (+ WordSim/SimLex)
+    python benchmarks/time_to_quality.py --task vision    # tiny ViT SimCLR on Fashion-MNIST, k-NN accuracy
+    python benchmarks/time_to_quality.py --task text --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POLICIES = {
+    "random": {"builder": "random", "window": "none"},
+    "no_duplicates": {"batch_sampler": "no_duplicates", "builder": "random", "window": "none"},
+    "cluster": {"builder": "cluster"},
+    "pool": {"builder": "pool", "builder_kwargs": {"p": 3}},
+    "greedy": {"builder": "greedy", "builder_kwargs": {"m": 64}},
+}
+
+
+def _clock_callback(evaluate, every: int, results: list):
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        """Wall clock of the run minus the time spent evaluating; evaluates every `every` steps."""
+
+        def __init__(self):
+            self.t0 = time.perf_counter()
+            self.eval_seconds = 0.0
+
+        def seconds(self) -> float:
+            return time.perf_counter() - self.t0 - self.eval_seconds
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                t = self.seconds()
+                e0 = time.perf_counter()
+                scores = evaluate()
+                self.eval_seconds += time.perf_counter() - e0
+                results.append({"step": state.global_step, "seconds": t, **scores})
+
+    return Clock()
+
+
+def text_task(a):
+    from hf_divcl.data import wordnet_split
+    from hf_divcl.evaluation import retrieval_metrics, word_similarity
+    from hf_divcl.models import load_sentence_transformer
+
+    train = wordnet_split(kind="example", split="train", source="embedded").select_columns(["anchor", "positive"])
+    test = wordnet_split(kind="example", split="test", source="embedded")
+    if a.rows:
+        train = train.select(range(min(a.rows, len(train))))
+
+    def make_model(seed):
+        return load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+
+    def evaluate(model):
+        scores = retrieval_metrics(model, list(test["anchor"]), list(test["positive"]), name="wordnet")
+        out = {"score": scores["wordnet_ndcg@10"], "mrr@10": scores.get("wordnet_mrr@10")}
+        if a.word_similarity:
+            out.update({k: v for k, v in word_similarity(model).items() if k.endswith("spearman")})
+        model.train()
+        return out
+
+    return train, make_model, evaluate, {"temperature": 0.05, "learning_rate": a.lr or 5e-5}, "ndcg@10"
+
+
+def vision_task(a):
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.data import fashion_mnist
+    from hf_divcl.evaluation import knn_accuracy
+    from hf_divcl.vision import build_tiny_vit_sentence_transformer
+
+    train = fashion_mnist("train", limit=a.rows or 8192)
+    probe_train = fashion_mnist("train", limit=2000)
+    test = fashion_mnist("test", limit=1000)
+    tmp = Path(tempfile.mkdtemp(prefix="ttq-vit-"))
+
+    def make_model(seed):
+        path = build_tiny_vit_sentence_transformer(tmp / f"s{seed}", hidden_size=64, layers=2, seed=seed)
+        return SentenceTransformer(path, device="cpu")
+
+    def evaluate(model):
+        acc = knn_accuracy(model, list(probe_train["image"]), list(probe_train["label"]), list(test["image"]),
+                           list(test["label"]), k=20)
+        model.train()
+        return {"score": acc}
+
+    extra = {"temperature": 0.2, "learning_rate": a.lr or 1e-3, "loss_type": "nt_xent", "augment_scale_min": 0.5}
+    return train, make_model, evaluate, extra, "k-NN accuracy"
+
+
+def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
+    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+
+    train, make_model, evaluate, extra, _ = task
+    model = make_model(seed)
+    results: list[dict] = []
+    clock = _clock_callback(lambda: evaluate(model), a.eval_every, results)
+    results.append({"step": 0, "seconds": 0.0, **evaluate(model)})
+    opts = dict(POLICIES[policy])
+    args = DivCLTrainingArguments(
+        output_dir=str(workdir / f"{policy}-{seed}"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
+        warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
+        logging_steps=max(1, a.eval_every), bank_cache_dir=str(workdir / "cache" / policy), collapse_threshold=0,
+        **extra, **opts)
+    clock.t0 = time.perf_counter()
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
+    trainer.train()
+    log = [r for r in trainer.state.log_history if "divcl/in_window_fraction" in r]
+    return {"policy": policy, "seed": seed, "curve": results, "total_seconds": clock.seconds(),
+            "in_window_fraction": statistics.fmean(r["divcl/in_window_fraction"] for r in log) if log else None,
+            "selection_seconds": trainer.selection_seconds()}
+
+
+def _reach(curve: list[dict], target: float, key: str) -> float | None:
+    prev = curve[0]
+    for point in curve[1:]:
+        if point["score"] >= target:
+            if prev["score"] >= target:
+                return prev[key]
+            f = (target - prev["score"]) / (point["score"] - prev["score"])
+            return prev[key] + f * (point[key] - prev[key])
+        prev = point
+    return None
+
+
+def summarise(runs: list[dict]) -> dict:
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["policy"], []).append(r)
+    target = statistics.fmean(r["curve"][-1]["score"] for r in by["random"]) if "random" in by else None
+    out = {"random_final_mean": target, "policies": {}}
+    base_time = None
+    for policy, rs in by.items():
+        finals = [r["curve"][-1]["score"] for r in rs]
+        secs = [_reach(r["curve"], target, "seconds") for r in rs] if target is not None else []
+        steps = [_reach(r["curve"], target, "step") for r in rs] if target is not None else []
+        reached = [s for s in secs if s is not None]
+        entry = {"final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals) if len(finals) > 1
+                 else 0.0, "finals": finals, "seconds_to_random_final": secs, "steps_to_random_final": steps,
+                 "median_seconds_to_random_final": statistics.median(reached) if len(reached) == len(rs) else None,
+                 "total_seconds_mean": statistics.fmean(r["total_seconds"] for r in rs),
+                 "selection_seconds_mean": statistics.fmean(r["selection_seconds"] for r in rs),
+                 "in_window_fraction": [r["in_window_fraction"] for r in rs]}
+        for k in rs[0]["curve"][-1]:
+            if k not in ("step", "seconds", "score") and rs[0]["curve"][-1][k] is not None:
+                entry[f"final_{k}_mean"] = statistics.fmean(r["curve"][-1][k] for r in rs)
+        out["policies"][policy] = entry
+        if policy == "random":
+            base_time = entry["median_seconds_to_random_final"]
+    for entry in out["policies"].values():
+        t = entry["median_seconds_to_random_final"]
+        entry["time_ratio_vs_random"] = t / base_time if t is not None and base_time else None
+    return out
+
+
+def plot(runs: list[dict], label: str, path: Path) -> None:
+    from hf_divcl.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colours = dict(zip(POLICIES, ("tab:gray", "tab:brown", "tab:purple", "tab:orange", "tab:blue"), strict=True))
+    for policy in POLICIES:
+        rs = [r for r in runs if r["policy"] == policy]
+        if not rs:
+            continue
+        for i, r in enumerate(rs):
+            kw = {"color": colours[policy], "alpha": 0.8, "lw": 1.2, "label": policy if i == 0 else None}
+            axes[0].plot([p["step"] for p in r["curve"]], [p["score"] for p in r["curve"]], **kw)
+            axes[1].plot([p["seconds"] for p in r["curve"]], [p["score"] for p in r["curve"]], **kw)
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("wall-clock seconds (selection included, evaluation excluded)")
+    for ax in axes:
+        ax.set_ylabel(f"held-out {label}")
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["text", "vision"], default="text")
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 150 (vision)")
+    p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 15 (vision)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 128 (vision)")
+    p.add_argument("--rows", type=int, default=0, help="training rows (0: all / 8192 for vision)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--word-similarity", action="store_true", help="also WordSim-353 / SimLex-999 at each eval")
+    p.add_argument("--smoke", action="store_true", help="2 policies, 1 seed, a few steps: < 1 minute")
+    p.add_argument("--output", default=None)
+    a = p.parse_args()
+    text = a.task == "text"
+    a.steps = a.steps or (80 if text else 150)
+    a.eval_every = a.eval_every or (10 if text else 15)
+    a.batch_size = a.batch_size or (32 if text else 128)
+    if a.smoke:
+        a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "greedy"], [0], 4, 2, 8
+        a.rows = 128 if text else 256
+    out = Path(a.output or (Path(tempfile.gettempdir()) / f"ttq_{a.task}_smoke.json" if a.smoke
+                            else f"benchmarks/results/time_to_quality_{a.task}.json"))
+
+    import torch
+
+    task = text_task(a) if text else vision_task(a)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in a.seeds:
+            for policy in a.policies:  # interleaved: machine drift hits every policy alike
+                r = run_one(policy, seed, task, a, Path(tmp))
+                runs.append(r)
+                last = r["curve"][-1]
+                print(f"seed {seed} {policy:14s} final {task[4]} {last['score']:.4f}  {r['total_seconds']:.1f} s "
+                      f"(selection {r['selection_seconds']:.1f} s)", flush=True)
+    summary = summarise(runs)
+    result = {"task": a.task, "metric": task[4], "config": vars(a), "summary": summary, "runs": runs,
+              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "python": sys.version.split()[0], "platform": platform.platform()}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    plot(runs, task[4], out.with_suffix(".png"))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
