@@ -776,8 +776,14 @@ def plan_epoch(
     t0 = time.perf_counter()
     if on_infeasible not in ("error", "closest"):
         raise ValueError(f"on_infeasible must be 'error' or 'closest', got {on_infeasible!r}.")
-    _check_bank(embeddings, batch_size, drop_last)
-    n = embeddings.shape[0]
+    if isinstance(embeddings, int):  # no embeddings: only builders that ignore the window can plan
+        if get_builder(builder, **builder_kwargs).uses_window:
+            raise ValueError(f"The {builder!r} builder needs the bank's embeddings, not just a row count.")
+        embeddings, n = None, embeddings
+        _check_bank(torch.zeros(n, 1), batch_size, drop_last)
+    else:
+        _check_bank(embeddings, batch_size, drop_last)
+        n = embeddings.shape[0]
     if groups is not None:
         if groups.ndim != 1 or groups.shape[0] != n:
             raise ValueError(f"groups must have one id per row: expected shape ({n},), got {tuple(groups.shape)}.")
@@ -817,11 +823,11 @@ def plan_epoch(
 
     metric = window.metric if window is not None else "effective_rank"
     values = torch.full((len(batches),), float("nan"))
-    if n_full:
+    if n_full and embeddings is not None:
         stacked = torch.stack(batches[:n_full])
         values[:n_full] = torch.cat([measure_diversity(embeddings[stacked[sl]], metric)
                                      for sl in _chunks(n_full, 1024)])
-    if len(batches) > n_full and batches[-1].numel() >= 2:
+    if len(batches) > n_full and batches[-1].numel() >= 2 and embeddings is not None:
         values[-1] = measure_diversity(embeddings[batches[-1]].unsqueeze(0), metric)[0]
     in_window = window.contains(values) if window is not None else torch.zeros(len(batches), dtype=torch.bool)
     plan = EpochPlan(batches=batches, values=values, in_window=in_window, metric=metric, builder=b_obj.config(),

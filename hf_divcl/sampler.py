@@ -188,7 +188,9 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             t0 = time.perf_counter()
             builder = self.builder
             window = self.window() if builder != "random" else None
-            plan = plan_epoch(self.embeddings(), self.global_batch_size, builder=builder, window=window,
+            # random batches need no embeddings: without a bank, plan from the row count (no encoding pass)
+            emb = self.num_rows if builder == "random" and self._bank is None else self.embeddings()
+            plan = plan_epoch(emb, self.global_batch_size, builder=builder, window=window,
                               seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=self.groups(),
                               on_infeasible=self.on_infeasible, **self.builder_kwargs)
             self.plan_seconds += time.perf_counter() - t0

@@ -283,10 +283,12 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
-        self.bank = self.build_bank(dataset)
         processes = self._world_size() if self.args.gather_across_devices else 1
         mega = max(1, int(self.args.mega_batch_factor))
         builder = self.args.builder
+        # random batches read no embeddings: skip the reference encoding unless the bank is wanted anyway
+        need_bank = builder != "random" or mega > 1 or self._user_bank is not None
+        self.bank = self.build_bank(dataset) if need_bank else None
         window = self._resolve_window(batch_size * processes, seed) if builder != "random" or mega > 1 else None
         sampler = DiversityWindowBatchSampler(
             dataset, batch_size=batch_size * mega, drop_last=drop_last, valid_label_columns=valid_label_columns,
@@ -315,7 +317,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
             run = {"loss": type(loss).__name__ + (f" ({loss.loss_type}{', symmetric' if loss.symmetric else ''})"
                                                   if isinstance(loss, InfoNCELoss) else ""),
                    "processes": processes, "batch_size": batch_size, "bank_source": self.args.bank_source,
-                   "train_rows": len(dataset), "dimension": self.bank.dim, "whitening": self.args.whitening}
+                   "train_rows": len(dataset), "dimension": self.bank.dim if self.bank is not None else None,
+                   "whitening": self.args.whitening}
             Path(self.args.output_dir, "divcl_run.json").write_text(json.dumps(run, indent=2))
         self.divcl_sampler = sampler
         return sampler

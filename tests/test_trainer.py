@@ -230,3 +230,16 @@ def test_minilm_on_wordnet_pairs_loss_goes_down(tmp_path):
     assert after < before, (before, after)
     log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
     assert log[-1]["divcl/effective_rank"] > 5  # a pretrained encoder's batches are far from collapsed
+
+
+def test_random_builder_pays_no_reference_encoding(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
+                           args=make_args(tmp_path, max_steps=4, builder="random", window="none"),
+                           train_dataset=pairs())
+    trainer.train()
+    assert trainer.bank is None and not (tmp_path / "cache").exists()
+    assert sorted(x for b in trainer.divcl_sampler.local_batches(0) for x in b) == list(range(160))
+    log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
+    assert "divcl/effective_rank" in log[-1] and "divcl/in_window_fraction" not in log[-1]
