@@ -48,6 +48,15 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.rest)
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(args.output_dir, args.repo_id, private=args.private, endpoint=args.endpoint,
+                      commit_message=args.message)
+    print(f"pushed {args.output_dir} to {url}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     from .calibrate import CalibrateConfig
     from .diagnose import DiagnoseConfig
@@ -73,6 +82,16 @@ def make_parser() -> argparse.ArgumentParser:
                        "--max_steps 20`; `hf-divcl train --help` lists the keys.")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_train)
+    p = sub.add_parser("push", help="Upload a trained output folder (weights, tokenizer, card, plots, diversity log "
+                       "as JSONL and Parquet, training arguments) to the Hub. The token comes from HF_TOKEN or "
+                       "`huggingface-cli login`, never from the command line.")
+    p.add_argument("output_dir", help="Folder written by a DivCLTrainer run or a recipe.")
+    p.add_argument("repo_id", help="namespace/name on the Hub.")
+    p.add_argument("--private", action="store_true", help="Create the repo as private.")
+    p.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
+    p.add_argument("--message", default="Upload model trained with diversity-window batches (hf_divcl)",
+                   help="Commit message.")
+    p.set_defaults(func=_push)
     return parser
 
 
@@ -82,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
+    except (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError) as err:
         print(f"hf-divcl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

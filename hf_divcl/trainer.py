@@ -441,6 +441,35 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self._resume_dir = Path(checkpoint_path)
         return super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
+    def push_to_hub(self, repo_id: str | None = None, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload model trained with diversity-window batches (hf_divcl)",
+                    endpoint: str | None = None, dataset_description: str | None = None, **kwargs) -> str:
+        """Save the model, write ``training_args.json`` and the model card (with both plots) into ``output_dir``
+        and upload it with :func:`hf_divcl.hub.push_to_hub` (retries, no pickles, token never written).
+
+        Returns the commit URL. A failed upload leaves ``output_dir`` as it was; call again to retry.
+        """
+        from .card import write_model_card
+        from .hub import push_to_hub as _push
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("push_to_hub needs a repo id: pass repo_id='namespace/name' or set hub_model_id.")
+        out = Path(self.args.output_dir)
+        self.save_model(str(out))
+        if not self.is_world_process_zero():
+            return ""
+        (out / "training_args.json").write_text(self.args.to_json_string())  # token fields are masked
+        if (out / "diversity_log.jsonl").is_file():
+            card_data = getattr(self.model, "model_card_data", None)
+            base = getattr(card_data, "base_model", None) or "a sentence-transformers model"
+            n = len(self.train_dataset) if self.train_dataset is not None else 0
+            write_model_card(out, model=self.model, base_model=base, train_rows=n, repo_id=repo_id,
+                             dataset=dataset_description or f"the training set ({n} rows)")
+        return _push(out, repo_id, token=token or self.args.hub_token,
+                     private=bool(self.args.hub_private_repo if private is None else private), endpoint=endpoint,
+                     commit_message=commit_message)
+
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
         extra = [p for p in self.loss.parameters() if p.requires_grad] if isinstance(self.loss, torch.nn.Module) \

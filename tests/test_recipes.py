@@ -1,0 +1,132 @@
+"""Recipes end to end (train → evaluate → card), their configs, ``hf-divcl train``, and ``trainer.push_to_hub``
+over real HTTP to the loopback Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hub_server as loopback
+import pytest
+import torch
+
+from hf_divcl.callbacks import read_diversity_log
+from hf_divcl.train import load_recipe_config, main
+
+ROOT = Path(__file__).resolve().parents[1]
+hub_server = loopback.hub_server
+hub_client = loopback.hub_client
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+
+def smoke(out, **extra) -> list[str]:
+    keys = {"output_dir": str(out), "max_steps": 4, "logging_steps": 2, "save_strategy": "no", "max_eval_rows": 60,
+            "bank_cache_dir": str(out / "cache"), "disable_tqdm": True, "collapse_threshold": 0, **extra}
+    return [x for k, v in keys.items() for x in (f"--{k}", str(v))]
+
+
+def check_output(out: Path, steps: int = 4) -> dict:
+    summary = json.loads((out / "divcl_summary.json").read_text())
+    assert summary["steps"] == steps and summary["after"]
+    card = (out / "README.md").read_text()
+    assert "](diversity_trajectory.png)" in card and "](gradient_bands.png)" in card
+    assert (out / "diversity_trajectory.png").stat().st_size > 10_000 and (out / "gradient_bands.png").is_file()
+    assert read_diversity_log(out / "diversity_log.jsonl")[-1]["step"] == steps
+    assert "hub_token" in json.loads((out / "training_args.json").read_text())
+    return summary
+
+
+def test_text_recipe_trains_evaluates_and_writes_the_card(tiny_model_dir, tmp_path):
+    out = tmp_path / "text"
+    code = main(smoke(out, model=tiny_model_dir, max_train_rows=200, per_device_train_batch_size=8),
+                default_config=str(ROOT / "recipes" / "text_wordnet.yaml"))
+    assert code == 0
+    summary = check_output(out)
+    assert {"wordnet_ndcg@10", "wordsim353_spearman", "simlex999_spearman"} <= set(summary["after"])
+    assert "| wordnet\\_ndcg@10 |" in (out / "README.md").read_text()
+
+
+def test_vision_recipe_trains_a_tiny_vit(tmp_path):
+    out = tmp_path / "vision"
+    assert main(smoke(out, max_train_rows=256, per_device_train_batch_size=32),
+                default_config=str(ROOT / "recipes" / "vision_fashion_mnist.yaml")) == 0
+    summary = check_output(out)
+    assert 0.0 <= summary["after"]["knn_accuracy"] <= 1.0 and "linear_probe_accuracy" in summary["after"]
+
+
+def test_clip_recipe_trains_image_text_pairs_via_the_cli(tmp_path):
+    from hf_divcl.cli import main as cli_main
+
+    out = tmp_path / "clip"
+    argv = ["train", "--config", str(ROOT / "recipes" / "clip_fashion_mnist.yaml"),
+            *smoke(out, max_train_rows=256, per_device_train_batch_size=16)]
+    assert cli_main(argv) == 0
+    check_output(out)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"max_stepz": 3}, r"unknown key 'max_stepz'\. Did you mean 'max_steps'"),
+    ({"learning_rate": "fast"}, r"key 'learning_rate' must be float, got 'fast'"),
+    ({"task": "audio"}, r"task must be one of"),
+    ({"builder": "best"}, r"builder"),
+])
+def test_bad_configs_fail_before_anything_runs(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe_config(ROOT / "recipes" / "text_wordnet.yaml", {"output_dir": str(tmp_path), **overrides})
+
+
+def test_every_shipped_config_loads(tmp_path):
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        cfg, args = load_recipe_config(path, {"output_dir": str(tmp_path)})
+        assert cfg.task in ("text", "vision", "clip") and args.builder in ("greedy", "pool", "cluster", "random")
+
+
+def test_command_line_reports_config_errors(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_text_recipe_under_two_accelerate_processes(tiny_model_dir, tmp_path):
+    out = tmp_path / "text2"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(ROOT / "recipes" / "text_wordnet.py"),
+                    *smoke(out, model=tiny_model_dir, max_train_rows=200, per_device_train_batch_size=8)],
+                   check=True, env=env, timeout=600, capture_output=True)
+    check_output(out)
+    log = read_diversity_log(out / "diversity_log.jsonl")
+    assert all(r["divcl/global_batch_size"] == 16 for r in log)
+
+
+def test_trainer_push_to_hub_uploads_model_card_plots_and_logs(hub_client, tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.data import wordnet_pairs
+    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+
+    data = wordnet_pairs(kind="example", source="embedded").select(range(96)).select_columns(["anchor", "positive"])
+    model = SentenceTransformer(tiny_model_dir, device="cpu")
+    args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, max_steps=4,
+                                  logging_steps=2, report_to=[], disable_tqdm=True, collapse_threshold=0,
+                                  bank_cache_dir=str(tmp_path / "cache"), save_strategy="no",
+                                  hub_token=hub_client.token)
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    url = trainer.push_to_hub("divcl-tester/pushed", endpoint=hub_client.endpoint)
+    files = hub_client.server.repo_files("divcl-tester/pushed")
+    assert url.endswith(hub_client.server.head("divcl-tester/pushed"))
+    for name in ("README.md", "diversity_trajectory.png", "gradient_bands.png", "diversity_log.jsonl",
+                 "diversity_log.parquet", "training_args.json", "model.safetensors", "modules.json"):
+        assert name in files, name
+    assert "training_args.bin" not in files
+    assert hub_client.token.encode() not in files["training_args.json"]
+    remote = SentenceTransformer("divcl-tester/pushed", device="cpu", token=hub_client.token,
+                                 cache_folder=str(tmp_path / "dl"))
+    texts = ["a cold morning", "the gloss of a word"]
+    model.eval()
+    assert torch.equal(remote.encode(texts, convert_to_tensor=True), model.encode(texts, convert_to_tensor=True))
