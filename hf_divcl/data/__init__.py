@@ -11,7 +11,7 @@ from .images import (
     fashion_mnist_image_text,
     read_idx,
 )
-from .local import load_pair_file, validate_pairs
+from .local import load_local_dataset, load_pair_file, validate_pairs
 from .wordnet import (
     WORDNET_ROOT,
     WordNetSynset,
@@ -33,6 +33,7 @@ __all__ = [
     "fashion_mnist",
     "fashion_mnist_image_text",
     "iter_wordnet_synsets",
+    "load_local_dataset",
     "load_pair_file",
     "read_idx",
     "validate_pairs",
