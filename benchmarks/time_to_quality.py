@@ -211,9 +211,9 @@ def main() -> None:
     p.add_argument("--task", choices=["text", "vision"], default="text")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 150 (vision)")
-    p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 15 (vision)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 128 (vision)")
+    p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 120 (vision)")
+    p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 20 (vision)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 64 (vision)")
     p.add_argument("--rows", type=int, default=0, help="training rows (0: all / 8192 for vision)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--word-similarity", action="store_true", help="also WordSim-353 / SimLex-999 at each eval")
@@ -221,9 +221,9 @@ def main() -> None:
     p.add_argument("--output", default=None)
     a = p.parse_args()
     text = a.task == "text"
-    a.steps = a.steps or (80 if text else 150)
-    a.eval_every = a.eval_every or (10 if text else 15)
-    a.batch_size = a.batch_size or (32 if text else 128)
+    a.steps = a.steps or (80 if text else 120)
+    a.eval_every = a.eval_every or (10 if text else 20)
+    a.batch_size = a.batch_size or (32 if text else 64)
     if a.smoke:
         a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "greedy"], [0], 4, 2, 8
         a.rows = 128 if text else 256
