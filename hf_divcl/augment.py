@@ -192,12 +192,18 @@ class TwoViewAugment:
                                                             ratio=ratio, cropping_mode="resample")]
         if flip:
             steps.append(K.RandomHorizontalFlip(p=0.5))
+        grey_steps = list(steps)
         if p_jitter > 0 and max(jitter, saturation, hue) > 0:
             steps.append(K.ColorJitter(brightness=jitter, contrast=jitter, saturation=saturation, hue=hue,
                                        p=p_jitter))
+        if p_jitter > 0 and jitter > 0:
+            grey_steps.append(K.ColorJitter(brightness=jitter, contrast=jitter, p=p_jitter))
         if grayscale_p > 0:
             steps.append(K.RandomGrayscale(p=grayscale_p))
         self.pipeline = torch.nn.Sequential(*steps)  # kept off nn.Module.to(): parameters stay sampled on CPU
+        # grey batches (three equal channels): saturation and hue would leave them unchanged, and kornia's HSV
+        # round trip is by far the slowest step on CPU (≈ 20× the rest), so grey batches skip it
+        self.grey_pipeline = torch.nn.Sequential(*grey_steps)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._worker_seed: int | None = None
@@ -222,7 +228,8 @@ class TwoViewAugment:
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """One augmented view of a float ``(n, 3, H, W)`` batch in [0, 1] (global RNG) → ``(n, 3, S, S)``."""
-        return self.pipeline(x).clamp_(0.0, 1.0)
+        grey = bool(torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2]))
+        return (self.grey_pipeline if grey else self.pipeline)(x).clamp_(0.0, 1.0)
 
     def __call__(self, images: Sequence[Any] | torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
