@@ -482,12 +482,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
 
 def _processor_image_size(model) -> int | None:
-    proc = getattr(model[0], "processor", None)
-    proc = getattr(proc, "image_processor", proc)
-    size = getattr(proc, "size", None)
-    if isinstance(size, dict):
-        return size.get("height") or size.get("shortest_edge")
-    return size if isinstance(size, int) else None
+    """Side of the images the model's processor produces (``size`` may be an int, a dict or a ``SizeDict``)."""
+    from .vision import image_processor_of
+
+    try:
+        size = getattr(image_processor_of(model), "size", None)
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(size, int):
+        return size
+    for key in ("height", "shortest_edge"):
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value:
+            return int(value)
+    return None
 
 
 def _save_sampler_state(state: dict[str, Any], directory: Path) -> None:

@@ -94,3 +94,12 @@ def test_unreadable_and_huge_images_are_named_before_training(tmp_path):
     with pytest.raises(DatasetError, match=r"Row 5, column 'image': image of 5000×4000 pixels exceeds"):
         DivCLTrainer(model=model, args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=8),
                      train_dataset=ds)
+
+
+def test_views_are_made_at_the_processor_image_size(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(build_tiny_vit_sentence_transformer(tmp_path / "vit"), device="cpu")
+    trainer = DivCLTrainer(model=model, args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=8),
+                           train_dataset=fashion_mnist("train", limit=32))
+    assert trainer.data_collator.augment.image_size == 28
