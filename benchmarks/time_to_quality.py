@@ -100,7 +100,7 @@ def vision_task(a):
     from hf_divcl.evaluation import knn_accuracy
     from hf_divcl.vision import build_tiny_vit_sentence_transformer
 
-    train = fashion_mnist("train", limit=a.rows or 8192)
+    train = fashion_mnist("train", limit=a.rows or 4096)
     probe_train = fashion_mnist("train", limit=2000)
     test = fashion_mnist("test", limit=1000)
     tmp = Path(tempfile.mkdtemp(prefix="ttq-vit-"))
@@ -211,19 +211,19 @@ def main() -> None:
     p.add_argument("--task", choices=["text", "vision"], default="text")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 120 (vision)")
-    p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 20 (vision)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 64 (vision)")
-    p.add_argument("--rows", type=int, default=0, help="training rows (0: all / 8192 for vision)")
+    p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 320 (vision, 10 epochs)")
+    p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 40 (vision)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 128 (vision)")
+    p.add_argument("--rows", type=int, default=0, help="training rows (0: all text pairs / 4096 images)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--word-similarity", action="store_true", help="also WordSim-353 / SimLex-999 at each eval")
     p.add_argument("--smoke", action="store_true", help="2 policies, 1 seed, a few steps: < 1 minute")
     p.add_argument("--output", default=None)
     a = p.parse_args()
     text = a.task == "text"
-    a.steps = a.steps or (80 if text else 120)
-    a.eval_every = a.eval_every or (10 if text else 20)
-    a.batch_size = a.batch_size or (32 if text else 64)
+    a.steps = a.steps or (80 if text else 320)
+    a.eval_every = a.eval_every or (10 if text else 40)
+    a.batch_size = a.batch_size or (32 if text else 128)
     if a.smoke:
         a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "greedy"], [0], 4, 2, 8
         a.rows = 128 if text else 256
