@@ -112,6 +112,9 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
     data.update(overrides or {})
     types_ = _field_types()
     source = str(path) if path is not None else "config"
+    for key in list(data):
+        if key in types_:
+            data[key] = _coerce(key, data[key], types_[key][1])
     for key, value in data.items():
         if key not in types_:
             close = difflib.get_close_matches(key, list(types_), n=3)
@@ -125,8 +128,48 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
     return RecipeConfig(**rec), DivCLTrainingArguments(**targs)
 
 
+class _CliValue(str):
+    """A command-line value, converted by :func:`_coerce` according to the field it sets."""
+
+
+def _simple_types(tp: Any) -> tuple[Any, ...]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+        return tuple(a for a in typing.get_args(tp) if a is not type(None))
+    return (tp,)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Command-line strings become the field's type; YAML 1.1 reads `no`/`yes` as booleans, which go back to
+    strings for string fields (e.g. ``save_strategy: no``)."""
+    allowed = _simple_types(tp)
+    if isinstance(value, bool) and bool not in allowed and str in allowed:
+        return "yes" if value else "no"
+    if not isinstance(value, _CliValue):
+        return value
+    raw = str(value)
+    if raw.lower() in ("none", "null") and type(None) in typing.get_args(tp):
+        return None
+    if bool in allowed:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "y", "on"):
+            return True
+        if low in ("0", "false", "no", "n", "off"):
+            return False
+    for t in (int, float):
+        if t in allowed:
+            try:
+                return t(raw)
+            except ValueError:
+                if str not in allowed and not any(typing.get_origin(a) in (list, dict) for a in allowed):
+                    return raw  # reported by the type check with the key's name
+    if str in allowed or not any(typing.get_origin(a) in (list, dict) or a in (list, dict) for a in allowed):
+        return raw
+    return yaml.safe_load(raw)  # lists / dicts: [a, b] or {"m": 64}
+
+
 def _parse_cli(argv: list[str], default_config: str | None) -> tuple[str | None, dict[str, Any]]:
-    """``--config PATH`` plus ``--key value`` overrides (values parsed as YAML scalars: 10, 1e-4, true, [a, b])."""
+    """``--config PATH`` plus ``--key value`` overrides (converted to each field's type)."""
     config, overrides = default_config, {}
     i = 0
     while i < len(argv):
@@ -148,7 +191,7 @@ def _parse_cli(argv: list[str], default_config: str | None) -> tuple[str | None,
         if key == "config":
             config = value
         else:
-            overrides[key] = yaml.safe_load(value)
+            overrides[key] = _CliValue(value)
         i += 1
     return config, overrides
 

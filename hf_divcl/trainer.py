@@ -120,6 +120,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                                  f"({err}).") from None
         if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
             raise ValueError(f"builder_kwargs must be a dict, got {type(self.builder_kwargs).__name__}.")
+        for name in ("builder", "loss_type", "on_infeasible", "collapse_action"):
+            choices = type(self).__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
         if self.bank_source not in BANK_SOURCES:
             raise ValueError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}.")
         if not self.temperature > 0:
