@@ -85,11 +85,12 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2500)
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--output", default="benchmarks/results/step_time.json")
+    p.add_argument("--output", default=None, help="default: results/step_time.json; a temp file with --smoke")
     a = p.parse_args()
+    smoke_out = str(Path(tempfile.gettempdir()) / "step_time_smoke.json")
+    a.output = a.output or (smoke_out if a.smoke else "benchmarks/results/step_time.json")
     if a.smoke:
         a.batch_size, a.steps, a.rounds, a.rows, a.logging_steps = 8, 3, 2, 200, 2
-        a.output = str(Path(tempfile.gettempdir()) / "step_time_smoke.json")
 
     import torch
 

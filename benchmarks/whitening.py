@@ -57,11 +57,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--output", default="benchmarks/results/whitening.json")
+    p.add_argument("--output", default=None, help="default: results/whitening.json; a temp file with --smoke")
     a = p.parse_args()
+    smoke_out = str(Path(tempfile.gettempdir()) / "whitening_smoke.json")
+    a.output = a.output or (smoke_out if a.smoke else "benchmarks/results/whitening.json")
     if a.smoke:
         a.batch_size, a.steps, a.seeds = 8, 4, [0]
-        a.output = str(Path(tempfile.gettempdir()) / "whitening_smoke.json")
 
     from hf_divcl.data import wordnet_pairs
 

@@ -32,11 +32,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--output", default="benchmarks/results/window_location.json")
+    p.add_argument("--output", default=None, help="default: results/window_location.json; a temp file with --smoke")
     a = p.parse_args()
+    smoke_out = str(Path(tempfile.gettempdir()) / "window_location_smoke.json")
+    a.output = a.output or (smoke_out if a.smoke else "benchmarks/results/window_location.json")
     if a.smoke:
         a.temperatures, a.levels, a.steps, a.batch_size = [0.1], 2, 2, 8
-        a.output = str(Path(tempfile.gettempdir()) / "window_location_smoke.json")
 
     import torch
 
