@@ -253,7 +253,9 @@ def load_model(cfg: RecipeConfig, output_dir: str, seed: int):
         path = build(Path(output_dir) / "init_model", image_size=cfg.image_size, hidden_size=cfg.hidden_size,
                      layers=cfg.layers, seed=seed)
         return SentenceTransformer(path, device="cpu"), f"{cfg.model} (random init, hidden {cfg.hidden_size})"
-    return load_sentence_transformer(cfg.model, device="cpu"), cfg.model
+    packaged = cfg.model.lower() in ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+    return load_sentence_transformer(cfg.model, device="cpu"), \
+        ("sentence-transformers/all-MiniLM-L6-v2" if packaged else cfg.model)
 
 
 def evaluate_model(cfg: RecipeConfig, model, train, test) -> dict[str, float]:
@@ -275,6 +277,11 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     train, test, desc = load_data(cfg, args.seed)
     model, base = load_model(cfg, args.output_dir, args.seed)
     before = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
+    card_data = getattr(model, "model_card_data", None)
+    if card_data is not None:
+        card_data.eval_results_dict = {}  # the card's model-index must hold the trained model's scores only
+        if base.startswith("sentence-transformers/") and not card_data.base_model:
+            card_data.base_model = base
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
@@ -290,7 +297,9 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     if cfg.write_card:
         from .card import write_model_card
 
-        evaluation = {k: (before.get(k), after.get(k)) for k in dict.fromkeys([*before, *after])}
+        skip = ("_seconds", "_pairs", "_skipped", "_size", "knn_k")
+        evaluation = {k: (before.get(k), after.get(k)) for k in dict.fromkeys([*before, *after])
+                      if not k.endswith(skip) and k != "seconds"}
         usage = list(test["anchor"][:2]) if cfg.task == "text" else None
         card = write_model_card(out, model=model, base_model=base, dataset=desc, train_rows=len(train),
                                 repo_id=cfg.push_repo_id, evaluation=evaluation, usage_inputs=usage,

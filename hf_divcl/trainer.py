@@ -266,19 +266,22 @@ class DivCLTrainer(SentenceTransformerTrainer):
             if b.num_rows != len(dataset):
                 raise ValueError(f"The bank has {b.num_rows} rows but the training set has {len(dataset)}.")
             return b
-        column = self._input_columns(dataset)[0]
-        values = dataset[column]
-        values = list(values)
+        columns = self._bank_columns(dataset)
         cache = self.args.bank_cache_dir or os.path.join(
             os.environ.get("HF_DIVCL_CACHE") or os.path.join(Path.home(), ".cache", "hf_divcl"), "banks")
         t0 = time.perf_counter()
         bank = EmbeddingBank.from_reference(
-            self.model, [values], batch_size=self.args.bank_encode_batch_size, cache_dir=cache,
-            show_progress_bar=not self.args.disable_tqdm, data_fingerprint_=f"{dataset._fingerprint}-{column}")
+            self.model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
+            cache_dir=cache, show_progress_bar=not self.args.disable_tqdm,
+            data_fingerprint_=f"{dataset._fingerprint}-{'-'.join(columns)}")
         self.model.train()
         logger.info("bank: %s (%.1f s)", bank, time.perf_counter() - t0)
         self.bank_seconds = time.perf_counter() - t0
         return bank
+
+    def _bank_columns(self, dataset) -> list[str]:
+        """Anchor and positive columns (view 0 plans batches; view 1 gives calibration its real positives)."""
+        return self._input_columns(dataset)[:2]
 
     def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
         if ROW_ID_COLUMN not in getattr(dataset, "column_names", []):  # evaluation data: the usual sampler
@@ -336,8 +339,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
         window = self.args.parsed_window()
         if window != "auto":
             return window
+        positives = self.bank.all(view=1, dtype=torch.float32) if self.bank.num_views > 1 else None
         cal = calibrate_window(self.bank.all(dtype=torch.float32), global_batch, self.args.temperature, seed=seed,
-                               keep_fraction=self.args.window_keep_fraction)
+                               positives=positives, keep_fraction=self.args.window_keep_fraction)
         logger.info("calibrated window: %s", cal.format())
         if self.is_world_process_zero():
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -358,8 +362,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
     def refresh_bank(self) -> None:
         if self.bank is None or self.train_dataset is None:
             return
-        column = self._input_columns(self.train_dataset)[0]
-        self.bank.refresh(self.model, [list(self.train_dataset[column])], step=self.state.global_step,
+        columns = self._bank_columns(self.train_dataset)[:self.bank.num_views]
+        self.bank.refresh(self.model, [list(self.train_dataset[c]) for c in columns], step=self.state.global_step,
                           batch_size=self.args.bank_encode_batch_size, show_progress_bar=not self.args.disable_tqdm)
         self.model.train()
 
@@ -411,7 +415,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 ids = gather_with_grad(row_ids[:, None])[0][:, 0]
         self.diversity.record(anchors, positives, tau)
         if self.bank is not None and self.args.bank_source == "training":
-            self._pending.append((ids, anchors.to(torch.float16)))
+            rows = anchors if self.bank.num_views == 1 else torch.stack([anchors, positives], dim=1)
+            self._pending.append((ids, rows.to(torch.float16)))
 
     # -- logging and checkpoints ---------------------------------------------------------------------------------
 

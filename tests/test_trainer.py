@@ -74,6 +74,7 @@ def test_default_trainer_trains_with_window_batches_and_logs_everything(tiny_mod
     assert trainer.divcl_sampler is not None and trainer.divcl_sampler.builder == "greedy"
     assert json.loads((tmp_path / "out" / "divcl_window.json").read_text())["window"]["metric"] == "effective_rank"
     assert trainer.bank.source == "training" and (trainer.bank.last_update_step > 0).any()
+    assert trainer.bank.num_views == 2  # anchors plan the batches; positives give calibration its real pairs
     trainer.save_model(str(tmp_path / "final"))
     reloaded = SentenceTransformer(str(tmp_path / "final"), device="cpu")
     texts = ["a cold morning", "the gloss of a word"]
