@@ -11,6 +11,7 @@ overridden on the command line (``--max_steps 10``); unknown keys and wrong type
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -18,12 +19,15 @@ import logging
 import os
 import sys
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .config import _str2bool
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +89,9 @@ def _field_types() -> dict[str, tuple[type, Any]]:
 def _check_type(key: str, value: Any, tp: Any, source: str) -> None:
     if value is None:
         return
-    allowed = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"),
-                                                                                   "UnionType", ())) else (tp,)
+    allowed = _simple_types(tp)
     simple = [a for a in allowed if a in (bool, int, float, str)]
-    if not simple or len(simple) < len([a for a in allowed if a is not type(None)]):
+    if not simple or len(simple) < len(allowed):
         return  # complex types (lists, dicts, enums) are checked by the argument classes themselves
     ok = any((isinstance(value, a) and not (a is int and isinstance(value, bool))) or
              (a is float and isinstance(value, int) and not isinstance(value, bool)) for a in simple)
@@ -133,8 +136,8 @@ class _CliValue(str):
 
 
 def _simple_types(tp: Any) -> tuple[Any, ...]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())):
+    """The non-None members of a (possibly Optional / Union) field type."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return tuple(a for a in typing.get_args(tp) if a is not type(None))
     return (tp,)
 
@@ -151,11 +154,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if raw.lower() in ("none", "null") and type(None) in typing.get_args(tp):
         return None
     if bool in allowed:
-        low = raw.lower()
-        if low in ("1", "true", "yes", "y", "on"):
-            return True
-        if low in ("0", "false", "no", "n", "off"):
-            return False
+        try:
+            return _str2bool(raw)
+        except argparse.ArgumentTypeError:
+            pass
     for t in (int, float):
         if t in allowed:
             try:
