@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,22 @@ def data_fingerprint(texts: Sequence[Sequence[str]]) -> str:
     return h.hexdigest()[:16]
 
 
+def _scratch_file(owner: object) -> str:
+    """A new ``.npy`` path in the cache folder, deleted when ``owner`` is garbage-collected or at exit."""
+    _cache_root().mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npy", prefix="bank-", dir=_cache_root())
+    os.close(fd)
+    weakref.finalize(owner, _unlink, tmp)
+    return tmp
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class EmbeddingBank:
     """``(num_rows, num_views, dim)`` unit embeddings with a per-row last-update step.
 
@@ -83,12 +101,10 @@ class EmbeddingBank:
         shape = (num_rows, num_views, dim)
         nbytes = int(np.prod(shape)) * np.dtype(_NP[dtype]).itemsize
         self.path: Path | None = None
+        self._borrowed = False
         if path is not None or nbytes > mmap_threshold_bytes:
             if path is None:
-                _cache_root().mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(suffix=".npy", prefix="bank-", dir=_cache_root())
-                os.close(fd)
-                path = tmp
+                path = _scratch_file(self)
             self.path = Path(path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._mmap = np.lib.format.open_memmap(self.path, mode="w+", dtype=_NP[dtype], shape=shape)
@@ -135,6 +151,19 @@ class EmbeddingBank:
 
     # -- read / write -------------------------------------------------------------------------------------------
 
+    def _own_storage(self) -> None:
+        """Before the first write to a bank memory-mapped from a saved copy (a cache entry or a checkpoint):
+        move it to a private scratch file, so the saved copy is never changed — a crash mid-update or mid-refresh
+        leaves it exactly as it was saved."""
+        if not self._borrowed:
+            return
+        src, dst = self.path, _scratch_file(self)
+        shutil.copyfile(src, dst)
+        self._mmap = np.load(dst, mmap_mode="r+", allow_pickle=False)
+        self._data = torch.from_numpy(self._mmap)
+        self.path, self._borrowed = Path(dst), False
+        logger.info("bank memory-mapped from %s copied to %s before its first update", src, dst)
+
     def _check_indices(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_rows):
@@ -168,6 +197,7 @@ class EmbeddingBank:
             raise ValueError(f"Embeddings of rows {rows[:10]}{'...' if len(rows) > 10 else ''} are NaN/Inf or zero; "
                              "nothing was written. Check the model output for those rows.")
         e = (e / norms.unsqueeze(-1)).to(self.dtype)
+        self._own_storage()
         if e.shape[1] == self.num_views:
             self._data[idx] = e
         else:
@@ -206,6 +236,7 @@ class EmbeddingBank:
         emb = state["embeddings"]
         if tuple(emb.shape) != tuple(self._data.shape):
             raise ValueError(f"State has shape {tuple(emb.shape)}, the bank {tuple(self._data.shape)}.")
+        self._own_storage()
         self._data.copy_(emb.to(self.dtype))
         self.last_update_step.copy_(state["last_update_step"])
         self.source = state.get("source", "state_dict")
@@ -236,7 +267,11 @@ class EmbeddingBank:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool | None = None) -> EmbeddingBank:
-        """Load a bank written by :meth:`save`; memory-maps the embeddings when ``mmap`` (default: if > 512 MiB)."""
+        """Load a bank written by :meth:`save`; memory-maps the embeddings when ``mmap`` (default: if > 512 MiB).
+
+        A memory-mapped bank reads the saved file in place and is copied to a scratch file before its first
+        :meth:`update`: the directory it was loaded from is never written to.
+        """
         d = Path(directory)
         if not (d / _META).is_file():
             raise FileNotFoundError(f"{str(d)!r} holds no complete bank ({_META} is missing: never saved, or the "
@@ -247,7 +282,7 @@ class EmbeddingBank:
         size = (d / _DATA).stat().st_size if (d / _DATA).is_file() else 0
         use_mmap = size > 512 * 2**20 if mmap is None else mmap
         try:
-            arr = np.load(d / _DATA, mmap_mode="r+" if use_mmap else None, allow_pickle=False)
+            arr = np.load(d / _DATA, mmap_mode="c" if use_mmap else None, allow_pickle=False)
             steps = np.load(d / _STEPS, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise ValueError(f"The bank in {str(d)!r} is corrupt ({err}); rebuild it.") from err
@@ -260,6 +295,7 @@ class EmbeddingBank:
         bank._mmap = arr if use_mmap else None
         bank._data = torch.from_numpy(arr)
         bank.path = d / _DATA if use_mmap else None
+        bank._borrowed = use_mmap
         bank.last_update_step = torch.from_numpy(steps.copy())
         bank.source = meta.get("source", "disk")
         return bank

@@ -30,7 +30,9 @@ from transformers import TrainerCallback
 
 from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger
+from .checkpoints import complete_checkpoints, resolve_resume_checkpoint
 from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
+from .guards import NonFiniteLossError, OutOfMemoryAdvice, is_out_of_memory, nonfinite_rows, out_of_memory_advice
 from .losses import InfoNCELoss, gather_with_grad
 from .sampler import DiversityWindowBatchSampler
 from .validation import DatasetError, validate_training_dataset
@@ -95,6 +97,12 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     collapse_patience: int = field(default=20, metadata={"help": "Collapsed steps in a row that raise the alarm."})
     collapse_action: str = field(default="warn", metadata={
         "help": "'warn' or 'stop' (finish the current step, save, and end training).", "choices": ["warn", "stop"]})
+    nonfinite_action: str = field(default="stop", metadata={
+        "help": "A NaN/Inf loss: 'stop' (raise NonFiniteLossError naming the step and the batch's row ids; "
+                "checkpoints so far stay intact) or 'skip' (the batch contributes a zero gradient; logged in "
+                "divcl_nonfinite.jsonl).", "choices": ["stop", "skip"]})
+    nonfinite_max_skips: int = field(default=10, metadata={
+        "help": "With nonfinite_action='skip': stop anyway after this many skipped batches."})
     mega_batch_factor: int = field(default=1, metadata={
         "help": "Mega-batch mode (M > 1): the sampler draws M×B random rows per step and the collator keeps the B "
                 "whose bank embeddings best fit the window; one epoch then trains on 1/M of the rows."})
@@ -120,7 +128,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                                  f"({err}).") from None
         if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
             raise ValueError(f"builder_kwargs must be a dict, got {type(self.builder_kwargs).__name__}.")
-        for name in ("builder", "loss_type", "on_infeasible", "collapse_action"):
+        for name in ("builder", "loss_type", "on_infeasible", "collapse_action", "nonfinite_action"):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
@@ -189,6 +197,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._resume_dir: Path | None = None
         self._capture: list[torch.Tensor] | None = None
+        self._phase = "setup"
+        self.nonfinite_skipped = 0
         if train_dataset is not None:
             train_dataset = self._prepare_train_dataset(train_dataset, args, infonce=loss is None or
                                                         isinstance(loss, InfoNCELoss))
@@ -295,8 +305,10 @@ class DivCLTrainer(SentenceTransformerTrainer):
         builder = self.args.builder
         # random batches read no embeddings: skip the reference encoding unless the bank is wanted anyway
         need_bank = builder != "random" or mega > 1 or self._user_bank is not None
+        self._phase = "bank"
         self.bank = self.build_bank(dataset) if need_bank else None
         window = self._resolve_window(batch_size * processes, seed) if builder != "random" or mega > 1 else None
+        self._phase = "training"
         sampler = DiversityWindowBatchSampler(
             dataset, batch_size=batch_size * mega, drop_last=drop_last, valid_label_columns=valid_label_columns,
             generator=generator, seed=seed, bank=self.bank, window=None if mega > 1 else window,
@@ -383,11 +395,50 @@ class DivCLTrainer(SentenceTransformerTrainer):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
             captured, self._capture = self._capture, None
+        loss = result[0] if return_outputs else result
+        # one host sync per step, as the Trainer's own logging_nan_inf_filter already does
+        if track and not bool(torch.isfinite(loss.detach()).all()):
+            zero = self._nonfinite_loss(model, loss, row_ids, captured)
+            return (zero, result[1]) if return_outputs else zero
         if track:
             t0 = time.perf_counter()
             self._after_step(row_ids, captured)
             self.diversity.bookkeeping_seconds += time.perf_counter() - t0
         return result
+
+    def _nonfinite_loss(self, model, loss: torch.Tensor, row_ids: torch.Tensor,
+                        captured: list[torch.Tensor] | None) -> torch.Tensor:
+        """A NaN/Inf loss: name the batch's rows (and those with NaN/Inf embeddings), then stop or skip."""
+        n = row_ids.shape[0]
+        views: list[torch.Tensor] = []
+        out = self.loss.last_output if isinstance(self.loss, InfoNCELoss) else None
+        if out is not None:
+            self.loss.last_output = None
+            views = [out.anchors[out.offset:out.offset + n], out.positives[out.offset:out.offset + n]]
+        elif captured:
+            flat = torch.cat(captured)
+            views = list(flat[:(flat.shape[0] // n) * n].split(n))
+        bad = sorted({r for v in views for r in nonfinite_rows(v, row_ids)})
+        step = self.state.global_step + 1
+        ids = row_ids.detach().cpu().tolist()
+        record = {"step": step, "rank": self.args.process_index, "loss": float(loss.detach().float().reshape(-1)[0]),
+                  "row_ids": ids, "nonfinite_embedding_rows": bad, "action": self.args.nonfinite_action}
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "divcl_nonfinite.jsonl"), "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        what = (f"rows with NaN/Inf embeddings: {bad}" if bad else
+                "every embedding is finite (look at the learning rate or the temperature)")
+        msg = f"Non-finite loss ({record['loss']}) at step {step}; the batch's rows: {ids}; {what}."
+        self.nonfinite_skipped += 1
+        if self.args.nonfinite_action == "stop" or self.nonfinite_skipped > self.args.nonfinite_max_skips:
+            why = ("Training stopped (nonfinite_action='stop')" if self.args.nonfinite_action == "stop" else
+                   f"Training stopped after {self.nonfinite_skipped} non-finite batches (nonfinite_max_skips="
+                   f"{self.args.nonfinite_max_skips})")
+            raise NonFiniteLossError(f"{msg} {why}; earlier checkpoints and logs are intact. Fix or drop those "
+                                     "rows, lower learning_rate, or set nonfinite_action='skip'.",
+                                     step=step, row_ids=ids, bad_rows=bad)
+        logger.warning("%s Skipped: the batch contributes a zero gradient (nonfinite_action='skip').", msg)
+        return sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
 
     def _after_step(self, row_ids: torch.Tensor, captured: list[torch.Tensor] | None) -> None:
         if isinstance(self.loss, InfoNCELoss) and self.loss.last_output is not None:
@@ -428,10 +479,25 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if "loss" in logs and "eval_loss" not in logs:
             self.flush_bank()
             logs = {**logs, **self.diversity.summary(step=self.state.global_step, bank=self.bank,
-                                                     selection_seconds=self.selection_seconds())}
+                                                     selection_seconds=self.selection_seconds()),
+                    PREFIX + "nonfinite_skipped": float(self.nonfinite_skipped)}
         super().log(logs, start_time)
         if any(k.startswith(PREFIX) for k in logs):
             self.diversity.write({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """:meth:`Trainer.train`, resuming from the newest *complete* checkpoint (a half-written one is set
+        aside, see :mod:`hf_divcl.checkpoints`) and turning out-of-memory failures into advice."""
+        resume = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint,
+                                           set_aside=self.is_world_process_zero())
+        try:
+            return super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        except Exception as err:
+            if isinstance(err, OutOfMemoryAdvice) or not is_out_of_memory(err):
+                raise
+            complete, _ = complete_checkpoints(self.args.output_dir)
+            raise out_of_memory_advice(err, phase=self._phase, step=self.state.global_step,
+                                       checkpoint=str(complete[-1]) if complete else None) from err
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
