@@ -201,7 +201,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.nonfinite_skipped = 0
         if train_dataset is not None:
             train_dataset = self._prepare_train_dataset(train_dataset, args, infonce=loss is None or
-                                                        isinstance(loss, InfoNCELoss))
+                                                        isinstance(loss, InfoNCELoss), model=model)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
                          **kwargs)
         self.args: DivCLTrainingArguments
@@ -222,9 +222,12 @@ class DivCLTrainer(SentenceTransformerTrainer):
     def _world_size() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
 
-    def _prepare_train_dataset(self, dataset, args: DivCLTrainingArguments, infonce: bool = True):
+    def _prepare_train_dataset(self, dataset, args: DivCLTrainingArguments, infonce: bool = True, model=None):
         global_batch = args.per_device_train_batch_size * (self._world_size() if args.gather_across_devices else 1)
-        cols = validate_training_dataset(dataset, min_rows=max(2, global_batch), ignore=(ROW_ID_COLUMN,))
+        planned = args.dedupe and args.batch_sampler == BatchSamplers.BATCH_SAMPLER
+        cols = validate_training_dataset(dataset, min_rows=max(2, global_batch), ignore=(ROW_ID_COLUMN,), model=model,
+                                         dedupe_batch_size=global_batch * max(1, args.mega_batch_factor) if planned
+                                         else None)
         single_image = len(cols) == 1 and type(dataset.features[cols[0]]).__name__ == "Image"
         if infonce and len(cols) < 2 and not single_image:
             raise DatasetError(f"The contrastive loss needs 2 input columns (anchor, positive[, negatives...]); the "
