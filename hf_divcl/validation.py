@@ -133,7 +133,8 @@ def _check_text(col, column: str) -> None:
         raise DatasetError(f"Row {row}, column {column!r} contains a NUL character at position {at[row].as_py()} "
                            f"({value[:40]!r}); NUL usually means binary or UTF-16 data read as text. Fix the source "
                            f"or strip them: dataset.map(lambda r: {{{column!r}: r[{column!r}].replace('\\x00', '')}}).")
-    if pc.all(pc.match_substring_regex(col, _IMAGE_PATH)).as_py():
+    if pc.match_substring_regex(col.slice(0, 1), _IMAGE_PATH)[0].as_py() and \
+            pc.all(pc.match_substring_regex(col, _IMAGE_PATH)).as_py():  # row 0 first: the whole column seldom
         raise DatasetError(f"Column {column!r} holds text that looks like image file paths (row 0: "
                            f"{col[0].as_py()!r}); as text the model would read the path, not the image. Load the "
                            f"images: dataset.cast_column({column!r}, datasets.Image()).")
@@ -304,7 +305,7 @@ def _check_duplicates(dataset, text_cols: list[str], dedupe_batch_size: int | No
         dup = groups.filter(pc.greater(groups["__row_count"], 1))
         first = int(pc.index(dup["__row_min"], pc.min(dup["__row_min"])).as_py())
         lo, hi, k = (dup[c][first].as_py() for c in ("__row_min", "__row_max", "__row_count"))
-        logger.warning("%d of %d rows repeat an earlier row exactly in column(s) %s (%d distinct rows repeated; e.g. "
+        logger.warning("%d of %d rows repeat an earlier row exactly in column(s) %s (%d distinct row(s) repeated; e.g. "
                        "rows %d and %d%s). With dedupe=True copies never share a batch, but every copy is trained "
                        "on, so repeated pairs weigh more. Drop them to train on each pair once.", repeats, n,
                        text_cols, dup.num_rows, lo, hi, f", {k} copies" if k > 2 else "")
