@@ -1,15 +1,25 @@
 """A small DivCLTrainer run used by the tests in subprocesses (plain python, accelerate launch, SIGKILL + resume).
 
-Every rank appends one JSON line per training micro-step to ``<out>/rows_rank<r>.jsonl`` with the global step
-and the local row ids it trained on.
+Every rank appends one JSON line per training micro-step to ``<out>/rows_rank<r>.jsonl`` with the global step,
+the local row ids it trained on and the loss.
 
     python tests/divcl_run.py MODEL_DIR OUT_DIR [--rows 200] [--batch 16] [--save-steps 5] [--kill-at 7] [--resume]
+
+Fault injection (SIGKILL of this process, on the rank given by --kill-rank): ``--kill-at N`` after step N,
+``--kill-mid-step N`` after step N's forward pass and before its backward, ``--kill-mid-save N:PHASE`` while
+checkpoint-N is written (PHASE: divcl = after hf_divcl state, before the model; optimizer = after the model,
+during the optimizer state; state = half of trainer_state.json written), ``--kill-mid-refresh`` halfway through
+writing the re-encoded bank at the first refresh (with --refresh-epochs), ``--nan-row R`` makes row R's
+embedding NaN.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
+
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,16 +27,71 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
+from hf_divcl.checkpoints import complete_checkpoints
 from hf_divcl.data import wordnet_pairs
 from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
 
+RANK = int(os.environ.get("RANK", "0"))
+FAULT: dict = {}
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
 
 class RecordingTrainer(DivCLTrainer):
-    def _after_step(self, row_ids, captured):
-        rank = int(os.environ.get("RANK", "0"))
-        with open(os.path.join(self.args.output_dir, f"rows_rank{rank}.jsonl"), "a") as fh:
-            fh.write(json.dumps({"step": self.state.global_step + 1, "rows": row_ids.tolist()}) + "\n")
-        super()._after_step(row_ids, captured)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        row_ids = inputs.get("row_ids")
+        self.nan_mask = None if row_ids is None or "nan_row" not in FAULT else row_ids == FAULT["nan_row"]
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if row_ids is not None and model.training:
+            value = (loss[0] if return_outputs else loss).item()
+            with open(os.path.join(self.args.output_dir, f"rows_rank{RANK}.jsonl"), "a") as fh:
+                fh.write(json.dumps({"step": self.state.global_step + 1, "rows": row_ids.tolist(),
+                                     "loss": value}) + "\n")
+            if FAULT.get("mid_step") == self.state.global_step + 1:
+                die()
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        if FAULT.get("mid_save", (None,))[0] == self.state.global_step:
+            phase = FAULT["mid_save"][1]
+            if phase == "divcl":
+                self.save_model = lambda *a, **k: die()
+            elif phase == "optimizer":
+                self._save_optimizer_and_scheduler = lambda output_dir: (
+                    open(os.path.join(output_dir, "optimizer.pt"), "wb").write(b"\x80\x02half"), die())
+            elif phase == "state":
+                def torn(path):
+                    text = json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True)
+                    with open(path, "w") as fh:
+                        fh.write(text[: len(text) // 2])
+                    die()
+                self.state.save_to_json = torn
+        super()._save_checkpoint(model, trial)
+
+    def refresh_bank(self):
+        if FAULT.get("mid_refresh") and self.bank is not None:
+            update = self.bank.update
+
+            def half_then_die(indices, embeddings, **kw):
+                n = len(indices) // 2
+                update(indices[:n], embeddings[:n], **kw)
+                die()
+            self.bank.update = half_then_die
+        super().refresh_bank()
+
+
+def poison(trainer):
+    """Forward hook: the embedding of row FAULT['nan_row'] is NaN whenever that row is in the batch."""
+
+    def hook(module, args, output):
+        mask = getattr(trainer, "nan_mask", None)
+        if mask is not None and bool(mask.any()) and output["sentence_embedding"].shape[0] == mask.shape[0]:
+            emb = output["sentence_embedding"]
+            output["sentence_embedding"] = torch.where(mask[:, None], torch.full_like(emb, float("nan")), emb)
+        return output
+    return hook
 
 
 class KillAt(TrainerCallback):
@@ -35,7 +100,7 @@ class KillAt(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            die()
 
 
 def main():
@@ -47,18 +112,40 @@ def main():
     p.add_argument("--epochs", type=float, default=1)
     p.add_argument("--save-steps", type=int, default=5)
     p.add_argument("--kill-at", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--kill-rank", type=int, default=None, help="only this rank dies (default: every rank)")
+    p.add_argument("--kill-mid-step", type=int, default=0)
+    p.add_argument("--kill-mid-save", default=None)
+    p.add_argument("--kill-mid-refresh", action="store_true")
+    p.add_argument("--refresh-epochs", type=int, default=0)
+    p.add_argument("--nan-row", type=int, default=None)
+    p.add_argument("--nonfinite-action", default="stop")
+    p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint")
+    p.add_argument("--resume-if-any", action="store_true", help="--resume when a complete checkpoint exists")
     p.add_argument("--builder", default="greedy")
     a = p.parse_args()
+    if a.kill_rank is None or a.kill_rank == RANK:
+        if a.kill_mid_step:
+            FAULT["mid_step"] = a.kill_mid_step
+        if a.kill_mid_save:
+            step, phase = a.kill_mid_save.split(":")
+            FAULT["mid_save"] = (int(step), phase)
+        if a.kill_mid_refresh:
+            FAULT["mid_refresh"] = True
+    if a.nan_row is not None:
+        FAULT["nan_row"] = a.nan_row
     ds = wordnet_pairs(kind="example", source="embedded").select(range(a.rows)).select_columns(["anchor", "positive"])
     model = SentenceTransformer(a.model, device="cpu")
     args = DivCLTrainingArguments(
         output_dir=a.out, per_device_train_batch_size=a.batch, num_train_epochs=a.epochs, learning_rate=1e-3,
         logging_steps=2, save_steps=a.save_steps, save_strategy="steps", report_to=[], disable_tqdm=True,
-        collapse_threshold=0, builder=a.builder, bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7)
-    callbacks = [KillAt(a.kill_at)] if a.kill_at else []
+        collapse_threshold=0, builder=a.builder, bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
+        bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)
+    callbacks = [KillAt(a.kill_at)] if a.kill_at and (a.kill_rank is None or a.kill_rank == RANK) else []
     trainer = RecordingTrainer(model=model, args=args, train_dataset=ds, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=True if a.resume else None)
+    if "nan_row" in FAULT:
+        model.register_forward_hook(poison(trainer))
+    resume = a.resume or (a.resume_if_any and bool(complete_checkpoints(a.out)[0]))
+    trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.is_world_process_zero():
         trainer.save_model(os.path.join(a.out, "final"))
 

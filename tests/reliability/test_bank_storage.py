@@ -10,7 +10,6 @@ import torch
 from hf_divcl.bank import EmbeddingBank
 
 
-
 def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
