@@ -3,9 +3,10 @@
 :func:`push_to_hub` uploads what a model repo needs (safetensors weights, tokenizer/processor files, the README.md
 card, PNG plots, JSON configs/training arguments, the diversity log as JSONL and as Parquet for the Hub viewer) and
 leaves out what must not be published: pickled files (``*.bin``, ``*.pt``, ``*.pkl``, ...), ``checkpoint-*``
-folders and optimizer/scheduler/RNG states. The local folder is only read, never modified; the Parquet copy of the
-log is written to a temporary staging folder.
+folders, optimizer/scheduler/RNG states, and symbolic links that lead outside the folder. The local folder is
+only read, never modified; the Parquet copy of the log is written to a temporary staging folder.
 
+Every HTTP request has a timeout (60 s by default), so a server that stops answering cannot hang the push.
 Transient failures (connection errors, timeouts, HTTP 408/429/5xx) are retried with exponential back-off; other
 failures raise :class:`PushError` (or its subclasses) with a message that says what happened and what to do.
 The token is never logged and is scrubbed from every error message.
@@ -22,6 +23,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,37 @@ def _excluded(rel: Path, is_dir: bool) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
+def _escapes(root: Path, rel: Path) -> bool:
+    """A symbolic link (or a path through one) whose target lies outside ``root``: never uploaded."""
+    target = (root / rel).resolve()
+    if target.is_relative_to(root.resolve()):
+        return False
+    logger.warning("Not uploading %s: it is a link to %s, outside %s.", rel.as_posix(), target, root)
+    return True
+
+
+@contextmanager
+def _request_timeout(seconds: float | None) -> Iterator[None]:
+    """Give every request of huggingface_hub's shared HTTP client a timeout, restoring the client afterwards."""
+    if seconds is None:
+        yield
+        return
+    from huggingface_hub.utils import _http
+
+    previous = _http._GLOBAL_CLIENT_FACTORY
+
+    def factory():
+        client = previous()
+        client.timeout = type(client.timeout)(seconds)
+        return client
+
+    _http.set_client_factory(factory)
+    try:
+        yield
+    finally:
+        _http.set_client_factory(previous)
+
+
 def select_files(output_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
     """``(uploaded, skipped)`` relative POSIX paths of ``output_dir`` (see module docstring for the rules)."""
     root = Path(output_dir)
@@ -137,7 +170,7 @@ def select_files(output_dir: str | os.PathLike) -> tuple[list[str], list[str]]:
         dirnames.sort()
         for f in sorted(filenames):
             rel = base / f
-            if _excluded(rel, is_dir=False) or not (root / rel).is_file():
+            if _excluded(rel, is_dir=False) or not (root / rel).is_file() or _escapes(root, rel):
                 skipped.append(rel.as_posix())
             else:
                 uploaded.append(rel.as_posix())
@@ -225,7 +258,8 @@ def _describe(err: BaseException, token: str | None) -> str:
 
 def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False,
                 endpoint: str | None = None, commit_message: str = "Upload diversity-window model (hf_divcl)",
-                revision: str | None = None, retries: int = 3, backoff: float = 1.0) -> str:
+                revision: str | None = None, retries: int = 3, backoff: float = 1.0,
+                timeout: float | None = 60.0) -> str:
     """Upload a training output folder to the model repo ``repo_id`` (created if missing) and return the commit URL.
 
     Args:
@@ -239,6 +273,8 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, token: str | Non
         retries: how many times a transient failure is retried.
         backoff: seconds before the first retry, doubled each time (at least the server's ``Retry-After``,
             at most 60 s).
+        timeout: seconds each HTTP request may wait for the connection, a read or a write before it fails (and
+            is retried); ``None`` waits forever.
 
     Raises:
         ValueError: invalid ``repo_id``; FileNotFoundError: no such ``output_dir``.
@@ -250,8 +286,9 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, token: str | Non
     if not root.is_dir():
         raise FileNotFoundError(f"Cannot push {str(output_dir)!r}: it is not a directory. Pass the training output "
                                 "folder (the one holding the saved model).")
-    if retries < 0 or backoff < 0:
-        raise ValueError(f"retries and backoff must be >= 0, got retries={retries}, backoff={backoff}.")
+    if retries < 0 or backoff < 0 or (timeout is not None and not timeout > 0):
+        raise ValueError(f"retries and backoff must be >= 0 and timeout > 0 (or None), got retries={retries}, "
+                         f"backoff={backoff}, timeout={timeout}.")
     uploaded, skipped = select_files(root)
     if not any(f.endswith(".safetensors") for f in uploaded) and any(
             fnmatch.fnmatch(Path(f).name, "pytorch_model*.bin") for f in skipped):
@@ -268,7 +305,7 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, token: str | Non
 
     api = HfApi(endpoint=endpoint, token=tok, library_name="hf_divcl")
     where = api.endpoint
-    with tempfile.TemporaryDirectory(prefix="hf_divcl_push_") as staging:
+    with tempfile.TemporaryDirectory(prefix="hf_divcl_push_") as staging, _request_timeout(timeout):
         sources = {rel: root / rel for rel in uploaded}
         if DIVERSITY_LOG in sources:
             parquet = Path(staging) / DIVERSITY_PARQUET
