@@ -336,7 +336,9 @@ class EmbeddingBank:
         model and data fingerprints match. Under ``torch.distributed`` every rank encodes a shard and all end
         with the same full bank; rank 0 writes the cache."""
         views = cls._views(texts)
-        key = f"{model_fingerprint(model)}-{data_fingerprint_ or data_fingerprint(views)}-{str(dtype)[6:]}"
+        data_key = data_fingerprint(views) if data_fingerprint_ is None else \
+            hashlib.blake2b(data_fingerprint_.encode(), digest_size=16).hexdigest()  # no path parts from users
+        key = f"{model_fingerprint(model)}-{data_key}-{str(dtype)[6:]}"
         cache = Path(cache_dir) / key if cache_dir is not None else None
         if cache is not None and (cache / _META).is_file():
             bank = cls.load(cache)

@@ -62,13 +62,38 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
+MAX_CONFIG_NODES = 10_000
+
+
+def safe_load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` (plain data only: no Python objects are ever constructed) of a config, refusing one
+    whose aliases expand to more than :data:`MAX_CONFIG_NODES` values (a "billion laughs" file)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"Config file {source!r} is not valid plain YAML ({str(err).splitlines()[0]}). Only "
+                         "mappings, lists, strings, numbers and booleans are read; tags such as !!python/object "
+                         "are refused.") from None
+    seen, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_NODES:
+            raise ValueError(f"Config file {source!r} expands to more than {MAX_CONFIG_NODES} values (nested "
+                             "aliases?); write the values out.")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return data
+
+
 def load_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
     """Read a YAML mapping of field values for ``cls``; unknown keys raise with the valid ones listed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    data = safe_load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of field: value, got {type(data).__name__}.")
     names = {f.name for f in dataclasses.fields(cls)}

@@ -46,14 +46,36 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled_weights(path: str) -> None:
+    """Raise when a local model folder holds its weights only as pickles (loading those can run code)."""
+    root = Path(path)
+    if not root.is_dir() or any(root.rglob("*.safetensors")):
+        return
+    pickles = sorted(str(p.relative_to(root)) for pattern in PICKLED_WEIGHTS for p in root.rglob(pattern))
+    if pickles:
+        raise ValueError(f"{str(root)!r} holds its weights only as pickled files ({', '.join(pickles[:5])}); "
+                         "hf_divcl loads safetensors weights only, because unpickling an untrusted file can run "
+                         "arbitrary code. Convert the model once, from a source you trust: load it and call "
+                         "model.save(folder) (sentence-transformers writes safetensors).")
+
+
 def load_sentence_transformer(name_or_path: str = DEFAULT_TEXT_MODEL, device: str = "auto",
                               trust_remote_code: bool = False):
-    """Load a :class:`sentence_transformers.SentenceTransformer`, offline-first, with an actionable error."""
+    """Load a :class:`sentence_transformers.SentenceTransformer`, offline-first, with an actionable error.
+
+    Weights are read from safetensors only (pickled ``*.bin`` weights are refused), and code shipped with a model
+    runs only with ``trust_remote_code=True``.
+    """
     from sentence_transformers import SentenceTransformer
 
     path = resolve_model_path(name_or_path)
+    refuse_pickled_weights(path)
     try:
-        model = SentenceTransformer(path, device=resolve_device(device), trust_remote_code=trust_remote_code)
+        model = SentenceTransformer(path, device=resolve_device(device), trust_remote_code=trust_remote_code,
+                                    model_kwargs={"use_safetensors": True})
     except OSError as err:
         raise OSError(
             f"Could not load model {name_or_path!r} ({err.__class__.__name__}: {err}). Pass a local "

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .config import _str2bool
+from .config import _str2bool, safe_load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"Config file {str(p)!r} does not exist.")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = safe_load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"Config file {str(p)!r} must be a mapping of key: value, got {type(data).__name__}.")
     data.update(overrides or {})

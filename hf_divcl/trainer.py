@@ -515,6 +515,15 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 self.bank.save(state_dir / "bank")
         super()._save_checkpoint(model, trial)
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save as sentence-transformers does, but the pickled ``training_args.bin`` never holds the Hub token."""
+        token = self.args.hub_token
+        self.args.hub_token = None if token is None else "<HUB_TOKEN>"
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
+
     def _load_from_checkpoint(self, checkpoint_path, *args, **kwargs) -> None:
         self._resume_dir = Path(checkpoint_path)
         return super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
@@ -523,7 +532,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
                     commit_message: str = "Upload model trained with diversity-window batches (hf_divcl)",
                     endpoint: str | None = None, dataset_description: str | None = None, **kwargs) -> str:
         """Save the model, write ``training_args.json`` and the model card (with both plots) into ``output_dir``
-        and upload it with :func:`hf_divcl.hub.push_to_hub` (retries, no pickles, token never written).
+        and upload it with :func:`hf_divcl.hub.push_to_hub` (retries, no pickles, token never written);
+        ``revision``, ``retries``, ``backoff`` and ``timeout`` are passed on to it.
 
         Returns the commit URL. A failed upload leaves ``output_dir`` as it was; call again to retry.
         """
@@ -546,7 +556,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
                              dataset=dataset_description or f"the training set ({n} rows)")
         return _push(out, repo_id, token=token or self.args.hub_token,
                      private=bool(self.args.hub_private_repo if private is None else private), endpoint=endpoint,
-                     commit_message=commit_message)
+                     commit_message=commit_message,
+                     **{k: v for k, v in kwargs.items() if k in ("revision", "retries", "backoff", "timeout")})
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
