@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,6 +70,15 @@ def _scratch_file(owner: object) -> str:
     os.close(fd)
     weakref.finalize(owner, _unlink, tmp)
     return tmp
+
+
+def _map_saved(path: Path) -> np.ndarray:
+    """Memory-map a saved bank file shared (not copy-on-write: private mappings count as process memory under
+    memory limits); writes are kept off it by :meth:`EmbeddingBank._own_storage`. Read-only files map read-only."""
+    try:
+        return np.load(path, mmap_mode="r+", allow_pickle=False)
+    except PermissionError:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _unlink(path: str) -> None:
@@ -282,7 +292,7 @@ class EmbeddingBank:
         size = (d / _DATA).stat().st_size if (d / _DATA).is_file() else 0
         use_mmap = size > 512 * 2**20 if mmap is None else mmap
         try:
-            arr = np.load(d / _DATA, mmap_mode="c" if use_mmap else None, allow_pickle=False)
+            arr = _map_saved(d / _DATA) if use_mmap else np.load(d / _DATA, allow_pickle=False)
             steps = np.load(d / _STEPS, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise ValueError(f"The bank in {str(d)!r} is corrupt ({err}); rebuild it.") from err
@@ -293,7 +303,9 @@ class EmbeddingBank:
         bank = cls.__new__(cls)
         bank.dtype = getattr(torch, meta["dtype"])
         bank._mmap = arr if use_mmap else None
-        bank._data = torch.from_numpy(arr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a read-only saved file: never written (see _own_storage)
+            bank._data = torch.from_numpy(arr)
         bank.path = d / _DATA if use_mmap else None
         bank._borrowed = use_mmap
         bank.last_update_step = torch.from_numpy(steps.copy())

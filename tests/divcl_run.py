@@ -10,7 +10,7 @@ Fault injection (SIGKILL of this process, on the rank given by --kill-rank): ``-
 checkpoint-N is written (PHASE: divcl = after hf_divcl state, before the model; optimizer = after the model,
 during the optimizer state; state = half of trainer_state.json written), ``--kill-mid-refresh`` halfway through
 writing the re-encoded bank at the first refresh (with --refresh-epochs), ``--nan-row R`` makes row R's
-embedding NaN.
+embedding NaN, ``--oom-at-step N`` makes an allocation at step N fail under a memory cap.
 """
 
 import argparse
@@ -51,6 +51,8 @@ class RecordingTrainer(DivCLTrainer):
                                      "loss": value}) + "\n")
             if FAULT.get("mid_step") == self.state.global_step + 1:
                 die()
+        if FAULT.get("oom_at_step") == self.state.global_step + 1:
+            allocate_beyond_a_memory_cap()
         return loss
 
     def _save_checkpoint(self, model, trial):
@@ -80,6 +82,21 @@ class RecordingTrainer(DivCLTrainer):
                 die()
             self.bank.update = half_then_die
         super().refresh_bank()
+
+
+def vmdata() -> int:
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmData"))
+
+
+def allocate_beyond_a_memory_cap() -> None:
+    """A real allocation failure: cap private memory (RLIMIT_DATA) at what is in use, ask for 256 MiB more."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (vmdata(), resource.RLIM_INFINITY))
+    try:
+        torch.empty(256 * 2**20, dtype=torch.uint8).fill_(0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 def poison(trainer):
@@ -122,6 +139,7 @@ def main():
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint")
     p.add_argument("--resume-if-any", action="store_true", help="--resume when a complete checkpoint exists")
     p.add_argument("--builder", default="greedy")
+    p.add_argument("--oom-at-step", type=int, default=0, help="an allocation fails for lack of memory at step N")
     a = p.parse_args()
     if a.kill_rank is None or a.kill_rank == RANK:
         if a.kill_mid_step:
@@ -133,6 +151,8 @@ def main():
             FAULT["mid_refresh"] = True
     if a.nan_row is not None:
         FAULT["nan_row"] = a.nan_row
+    if a.oom_at_step:
+        FAULT["oom_at_step"] = a.oom_at_step
     ds = wordnet_pairs(kind="example", source="embedded").select(range(a.rows)).select_columns(["anchor", "positive"])
     model = SentenceTransformer(a.model, device="cpu")
     args = DivCLTrainingArguments(
