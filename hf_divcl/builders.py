@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .sweep import SweepLevel, draw_level
-from .window import DiversityWindow, measure_diversity
+from .window import DiversityWindow, measure_batches, measure_diversity
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class PlanContext:
     window: DiversityWindow | None
     generator: torch.Generator
     _sketch: torch.Tensor | None = None
+    _inv_norm: torch.Tensor | None = None
     sketch_dim: int = 32
     calibration: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
@@ -84,6 +85,14 @@ class PlanContext:
     def emb(self, positions: torch.Tensor) -> torch.Tensor:
         """Embeddings of positions (any shape ``S``) → ``(*S, d)`` in the bank dtype."""
         return self.bank[self.rows[positions]]
+
+    @property
+    def inv_norm(self) -> torch.Tensor:
+        """``(N,)`` float32 inverse norms of the bank's rows (unit up to float16 rounding), computed once."""
+        if self._inv_norm is None:
+            self._inv_norm = torch.cat([self.bank[sl].float().norm(dim=-1).reciprocal()
+                                        for sl in _chunks(self.bank.shape[0], 65_536)])
+        return self._inv_norm
 
     @property
     def sketch(self) -> torch.Tensor:
@@ -144,7 +153,10 @@ def calibrate_target(ctx: PlanContext, n_rows: int = 20_000, n_batches: int = 12
     for lv in levels:
         if lv.kind != "random" and (lv.param * (b if lv.kind == "spread" else 1)) > xs.shape[0]:
             continue
-        idx = draw_level(xs, lv, b, n_batches, ctx.generator)
+        # spread levels hold (R, P, P) similarity blocks: draw them two batches at a time to bound the memory
+        step = 2 if lv.kind == "spread" else n_batches
+        idx = torch.cat([draw_level(xs, lv, b, min(step, n_batches - k), ctx.generator)
+                         for k in range(0, n_batches, step)])
         vals.append(measure_diversity(xs[idx], metric))
         mc.append(sketch_mean_sq_cosine(ss[idx]))
         exact.append(measure_diversity(xs[idx], "mean_sq_cosine"))
@@ -204,33 +216,41 @@ class GreedyBuilder(BatchBuilder):
     """Greedy-m: fill all batches slot by slot, each taking the best of ``m`` fresh candidates.
 
     Half of each batch's candidates are drawn uniformly from the unused pool (they pull towards *more*
-    diversity), half from the unused rows of the k-means cluster nearest to the batch's running mean direction
-    (they pull towards *less*); the candidate whose squared cosines to the batch's members bring its running mean
-    closest to the target wins. Scoring uses each batch's second-moment matrix in a PCA sketch, updated in place.
-    The target (a mean squared cosine in the sketch) is first read off calibration batches, then corrected by
-    bisection on small pilot plans until their exact window metric sits at the window's centre.
+    diversity), half from the unused rows of the k-means cluster (in the sketch) of a random member of the batch
+    (they pull towards *less*, spread over the batch's members rather than piled onto one direction); the
+    candidate that brings the batch's predicted mean squared cosine closest to the target wins. The prediction is
+    exact up to the last checkpoint: at checkpoints (see ``check_every``) each batch's sum of squared cosines over
+    its member pairs is extended exactly, in the full dimension, by the rows added since the previous checkpoint;
+    only the rows added since then are scored in a ``sketch_dim``-dimensional PCA sketch (each batch's sketch
+    second-moment matrix, updated in place) plus the mean squared cosine per pair that the sketch missed, as
+    measured at the last checkpoint. Errors of the sketch therefore do not accumulate over a
+    batch. The target (an exact mean squared cosine) is read off calibration batches, then corrected on small pilot
+    plans (see :meth:`_closed_loop_target`).
 
     Args:
-        m (`int`, *optional*, defaults to 64): candidates scored per batch and slot.
+        m (`int`, *optional*, defaults to 32): candidates scored per batch and slot.
         sketch_dim (`int`, *optional*, defaults to 32): dimension of the PCA sketch used for scoring.
-        near_fraction (`float`, *optional*, defaults to 0.5): share of candidates drawn from the batch's cluster.
+        near_fraction (`float`, *optional*, defaults to 0.5): share of candidates drawn near a batch member.
         pilot_rows (`int`, *optional*, defaults to 8192): rows of the pilot plans that correct the target.
-        pilot_steps (`int`, *optional*, defaults to 6): bisection steps on pilot plans (0: trust the calibration).
+        pilot_steps (`int`, *optional*, defaults to 6): target corrections on pilot plans (0: trust the calibration).
+        check_every (`int`, *optional*): slots between exact checkpoints of the batches' sums near the end of the
+            fill (default ``clamp(B // 32, 2, 8)``); early on, a checkpoint comes after a quarter of the slots left.
     """
 
     name = "greedy"
 
-    def __init__(self, m: int = 64, sketch_dim: int = 32, near_fraction: float = 0.5, pilot_rows: int = 8192,
-                 pilot_steps: int = 6) -> None:
-        if m < 1 or sketch_dim < 1 or not 0 <= near_fraction < 1:
-            raise ValueError(f"GreedyBuilder needs m >= 1, sketch_dim >= 1 and 0 <= near_fraction < 1; got m={m}, "
-                             f"sketch_dim={sketch_dim}, near_fraction={near_fraction}.")
+    def __init__(self, m: int = 32, sketch_dim: int = 32, near_fraction: float = 0.5, pilot_rows: int = 8192,
+                 pilot_steps: int = 6, check_every: int | None = None) -> None:
+        if m < 1 or sketch_dim < 1 or not 0 <= near_fraction < 1 or (check_every is not None and check_every < 1):
+            raise ValueError(f"GreedyBuilder needs m >= 1, sketch_dim >= 1, 0 <= near_fraction < 1 and "
+                             f"check_every >= 1; got m={m}, sketch_dim={sketch_dim}, near_fraction={near_fraction}, "
+                             f"check_every={check_every}.")
         self.m, self.sketch_dim, self.near_fraction = m, sketch_dim, near_fraction
-        self.pilot_rows, self.pilot_steps = pilot_rows, pilot_steps
+        self.pilot_rows, self.pilot_steps, self.check_every = pilot_rows, pilot_steps, check_every
 
     def config(self) -> dict[str, Any]:
         return {"builder": self.name, "m": self.m, "sketch_dim": self.sketch_dim, "near_fraction": self.near_fraction,
-                "pilot_rows": self.pilot_rows, "pilot_steps": self.pilot_steps}
+                "pilot_rows": self.pilot_rows, "pilot_steps": self.pilot_steps, "check_every": self.check_every}
 
     def assign(self, ctx: PlanContext, n_batches: int) -> torch.Tensor:
         b, gen = ctx.batch_size, ctx.generator
@@ -238,112 +258,163 @@ class GreedyBuilder(BatchBuilder):
             return RandomBuilder().assign(ctx, n_batches)
         s = ctx.sketch  # (M, r)
         m_rows = s.shape[0]
-        sn = torch.nn.functional.normalize(s, dim=-1)
-        labels = cent = None
+        labels = None
         if self.near_fraction > 0:
+            sn = torch.nn.functional.normalize(s, dim=-1)
             labels = kmeans(sn, int(min(512, max(2, m_rows // (2 * b)))), gen, iters=6)
-            cent = torch.nn.functional.normalize(
-                torch.zeros(int(labels.max()) + 1, s.shape[1]).index_add_(0, labels, sn), dim=-1)
-        target = self._closed_loop_target(ctx, s, sn, labels, cent)
-        return self._fill(s, sn, labels, cent, n_batches, b, target, gen, progress=ctx.progress)
+            del sn
+        cal = calibrate_target(ctx)
+        residual = (cal["mean_sq_cosine"] - cal["sketch_mcos2"]).mean().item()
+        target = self._closed_loop_target(ctx, s, labels, residual)
+        pos = torch.arange(m_rows, device=s.device)
+        return self._fill(ctx, pos, s, labels, n_batches, target, residual, gen, progress=ctx.progress)
 
-    def _closed_loop_target(self, ctx, s, sn, labels, cent) -> float:
-        """The sketch target whose greedy batches hit the window centre, by bisection on pilot plans.
+    def _closed_loop_target(self, ctx, s, labels, residual: float) -> float:
+        """The exact mean cos² target whose greedy batches hit the window centre, found on pilot plans.
 
-        The calibration map from the window metric to the sketch's mean cos² is only approximate (the sketch sees
-        ``r`` of ``d`` dimensions, and greedy batches are not shaped like calibration batches), so the target is
-        corrected on seeded pilot subsets of ``pilot_rows`` rows before the full fill.
+        The calibration map from the window metric to the mean cos² is only approximate for greedy batches (they
+        are not shaped like calibration batches, and the last rows of a fill have little choice), so seeded pilot
+        subsets of ``pilot_rows`` rows are planned and the target is moved by safeguarded secant steps on the
+        pilots' mean metric, inside a bracket that shrinks like bisection's.
         """
         b, window = ctx.batch_size, ctx.window
-        target = target_sketch_mcos2(ctx, window.center)
-        cal = calibrate_target(ctx)["sketch_mcos2"]
+        target = target_sketch_mcos2(ctx, window.center, key="mean_sq_cosine")
+        cal = calibrate_target(ctx)["mean_sq_cosine"]
         lo, hi = cal.min().item(), cal.max().item()
         n_pilot = min(s.shape[0], max(self.pilot_rows, 8 * b)) // b
         if self.pilot_steps == 0 or n_pilot < 2:
             return target
         pgen = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=ctx.generator)))
-        pos = torch.randperm(s.shape[0], generator=pgen)[: n_pilot * b]
+        pos = torch.randperm(s.shape[0], generator=pgen)[: n_pilot * b].to(s.device)
+        tried: list[tuple[float, float]] = []  # (target, window metric − centre, in "more diverse" units)
+        best = (float("inf"), target)
         for _ in range(self.pilot_steps):
-            members = self._fill(s[pos], sn[pos], labels[pos] if labels is not None else None, cent, n_pilot, b,
-                                 target, torch.Generator().manual_seed(0))
-            value = measure_diversity(ctx.emb(pos[members]), window.metric).mean().item()
-            if window.contains(torch.tensor(value)) and abs(value - window.center) < 0.25 * (window.high - window.low):
+            members = self._fill(ctx, pos, s[pos], labels[pos] if labels is not None else None, n_pilot, target,
+                                 residual, torch.Generator().manual_seed(0))
+            value = measure_batches(ctx.bank, ctx.rows[pos[members]], window.metric).mean().item()
+            err = (value - window.center) * window.direction  # > 0: too diverse ⇒ the target mean cos² is too low
+            best = min(best, (abs(err), target))
+            if abs(err) < 0.1 * (window.high - window.low):
                 break
-            # more diverse than wanted ⇔ target mean cos² too small (for metrics where larger = more diverse)
-            too_diverse = (value > window.center) == (window.direction > 0)
-            if too_diverse:
+            if err > 0:
                 lo = target
             else:
                 hi = target
-            target = 0.5 * (lo + hi)
-        return target
+            tried.append((target, err))
+            nxt = 0.5 * (lo + hi)
+            if len(tried) >= 2 and tried[-1][1] != tried[-2][1]:
+                (t0, e0), (t1, e1) = tried[-2], tried[-1]
+                sec = t1 - e1 * (t1 - t0) / (e1 - e0)
+                if lo < sec < hi:
+                    nxt = sec
+            target = nxt
+        return best[1] if best[0] < float("inf") else target
 
-    def _fill(self, s, sn, labels, cent, n_batches: int, b: int, target: float, gen,
-              progress: bool = False) -> torch.Tensor:
-        """Fill ``n_batches`` batches of ``b`` positions of ``s`` slot by slot (see the class docstring)."""
+    @staticmethod
+    def _exact_pair_sums(ctx: PlanContext, pos: torch.Tensor, members: torch.Tensor, t0: int, t1: int,
+                         chunk: int = 64) -> torch.Tensor:
+        """``Σ cos²(x_i, x_j)`` over member pairs ``j < i`` with ``t0 ≤ i < t1``, per batch, in full dimension."""
+        n = members.shape[0]
+        out = torch.empty(n, device=members.device)
+        ar = torch.arange(t1, device=members.device)
+        before = ar.unsqueeze(0) < ar[t0:t1].unsqueeze(1)  # (t1 - t0, t1): pair (i, j) with j < i
+        for sl in _chunks(n, chunk):
+            idx = ctx.rows[pos[members[sl, :t1]]]
+            x = ctx.bank[idx].float()
+            inv = ctx.inv_norm[idx]  # cosines of the bank's (float16-rounded) rows, as batch_diversity computes
+            g = (x[:, t0:t1] @ x.mT) * inv[:, t0:t1].unsqueeze(2) * inv.unsqueeze(1)  # (c, t1 - t0, t1)
+            out[sl] = (g.square() * before).sum((-2, -1))
+        return out
+
+    def _fill(self, ctx: PlanContext, pos: torch.Tensor, s, labels, n_batches: int, target: float,
+              residual: float, gen, progress: bool = False) -> torch.Tensor:
+        """Fill ``n_batches`` batches with positions ``0..len(pos)-1`` (rows ``ctx.rows[pos]``, sketched ``s``)
+        slot by slot (see the class docstring); returns ``(n_batches, B)`` indices into ``pos``."""
         from tqdm.auto import tqdm
 
+        b, dev = ctx.batch_size, s.device
         m_rows, r = s.shape
         m_near = round(self.m * self.near_fraction) if labels is not None else 0
         m_rand = max(1, self.m - m_near)
-        used = torch.zeros(m_rows, dtype=torch.bool)
-        members = torch.empty(n_batches, b, dtype=torch.long)
-        second = torch.zeros(n_batches, r, r)  # Σ_j x_j x_jᵀ of each batch, in the sketch
-        pair_sum = torch.zeros(n_batches)  # Σ_{i<j} (x_i·x_j)²
-        centre = torch.zeros(n_batches, r)
-        rows = torch.arange(n_batches)
+        used = torch.zeros(m_rows, dtype=torch.bool, device=dev)
+        members = torch.empty(n_batches, b, dtype=torch.long, device=dev)
+        second = torch.zeros(n_batches, r, r, device=dev)  # Σ_j x_j x_jᵀ of each batch, in the sketch
+        exact = torch.zeros(n_batches, device=dev)  # exact Σ_{i<j} cos² over members up to the last checkpoint
+        pending = torch.zeros(n_batches, device=dev)  # predicted Σ cos² of the pairs added since then
+        rows = torch.arange(n_batches, device=dev)
+        near_index = None
+        last, every = 0, self.check_every or min(8, max(2, b // 32))
         for slot in tqdm(range(b), desc="greedy fill (slots)", disable=not progress, leave=False):
+            if slot - last == max(every, (b - last) // 4):
+                added = self._exact_pair_sums(ctx, pos, members, last, slot)
+                n_pairs = n_batches * (slot * (slot - 1) - last * (last - 1)) // 2
+                residual += (added - pending).sum().item() / n_pairs  # what the sketch missed, per pair
+                exact += added
+                pending.zero_()
+                last = slot
+                near_index = None
             avail = (~used).nonzero().squeeze(1)
             mr = min(m_rand, avail.numel() // n_batches)
-            cand = avail[torch.randperm(avail.numel(), generator=gen)[: n_batches * mr]].view(n_batches, mr)
+            cand = avail[torch.randperm(avail.numel(), generator=gen).to(dev)[: n_batches * mr]].view(n_batches, mr)
             valid = torch.ones_like(cand, dtype=torch.bool)
             if slot > 0 and m_near and mr >= 4:
-                near_cluster = (torch.nn.functional.normalize(centre, dim=-1) @ cent.T).argmax(1)
-                near, near_ok = self._near_candidates(labels, avail, near_cluster, m_near, gen)
-                cand, valid = torch.cat([cand, near], 1), torch.cat([valid, near_ok], 1)
+                if near_index is None:  # unused rows grouped by cluster, rebuilt at each checkpoint
+                    near_index = self._near_index(labels, avail)
+                anchor = members[rows, (torch.rand(n_batches, generator=gen).to(dev) * slot).long()]
+                near_cluster = labels[anchor]  # the cluster of a random member of each batch
+                near = self._near_candidates(near_index, near_cluster, m_near, gen)
+                cand, valid = torch.cat([cand, near], 1), torch.cat([valid, ~used[near]], 1)
             if slot == 0:
-                chosen, gain = cand[:, 0], torch.zeros(n_batches)
+                chosen, gain = cand[:, 0], torch.zeros(n_batches, device=dev)
             else:
                 c = s[cand]  # (n, m, r)
-                score = ((c @ second) * c).sum(-1)  # (n, m): Σ_{j in batch} (c·x_j)²
-                obj = ((pair_sum.unsqueeze(1) + score) / (slot * (slot + 1) / 2) - target).abs()
+                score = ((c @ second) * c).sum(-1)  # (n, m): Σ_{j in batch} (c·x_j)² in the sketch
+                score = score + residual * slot  # predicted exact Σ_{j in batch} cos²(c, x_j)
+                pred = exact.unsqueeze(1) + pending.unsqueeze(1) + score
+                obj = (pred / (slot * (slot + 1) / 2) - target).abs()
                 obj = obj.masked_fill(~valid, float("inf"))
                 pick = obj.argmin(1)
                 chosen, gain = cand[rows, pick], score[rows, pick]
                 chosen, gain = self._resolve_conflicts(chosen, gain, cand[:, :mr], obj[:, :mr], score[:, :mr],
-                                                       avail)
+                                                       avail, m_rows)
             members[:, slot] = chosen
             used[chosen] = True
-            pair_sum += gain
+            pending += gain
             x = s[chosen]
             second += x.unsqueeze(2) * x.unsqueeze(1)
-            centre += sn[chosen]
         return members
 
     @staticmethod
-    def _near_candidates(labels, avail, ck, m_near, gen):
-        """``m_near`` random unused rows of cluster ``ck[i]`` for each batch ``i``: ``(n, m_near)`` and a mask."""
+    def _near_index(labels, avail):
+        """The rows ``avail`` sorted by cluster, with each cluster's start and count."""
         lab = labels[avail]
         order = torch.argsort(lab, stable=True)
-        sorted_avail = avail[order]
         counts = torch.bincount(lab, minlength=int(labels.max()) + 1)
-        starts = torch.cumsum(counts, 0) - counts
-        cnt = counts[ck].unsqueeze(1)
-        offs = (torch.rand(ck.numel(), m_near, generator=gen) * cnt).long()
-        pos = (starts[ck].unsqueeze(1) + offs).clamp(max=sorted_avail.numel() - 1)
-        return sorted_avail[pos], (cnt > 0).expand(-1, m_near)
+        return avail[order], torch.cumsum(counts, 0) - counts, counts
 
     @staticmethod
-    def _resolve_conflicts(chosen, gain, rand_cand, rand_obj, rand_score, avail):
+    def _near_candidates(near_index, ck, m_near, gen):
+        """``m_near`` random rows of cluster ``ck[i]`` for each batch ``i`` from the index: ``(n, m_near)``.
+
+        The index may be a few slots old: rows taken since are masked by the caller; an empty cluster yields row
+        ``sorted_avail[start]`` of a neighbour, a valid but not near candidate."""
+        sorted_avail, starts, counts = near_index
+        cnt = counts[ck].unsqueeze(1)
+        offs = (torch.rand(ck.numel(), m_near, generator=gen).to(cnt.device) * cnt).long()
+        return sorted_avail[(starts[ck].unsqueeze(1) + offs).clamp(max=sorted_avail.numel() - 1)]
+
+    @staticmethod
+    def _resolve_conflicts(chosen, gain, rand_cand, rand_obj, rand_score, avail, m_rows):
         """Near candidates may coincide across batches: the first batch keeps the row, the others fall back to
         their best own (disjoint) random candidate not taken; any still unresolved take free rows."""
         n = chosen.numel()
-        first = torch.full((int(avail.max()) + 1,), n, dtype=torch.long).scatter_reduce_(
-            0, chosen, torch.arange(n), reduce="amin")
-        losers = first[chosen] != torch.arange(n)
+        ar = torch.arange(n, device=chosen.device)
+        first = torch.full((m_rows,), n, dtype=torch.long, device=chosen.device).scatter_reduce_(
+            0, chosen, ar, reduce="amin")
+        losers = first[chosen] != ar
         if not bool(losers.any()):
             return chosen, gain
-        blocked = torch.zeros(first.numel(), dtype=torch.bool)
+        blocked = torch.zeros(m_rows, dtype=torch.bool, device=chosen.device)
         blocked[chosen[~losers]] = True
         obj = rand_obj[losers].masked_fill(blocked[rand_cand[losers]], float("inf"))
         pick = obj.argmin(1)
@@ -351,9 +422,9 @@ class GreedyBuilder(BatchBuilder):
         chosen, gain = chosen.clone(), gain.clone()
         chosen[li] = rand_cand[li, pick]
         gain[li] = rand_score[li, pick]
-        stuck = li[torch.isinf(obj[torch.arange(li.numel()), pick])]
+        stuck = li[torch.isinf(obj[torch.arange(li.numel(), device=li.device), pick])]
         if stuck.numel():
-            blocked[chosen[~torch.isin(torch.arange(n), stuck)]] = True
+            blocked[chosen[~torch.isin(ar, stuck)]] = True
             free = avail[~blocked[avail]][: stuck.numel()]
             chosen[stuck] = free
             gain[stuck] = 0.0  # not scored: these batches' running sums undercount slightly
@@ -390,7 +461,7 @@ class PoolBuilder(BatchBuilder):
             cand = perm[: k * b].view(k, b)
             take = k if k <= self.p else math.ceil(k / self.p)
             if take < k:
-                dist = window.distance(measure_diversity(ctx.emb(cand), window.metric))
+                dist = window.distance(measure_batches(ctx.bank, ctx.rows[cand], window.metric))
                 noise = torch.rand(k, generator=gen) * 1e-9  # random tie-break among in-window batches
                 best = (dist + noise).argsort()[:take]
             else:
@@ -403,33 +474,45 @@ class PoolBuilder(BatchBuilder):
         return torch.cat(kept)[:n_batches]
 
 
-def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15, chunk: int = 65_536) -> torch.Tensor:
-    """Cluster ids ``(M,)`` of rows ``(M, r)`` by spherical k-means (faiss when installed, else torch)."""
+def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15, chunk: int = 16_384,
+           per_cluster: int = 64) -> torch.Tensor:
+    """Cluster ids ``(M,)`` of rows ``(M, r)`` by spherical k-means (faiss when installed, else torch).
+
+    The centroids are fitted on a seeded sample of ``per_cluster · k`` rows (at least 65,536; all rows when fewer),
+    then every row is assigned to its nearest centroid in one pass — the cost of the iterations does not grow with
+    ``M``, and the similarity blocks are computed ``chunk`` rows at a time.
+    """
     m = x.shape[0]
     k = max(1, min(k, m))
+    n_fit = min(m, max(65_536, per_cluster * k))
+    fit = x[torch.randperm(m, generator=gen)[:n_fit].to(x.device)] if n_fit < m else x
+
+    def nearest(cent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+        for sl in _chunks(rows.shape[0], chunk):
+            out[sl] = (rows[sl] @ cent.T).argmax(1)
+        return out
+
     try:
         import faiss  # optional
         import numpy as np
 
         seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
         km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, spherical=True, verbose=False)
-        xn = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-        km.train(xn)
-        return torch.from_numpy(km.index.search(xn, 1)[1][:, 0].astype("int64"))
+        km.train(np.ascontiguousarray(fit.cpu().numpy(), dtype=np.float32))
+        return nearest(torch.from_numpy(km.centroids).to(x.device, x.dtype), x)
     except ImportError:
         pass
-    cent = x[torch.randperm(m, generator=gen)[:k]].clone()
-    assign = torch.empty(m, dtype=torch.long)
+    cent = fit[torch.randperm(n_fit, generator=gen)[:k].to(x.device)].clone()
     for _ in range(iters):
-        for sl in _chunks(m, chunk):
-            assign[sl] = (x[sl] @ cent.T).argmax(1)
-        sums = torch.zeros_like(cent).index_add_(0, assign, x)
+        assign = nearest(cent, fit)
+        sums = torch.zeros_like(cent).index_add_(0, assign, fit)
         counts = torch.bincount(assign, minlength=k)
         empty = counts == 0
         cent = torch.nn.functional.normalize(sums, dim=-1)
         if bool(empty.any()):  # re-seed empty clusters on random rows
-            cent[empty] = x[torch.randint(m, (int(empty.sum()),), generator=gen)]
-    return assign
+            cent[empty] = fit[torch.randint(n_fit, (int(empty.sum()),), generator=gen).to(x.device)]
+    return nearest(cent, x)
 
 
 class ClusterBuilder(BatchBuilder):
@@ -478,7 +561,7 @@ class ClusterBuilder(BatchBuilder):
             for c_try in divisors:
                 trial = self._mix(order, n_batches, b, c_try, torch.Generator().manual_seed(c_try))
                 sample = trial[torch.randperm(n_batches, generator=gen)[: min(16, n_batches)]]
-                val = measure_diversity(ctx.emb(sample), ctx.window.metric).mean().item()
+                val = measure_batches(ctx.bank, ctx.rows[sample], ctx.window.metric).mean().item()
                 gap = abs(val - ctx.window.center)
                 if best is None or gap < best[0]:
                     best = (gap, c_try)
@@ -593,49 +676,73 @@ def repair_duplicates(batches: list[torch.Tensor], groups: torch.Tensor, gen: to
     return batches
 
 
-def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals: int = 32,
-                 chunk: int = 256) -> torch.Tensor:
-    """Improve a plan ``(n, B)`` (positions) by exact swaps: each pass pairs batches at random and, per pair,
-    tries ``proposals`` row exchanges, keeping the one that most reduces the two batches' distance to the
-    target mean squared cosine (exact, full dimension — the participation ratio is a function of it).
+def refine_target(ctx: PlanContext, batches: torch.Tensor, totals: torch.Tensor, sample: int = 128) -> float:
+    """The exact mean squared cosine that puts this plan's batches at the window's centre.
 
-    Cost per pass ``O(n · proposals · B · d)``; embeddings are gathered per chunk of pairs, so memory stays small.
+    The calibration map from the window metric to the mean cos² (:func:`target_sketch_mcos2`) is measured on
+    calibration batches; a builder's batches can sit slightly off it. So the window metric of a seeded sample of the
+    plan's own batches is measured, and the target is their achieved mean cos² moved by the map's difference
+    between the window centre and their mean metric.
+    """
+    b, window = ctx.batch_size, ctx.window
+    n = batches.shape[0]
+    pick = torch.randperm(n, generator=ctx.generator)[: min(sample, n)].to(batches.device)
+    value = measure_batches(ctx.bank, ctx.rows[batches[pick]], window.metric).mean().item()
+    achieved = (totals[pick] / (b * (b - 1))).mean().item()
+    shift = (target_sketch_mcos2(ctx, window.center, key="mean_sq_cosine")
+             - target_sketch_mcos2(ctx, value, key="mean_sq_cosine"))
+    cal = calibrate_target(ctx)["mean_sq_cosine"]
+    return min(max(achieved + shift, cal.min().item()), cal.max().item())
+
+
+def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals: int = 32,
+                 chunk: int = 64) -> torch.Tensor:
+    """Improve a plan ``(n, B)`` (positions) by exact swaps: each pass pairs batches and, per pair, tries
+    ``proposals`` row exchanges, keeping the one that most reduces the two batches' distance to the target mean
+    squared cosine (exact, full dimension — the participation ratio is a function of it; the target comes from
+    :func:`refine_target`). Even passes pair the batches furthest above the target with those furthest below it,
+    odd passes pair them at random.
+
+    Each batch's exact sum of squared cosines is computed once and then updated with every swap, so a pass only
+    needs the products of the proposed rows with the two batches: ``O(n · proposals · B · d)`` per pass, with
+    embeddings gathered per chunk of pairs, so memory stays small.
     """
     from tqdm.auto import tqdm
 
     gen, b = ctx.generator, ctx.batch_size
-    target = target_sketch_mcos2(ctx, ctx.window.center, key="mean_sq_cosine")
     batches = batches.clone()
-    n = batches.shape[0]
+    n, dev = batches.shape[0], batches.device
     npairs = b * (b - 1)
+    totals = measure_batches(ctx.bank, ctx.rows[batches], "mean_sq_cosine") * npairs  # Σ_{i≠j} cos² per batch
+    target = refine_target(ctx, batches, totals)
     for it in tqdm(range(passes), desc="refining batches", disable=not ctx.progress, leave=False):
-        if it % 2 == 0:  # pair the batches furthest above the target with those furthest below it
-            mc = torch.cat([measure_diversity(ctx.emb(batches[sl]), "mean_sq_cosine") for sl in _chunks(n, chunk)])
-            order = torch.argsort(mc - target)
+        if it % 2 == 0:
+            order = torch.argsort(totals / npairs - target)
             h = n // 2
             pairs = torch.stack([order[:h], order.flip(0)[:h]], 1)
         else:
-            pairs = torch.randperm(n, generator=gen)[: n // 2 * 2].view(-1, 2)
+            pairs = torch.randperm(n, generator=gen).to(dev)[: n // 2 * 2].view(-1, 2)
         for sl in _chunks(pairs.shape[0], chunk):
             pk = pairs[sl]  # (p, 2)
             p = pk.shape[0]
             x = ctx.emb(batches[pk]).float()  # (p, 2, B, d)
-            g = x @ x.mT  # (p, 2, B, B)
-            total = g.square().sum((-2, -1)) - b  # Σ_{i≠j} cos² per batch, (p, 2)
-            i = torch.randint(b, (p, proposals), generator=gen)  # leaves batch 0
-            j = torch.randint(b, (p, proposals), generator=gen)  # leaves batch 1
-            xi = x[:, 0].gather(1, i.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (p, T, d)
-            xj = x[:, 1].gather(1, j.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-            cij = (xi * xj).sum(-1)  # (p, T)
-            # row sums of cos² of the leaving row within its batch (excluding itself)
-            out0 = g[:, 0].square().sum(-1).gather(1, i) - 1
-            out1 = g[:, 1].square().sum(-1).gather(1, j) - 1
-            in0 = (xj @ x[:, 0].mT).square().sum(-1) - cij.square()  # x_j against batch 0 without x_i
-            in1 = (xi @ x[:, 1].mT).square().sum(-1) - cij.square()
-            new0 = (total[:, :1] + 2 * (in0 - out0)) / npairs
-            new1 = (total[:, 1:] + 2 * (in1 - out1)) / npairs
-            cur = ((total / npairs) - target).abs().sum(1, keepdim=True)
-            gain = cur - ((new0 - target).abs() + (new1 - target).abs())
+            x = x.div_(x.norm(dim=-1, keepdim=True)).view(p, 2 * b, -1)  # batch 0 rows, then batch 1 rows
+            i = torch.randint(b, (p, proposals), generator=gen).to(dev)  # leaves batch 0
+            j = torch.randint(b, (p, proposals), generator=gen).to(dev)  # leaves batch 1
+            xi = x.gather(1, i.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (p, T, d)
+            xj = x.gather(1, (j + b).unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            ci = (xi @ x.mT).square()  # (p, T, 2B): cos² of x_i with both batches' rows
+            cj = (xj @ x.mT).square()
+            cij2 = ci.gather(2, (j + b).unsqueeze(-1)).squeeze(-1)  # (p, T): cos²(x_i, x_j)
+            out0 = ci[..., :b].sum(-1) - ci.gather(2, i.unsqueeze(-1)).squeeze(-1)  # x_i against the rest of 0
+            out1 = cj[..., b:].sum(-1) - cj.gather(2, (j + b).unsqueeze(-1)).squeeze(-1)
+            in0 = cj[..., :b].sum(-1) - cij2  # x_j against batch 0 without x_i
+            in1 = ci[..., b:].sum(-1) - cij2
+            tot = totals[pk]  # (p, 2)
+            new0 = tot[:, :1] + 2 * (in0 - out0)
+            new1 = tot[:, 1:] + 2 * (in1 - out1)
+            cur = ((tot / npairs) - target).abs().sum(1, keepdim=True)
+            gain = cur - ((new0 / npairs - target).abs() + (new1 / npairs - target).abs())
             best = gain.argmax(1)
             ok = gain.gather(1, best.unsqueeze(1)).squeeze(1) > 0
             rows = torch.nonzero(ok).squeeze(1)
@@ -644,6 +751,8 @@ def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals
                 k0, k1 = pk[rows, 0], pk[rows, 1]
                 a, c = batches[k0, bi].clone(), batches[k1, bj].clone()
                 batches[k0, bi], batches[k1, bj] = c, a
+                totals[k0] = new0[rows, best[rows]]
+                totals[k1] = new1[rows, best[rows]]
     return batches
 
 
@@ -824,9 +933,7 @@ def plan_epoch(
     metric = window.metric if window is not None else "effective_rank"
     values = torch.full((len(batches),), float("nan"))
     if n_full and embeddings is not None:
-        stacked = torch.stack(batches[:n_full])
-        values[:n_full] = torch.cat([measure_diversity(embeddings[stacked[sl]], metric)
-                                     for sl in _chunks(n_full, 1024)])
+        values[:n_full] = measure_batches(embeddings, torch.stack(batches[:n_full]), metric)
     if len(batches) > n_full and batches[-1].numel() >= 2 and embeddings is not None:
         values[-1] = measure_diversity(embeddings[batches[-1]].unsqueeze(0), metric)[0]
     in_window = window.contains(values) if window is not None else torch.zeros(len(batches), dtype=torch.bool)

@@ -10,6 +10,7 @@ training temperature, and places the window around the maximum: the batches whos
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import torch
 from .spectral import batch_diversity, gradient_bands
 from .sweep import SweepLevel, default_levels, draw_level, parse_level
 
-__all__ = ["METRICS", "CalibrationResult", "DiversityWindow", "calibrate_window", "measure_diversity"]
+__all__ = ["METRICS", "CalibrationResult", "DiversityWindow", "calibrate_window", "measure_batches",
+           "measure_diversity"]
 
 # metric → +1 when larger means more diverse, −1 when larger means less diverse
 METRICS: dict[str, int] = {"effective_rank": 1, "participation_ratio": 1, "mean_sq_cosine": -1, "lambda_max": -1}
@@ -32,16 +34,52 @@ def metric_range(metric: str, batch_size: int, dim: int) -> tuple[float, float]:
             "lambda_max": (1.0 / r, 1.0)}[metric]
 
 
-def measure_diversity(embeddings: torch.Tensor, metric: str = "effective_rank", chunk: int = 256) -> torch.Tensor:
-    """``metric`` of each batch in ``(R, B, d)`` (any float dtype; processed in float32 chunks), shape ``(R,)``."""
+def _metric_chunks(get, n: int, metric: str, chunk: int, device: torch.device) -> torch.Tensor:
+    """``metric`` of batches ``0..n-1``, fetched ``chunk`` at a time by ``get(slice) → (r, B, d)``.
+
+    On CPU the chunks are spread over ``torch.get_num_threads()`` single-threaded workers: LAPACK's batched
+    ``eigvalsh`` decomposes one small matrix at a time and barely gains from more threads per matrix, so this is
+    what lets the eigendecompositions use all cores. Each
+    matrix is decomposed on its own, so the values do not depend on the chunking or the number of workers.
+    """
     if metric not in METRICS:
         raise ValueError(f"Unknown diversity metric {metric!r}; choose one of {sorted(METRICS)}.")
     need_spectrum = metric in ("effective_rank", "lambda_max")
-    out = []
-    for start in range(0, embeddings.shape[0], chunk):
-        x = embeddings[start:start + chunk].float()
-        out.append(batch_diversity(x, spectrum=need_spectrum, validate=False)[metric])
-    return torch.cat(out) if out else torch.empty(0)
+    slices = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+    def one(sl: slice) -> torch.Tensor:
+        return batch_diversity(get(sl).float(), spectrum=need_spectrum, validate=False)[metric]
+
+    threads = torch.get_num_threads()
+    workers = min(threads, len(slices)) if need_spectrum and device.type == "cpu" else 1
+    if workers > 1:
+        def single(sl: slice) -> torch.Tensor:  # one core per worker: no nested thread teams competing
+            torch.set_num_threads(1)
+            return one(sl)
+
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                out = list(pool.map(single, slices))
+        finally:
+            torch.set_num_threads(threads)  # BLAS thread settings can be process-wide: restore them
+    else:
+        out = [one(sl) for sl in slices]
+    return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def measure_diversity(embeddings: torch.Tensor, metric: str = "effective_rank", chunk: int = 64) -> torch.Tensor:
+    """``metric`` of each batch in ``(R, B, d)`` (any float dtype; processed in float32 chunks), shape ``(R,)``."""
+    return _metric_chunks(lambda sl: embeddings[sl], embeddings.shape[0], metric, chunk, embeddings.device)
+
+
+def measure_batches(bank: torch.Tensor, index: torch.Tensor, metric: str = "effective_rank",
+                    chunk: int = 64) -> torch.Tensor:
+    """``metric`` of the batches ``bank[index]`` for ``index`` of shape ``(R, B)``, shape ``(R,)``.
+
+    Same values as ``measure_diversity(bank[index])``, but rows are gathered one chunk of batches at a time, so
+    the extra memory is a few chunks (``chunk · B · d`` floats each), not a copy of the whole selection.
+    """
+    return _metric_chunks(lambda sl: bank[index[sl]], index.shape[0], metric, chunk, bank.device)
 
 
 @dataclass(frozen=True)
