@@ -9,8 +9,9 @@ Fault injection (SIGKILL of this process, on the rank given by --kill-rank): ``-
 ``--kill-mid-step N`` after step N's forward pass and before its backward, ``--kill-mid-save N:PHASE`` while
 checkpoint-N is written (PHASE: divcl = after hf_divcl state, before the model; optimizer = after the model,
 during the optimizer state; state = half of trainer_state.json written), ``--kill-mid-refresh`` halfway through
-writing the re-encoded bank at the first refresh (with --refresh-epochs), ``--nan-row R`` makes row R's
-embedding NaN, ``--oom-at-step N`` makes an allocation at step N fail under a memory cap.
+writing the re-encoded bank at the first refresh (with --refresh-epochs). Other faults: ``--nan-row R`` makes
+row R's embedding NaN (``--nan-at-step N``: the first row of step N's), ``--oom-at-step N`` makes an allocation
+at step N fail under a memory cap.
 """
 
 import argparse
@@ -43,6 +44,8 @@ class RecordingTrainer(DivCLTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         row_ids = inputs.get("row_ids")
         self.nan_mask = None if row_ids is None or "nan_row" not in FAULT else row_ids == FAULT["nan_row"]
+        if row_ids is not None and FAULT.get("nan_at_step") == self.state.global_step + 1:
+            self.nan_mask = torch.arange(len(row_ids)) == 0  # the batch's first row
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if row_ids is not None and model.training:
             value = (loss[0] if return_outputs else loss).item()
@@ -135,6 +138,7 @@ def main():
     p.add_argument("--kill-mid-refresh", action="store_true")
     p.add_argument("--refresh-epochs", type=int, default=0)
     p.add_argument("--nan-row", type=int, default=None)
+    p.add_argument("--nan-at-step", type=int, default=0, help="the first row of step N's batch gets a NaN embedding")
     p.add_argument("--nonfinite-action", default="stop")
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint")
     p.add_argument("--resume-if-any", action="store_true", help="--resume when a complete checkpoint exists")
@@ -162,7 +166,9 @@ def main():
         bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)
     callbacks = [KillAt(a.kill_at)] if a.kill_at and (a.kill_rank is None or a.kill_rank == RANK) else []
     trainer = RecordingTrainer(model=model, args=args, train_dataset=ds, callbacks=callbacks)
-    if "nan_row" in FAULT:
+    if a.nan_at_step:
+        FAULT["nan_at_step"] = a.nan_at_step
+    if "nan_row" in FAULT or "nan_at_step" in FAULT:
         model.register_forward_hook(poison(trainer))
     resume = a.resume or (a.resume_if_any and bool(complete_checkpoints(a.out)[0]))
     trainer.train(resume_from_checkpoint=True if resume else None)
