@@ -10,7 +10,6 @@ training temperature, and places the window around the maximum: the batches whos
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,35 +34,15 @@ def metric_range(metric: str, batch_size: int, dim: int) -> tuple[float, float]:
 
 
 def _metric_chunks(get, n: int, metric: str, chunk: int, device: torch.device) -> torch.Tensor:
-    """``metric`` of batches ``0..n-1``, fetched ``chunk`` at a time by ``get(slice) → (r, B, d)``.
+    """``metric`` of batches ``0..n-1``, fetched ``chunk`` at a time by ``get(slice) → (r, B, d)`` (float32 inside).
 
-    On CPU the chunks are spread over ``torch.get_num_threads()`` single-threaded workers: LAPACK's batched
-    ``eigvalsh`` decomposes one small matrix at a time and barely gains from more threads per matrix, so this is
-    what lets the eigendecompositions use all cores. Each
-    matrix is decomposed on its own, so the values do not depend on the chunking or the number of workers.
+    Each matrix is decomposed on its own, so the values do not depend on the chunking.
     """
     if metric not in METRICS:
         raise ValueError(f"Unknown diversity metric {metric!r}; choose one of {sorted(METRICS)}.")
     need_spectrum = metric in ("effective_rank", "lambda_max")
-    slices = [slice(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-
-    def one(sl: slice) -> torch.Tensor:
-        return batch_diversity(get(sl).float(), spectrum=need_spectrum, validate=False)[metric]
-
-    threads = torch.get_num_threads()
-    workers = min(threads, len(slices)) if need_spectrum and device.type == "cpu" else 1
-    if workers > 1:
-        def single(sl: slice) -> torch.Tensor:  # one core per worker: no nested thread teams competing
-            torch.set_num_threads(1)
-            return one(sl)
-
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                out = list(pool.map(single, slices))
-        finally:
-            torch.set_num_threads(threads)  # BLAS thread settings can be process-wide: restore them
-    else:
-        out = [one(sl) for sl in slices]
+    out = [batch_diversity(get(slice(s, min(s + chunk, n))).float(), spectrum=need_spectrum, validate=False)[metric]
+           for s in range(0, n, chunk)]
     return torch.cat(out) if out else torch.empty(0, device=device)
 
 

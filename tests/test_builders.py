@@ -186,3 +186,46 @@ def test_greedy_meets_a_shifted_window_on_minilm_wordnet_embeddings(shift):
     assert plan_epoch(emb, 32, builder="random", window=window, seed=0).in_window_fraction < 0.5
     plan = plan_epoch(emb, 32, builder="greedy", window=window, seed=0)
     assert plan.in_window_fraction >= 0.95, plan.summary()
+
+
+def test_measure_batches_equals_measuring_the_gathered_batches(bank):
+    from hf_divcl.window import measure_batches, measure_diversity
+
+    index = torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(0))[: 40 * 32].view(40, 32)
+    for metric in ("effective_rank", "mean_sq_cosine", "lambda_max"):
+        assert torch.equal(measure_batches(bank.half(), index, metric, chunk=7),
+                           measure_diversity(bank.half()[index], metric))
+
+
+def test_greedy_checkpoints_add_up_to_the_exact_mean_squared_cosine(bank):
+    from hf_divcl.builders import GreedyBuilder, PlanContext
+    from hf_divcl.window import measure_batches
+
+    rows = torch.arange(bank.shape[0])
+    ctx = PlanContext(bank.half(), rows, 32, None, torch.Generator().manual_seed(0))
+    members = torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(1))[: 10 * 32].view(10, 32)
+    # pairs (i, j), j < i, split over checkpoints 0–5, 5–20, 20–32, sum to all pairs of each batch
+    sums = sum(GreedyBuilder._exact_pair_sums(ctx, rows, members, t0, t1) for t0, t1 in [(0, 5), (5, 20), (20, 32)])
+    torch.testing.assert_close(sums / (32 * 31 / 2), measure_batches(bank.half(), members, "mean_sq_cosine"))
+
+
+def test_kmeans_fitted_on_a_sample_labels_every_row_deterministically():
+    from hf_divcl.builders import kmeans
+
+    x = F.normalize(clustered(n=5000, d=16, k=4, spread=0.1, seed=3), dim=-1)
+    a = kmeans(x, 4, torch.Generator().manual_seed(0), iters=10, per_cluster=256)
+    b = kmeans(x, 4, torch.Generator().manual_seed(0), iters=10, per_cluster=256)
+    assert a.shape == (5000,) and torch.equal(a, b)
+    assert a.min() >= 0 and a.max() < 4
+
+
+@pytest.mark.parametrize("shift", [(-2.0, -0.5), (0.5, 2.0)])
+def test_greedy_without_refinement_meets_a_window_off_random_on_clustered_data(shift):
+    """The greedy fill alone (no swap refinement) puts most batches in a window random batches rarely hit."""
+    x = clustered(n=8192, d=48, k=64, seed=5)
+    rnd = plan_epoch(x, 64, builder="random", seed=0).summary()
+    window = DiversityWindow(rnd["metric_mean"] + shift[0] * rnd["metric_std"],
+                             rnd["metric_mean"] + shift[1] * rnd["metric_std"])
+    assert plan_epoch(x, 64, builder="random", window=window, seed=0).in_window_fraction < 0.5
+    plan = plan_epoch(x, 64, builder="greedy", window=window, seed=0, refine_passes=0)
+    assert plan.in_window_fraction >= 0.9, plan.summary()
