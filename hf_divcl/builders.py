@@ -108,7 +108,7 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def make_sketch(bank: torch.Tensor, rows: torch.Tensor, r: int, gen: torch.Generator, sample: int = 20_000,
-                chunk: int = 65_536) -> torch.Tensor:
+                chunk: int = 16_384) -> torch.Tensor:
     """Project bank rows ``rows`` onto the top-``r`` principal directions of ``XᵀX`` (estimated on a sample).
 
     Inner products in the sketch approximate cosines along the directions where the data has most energy —
@@ -260,9 +260,7 @@ class GreedyBuilder(BatchBuilder):
         m_rows = s.shape[0]
         labels = None
         if self.near_fraction > 0:
-            sn = torch.nn.functional.normalize(s, dim=-1)
-            labels = kmeans(sn, int(min(512, max(2, m_rows // (2 * b)))), gen, iters=6)
-            del sn
+            labels = kmeans(s, int(min(512, max(2, m_rows // (2 * b)))), gen, iters=6)
         cal = calibrate_target(ctx)
         residual = (cal["mean_sq_cosine"] - cal["sketch_mcos2"]).mean().item()
         target = self._closed_loop_target(ctx, s, labels, residual)
@@ -478,14 +476,17 @@ def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15, chunk
            per_cluster: int = 64) -> torch.Tensor:
     """Cluster ids ``(M,)`` of rows ``(M, r)`` by spherical k-means (faiss when installed, else torch).
 
-    The centroids are fitted on a seeded sample of ``per_cluster · k`` rows (at least 65,536; all rows when fewer),
+    Rows need not be unit: the fitting sample is normalised, and the nearest unit centroid (largest inner product)
+    does not depend on a row's norm — so no normalised copy of all ``M`` rows is made. The centroids are fitted
+    on a seeded sample of ``per_cluster · k`` rows (at least 65,536; all rows when fewer),
     then every row is assigned to its nearest centroid in one pass — the cost of the iterations does not grow with
     ``M``, and the similarity blocks are computed ``chunk`` rows at a time.
     """
     m = x.shape[0]
     k = max(1, min(k, m))
     n_fit = min(m, max(65_536, per_cluster * k))
-    fit = x[torch.randperm(m, generator=gen)[:n_fit].to(x.device)] if n_fit < m else x
+    fit = torch.nn.functional.normalize(x[torch.randperm(m, generator=gen)[:n_fit].to(x.device)] if n_fit < m else x,
+                                        dim=-1)
 
     def nearest(cent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
@@ -546,7 +547,7 @@ class ClusterBuilder(BatchBuilder):
         ctx.sketch_dim = self.sketch_dim
         m = ctx.num_rows
         k = self.n_clusters or int(min(1024, max(2, m // (4 * b))))
-        labels = kmeans(torch.nn.functional.normalize(ctx.sketch, dim=-1), k, gen, iters=8)
+        labels = kmeans(ctx.sketch, k, gen, iters=8)
         # rows sorted by cluster, random within a cluster
         order = torch.argsort(labels.double() + torch.rand(m, generator=gen, dtype=torch.float64) * 0.5)
         divisors = [c for c in range(1, b + 1) if b % c == 0]
