@@ -53,13 +53,13 @@ CARD_ATTACKS = {
 def test_model_card_renders_hostile_text_inert(attack, tmp_path):
     text, forbidden = CARD_ATTACKS[attack]
 
-    def render(value: str) -> str:
-        out = tmp_path / value[:1].isalnum().__str__()
+    def render(value: str, name: str) -> str:
+        out = tmp_path / name
         fake_run(out)
         return write_model_card(out, base_model=value, dataset=value, train_rows=3, repo_id=None,
                                 evaluation={value: (0.5, 0.6)}, usage_inputs=[value]).read_text()
 
-    benign, card = render("plain words"), render(text)
+    benign, card = render("plain words", "benign"), render(text, "hostile")
     prose = re.sub(r"```.*?```", "", card, flags=re.S)
     for bad in forbidden:
         assert bad not in prose, (attack, bad)
