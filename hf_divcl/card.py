@@ -23,13 +23,14 @@ import yaml
 
 from .callbacks import read_diversity_log
 from .plotting import pyplot, save_figure
+from .resources import resource_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["TEMPLATE_PATH", "md_escape", "plot_diversity_trajectory", "plot_gradient_bands", "write_model_card"]
 
 TEMPLATE_PATH = Path(os.environ.get("HF_DIVCL_CARD_TEMPLATE") or
-                     Path(__file__).resolve().parents[1] / "model_cards" / "divcl_model_card.md.jinja")
+                     resource_path("model_cards", "divcl_model_card.md.jinja"))
 TRAJECTORY_PNG = "diversity_trajectory.png"
 BANDS_PNG = "gradient_bands.png"
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
@@ -137,6 +138,10 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     out = Path(output_dir)
+    template = Path(template_path or TEMPLATE_PATH)
+    if not template.is_file():  # checked first: a missing template must not leave a half-written card folder
+        raise FileNotFoundError(f"Model card template {str(template)!r} not found; pass template_path= or set "
+                                "HF_DIVCL_CARD_TEMPLATE.")
     log_path = out / "diversity_log.jsonl"
     if not log_path.is_file():
         raise FileNotFoundError(f"{str(log_path)!r} is missing: write_model_card needs the diversity log of a "
@@ -200,10 +205,6 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     env.filters["md"] = md_escape
     # a Python literal that cannot close the code fence or open HTML (escapes only occur inside string literals)
     env.filters["pyrepr"] = lambda v: repr(v).replace("`", "\\x60").replace("<", "\\x3c").replace(">", "\\x3e")
-    template = Path(template_path or TEMPLATE_PATH)
-    if not template.is_file():
-        raise FileNotFoundError(f"Model card template {str(template)!r} not found; pass template_path= or set "
-                                "HF_DIVCL_CARD_TEMPLATE.")
     text = env.from_string(template.read_text(encoding="utf-8")).render(**context)
     text = re.sub(r"\n{3,}", "\n\n", text)
     readme = out / "README.md"

@@ -106,9 +106,7 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
 
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"Config file {str(p)!r} does not exist.")
+        p = _find_config(Path(path))
         data = safe_load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"Config file {str(p)!r} must be a mapping of key: value, got {type(data).__name__}.")
@@ -129,6 +127,21 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
     targs = {k: v for k, v in data.items() if types_[k][0] is not RecipeConfig}
     targs.setdefault("output_dir", "outputs/divcl")
     return RecipeConfig(**rec), DivCLTrainingArguments(**targs)
+
+
+def _find_config(p: Path) -> Path:
+    """``p`` itself, or the packaged recipe of that name (``text_wordnet``, ``recipes/text_wordnet.yaml``) so an
+    installed wheel runs its recipes from any directory."""
+    if p.is_file():
+        return p
+    from .resources import packaged_recipes
+
+    recipes = packaged_recipes()
+    if p.stem in recipes and p.suffix in ("", ".yaml") and p.parent.name in ("", "recipes"):
+        return recipes[p.stem]
+    names = ", ".join(recipes) or "none found"
+    raise FileNotFoundError(f"Config file {str(p)!r} does not exist. Pass a YAML path, or the name of a packaged "
+                            f"recipe ({names}), e.g. --config text_wordnet.")
 
 
 class _CliValue(str):
