@@ -199,18 +199,80 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
 
     def local_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Global batches split into ``processes`` consecutive local batches of ``batch_size``."""
+        plan = self.plan(epoch)
+        cached = getattr(self, "_local_cache", None)
+        if cached is not None and cached[0] is plan:
+            return cached[1]
         out = []
-        for gb in self.plan(epoch).batches:
+        for gb in plan.batches:
             out.extend(gb[i:i + self.batch_size].tolist() for i in range(0, gb.numel(), self.batch_size))
+        self._local_cache = (plan, out)
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.local_batches()
+        # read the plan afresh at every batch: :meth:`replan` may replace the rest of the epoch mid-iteration
         skip, self._skip = self._skip, 0
         self._yielded = skip
-        for bt in batches[skip:]:
+        epoch = self.epoch
+        while True:
+            batches = self.local_batches(epoch)
+            if self._yielded >= len(batches):
+                return
             self._yielded += 1
-            yield bt
+            yield batches[self._yielded - 1]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != getattr(self, "epoch", None):
+            self._yielded = 0
+        super().set_epoch(epoch)
+
+    def set_policy(self, builder: str, window: DiversityWindow | None) -> None:
+        """Change the builder and window used from the next plan on (see :meth:`replan` for the current epoch)."""
+        if builder != "random" and window is None:
+            raise ValueError(f"builder={builder!r} needs a window.")
+        self.builder = builder
+        self._window = window
+
+    def replan(self, from_global_batch: int) -> EpochPlan:
+        """Re-plan the current epoch's global batches from ``from_global_batch`` on with the current builder and
+        window; earlier batches are kept, and so is the set of rows (each row still appears once per epoch).
+
+        Deterministic for (plan, seed, epoch, from_global_batch, bank), so every rank computes the same plan.
+        """
+        plan = self.plan()
+        cut = max(0, min(int(from_global_batch), len(plan.batches)))
+        if self._yielded_global() > cut:
+            raise RuntimeError(f"Cannot re-plan from global batch {cut}: {self._yielded_global()} were already handed "
+                               "to the data loader.")
+        if len(plan.batches) - cut < 2:  # nothing left to re-arrange
+            return plan
+        t0 = time.perf_counter()
+        rest_batches = plan.batches[cut:]
+        rest = torch.cat(rest_batches)
+        window = self.window() if self.builder != "random" else None
+        emb = self.embeddings()[rest] if (self.builder != "random" or self._bank is not None) else rest.numel()
+        groups = self.groups()
+        # the rows left are whole global batches plus, without drop_last, the plan's partial last one
+        sub = plan_epoch(emb, self.global_batch_size, builder=self.builder, window=window, seed=self.seed,
+                         epoch=self.epoch * 1_000_003 + cut, drop_last=False,
+                         groups=groups[rest] if groups is not None else None, on_infeasible=self.on_infeasible,
+                         **(self.builder_kwargs if self.builder != "random" else {}))
+        batches = list(plan.batches[:cut]) + [rest[b] for b in sub.batches]
+        metric = window.metric if window is not None else plan.metric
+        head_values = plan.values[:cut] if plan.metric == metric else torch.full((cut,), float("nan"))
+        values = torch.cat([head_values, sub.values])
+        in_window = torch.cat([plan.in_window[:cut] if window is not None and plan.window == window else
+                               torch.zeros(cut, dtype=torch.bool), sub.in_window])
+        new = EpochPlan(batches=batches, values=values, in_window=in_window, metric=metric,
+                        builder={**sub.builder, "replanned_from": cut}, window=window,
+                        seconds=plan.seconds + time.perf_counter() - t0, achievable=sub.achievable)
+        self.plan_seconds += time.perf_counter() - t0
+        self._plan = (self._plan[0], new)
+        return new
+
+    def _yielded_global(self) -> int:
+        """Global batches of the current epoch handed out so far (a started one counts)."""
+        return -(-getattr(self, "_yielded", 0) // self.processes)
 
     def __len__(self) -> int:
         g = self.global_batch_size

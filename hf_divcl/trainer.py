@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger
 from .checkpoints import complete_checkpoints, resolve_resume_checkpoint
 from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
+from .following import CalibrationPlan, WindowFollower, plan_calibrations
 from .guards import NonFiniteLossError, OutOfMemoryAdvice, is_out_of_memory, nonfinite_rows, out_of_memory_advice
 from .losses import InfoNCELoss, gather_with_grad
+from .progress import ProgressCalibration
 from .sampler import DiversityWindowBatchSampler
 from .validation import DatasetError, validate_training_dataset
 from .window import DiversityWindow, calibrate_window
@@ -50,12 +53,40 @@ BANK_SOURCES = ("training", "reference")
 class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     """sentence-transformers training arguments plus the diversity-window options (all with defaults)."""
 
-    window: str = field(default="auto", metadata={
-        "help": "Diversity window: 'auto' (calibrated on the bank at the start, at `temperature`), 'low:high' or "
-                "'metric:low:high' (metrics: effective_rank, participation_ratio, mean_sq_cosine, lambda_max), or "
-                "'none' (builder without a target)."})
+    window: str = field(default="progress", metadata={
+        "help": "Diversity window: 'progress' (default: start on random batches; a window only where measured "
+                "held-out progress per step beats random batches with confidence, re-measured as the model moves), "
+                "'auto' (the gradient-magnitude window calibrated once at the start — the paper's proposal, which "
+                "trains worse than random batches in our benchmarks), 'low:high' or 'metric:low:high' (metrics: "
+                "effective_rank, participation_ratio, mean_sq_cosine, lambda_max), or 'none' (random batches)."})
     window_keep_fraction: float = field(default=0.9, metadata={
         "help": "'auto' window: diversity levels whose mean gradient norm is at least this fraction of the peak."})
+    calibration_budget: float = field(default=0.05, metadata={
+        "help": "'progress' window: the calibrations together cost at most this fraction of the run's training "
+                "batches; a run too short for one keeps random batches and says so."})
+    calibration_pairs: int | None = field(default=None, metadata={
+        "help": "'progress' window: scored batches per level, each paired with a random one (default: as many as "
+                "the budget affords, 3 to 8)."})
+    calibration_levels: str | None = field(default=None, metadata={
+        "help": "'progress' window: comma-separated candidate levels, e.g. 'local:64,local:256,spread:4' "
+                "(default: two neighbourhood sizes and one spread level; random is always the baseline)."})
+    calibration_estimate: str = field(default="first_order", metadata={
+        "help": "'progress' window: 'first_order' (lr·<step direction, probe gradient>) or 'lookahead' (take the "
+                "step, evaluate the probe, restore).", "choices": ["first_order", "lookahead"]})
+    calibration_confidence: float = field(default=0.9, metadata={
+        "help": "'progress' window: a level becomes the window only if the lower end of this two-sided interval "
+                "of its gain over random is above 0."})
+    calibration_probe_rows: int = field(default=0, metadata={
+        "help": "'progress' window: training rows held out as the probe set, never trained on (0: 2 × the global "
+                "batch)."})
+    calibration_sample_rows: int = field(default=0, metadata={
+        "help": "'progress' window: rows encoded per calibration to draw candidate batches from (0: 8 × the "
+                "global batch)."})
+    recalibrate_every: str = field(default="epoch", metadata={
+        "help": "'progress' window: re-calibrate at every epoch start ('epoch'), every N steps ('N'), or never "
+                "after the early one ('none')."})
+    recalibrate_early: float = field(default=0.1, metadata={
+        "help": "'progress' window: also re-calibrate after this fraction of the steps (0: not)."})
     builder: str = field(default="greedy", metadata={
         "help": "Batch builder: greedy (Greedy-m), pool (Pool-P), cluster (k-means mix) or random.",
         "choices": ["greedy", "pool", "cluster", "random"]})
@@ -128,7 +159,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                                  f"({err}).") from None
         if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
             raise ValueError(f"builder_kwargs must be a dict, got {type(self.builder_kwargs).__name__}.")
-        for name in ("builder", "loss_type", "on_infeasible", "collapse_action", "nonfinite_action"):
+        for name in ("builder", "loss_type", "on_infeasible", "collapse_action", "nonfinite_action",
+                     "calibration_estimate"):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
@@ -136,16 +168,38 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}.")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-        if self.window not in ("auto", "none"):
+        if self.window not in ("auto", "none", "progress"):
             DiversityWindow.parse(self.window)  # fail now, not at the first epoch
         if self.window == "none" and self.builder != "random":
             raise ValueError(f"builder={self.builder!r} aims batches at a window; window='none' only goes with "
-                             "builder='random'. Use window='auto' to calibrate one.")
+                             "builder='random'. Use window='progress' to calibrate one.")
+        if not 0 <= self.calibration_budget <= 1:
+            raise ValueError(f"calibration_budget must be in [0, 1], got {self.calibration_budget}.")
+        if self.calibration_pairs is not None and self.calibration_pairs < 2:
+            raise ValueError(f"calibration_pairs must be >= 2 (a confidence interval needs two pairs), got "
+                             f"{self.calibration_pairs}.")
+        if not 0 < self.calibration_confidence < 1:
+            raise ValueError(f"calibration_confidence must be in (0, 1), got {self.calibration_confidence}.")
+        if not 0 <= self.recalibrate_early < 1:
+            raise ValueError(f"recalibrate_early must be in [0, 1), got {self.recalibrate_early}.")
+        every = str(self.recalibrate_every).strip().lower()
+        if every not in ("epoch", "none") and not (every.isdigit() and int(every) > 0):
+            raise ValueError(f"recalibrate_every must be 'epoch', 'none' or a number of steps > 0, got "
+                             f"{self.recalibrate_every!r}.")
+        self.recalibrate_every = every
+        if self.calibration_levels:
+            from .sweep import parse_level
+
+            for name in self.calibration_levels.split(","):
+                parse_level(name.strip())
         if self.mega_batch_factor < 1:
             raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}.")
+        if self.mega_batch_factor > 1 and self.window == "progress":
+            raise ValueError("mega_batch_factor > 1 selects against a fixed window: set window='auto' or "
+                             "'low:high' with it (window='progress' starts on random batches).")
 
     def parsed_window(self) -> DiversityWindow | str | None:
-        return None if self.window == "none" else self.window if self.window == "auto" else \
+        return None if self.window == "none" else self.window if self.window in ("auto", "progress") else \
             DiversityWindow.parse(self.window)
 
 
@@ -199,6 +253,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self._capture: list[torch.Tensor] | None = None
         self._phase = "setup"
         self.nonfinite_skipped = 0
+        self.probe_dataset = None
+        self.follower: WindowFollower | None = None
+        self.calibration_plan: CalibrationPlan | None = None
         if train_dataset is not None:
             train_dataset = self._prepare_train_dataset(train_dataset, args, infonce=loss is None or
                                                         isinstance(loss, InfoNCELoss), model=model)
@@ -214,6 +271,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
             is_main_process=self.is_world_process_zero())
         self.add_callback(self.diversity)
         self.add_callback(_DivCLControl(self))
+        if self.calibration_plan is not None and self.calibration_plan.steps:
+            self.follower = WindowFollower(self, self.calibration_plan)
+            self.add_callback(self.follower)
         self.model.register_forward_hook(self._capture_hook)
 
     # -- data ----------------------------------------------------------------------------------------------------
@@ -233,9 +293,42 @@ class DivCLTrainer(SentenceTransformerTrainer):
             raise DatasetError(f"The contrastive loss needs 2 input columns (anchor, positive[, negatives...]); the "
                                f"data set has {len(cols)}: {cols}. Add a positive column, or pass a loss that "
                                "works on single texts.")
+        if args.window == "progress" and self.calibration_plan is None:
+            dataset = self._hold_out_probe(dataset, args, global_batch)
         if ROW_ID_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns(ROW_ID_COLUMN)
         return dataset.add_column(ROW_ID_COLUMN, np.arange(len(dataset), dtype=np.int64))
+
+    def _hold_out_probe(self, dataset, args: DivCLTrainingArguments, global_batch: int):
+        """Schedule the progress calibrations; when one fits the budget, hold out the probe rows (never trained on)."""
+        n = len(dataset)
+        ga = max(1, args.gradient_accumulation_steps)
+        probe = args.calibration_probe_rows or 2 * global_batch
+        rest = n - probe
+        steps_per_epoch = max(1, math.ceil(max(rest, 1) / global_batch) // ga)
+        total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        every = args.recalibrate_every
+        plan = plan_calibrations(
+            total_steps=total, steps_per_epoch=steps_per_epoch, batch_size=global_batch, train_rows=max(rest, 0),
+            budget=args.calibration_budget, n_pairs=args.calibration_pairs,
+            levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
+            probe_rows=probe, sample_rows=args.calibration_sample_rows,
+            recalibrate_every=int(every) if every.isdigit() else every, recalibrate_early=args.recalibrate_early,
+            estimate=args.calibration_estimate, gradient_accumulation_steps=ga)
+        if plan.steps and rest < max(4 * global_batch, plan.sample_rows // 2):
+            plan.steps, plan.reason = [], (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
+                                           f"and still draw candidate batches of {global_batch}; batches stay random")
+        self.calibration_plan = plan
+        if not plan.steps:
+            logger.warning("window='progress': %s.", plan.reason)
+            return dataset
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(args.seed) + 7919))
+        probe_idx, keep_idx = order[:probe].sort().values, order[probe:].sort().values
+        self.probe_dataset = dataset.select(probe_idx.tolist())
+        logger.info("window='progress': %d probe rows held out; calibrations at steps %s with %d pairs per level "
+                    "(%.1f batch equivalents each, %s)", probe, plan.steps, plan.n_pairs, plan.cost_per_calibration,
+                    plan.reason)
+        return dataset.select(keep_idx.tolist())
 
     def _input_columns(self, dataset) -> list[str]:
         labels = set(self.data_collator.valid_label_columns)
@@ -306,11 +399,23 @@ class DivCLTrainer(SentenceTransformerTrainer):
         processes = self._world_size() if self.args.gather_across_devices else 1
         mega = max(1, int(self.args.mega_batch_factor))
         builder = self.args.builder
+        progress = self.args.window == "progress"
+        if progress:  # random until a calibration measures a level that beats random batches
+            state = self._resume_dir / STATE_DIR / "progress.json" if self._resume_dir is not None else None
+            if self.follower is not None and state is not None and state.is_file():
+                self.follower.load_state_dict(json.loads(state.read_text()))
+            current = self.follower.current if self.follower is not None else None
+            if current is None or current.decision != "window":
+                builder = "random"
         # random batches read no embeddings: skip the reference encoding unless the bank is wanted anyway
         need_bank = builder != "random" or mega > 1 or self._user_bank is not None
         self._phase = "bank"
         self.bank = self.build_bank(dataset) if need_bank else None
-        window = self._resolve_window(batch_size * processes, seed) if builder != "random" or mega > 1 else None
+        if progress:
+            window = current.window if builder != "random" else None
+            builder = self._window_builder() if window is not None else "random"
+        else:
+            window = self._resolve_window(batch_size * processes, seed) if builder != "random" or mega > 1 else None
         self._phase = "training"
         sampler = DiversityWindowBatchSampler(
             dataset, batch_size=batch_size * mega, drop_last=drop_last, valid_label_columns=valid_label_columns,
@@ -327,13 +432,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
                                                           builder=builder if builder != "random" else "greedy",
                                                           seed=seed)
         self.diversity.window = window
-        if window is not None and self.is_world_process_zero():
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            with open(os.path.join(self.args.output_dir, "divcl_window.json"), "w") as fh:
-                json.dump({"window": window.to_dict(), "builder": self.args.builder,
-                           "temperature": self.args.temperature, "global_batch_size": batch_size * processes,
-                           "mega_batch_factor": mega},
-                          fh, indent=2)
+        self.divcl_sampler = sampler
+        self._write_window_file(window)
         if self.is_world_process_zero():
             loss = self.loss
             run = {"loss": type(loss).__name__ + (f" ({loss.loss_type}{', symmetric' if loss.symmetric else ''})"
@@ -342,8 +442,94 @@ class DivCLTrainer(SentenceTransformerTrainer):
                    "train_rows": len(dataset), "dimension": self.bank.dim if self.bank is not None else None,
                    "whitening": self.args.whitening}
             Path(self.args.output_dir, "divcl_run.json").write_text(json.dumps(run, indent=2))
-        self.divcl_sampler = sampler
         return sampler
+
+    def _window_builder(self) -> str:
+        return self.args.builder if self.args.builder != "random" else "greedy"
+
+    def global_batch_size(self) -> int:
+        processes = self._world_size() if self.args.gather_across_devices else 1
+        return self.args.per_device_train_batch_size * processes
+
+    def _write_window_file(self, window: DiversityWindow | None) -> None:
+        """``divcl_window.json``: the window in force (or the decision to keep random batches, and why)."""
+        if not self.is_world_process_zero():
+            return
+        a = self.args
+        info: dict[str, Any] = {"policy": a.window if a.window in ("progress", "auto", "none") else "fixed",
+                                "window": window.to_dict() if window is not None else None,
+                                "builder": self.divcl_sampler.builder if self.divcl_sampler is not None else a.builder,
+                                "temperature": a.temperature, "global_batch_size": self.global_batch_size(),
+                                "mega_batch_factor": max(1, int(a.mega_batch_factor))}
+        if a.window == "progress":
+            current = self.follower.current if self.follower is not None else None
+            info["decision"] = current.decision if current is not None else "random"
+            info["reason"] = current.reason if current is not None else (
+                self.calibration_plan.reason if self.calibration_plan is not None and not self.calibration_plan.steps
+                else "not calibrated yet")
+            info["calibration_plan"] = self.calibration_plan.to_dict() if self.calibration_plan else None
+            info["calibrations"] = len(self.follower.history) if self.follower is not None else 0
+        elif window is None:
+            return
+        Path(a.output_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(a.output_dir, ".divcl_window.json.tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, Path(a.output_dir, "divcl_window.json"))
+
+    # -- progress calibration (window="progress", see hf_divcl.following) ---------------------------------------
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def encode_calibration_sample(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` seeded training rows ``(S,)`` and their anchor embeddings ``(S, d)`` under the current model."""
+        n = len(self.train_dataset)
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(size, n)].sort().values
+        column = self._bank_columns(self.train_dataset)[0]
+        values = self.train_dataset.select(rows.tolist())[column]
+        with torch.no_grad():
+            emb = self.model.encode(values, batch_size=self.args.bank_encode_batch_size, convert_to_tensor=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+        return rows, emb.float().cpu()
+
+    def _features_loss(self, dataset, rows: list[int]) -> torch.Tensor:
+        feats = [{k: v for k, v in dataset[int(i)].items() if k != ROW_ID_COLUMN} for i in rows]
+        batch = self.data_collator(feats)
+        batch.pop("row_ids", None)
+        loss = SentenceTransformerTrainer.compute_loss(self, self.model, self._prepare_inputs(batch))
+        if isinstance(self.loss, InfoNCELoss):
+            self.loss.last_output = None
+        return loss
+
+    def loss_on_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch of training rows ``(B,)`` (no step, nothing logged or recorded)."""
+        return self._features_loss(self.train_dataset, rows.tolist())
+
+    def probe_losses(self) -> list[torch.Tensor]:
+        """The loss on each global-batch-sized chunk of the held-out probe set."""
+        n, b = len(self.probe_dataset), self.global_batch_size()
+        starts = range(0, n - b + 1, b) if n >= b else [0]
+        return [self._features_loss(self.probe_dataset, list(range(s, min(s + b, n)))) for s in starts]
+
+    def apply_calibration(self, cal: ProgressCalibration, cut: int | None = None) -> None:
+        """Use a calibration's decision: the window with the builder, or random batches; with ``cut``, re-plan the
+        current epoch from that global batch on (earlier ones were already handed out)."""
+        sampler = self.divcl_sampler
+        if sampler is None:
+            return
+        if cal.decision == "window" and cal.window is not None:
+            if self.bank is None:
+                self._phase = "bank"
+                self.bank = self.build_bank(self.train_dataset)
+                self._phase = "training"
+                sampler._bank = self.bank
+            sampler.set_policy(self._window_builder(), cal.window)
+        else:
+            sampler.set_policy("random", None)
+        self.diversity.window = cal.window if cal.decision == "window" else None
+        if cut is not None:
+            sampler.replan(cut)
+        self._write_window_file(self.diversity.window)
 
     def _resolve_window(self, global_batch: int, seed: int) -> DiversityWindow | None:
         """The run's window: restored from a checkpoint, given, or calibrated on the bank (curve saved in
@@ -484,6 +670,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logs = {**logs, **self.diversity.summary(step=self.state.global_step, bank=self.bank,
                                                      selection_seconds=self.selection_seconds()),
                     PREFIX + "nonfinite_skipped": float(self.nonfinite_skipped)}
+            if self.args.window == "progress":
+                logs[PREFIX + "window_active"] = float(self.diversity.window is not None)
+                logs[PREFIX + "calibration_seconds"] = self.follower.seconds if self.follower is not None else 0.0
         super().log(logs, start_time)
         if any(k.startswith(PREFIX) for k in logs):
             self.diversity.write({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
@@ -511,6 +700,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
             _save_sampler_state(self.divcl_sampler.state_dict(), state_dir)
             if self.diversity.window is not None:
                 (state_dir / "window.json").write_text(json.dumps(self.diversity.window.to_dict()))
+            if self.follower is not None:
+                (state_dir / "progress.json").write_text(json.dumps(self.follower.state_dict()))
             if self.bank is not None:
                 self.bank.save(state_dir / "bank")
         super()._save_checkpoint(model, trial)

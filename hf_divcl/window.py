@@ -187,8 +187,19 @@ def calibrate_window(
     keep_fraction: float = 0.9,
     seed: int = 0,
     max_rows: int = 50_000,
-) -> CalibrationResult:
-    """Choose a diversity window around the batch diversity that maximises the InfoNCE gradient.
+    method: str = "gradient",
+    gain=None,
+    n_pairs: int = 4,
+    confidence: float = 0.9,
+):
+    """Choose a diversity window: around the largest InfoNCE gradient (``method="gradient"``, the paper's
+    proposal) or where one step buys the most held-out progress over random batches (``method="progress"``).
+
+    ``method="progress"`` needs ``gain(rows) → float`` (e.g. :class:`hf_divcl.progress.StepGain`) and returns a
+    :class:`hf_divcl.progress.ProgressCalibration`, whose decision may be ``"random"`` (no level beat random
+    batches with ``confidence``); see :func:`hf_divcl.progress.calibrate_progress`. The gradient method returns a
+    :class:`CalibrationResult`. On real data the largest gradient is often not the most progress: prefer
+    ``"progress"`` for training.
 
     Args:
         anchors (`torch.Tensor` of shape `(N, d)`): one embedding per training row (e.g. ``bank.all()``).
@@ -202,7 +213,19 @@ def calibrate_window(
         keep_fraction (`float`): levels whose mean gradient is at least this fraction of the peak form the window.
         seed (`int`): seed of the batch draws.
         max_rows (`int`): calibrate on a seeded subset of at most this many rows.
+        method (`str`): ``"gradient"`` or ``"progress"``.
+        gain, n_pairs, confidence: ``method="progress"`` only (see :func:`hf_divcl.progress.calibrate_progress`).
     """
+    if method == "progress":
+        from .progress import calibrate_progress
+
+        if gain is None:
+            raise ValueError("method='progress' needs gain(rows) -> float, the held-out improvement one step on a "
+                             "batch buys (e.g. hf_divcl.progress.StepGain); DivCLTrainer builds it for you.")
+        return calibrate_progress(anchors[:max_rows], batch_size, temperature, gain, levels=levels,
+                                  n_pairs=n_pairs, metric=metric, confidence=confidence, seed=seed)
+    if method != "gradient":
+        raise ValueError(f"method must be 'gradient' or 'progress', got {method!r}.")
     if metric not in METRICS:
         raise ValueError(f"Unknown diversity metric {metric!r}; choose one of {sorted(METRICS)}.")
     if not 0 < keep_fraction <= 1:
