@@ -97,6 +97,12 @@ class DiversityLogger(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self._step_t0 is not None:
             self._step_seconds.append(time.perf_counter() - self._step_t0)
+        # The last step is always logged (a run shorter than logging_steps, or ending between two logs, would
+        # otherwise leave its last steps out of the log and the card). Decided from the step counter only, so every
+        # process takes the same branch (the Trainer's log gathers the loss across processes).
+        if (state.max_steps > 0 and state.global_step >= state.max_steps and args.logging_strategy == "steps"
+                and state.logging_steps and state.global_step % state.logging_steps != 0):
+            control.should_log = True
         if self._stop:
             control.should_training_stop = True
 

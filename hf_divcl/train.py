@@ -289,9 +289,11 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     from .trainer import DivCLTrainer
 
     t0 = time.perf_counter()
+    # evaluation, summary, card and push belong to the main process (RANK is set by accelerate launch / torchrun)
+    is_main = int(os.environ.get("RANK", "0")) == 0
     train, test, desc = load_data(cfg, args.seed)
     model, base = load_model(cfg, args.output_dir, args.seed)
-    before = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
+    before = evaluate_model(cfg, model, train, test) if cfg.run_evaluation and is_main else {}
     card_data = getattr(model, "model_card_data", None)
     if card_data is not None:
         card_data.eval_results_dict = {}  # the card's model-index must hold the trained model's scores only
@@ -300,16 +302,21 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
+    if not trainer.is_world_process_zero():
+        return {"main_process": False, "steps": trainer.state.global_step}
     after = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
     summary: dict[str, Any] = {"task": cfg.task, "base_model": base, "data": desc, "train_rows": len(train),
                                "eval_rows": len(test), "before": before, "after": after,
                                "steps": trainer.state.global_step, "seconds": time.perf_counter() - t0}
-    if not trainer.is_world_process_zero():
-        return summary
     out = Path(args.output_dir)
     (out / "divcl_summary.json").write_text(json.dumps(summary, indent=2))
     (out / "training_args.json").write_text(args.to_json_string())
-    if cfg.write_card:
+    if cfg.write_card and not (out / "diversity_log.jsonl").is_file():
+        logger.warning("No diversity log in %s (logging_strategy=%r, diversity_log_file=%r): the model card is "
+                       "skipped. Keep logging on to get the card.", out,
+                       getattr(args.logging_strategy, "value", args.logging_strategy),
+                       args.diversity_log_file)
+    elif cfg.write_card:
         from .card import write_model_card
 
         skip = ("_seconds", "_pairs", "_skipped", "_size", "knn_k")
@@ -338,9 +345,13 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
         print(f"hf-divcl train: error: {err}", file=sys.stderr)
         return 2
     summary = run_recipe(cfg, args)
+    if summary.get("main_process") is False:
+        return 0  # the main process evaluates, writes the card and reports (only it knows whether that worked)
     if summary.get("before") is not None:
         for key in summary.get("after", {}):
             b, a = summary["before"].get(key), summary["after"][key]
             print(f"{key:32s} {b if b is None else round(b, 4)!s:>10} → {round(a, 4)}")
-    print(f"done in {summary['seconds']:.0f} s: model, card and diversity log in {args.output_dir}")
+    written = ["model", *(["card"] if "card" in summary else []),
+               *(["diversity log"] if Path(args.output_dir, "diversity_log.jsonl").is_file() else [])]
+    print(f"done in {summary['seconds']:.0f} s: {', '.join(written)} in {args.output_dir}")
     return 0

@@ -104,6 +104,45 @@ def test_text_recipe_under_two_accelerate_processes(tiny_model_dir, tmp_path):
     assert all(r["divcl/global_batch_size"] == 16 for r in log)
 
 
+def test_run_shorter_than_logging_steps_logs_its_last_step_and_writes_the_card(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "short"
+    code = main(smoke(out, model=tiny_model_dir, max_train_rows=120, per_device_train_batch_size=8, max_steps=3,
+                      logging_steps=5, run_evaluation=False),
+                default_config=str(ROOT / "recipes" / "text_wordnet.yaml"))
+    assert code == 0
+    log = read_diversity_log(out / "diversity_log.jsonl")
+    assert [r["step"] for r in log] == [3] and log[0]["divcl/effective_rank"] > 0 and "loss" in log[0]
+    assert "](diversity_trajectory.png)" in (out / "README.md").read_text()
+    assert "done in" in capsys.readouterr().out
+
+
+def launch_two_processes(tiny_model_dir, out, env_extra=None, **keys) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(ROOT / "recipes" / "text_wordnet.py"),
+                           *smoke(out, model=tiny_model_dir, max_train_rows=120, per_device_train_batch_size=8,
+                                  **keys)],
+                          env=env, timeout=600, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_short_run_under_two_processes_main_process_evaluates_and_reports_once(tiny_model_dir, tmp_path):
+    out = tmp_path / "short2"
+    run = launch_two_processes(tiny_model_dir, out, max_steps=3, logging_steps=5, max_eval_rows=30)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("done in") == 1 and run.stdout.count("wordnet_ndcg@10") == 1, run.stdout
+    assert [r["step"] for r in read_diversity_log(out / "diversity_log.jsonl")] == [3]
+    assert (out / "README.md").is_file() and json.loads((out / "divcl_summary.json").read_text())["steps"] == 3
+
+    # the main process fails after training (here: no card template): nobody reports "done", the launch fails
+    failed = launch_two_processes(tiny_model_dir, tmp_path / "fails", max_steps=2, logging_steps=5,
+                                  run_evaluation=False,
+                                  env_extra={"HF_DIVCL_CARD_TEMPLATE": str(tmp_path / "missing.jinja")})
+    assert failed.returncode != 0 and "done in" not in failed.stdout + failed.stderr
+    assert "missing.jinja" in failed.stderr
+
+
 def test_trainer_push_to_hub_uploads_model_card_plots_and_logs(hub_client, tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
