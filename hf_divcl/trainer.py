@@ -14,6 +14,7 @@ Checkpoints carry the bank and the epoch plan, so ``resume_from_checkpoint`` con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -243,8 +244,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if args is None:
             args = DivCLTrainingArguments(output_dir="divcl_output")
         if isinstance(args, SentenceTransformerTrainingArguments) and not isinstance(args, DivCLTrainingArguments):
-            args = DivCLTrainingArguments(**{k: v for k, v in args.to_dict().items()
-                                             if k in DivCLTrainingArguments.__dataclass_fields__})
+            # field by field: `to_dict()` would turn every `*_token` into the string "<HUB_TOKEN>" (even None)
+            args = DivCLTrainingArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+                                             if f.init and f.name in DivCLTrainingArguments.__dataclass_fields__})
         self._user_bank = bank
         self.bank: EmbeddingBank | None = None
         self.divcl_sampler: DiversityWindowBatchSampler | None = None

@@ -245,3 +245,19 @@ def test_random_builder_pays_no_reference_encoding(tiny_model_dir, tmp_path):
     assert sorted(x for b in trainer.divcl_sampler.local_batches(0) for x in b) == list(range(160))
     log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
     assert "divcl/effective_rank" in log[-1] and "divcl/in_window_fraction" not in log[-1]
+
+
+@pytest.mark.parametrize("token", [None, "hf_user_token"])
+def test_plain_sentence_transformers_arguments_keep_their_values_and_the_hub_token(tiny_model_dir, tmp_path,
+                                                                                    token):
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+
+    plain = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=3e-5,
+                                                 logging_steps=7, report_to=[], hub_token=token,
+                                                 hub_model_id="me/model")
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=plain,
+                           train_dataset=pairs(40))
+    assert isinstance(trainer.args, DivCLTrainingArguments)
+    assert trainer.args.hub_token == token  # None stays None, so push_to_hub falls back to HF_TOKEN
+    assert (trainer.args.learning_rate, trainer.args.logging_steps, trainer.args.hub_model_id) == (3e-5, 7, "me/model")
+    assert trainer.args.builder == "greedy"  # the hf_divcl options take their defaults
