@@ -17,6 +17,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 import time
 import types
@@ -53,6 +54,10 @@ class RecipeConfig:
     pair_kind: str = field(default="example", metadata={
         "help": "WordNet pairs: example (sentence → gloss), lemma (lemmas → gloss) or both.",
         "choices": ["example", "lemma", "both"]})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Name of the training data in the console, divcl_summary.json, the metric keys (<name>_ndcg@10) "
+                "and the card's metadata (model-index); default: 'wordnet' for WordNet, the file name without its "
+                "extension for a local file (pairs.tsv → pairs)."})
     anchor_column: str = field(default="anchor", metadata={"help": "Anchor column of a local data file."})
     positive_column: str = field(default="positive", metadata={"help": "Positive column of a local data file."})
     max_train_rows: int = field(default=0, metadata={"help": "Use at most this many training rows (0: all)."})
@@ -69,6 +74,17 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+        if self.dataset_name is not None and not re.fullmatch(r"[\w.-]+", self.dataset_name):
+            raise ValueError(f"dataset_name must be letters, digits, '_', '-' or '.', got {self.dataset_name!r} "
+                             "(it prefixes metric keys and goes into the card's metadata).")
+
+    def data_name(self) -> str:
+        """The training data's short name (see ``dataset_name``)."""
+        if self.dataset_name:
+            return self.dataset_name
+        if self.task == "text" and self.data not in ("embedded", "wordnet"):
+            return re.sub(r"[^\w.-]+", "_", Path(self.data).stem).strip("_.") or "pairs"
+        return "wordnet" if self.task == "text" else self.data
 
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -234,7 +250,8 @@ def load_data(cfg: RecipeConfig, seed: int):
             full = Dataset.from_dict({"anchor": anchors, "positive": positives}).shuffle(seed=seed)
             n_test = min(cfg.max_eval_rows, len(full) // 5)
             test, train = full.select(range(n_test)), full.select(range(n_test, len(full)))
-            desc = f"pairs from {Path(cfg.data).name}"
+            desc = (f"{cfg.dataset_name} (pairs from {Path(cfg.data).name})" if cfg.dataset_name else
+                    f"pairs from {Path(cfg.data).name}")
         train = train.select_columns(["anchor", "positive"])
         test = test.select_columns(["anchor", "positive"])
     else:
@@ -277,7 +294,7 @@ def evaluate_model(cfg: RecipeConfig, model, train, test) -> dict[str, float]:
     from . import evaluation
 
     if cfg.task == "text":
-        return evaluation.evaluate_text(model, test)
+        return evaluation.evaluate_text(model, test, name=cfg.data_name())
     return evaluation.evaluate_vision(model, train.select_columns(["image", "label"]), test)
 
 
@@ -305,7 +322,8 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     if not trainer.is_world_process_zero():
         return {"main_process": False, "steps": trainer.state.global_step}
     after = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
-    summary: dict[str, Any] = {"task": cfg.task, "base_model": base, "data": desc, "train_rows": len(train),
+    summary: dict[str, Any] = {"task": cfg.task, "base_model": base, "dataset_name": cfg.data_name(), "data": desc,
+                               "train_rows": len(train),
                                "eval_rows": len(test), "before": before, "after": after,
                                "steps": trainer.state.global_step, "seconds": time.perf_counter() - t0}
     out = Path(args.output_dir)
@@ -347,6 +365,7 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
     summary = run_recipe(cfg, args)
     if summary.get("main_process") is False:
         return 0  # the main process evaluates, writes the card and reports (only it knows whether that worked)
+    print(f"data: {summary['data']} ({summary['train_rows']} training rows, {summary['eval_rows']} held out)")
     if summary.get("before") is not None:
         for key in summary.get("after", {}):
             b, a = summary["before"].get(key), summary["after"][key]

@@ -12,8 +12,10 @@ from pathlib import Path
 import hub_server as loopback
 import pytest
 import torch
+import yaml
 
 from hf_divcl.callbacks import read_diversity_log
+from hf_divcl.data import wordnet_pairs
 from hf_divcl.train import load_recipe_config, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +116,28 @@ def test_run_shorter_than_logging_steps_logs_its_last_step_and_writes_the_card(t
     assert [r["step"] for r in log] == [3] and log[0]["divcl/effective_rank"] > 0 and "loss" in log[0]
     assert "](diversity_trajectory.png)" in (out / "README.md").read_text()
     assert "done in" in capsys.readouterr().out
+
+
+def test_own_data_is_named_after_the_file_or_dataset_name_never_wordnet(tiny_model_dir, tmp_path, capsys):
+    rows = wordnet_pairs(kind="example", source="embedded").select(range(200))
+    data = tmp_path / "support-tickets.tsv"
+    data.write_text("query\tdoc\n" + "".join(f"{a}\t{p}\n" for a, p in zip(rows["anchor"], rows["positive"],
+                                                                          strict=True)))
+    assert load_recipe_config(None, {"data": str(data)})[0].data_name() == "support-tickets"
+    out = tmp_path / "own"
+    argv = ["--data", str(data), "--anchor-column", "query", "--positive-column", "doc", "--dataset_name", "tickets",
+            *smoke(out, model=tiny_model_dir, max_eval_rows=30, per_device_train_batch_size=8, max_steps=2)]
+    assert main(argv, default_config=str(ROOT / "recipes" / "text_wordnet.yaml")) == 0
+    console = capsys.readouterr().out
+    summary = json.loads((out / "divcl_summary.json").read_text())
+    card = (out / "README.md").read_text()
+    assert summary["dataset_name"] == "tickets" and "tickets_ndcg@10" in summary["after"]
+    assert "tickets (pairs from support-tickets.tsv)" in summary["data"] and "tickets_ndcg@10" in console
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["model-index"][0]["results"][0]["dataset"]["name"] == "tickets"
+    assert "wordnet" not in (card + console + json.dumps(summary)).lower()
+    with pytest.raises(ValueError, match=r"dataset_name must be .* got 'my tickets'"):
+        load_recipe_config(None, {"dataset_name": "my tickets"})
 
 
 def launch_two_processes(tiny_model_dir, out, env_extra=None, **keys) -> subprocess.CompletedProcess:
