@@ -1,23 +1,27 @@
-"""Time to quality: does diversity-window batching reach a held-out score sooner than random batches, counting
-the cost of selection?
+"""Time to quality: does a batch policy reach a held-out score sooner (or end higher) than random batches on the
+same seeds, counting the cost of selection and calibration?
 
 Every policy trains the same model on the same data with the same steps, learning rate, τ and batch size; only
 the batch sampler differs:
 
-    random          hf_divcl sampler, random builder (duplicate-free)
-    no_duplicates   sentence-transformers' NoDuplicatesBatchSampler
-    cluster         TAS-Balanced-like k-means mix, calibrated window
-    pool            Pool-P3, calibrated window
-    greedy          Greedy-64, calibrated window
+    random           hf_divcl sampler, random builder (duplicate-free)
+    no_duplicates    sentence-transformers' NoDuplicatesBatchSampler
+    gradient         the old default: gradient-magnitude window calibrated once at the start, Greedy-64
+    progress         the default DivCLTrainer (window="progress": measured progress vs random, 5 % budget)
+    progress_follow  progress calibration re-measured every --follow-every steps (budget --follow-budget)
+    best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
+    cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
 
 The held-out score is evaluated every ``--eval-every`` steps (evaluation time excluded from the clock); the clock
 includes everything else a run pays: reference encoding of the bank, window calibration, epoch planning,
-training steps and logging. Reported per policy over seeds: final score (mean ± std), and wall-clock seconds and
-steps to reach the random baseline's final mean score (linear interpolation between evaluations; ``null`` if
-never reached).
+training steps and logging. Reported per policy: final score (mean ± std) and, **paired by seed against random**,
+the mean difference of the final score and of the seconds to reach random's final mean score, each with a 95 %
+t-interval; for the progress policies the calibration decisions, their cost as a fraction of the run, and the
+in-window fraction of the training batches while a window was in force. Results are written after every run.
 
-    python benchmarks/time_to_quality.py --task text      # MiniLM, WordNet example → gloss, ndcg@10 (+ WordSim/SimLex)
-    python benchmarks/time_to_quality.py --task vision    # tiny ViT SimCLR on Fashion-MNIST, k-NN accuracy
+    python benchmarks/time_to_quality.py --task text --policies random progress gradient      # τ = 0.05
+    python benchmarks/time_to_quality.py --task text --temperature 0.5 --policies random progress
+    python benchmarks/time_to_quality.py --task vision
     python benchmarks/time_to_quality.py --task text --smoke
 """
 
@@ -39,9 +43,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 POLICIES = {
     "random": {"builder": "random", "window": "none"},
     "no_duplicates": {"batch_sampler": "no_duplicates", "builder": "random", "window": "none"},
-    "cluster": {"builder": "cluster"},
-    "pool": {"builder": "pool", "builder_kwargs": {"p": 3}},
-    "greedy": {"builder": "greedy", "builder_kwargs": {"m": 64}},
+    "gradient": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto"},
+    "progress": {},
+    "progress_follow": {"builder_kwargs": {"m": 64}},  # + recalibrate_every / calibration_budget from flags
+    "best_fixed": {"builder": "greedy", "builder_kwargs": {"m": 64}},  # + window from --best-window
+    "cluster": {"builder": "cluster", "window": "auto"},
+    "pool": {"builder": "pool", "builder_kwargs": {"p": 3}, "window": "auto"},
+    "greedy": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto"},
 }
 
 
@@ -74,10 +82,10 @@ def text_task(a):
     from hf_divcl.evaluation import retrieval_metrics, word_similarity
     from hf_divcl.models import load_sentence_transformer
 
-    train = wordnet_split(kind="example", split="train", source="embedded").select_columns(["anchor", "positive"])
-    test = wordnet_split(kind="example", split="test", source="embedded")
+    train = wordnet_split(kind="example", split="train", source=a.source).select_columns(["anchor", "positive"])
+    test = wordnet_split(kind="example", split="test", source=a.source)
     if a.rows:
-        train = train.select(range(min(a.rows, len(train))))
+        train = train.shuffle(seed=0).select(range(min(a.rows, len(train))))
 
     def make_model(seed):
         return load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
@@ -90,7 +98,8 @@ def text_task(a):
         model.train()
         return out
 
-    return train, make_model, evaluate, {"temperature": 0.05, "learning_rate": a.lr or 5e-5}, "ndcg@10"
+    return train, make_model, evaluate, {"temperature": a.temperature or 0.05, "learning_rate": a.lr or 5e-5}, \
+        "ndcg@10"
 
 
 def vision_task(a):
@@ -115,7 +124,8 @@ def vision_task(a):
         model.train()
         return {"score": acc}
 
-    extra = {"temperature": 0.2, "learning_rate": a.lr or 1e-3, "loss_type": "nt_xent", "augment_scale_min": 0.5}
+    extra = {"temperature": a.temperature or 0.2, "learning_rate": a.lr or 1e-3, "loss_type": "nt_xent",
+             "augment_scale_min": 0.5}
     return train, make_model, evaluate, extra, "k-NN accuracy"
 
 
@@ -128,6 +138,12 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     clock = _clock_callback(lambda: evaluate(model), a.eval_every, results)
     results.append({"step": 0, "seconds": 0.0, **evaluate(model)})
     opts = dict(POLICIES[policy])
+    if policy == "progress_follow":
+        opts.update(recalibrate_every=str(a.follow_every), calibration_budget=a.follow_budget)
+    if policy == "best_fixed":
+        if not a.best_window:
+            raise SystemExit("best_fixed needs --best-window low:high (e.g. from window_location.py at this τ)")
+        opts["window"] = a.best_window
     args = DivCLTrainingArguments(
         output_dir=str(workdir / f"{policy}-{seed}"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
         warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
@@ -137,9 +153,20 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
     trainer.train()
     log = [r for r in trainer.state.log_history if "divcl/in_window_fraction" in r]
-    return {"policy": policy, "seed": seed, "curve": results, "total_seconds": clock.seconds(),
+    follower = trainer.follower
+    calibrations = [{k: h.get(k) for k in ("step", "decision", "level", "reason", "window", "levels",
+                                             "wall_seconds", "cost")} for h in follower.history] if follower else []
+    total = clock.seconds()
+    return {"policy": policy, "seed": seed, "curve": results, "total_seconds": total,
             "in_window_fraction": statistics.fmean(r["divcl/in_window_fraction"] for r in log) if log else None,
-            "selection_seconds": trainer.selection_seconds()}
+            "window_active_fraction": (statistics.fmean(r.get("divcl/window_active", 1.0) for r in log) * len(log) /
+                                       max(1, sum(1 for r in trainer.state.log_history if "divcl/effective_rank" in r))
+                                       if log else 0.0),
+            "selection_seconds": trainer.selection_seconds(),
+            "calibration_seconds": follower.seconds if follower else 0.0,
+            "calibration_fraction": (follower.seconds / total if follower and total else 0.0),
+            "calibration_plan": trainer.calibration_plan.to_dict() if trainer.calibration_plan else None,
+            "calibrations": calibrations}
 
 
 def _reach(curve: list[dict], target: float, key: str) -> float | None:
@@ -152,6 +179,44 @@ def _reach(curve: list[dict], target: float, key: str) -> float | None:
             return prev[key] + f * (point[key] - prev[key])
         prev = point
     return None
+
+
+def _t_interval(values: list[float]) -> dict:
+    """Mean and 95 % Student-t interval of paired differences (None where fewer than two)."""
+    import math
+
+    from scipy.special import stdtrit
+
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = statistics.fmean(values)
+    if n < 2:
+        return {"mean": mean, "ci95": None, "n": 1}
+    half = float(stdtrit(n - 1, 0.975)) * statistics.stdev(values) / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
+def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
+    """Per policy, policy − random on the same seed: final score and seconds to random's final mean score."""
+    base = {r["seed"]: r for r in by.get("random", [])}
+    out = {}
+    for policy, rs in by.items():
+        if policy == "random":
+            continue
+        pairs = [(r, base[r["seed"]]) for r in rs if r["seed"] in base]
+        d_final = [r["curve"][-1]["score"] - b["curve"][-1]["score"] for r, b in pairs]
+        d_time, unreached = [], 0
+        for r, b in pairs:
+            tr, tb = (_reach(x["curve"], target, "seconds") if target is not None else None for x in (r, b))
+            if tr is None or tb is None:
+                unreached += tr is None
+                continue
+            d_time.append(tr - tb)
+        out[policy] = {"final_minus_random": _t_interval(d_final), "final_diffs": d_final,
+                       "seconds_to_random_final_minus_random": _t_interval(d_time),
+                       "runs_never_reaching_random_final": unreached}
+    return out
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -171,7 +236,10 @@ def summarise(runs: list[dict]) -> dict:
                  "median_seconds_to_random_final": statistics.median(reached) if len(reached) == len(rs) else None,
                  "total_seconds_mean": statistics.fmean(r["total_seconds"] for r in rs),
                  "selection_seconds_mean": statistics.fmean(r["selection_seconds"] for r in rs),
-                 "in_window_fraction": [r["in_window_fraction"] for r in rs]}
+                 "in_window_fraction": [r["in_window_fraction"] for r in rs],
+                 "calibration_fraction_mean": statistics.fmean(r.get("calibration_fraction", 0.0) for r in rs),
+                 "decisions": [[(c["step"], c["decision"], c["level"]) for c in r.get("calibrations", [])]
+                               for r in rs]}
         for k in rs[0]["curve"][-1]:
             if k not in ("step", "seconds", "score") and rs[0]["curve"][-1][k] is not None:
                 entry[f"final_{k}_mean"] = statistics.fmean(r["curve"][-1][k] for r in rs)
@@ -181,6 +249,8 @@ def summarise(runs: list[dict]) -> dict:
     for entry in out["policies"].values():
         t = entry["median_seconds_to_random_final"]
         entry["time_ratio_vs_random"] = t / base_time if t is not None and base_time else None
+    for policy, stats in paired(by, target).items():
+        out["policies"][policy]["paired_vs_random"] = stats
     return out
 
 
@@ -189,7 +259,8 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colours = dict(zip(POLICIES, ("tab:gray", "tab:brown", "tab:purple", "tab:orange", "tab:blue"), strict=True))
+    colours = dict(zip(POLICIES, ("tab:gray", "tab:brown", "tab:red", "tab:green", "tab:olive", "tab:cyan",
+                                  "tab:purple", "tab:orange", "tab:blue"), strict=True))
     for policy in POLICIES:
         rs = [r for r in runs if r["policy"] == policy]
         if not rs:
@@ -216,6 +287,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 128 (vision)")
     p.add_argument("--rows", type=int, default=0, help="training rows (0: all text pairs / 4096 images)")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="default: 0.05 (text) / 0.2 (vision)")
+    p.add_argument("--source", default="auto", help="text data: auto (Debian WordNet if installed), embedded, debian")
+    p.add_argument("--follow-every", type=int, default=100, help="progress_follow: re-calibrate every N steps")
+    p.add_argument("--follow-budget", type=float, default=0.3, help="progress_follow: calibration budget")
+    p.add_argument("--best-window", default=None, help="best_fixed: 'low:high' effective rank")
     p.add_argument("--word-similarity", action="store_true", help="also WordSim-353 / SimLex-999 at each eval")
     p.add_argument("--smoke", action="store_true", help="2 policies, 1 seed, a few steps: < 1 minute")
     p.add_argument("--output", default=None)
@@ -225,8 +301,9 @@ def main() -> None:
     a.eval_every = a.eval_every or (10 if text else 40)
     a.batch_size = a.batch_size or (32 if text else 128)
     if a.smoke:
-        a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "greedy"], [0], 4, 2, 8
+        a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "progress"], [0], 4, 2, 8
         a.rows = 128 if text else 256
+        a.source = "embedded"
     out = Path(a.output or (Path(tempfile.gettempdir()) / f"ttq_{a.task}_smoke.json" if a.smoke
                             else f"benchmarks/results/time_to_quality_{a.task}.json"))
 
@@ -234,22 +311,27 @@ def main() -> None:
 
     task = text_task(a) if text else vision_task(a)
     runs = []
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+               "platform": platform.platform()}
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:
             for policy in a.policies:  # interleaved: machine drift hits every policy alike
                 r = run_one(policy, seed, task, a, Path(tmp))
                 runs.append(r)
                 last = r["curve"][-1]
-                print(f"seed {seed} {policy:14s} final {task[4]} {last['score']:.4f}  {r['total_seconds']:.1f} s "
-                      f"(selection {r['selection_seconds']:.1f} s)", flush=True)
+                decided = ", ".join(f"{c['step']}:{c['level'] or 'random'}" for c in r["calibrations"])
+                print(f"seed {seed} {policy:15s} final {task[4]} {last['score']:.4f}  {r['total_seconds']:.1f} s "
+                      f"(selection {r['selection_seconds']:.1f} s, calibration {r['calibration_seconds']:.1f} s"
+                      f"{'; ' + decided if decided else ''})", flush=True)
+                result = {"task": a.task, "metric": task[4], "config": vars(a), "summary": summarise(runs),
+                          "runs": runs, "machine": machine}
+                out.write_text(json.dumps(result, indent=2))  # partial results survive an interrupted run
     summary = summarise(runs)
-    result = {"task": a.task, "metric": task[4], "config": vars(a), "summary": summary, "runs": runs,
-              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "python": sys.version.split()[0], "platform": platform.platform()}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
     plot(runs, task[4], out.with_suffix(".png"))
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({p: {k: v for k, v in e.items() if k in ("final_mean", "final_std", "paired_vs_random",
+                                                                "calibration_fraction_mean", "decisions")}
+                      for p, e in summary["policies"].items()}, indent=2))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

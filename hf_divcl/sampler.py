@@ -192,7 +192,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             emb = self.num_rows if builder == "random" and self._bank is None else self.embeddings()
             plan = plan_epoch(emb, self.global_batch_size, builder=builder, window=window,
                               seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=self.groups(),
-                              on_infeasible=self.on_infeasible, **self.builder_kwargs)
+                              on_infeasible=self.on_infeasible,
+                              **(self.builder_kwargs if builder != "random" else {}))
             self.plan_seconds += time.perf_counter() - t0
             self._plan = (epoch, plan)
         return self._plan[1]

@@ -37,7 +37,7 @@ def test_time_to_quality_smoke(tmp_path, task):
     out = tmp_path / "t.json"
     run("time_to_quality.py", "--task", task, "--output", str(out))
     res = json.loads(out.read_text())
-    assert set(res["summary"]["policies"]) == {"random", "greedy"} and out.with_suffix(".png").is_file()
+    assert set(res["summary"]["policies"]) == {"random", "progress"} and out.with_suffix(".png").is_file()
 
 
 @pytest.mark.slow
