@@ -828,6 +828,10 @@ def _check_bank(embeddings: torch.Tensor, batch_size: int, drop_last: bool, chun
                              "re-encode those rows (bank.refresh) or drop them from the data set.")
 
 
+INFEASIBLE_ACTIONS = {"error": "error", "raise": "error", "closest": "closest"}
+"""Accepted ``on_infeasible`` spellings → action (``"raise"`` is what :class:`DivCLTrainingArguments` documents)."""
+
+
 def _resolve_window(ctx: PlanContext, on_infeasible: str) -> tuple[DiversityWindow | None, tuple[float, float]]:
     window = ctx.window
     window.check_feasible_range(ctx.batch_size, ctx.dim)
@@ -874,8 +878,8 @@ def plan_epoch(
         drop_last (`bool`): drop the ``N mod B`` leftover rows instead of a last partial batch.
         groups (`torch.Tensor` of shape `(N,)`, *optional*): duplicate groups (:func:`duplicate_groups`); rows of
             one group never share a batch.
-        on_infeasible (`str`): ``"error"`` (default) or ``"closest"`` (warn and move the window into the range
-            measured on the data).
+        on_infeasible (`str`): ``"error"`` (default; ``"raise"`` is the same) or ``"closest"`` (warn and move the
+            window into the range measured on the data).
         shuffle_batches (`bool`): shuffle the order of the planned batches.
         refine_passes (`int`, defaults to 4): after the builder, passes of exact pairwise swaps between batches
             that move both batches' mean squared cosine towards the window's target (see :func:`refine_swaps`);
@@ -884,8 +888,9 @@ def plan_epoch(
         **builder_kwargs: passed to the builder class (e.g. ``m=64`` for greedy, ``p=3`` for pool).
     """
     t0 = time.perf_counter()
-    if on_infeasible not in ("error", "closest"):
-        raise ValueError(f"on_infeasible must be 'error' or 'closest', got {on_infeasible!r}.")
+    if on_infeasible not in INFEASIBLE_ACTIONS:
+        raise ValueError(f"on_infeasible must be 'error' (or its alias 'raise') or 'closest', got {on_infeasible!r}.")
+    on_infeasible = INFEASIBLE_ACTIONS[on_infeasible]
     if isinstance(embeddings, int):  # no embeddings: only builders that ignore the window can plan
         if get_builder(builder, **builder_kwargs).uses_window:
             raise ValueError(f"The {builder!r} builder needs the bank's embeddings, not just a row count.")

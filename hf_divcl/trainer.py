@@ -95,7 +95,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "Builder options as a dict or JSON, e.g. '{\"m\": 64}' (greedy) or '{\"p\": 3}' (pool)."})
     on_infeasible: str = field(default="closest", metadata={
         "help": "When the window is out of reach on this data: 'closest' (warn, aim as close as possible) or "
-                "'raise'.", "choices": ["closest", "raise"]})
+                "'raise' (alias 'error': stop with the measured range).", "choices": ["closest", "raise", "error"]})
     dedupe: bool = field(default=True, metadata={
         "help": "Keep rows with identical text (or identical image bytes) out of the same batch."})
     bank_source: str = field(default="training", metadata={

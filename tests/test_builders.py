@@ -229,3 +229,11 @@ def test_greedy_without_refinement_meets_a_window_off_random_on_clustered_data(s
     assert plan_epoch(x, 64, builder="random", window=window, seed=0).in_window_fraction < 0.5
     plan = plan_epoch(x, 64, builder="greedy", window=window, seed=0, refine_passes=0)
     assert plan.in_window_fraction >= 0.9, plan.summary()
+
+
+@pytest.mark.parametrize("spelling", ["error", "raise"])
+def test_both_spellings_of_on_infeasible_stop_with_the_measured_range(bank, spelling):
+    with pytest.raises(ValueError, match=r"not achievable on this data .*range over"):
+        plan_epoch(bank, 32, builder="greedy", window=DiversityWindow(31.5, 32.0), on_infeasible=spelling)
+    with pytest.raises(ValueError, match=r"on_infeasible must be 'error' \(or its alias 'raise'\) or 'closest'"):
+        plan_epoch(bank, 32, builder="greedy", window=DiversityWindow(31.5, 32.0), on_infeasible="ignore")

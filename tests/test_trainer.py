@@ -261,3 +261,13 @@ def test_plain_sentence_transformers_arguments_keep_their_values_and_the_hub_tok
     assert trainer.args.hub_token == token  # None stays None, so push_to_hub falls back to HF_TOKEN
     assert (trainer.args.learning_rate, trainer.args.logging_steps, trainer.args.hub_model_id) == (3e-5, 7, "me/model")
     assert trainer.args.builder == "greedy"  # the hf_divcl options take their defaults
+
+
+def test_on_infeasible_raise_from_the_arguments_reaches_the_planner(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    args = make_args(tmp_path, max_steps=1, window="effective_rank:15.8:16", on_infeasible="raise")
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args,
+                           train_dataset=pairs(64))
+    with pytest.raises(ValueError, match=r"window \[15\.800, 16\.000\] of effective_rank is not achievable"):
+        trainer.train()
