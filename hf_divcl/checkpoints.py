@@ -5,6 +5,12 @@ The Trainer writes a checkpoint's files in order — hf_divcl state, model, opti
 own step (and, when it has hf_divcl state, ``divcl_state/sampler.json`` is there). A process killed mid-save
 leaves a folder that fails this test; it is renamed ``checkpoint-N.incomplete`` (kept for inspection, ignored by
 the Trainer) and the run resumes from the newest complete checkpoint.
+
+Each checkpoint also records which run wrote it and the training data it was trained on (``divcl_data.json``: run
+id, the data set's fingerprint, rows, columns), and ``output_dir/divcl_run_id.json`` names the run last started in
+that folder. A resume refuses a checkpoint whose data fingerprint differs from the current training set's (its bank
+and epoch plan index the old rows), and ``resume_from_checkpoint=True`` never picks a checkpoint an earlier run left
+in the same ``output_dir``.
 """
 
 from __future__ import annotations
@@ -13,11 +19,18 @@ import json
 import logging
 import os
 import re
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["checkpoint_problem", "complete_checkpoints", "resolve_resume_checkpoint"]
+__all__ = ["DATA_FILE", "RUN_FILE", "checkpoint_problem", "complete_checkpoints", "resolve_resume_checkpoint",
+           "start_run", "write_checkpoint_identity"]
+
+DATA_FILE = "divcl_data.json"  # in each checkpoint: run id and training data identity
+RUN_FILE = "divcl_run_id.json"  # in output_dir: the run last started there
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -73,6 +86,7 @@ def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume: str | bool 
             raise ValueError(f"Cannot resume from {str(resume)!r}: {problem}.{hint}")
         return str(resume)
     complete, incomplete = complete_checkpoints(output_dir)
+    complete = _current_run_only(output_dir, complete)
     newest = complete[-1] if complete else None
     newer = [(p, why) for p, why in incomplete
              if newest is None or int(p.name.split("-")[1]) > int(newest.name.split("-")[1])]
@@ -91,3 +105,87 @@ def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume: str | bool 
     if newer:
         logger.warning("Resuming from %s, the newest complete checkpoint.", newest)
     return str(newest)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _current_run_only(output_dir: str | os.PathLike, complete: list[Path]) -> list[Path]:
+    """The checkpoints written by the run last started in ``output_dir`` (all of them when no run is recorded,
+    e.g. an output folder from before run ids). Refuses when only an earlier run's checkpoints are there."""
+    run = _read_json(Path(output_dir) / RUN_FILE)
+    if run is None or not run.get("run_id"):
+        return complete
+    current = [p for p in complete if (_read_json(p / DATA_FILE) or {}).get("run_id") == run["run_id"]]
+    stale = [p for p in complete if p not in current]
+    if stale and not current:
+        names = ", ".join(p.name for p in stale)
+        raise ValueError(f"resume_from_checkpoint=True: the checkpoints in {str(output_dir)!r} ({names}) were left by "
+                         f"an earlier run, not by the run last started there (run {run['run_id']}, started "
+                         f"{run.get('started', '?')}, which saved no checkpoint). Resuming would silently continue "
+                         f"the older run. To continue it anyway pass its path (resume_from_checkpoint="
+                         f"{str(stale[-1])!r}); to start over, train without resume_from_checkpoint, ideally in a "
+                         "new output_dir.")
+    if stale:
+        logger.warning("Ignoring %s: left in %s by an earlier run (not run %s).", ", ".join(p.name for p in stale),
+                       output_dir, run["run_id"])
+    return current
+
+
+def write_checkpoint_identity(folder: str | os.PathLike, run_id: str, data: dict[str, Any]) -> None:
+    """Record in a checkpoint which run wrote it and on which data (``data``: fingerprint, rows, columns)."""
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{DATA_FILE}.tmp"
+    tmp.write_text(json.dumps({"run_id": run_id, **data}, indent=2))
+    os.replace(tmp, d / DATA_FILE)
+
+
+def _describe(data: dict[str, Any]) -> str:
+    return f"fingerprint {data.get('data_fingerprint')} ({data.get('rows')} rows, columns {data.get('columns')})"
+
+
+def start_run(output_dir: str | os.PathLike, resume: str | None, data: dict[str, Any], *, write: bool = True) -> str:
+    """The run id of a training run about to start, after checking a resumed checkpoint's data.
+
+    ``resume`` (a checkpoint path or ``None``): a resumed run keeps the checkpoint's run id, and refuses when the
+    checkpoint was trained on data with another fingerprint; a new run gets a new id, with a warning when
+    ``output_dir`` already holds checkpoints (``resume_from_checkpoint=True`` will ignore them). The main process
+    (``write``) records the id in ``output_dir/divcl_run_id.json``.
+    """
+    run_id = None
+    if resume is not None:
+        saved = _read_json(Path(resume) / DATA_FILE)
+        if saved is None:
+            logger.warning("%s has no %s (saved by an older hf_divcl): cannot check that the training data is "
+                           "unchanged.", resume, DATA_FILE)
+        else:
+            old, new = saved.get("data_fingerprint"), data.get("data_fingerprint")
+            if old is not None and new is not None and (old != new or saved.get("rows") != data.get("rows")):
+                raise ValueError(f"Cannot resume from {str(resume)!r}: it was trained on data with {_describe(saved)}, "
+                                 f"but this training set has {_describe(data)}. The checkpoint's embedding bank and "
+                                 "epoch plan index the old rows, so they would plan batches for other texts. Resume "
+                                 "with the training set it was trained on, or start a new run (without "
+                                 "resume_from_checkpoint, in a new output_dir).")
+            run_id = saved.get("run_id")
+    else:
+        complete, _ = complete_checkpoints(output_dir)
+        if complete:
+            logger.warning("%s already holds %s from an earlier run. This run starts from scratch; "
+                           "resume_from_checkpoint=True will ignore those checkpoints, but save_total_limit still "
+                           "counts them when deleting old checkpoints. Prefer a new output_dir.", output_dir,
+                           ", ".join(p.name for p in complete))
+    run_id = run_id or uuid.uuid4().hex[:12]
+    if write:
+        d = Path(output_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps({"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                   "resumed_from": str(resume) if resume else None, **data}, indent=2))
+        os.replace(tmp, d / RUN_FILE)
+    return run_id

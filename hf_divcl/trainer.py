@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 
 from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger
-from .checkpoints import complete_checkpoints, resolve_resume_checkpoint
+from .checkpoints import complete_checkpoints, resolve_resume_checkpoint, start_run, write_checkpoint_identity
 from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
 from .following import CalibrationPlan, WindowFollower, plan_calibrations
 from .guards import NonFiniteLossError, OutOfMemoryAdvice, is_out_of_memory, nonfinite_rows, out_of_memory_advice
@@ -684,6 +684,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
         aside, see :mod:`hf_divcl.checkpoints`) and turning out-of-memory failures into advice."""
         resume = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint,
                                            set_aside=self.is_world_process_zero())
+        # refuses a checkpoint trained on other data; records this run's id so a later resume never picks another's
+        self._run_id = start_run(self.args.output_dir, resume, self._data_identity(),
+                                 write=self.is_world_process_zero())
         try:
             return super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
         except Exception as err:
@@ -693,9 +696,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
             raise out_of_memory_advice(err, phase=self._phase, step=self.state.global_step,
                                        checkpoint=str(complete[-1]) if complete else None) from err
 
+    _run_id: str | None = None
+
+    def _data_identity(self) -> dict[str, Any]:
+        """What a checkpoint records about its training data (compared on resume, see :mod:`hf_divcl.checkpoints`)."""
+        ds = self.train_dataset
+        return {"data_fingerprint": getattr(ds, "_fingerprint", None),
+                "rows": len(ds) if hasattr(ds, "__len__") else None,
+                "columns": [c for c in getattr(ds, "column_names", None) or [] if c != ROW_ID_COLUMN]}
+
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         self.flush_bank()
+        if self.args.should_save and self._run_id is not None:
+            write_checkpoint_identity(folder, self._run_id, self._data_identity())
         if self.args.should_save and self.divcl_sampler is not None:
             state_dir = folder / STATE_DIR
             state_dir.mkdir(parents=True, exist_ok=True)

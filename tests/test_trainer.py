@@ -271,3 +271,39 @@ def test_on_infeasible_raise_from_the_arguments_reaches_the_planner(tiny_model_d
                            train_dataset=pairs(64))
     with pytest.raises(ValueError, match=r"window \[15\.800, 16\.000\] of effective_rank is not achievable"):
         trainer.train()
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_data_and_never_picks_an_earlier_runs_checkpoint(tiny_model_dir, tmp_path, caplog):
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.checkpoints import DATA_FILE
+
+    def trainer(data, **kw):
+        args = make_args(tmp_path, **{"save_strategy": "steps", "save_steps": 2, **kw})
+        return DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args, train_dataset=data)
+
+    out = tmp_path / "out"
+    first, other = pairs(128).select(range(64)), pairs(128).select(range(64, 128))  # same size, different rows
+    trainer(first, max_steps=4).train()
+    saved = json.loads((out / "checkpoint-4" / DATA_FILE).read_text())
+    changed = trainer(other, max_steps=4)
+    new_fp = changed._data_identity()["data_fingerprint"]
+    assert saved["rows"] == 64 and saved["data_fingerprint"] != new_fp
+    with pytest.raises(ValueError, match=rf"Cannot resume from .*checkpoint-4.*fingerprint {saved['data_fingerprint']}"
+                                         rf" \(64 rows.*this training set has fingerprint {new_fp} \(64 rows"):
+        changed.train(resume_from_checkpoint=True)
+
+    # a new run in the same output_dir that saves nothing: resume=True must not pick the first run's checkpoints
+    trainer(other, max_steps=1, save_strategy="no").train()
+    with pytest.raises(ValueError, match=r"checkpoint-2, checkpoint-4\) were left by an earlier run"):
+        trainer(other, max_steps=4).train(resume_from_checkpoint=True)
+    # ... and when it does save, resume=True takes its own checkpoint, not the earlier run's newer one
+    trainer(other, max_steps=2).train()
+    resumed = trainer(other, max_steps=3)
+    with caplog.at_level("WARNING", logger="hf_divcl.checkpoints"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "Ignoring checkpoint-4" in caplog.text and resumed.state.global_step == 3
+    assert json.loads((out / "checkpoint-3" / DATA_FILE).read_text())["data_fingerprint"] == new_fp
+    # the earlier run stays resumable by its path, with its own data
+    trainer(first, max_steps=4).train(resume_from_checkpoint=str(out / "checkpoint-4"))
