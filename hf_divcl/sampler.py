@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -46,8 +48,15 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         batch_size (`int`): per-device batch size.
         drop_last (`bool`): drop rows that do not fill a last (global) batch.
         valid_label_columns, generator, seed: as in :class:`DefaultBatchSampler`.
-        bank (`EmbeddingBank` or `torch.Tensor` of shape `(N, d)`, *optional*): one embedding per row. Without
-            one, the dataset's first text column is encoded once with the packaged all-MiniLM-L6-v2 (cached).
+        bank (`EmbeddingBank` or `torch.Tensor` of shape `(N, d)`): one embedding per row, from the model you
+            train (e.g. ``EmbeddingBank.from_reference(model, [anchors, positives])``: with a second view,
+            ``window="auto"`` calibrates on the real pairs). Required unless ``default_model`` is set.
+        default_model (`bool` or `str`, *optional*, defaults to `False`): without a bank, encode the first two text
+            columns (anchors, positives) with this model (``True``: the packaged all-MiniLM-L6-v2) once, cached on
+            disk by model and data fingerprints (``HF_DIVCL_CACHE`` or ``~/.cache/hf_divcl/banks``). Batches are then
+            planned from *that* model's geometry, not the one being trained.
+        positives (`torch.Tensor` of shape `(N, d)`, *optional*): the positives' embeddings, for ``window="auto"``
+            when ``bank`` is a tensor (an `EmbeddingBank` with two views already has them).
         window (:class:`DiversityWindow`, `str`, or `None`): the target; ``"auto"`` (default) calibrates it on the
             bank at `temperature`.
         builder (`str`, class or :class:`BatchBuilder`): ``"greedy"`` (default), ``"pool"``, ``"cluster"``,
@@ -78,12 +87,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         processes: int | None = None,
         on_infeasible: str = "closest",
         dedupe: bool = True,
+        default_model: bool | str = False,
+        positives: torch.Tensor | None = None,
     ) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         opts = {"bank": bank, "window": window, "builder": builder, "builder_kwargs": builder_kwargs,
                 "temperature": temperature, "processes": processes, "on_infeasible": on_infeasible,
-                "dedupe": dedupe}
+                "dedupe": dedupe, "default_model": default_model, "positives": positives}
         for key, value in self._defaults.items():  # options bound by configure()
             opts[key] = value
         self.dataset = dataset
@@ -96,6 +107,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._bank = opts["bank"]
         self._window = opts["window"]
         self._dedupe = opts["dedupe"]
+        self._default_model = opts["default_model"]
+        self._positives = opts["positives"]
         self._groups: torch.Tensor | None = None
         self._plan: tuple[int, EpochPlan] | None = None
         self._skip = 0  # batches to skip at the start of the current epoch (resume)
@@ -107,6 +120,13 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                              f"dataset ({self.num_rows} rows).")
         if isinstance(self._window, str) and self._window != "auto":
             self._window = DiversityWindow.parse(self._window)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DiversityWindowBatchSampler:
+        # sentence-transformers calls `batch_sampler(dataset, batch_size=..., ...)` for every data loader; an
+        # instance would otherwise be ignored silently (one row per batch, loss 0)
+        raise TypeError("batch_sampler= got a DiversityWindowBatchSampler *instance*; sentence-transformers builds "
+                        "one per data loader from a class. Pass the class: batch_sampler=DiversityWindowBatchSampler"
+                        ".configure(bank=..., window=...).")
 
     @classmethod
     def configure(cls, **options: Any) -> type[DiversityWindowBatchSampler]:
@@ -137,26 +157,45 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                 and getattr(feats.get(c), "dtype", None) in ("string", "large_string")]
         return cols
 
-    def _default_bank(self) -> torch.Tensor:
-        from .models import load_sentence_transformer
+    def _default_bank(self):
+        from .bank import EmbeddingBank
+        from .models import DEFAULT_TEXT_MODEL, load_sentence_transformer
 
         cols = self._text_columns()
+        how = ("build one from the model you train, e.g. EmbeddingBank.from_reference(model, [ds['anchor'], "
+               "ds['positive']]), and pass DiversityWindowBatchSampler.configure(bank=...)")
+        if not self._default_model:
+            raise ValueError("DiversityWindowBatchSampler needs a bank (one embedding per row) to plan batches: "
+                             f"{how}; or configure(default_model=True) to encode the data with the packaged "
+                             f"{DEFAULT_TEXT_MODEL} (or default_model='path/to/model'). DivCLTrainer builds the bank "
+                             "from the model being trained by itself.")
         if not cols:
-            raise ValueError("DiversityWindowBatchSampler needs a `bank` for datasets without text columns "
-                             "(e.g. images): build one with EmbeddingBank.from_reference(...) and pass it via "
-                             "DiversityWindowBatchSampler.configure(bank=...).")
-        logger.warning("No bank given: encoding column %r of %d rows with all-MiniLM-L6-v2 to plan batches. Pass "
-                       "bank=... (DiversityWindowBatchSampler.configure) to use your own model.", cols[0],
-                       self.num_rows)
-        model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
-        emb = model.encode(self.dataset[cols[0]], convert_to_tensor=True, normalize_embeddings=True,
-                           show_progress_bar=True)
-        return emb.cpu().half()
+            raise ValueError(f"default_model needs text columns; this dataset has none ({self.dataset.column_names}): "
+                             f"{how}.")
+        name = DEFAULT_TEXT_MODEL if self._default_model is True else str(self._default_model)
+        cache = os.path.join(os.environ.get("HF_DIVCL_CACHE") or os.path.join(Path.home(), ".cache", "hf_divcl"),
+                             "banks")
+        logger.warning("No bank given (default_model=%r): encoding columns %s of %d rows with %s to plan batches "
+                       "(cached in %s). The batches follow that model's geometry, not the model you train.",
+                       self._default_model, cols[:2], self.num_rows, name, cache)
+        model = load_sentence_transformer(name, device="cpu")
+        return EmbeddingBank.from_reference(model, [list(self.dataset[c]) for c in cols[:2]], cache_dir=cache)
 
     def window(self) -> DiversityWindow | None:
         if self._window == "auto":
             x = self.embeddings()
-            cal = calibrate_window(x, self.global_batch_size, self.temperature, seed=self.seed)
+            positives = self._positives
+            if positives is None and getattr(self._bank, "num_views", 1) > 1:
+                positives = self._bank.all(view=1, dtype=torch.float32)
+            if positives is None:
+                logger.warning("window='auto' without the positives' embeddings: the anchors stand in as their own "
+                               "positives, so the calibration measures almost no gradient and the window is a guess. "
+                               "Pass an EmbeddingBank with anchors and positives (EmbeddingBank.from_reference(model, "
+                               "[anchors, positives])), positives=..., or an explicit window.")
+            elif positives.shape[0] != x.shape[0]:
+                raise ValueError(f"positives has {positives.shape[0]} rows but the bank has {x.shape[0]}.")
+            cal = calibrate_window(x.float(), self.global_batch_size, self.temperature, seed=self.seed,
+                                   positives=None if positives is None else positives.float())
             self._window = cal.window
             logger.info("calibrated window: %s", cal.format())
         return self._window
@@ -196,7 +235,20 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                               **(self.builder_kwargs if builder != "random" else {}))
             self.plan_seconds += time.perf_counter() - t0
             self._plan = (epoch, plan)
+            self._check_in_window(plan, epoch)
         return self._plan[1]
+
+    def _check_in_window(self, plan: EpochPlan, epoch: int) -> None:
+        """Say so (WARNING) when under half of an epoch's planned batches land inside the window."""
+        if plan.window is None or not len(plan.batches) or plan.in_window_fraction >= 0.5:
+            return
+        reach = (f"; batches of this data range over [{plan.achievable[0]:.3g}, {plan.achievable[1]:.3g}]"
+                 if plan.achievable else "")
+        logger.warning("Epoch %d: only %.0f%% of the %d planned batches are inside the window %s ∈ [%.3g, %.3g]%s. "
+                       "The diversity window is mostly not applied: calibrate it on this data with the model you "
+                       "train (window='auto' with a bank holding anchors and positives), widen it, or try another "
+                       "builder (greedy with a larger m, pool, cluster).", epoch, 100 * plan.in_window_fraction,
+                       len(plan.batches), plan.window.metric, plan.window.low, plan.window.high, reach)
 
     def local_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Global batches split into ``processes`` consecutive local batches of ``batch_size``."""
