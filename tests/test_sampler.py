@@ -216,8 +216,8 @@ def test_sampler_reads_an_embedding_bank(data):
 
 
 @pytest.mark.slow
-def test_plain_class_drop_in_trains_minilm_on_wordnet(tmp_path):
-    """`batch_sampler=DiversityWindowBatchSampler` unchanged: the bank comes from the packaged MiniLM."""
+def test_default_model_drop_in_trains_minilm_on_wordnet(tmp_path, monkeypatch):
+    """`configure(default_model=True)`: the bank (anchors and positives) comes from the packaged MiniLM, cached."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
@@ -228,7 +228,9 @@ def test_plain_class_drop_in_trains_minilm_on_wordnet(tmp_path):
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=16, learning_rate=5e-5,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, batch_sampler=DiversityWindowBatchSampler)
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+        batch_sampler=DiversityWindowBatchSampler.configure(default_model=True))
+    monkeypatch.setenv("HF_DIVCL_CACHE", str(tmp_path / "cache"))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
                                          loss=MultipleNegativesRankingLoss(model))
     before = next(model.parameters()).detach().clone()
@@ -236,6 +238,69 @@ def test_plain_class_drop_in_trains_minilm_on_wordnet(tmp_path):
     sampler = trainer.get_train_dataloader().batch_sampler
     assert isinstance(sampler, DiversityWindowBatchSampler)
     assert isinstance(sampler.window(), DiversityWindow) and 0 <= sampler.plan().in_window_fraction <= 1
+    assert sampler._bank.num_views == 2 and sampler._bank.source == "cache"  # encoded once, then from the cache
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 3 and all(0 < x < 10 for x in losses)
     assert not torch.equal(before, next(model.parameters()).detach())
+
+
+def _tiny_trainer(tiny_model_dir, tmp_path, batch_sampler):
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(tiny_model_dir, device="cpu")
+    ds = Dataset.from_dict({"anchor": [f"word {i}" for i in range(32)], "positive": [f"gloss {i}" for i in range(32)]})
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8,
+                                                report_to=[], save_strategy="no", use_cpu=True,
+                                                batch_sampler=batch_sampler)
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                      loss=MultipleNegativesRankingLoss(model))
+
+
+def test_a_sampler_instance_instead_of_the_class_is_a_clear_error(data, tiny_model_dir, tmp_path):
+    instance = sampler(data)
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, batch_sampler=instance)
+    with pytest.raises(TypeError, match=r"got a DiversityWindowBatchSampler \*instance\*.*Pass the class"):
+        trainer.train()
+
+
+def test_no_bank_and_no_default_model_asks_for_a_bank(tiny_model_dir, tmp_path):
+    trainer = _tiny_trainer(tiny_model_dir, tmp_path, batch_sampler=DiversityWindowBatchSampler)
+    with pytest.raises(ValueError, match=r"needs a bank .*EmbeddingBank\.from_reference.*default_model=True"):
+        trainer.train()
+
+
+def test_auto_window_is_calibrated_on_the_real_positives(data):
+    from hf_divcl.bank import EmbeddingBank
+    from hf_divcl.window import calibrate_window
+
+    ds, anchors = data
+    gen = torch.Generator().manual_seed(1)
+    positives = F.normalize(anchors.float() + 0.3 * torch.randn(anchors.shape, generator=gen), dim=-1)
+    bank = EmbeddingBank(len(ds), anchors.shape[1], num_views=2)
+    bank.update(torch.arange(len(ds)), torch.stack([anchors, positives], 1), step=0)
+    s = DiversityWindowBatchSampler.configure(bank=bank, window="auto", processes=1)(ds, batch_size=16,
+                                                                                      drop_last=False, seed=3)
+    x = bank.all(view=0, dtype=torch.float32)
+    paired = calibrate_window(x, 16, 0.05, seed=3, positives=bank.all(view=1, dtype=torch.float32))
+    assert s.window() == paired.window
+    by_tensor = DiversityWindowBatchSampler.configure(bank=anchors, positives=positives, window="auto", processes=1)(
+        ds, batch_size=16, drop_last=False, seed=3)
+    assert by_tensor.window() == calibrate_window(anchors.float(), 16, 0.05, seed=3, positives=positives).window
+
+
+def test_few_planned_batches_in_the_window_is_a_warning_that_says_what_to_do(data, caplog):
+    s = sampler(data, window=DiversityWindow(9.0, 9.02))  # inside the reachable range, but a sliver
+    with caplog.at_level("WARNING", logger="hf_divcl.sampler"):
+        plan = s.plan()
+    assert plan.in_window_fraction < 0.5
+    assert f"only {100 * plan.in_window_fraction:.0f}% of the {len(plan.batches)} planned batches" in caplog.text
+    assert "calibrate it on this data" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_divcl.sampler"):
+        sampler(data, window=DiversityWindow(1, 16)).plan()
+    assert "planned batches" not in caplog.text
