@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "contrastive_loss": "losses",
     "EmbeddingBank": "bank",
     "DiversityLogger": "callbacks",
+    "DiversityCallback": "callbacks",
     "CollapseError": "callbacks",
     "read_diversity_log": "callbacks",
     "plan_epoch": "builders",
@@ -50,6 +51,7 @@ __all__ = [
     "DivCLDataCollator",
     "DivCLTrainer",
     "DivCLTrainingArguments",
+    "DiversityCallback",
     "DiversityLogger",
     "DiversityWindow",
     "DiversityWindowBatchSampler",
@@ -76,7 +78,7 @@ __all__ = [
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .bank import EmbeddingBank
     from .builders import duplicate_groups, plan_epoch
-    from .callbacks import CollapseError, DiversityLogger, read_diversity_log
+    from .callbacks import CollapseError, DiversityCallback, DiversityLogger, read_diversity_log
     from .card import write_model_card
     from .collator import DivCLDataCollator, MegaBatchSelector
     from .hub import push_to_hub

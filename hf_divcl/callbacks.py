@@ -10,6 +10,7 @@ effective rank stays below a threshold for ``patience`` consecutive steps.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -20,12 +21,13 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
 from .spectral import batch_diversity, gradient_bands
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "CollapseError", "DiversityLogger", "read_diversity_log"]
+__all__ = ["PREFIX", "CollapseError", "DiversityCallback", "DiversityLogger", "read_diversity_log"]
 
 PREFIX = "divcl/"
 _STEP_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine")
@@ -197,3 +199,124 @@ class DiversityLogger(TrainerCallback):
         with self.log_file.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
             fh.flush()
+
+
+class DiversityCallback(DiversityLogger):
+    """hf_divcl's diagnostics for an *unchanged* ``SentenceTransformerTrainer`` (or any Trainer of a
+    sentence-transformers model): the batch geometry, exact per-anchor InfoNCE gradient norms against their bands,
+    the collapse alarm, ``diversity_log.jsonl`` and, at the end, the card plots — without changing how batches are
+    built or how the loss is computed.
+
+        >>> trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss,
+        ...                                      callbacks=[DiversityCallback(temperature=1 / loss.scale)])
+
+    A forward hook on the model captures the ``sentence_embedding`` of each training forward pass (nothing is
+    recomputed): the first ``per_device_train_batch_size`` rows are the step's anchors, the next as many its
+    positives (the column order of sentence-transformers losses, including the cached ones). A step that captured
+    fewer rows (the last, partial batch of an epoch) is not measured. With several processes each process measures
+    its own local batch and the main process logs its own.
+
+    The ``divcl/*`` keys go into every logging step's record — so the console, ``state.log_history`` and every
+    ``report_to`` backend see them — and into ``output_dir/diversity_log.jsonl``; ``diversity_trajectory.png``
+    and ``gradient_bands.png`` are written to ``output_dir`` when training ends (with matplotlib installed).
+
+    Args:
+        temperature (`float`, *optional*, defaults to 0.05): τ of the loss (``1 / scale`` of
+            MultipleNegativesRankingLoss, whose default scale 20 is τ = 0.05), for the gradient norms and bands.
+        window (:class:`~hf_divcl.window.DiversityWindow` or `str`, *optional*): a window (``"low:high"`` or
+            ``"metric:low:high"``) whose hit rate to report (``divcl/in_window_fraction``).
+        log_file (`str`, *optional*, defaults to `"diversity_log.jsonl"`): in ``output_dir``; ``None`` disables it.
+        plots (`bool`, *optional*, defaults to `True`): write the two plots at the end of training.
+        collapse_threshold, collapse_patience, collapse_action, log_bands: as in :class:`DiversityLogger`.
+    """
+
+    def __init__(self, *, temperature: float = 0.05, window: Any = None, log_file: str | None = "diversity_log.jsonl",
+                 plots: bool = True, log_bands: bool = True, collapse_threshold: float = 1.5,
+                 collapse_patience: int = 20, collapse_action: str = "warn") -> None:
+        from .window import DiversityWindow
+
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}.")
+        if isinstance(window, str):
+            window = DiversityWindow.parse(window)
+        if window is not None and not isinstance(window, DiversityWindow):
+            raise ValueError(f"window must be a DiversityWindow or 'low:high', got {window!r}.")
+        super().__init__(metric=window.metric if window is not None else "effective_rank", log_bands=log_bands,
+                         log_file=None, collapse_threshold=collapse_threshold, collapse_patience=collapse_patience,
+                         collapse_action=collapse_action)
+        self.window = window
+        self.temperature = float(temperature)
+        self.log_file_name = log_file
+        self.plots = plots
+        self._captured: list[torch.Tensor] = []
+        self._hook = None
+        self._pending: dict[str, float] = {}
+
+    # -- wiring ----------------------------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, **kwargs):
+        # The Trainer hands `on_log` to callbacks in order and the `report_to` integrations come before the user's
+        # callbacks, so they would never see the divcl/* keys. Move this callback right after DefaultFlowCallback:
+        # the caller of this event is the Trainer's CallbackHandler (`call_event`), read from the calling frame.
+        frame = inspect.currentframe()
+        handler = frame.f_back.f_locals.get("self") if frame is not None and frame.f_back is not None else None
+        if isinstance(handler, CallbackHandler) and self in handler.callbacks:
+            handler.callbacks.remove(self)
+            first = [i for i, cb in enumerate(handler.callbacks) if isinstance(cb, DefaultFlowCallback)]
+            handler.callbacks.insert(first[0] + 1 if first else 0, self)
+        else:
+            logger.warning("DiversityCallback could not place itself before the report_to integrations; the divcl/* "
+                           "keys still reach diversity_log.jsonl and state.log_history.")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.is_main_process = state.is_world_process_zero
+        self.log_file = Path(args.output_dir, self.log_file_name) if self.log_file_name else None
+        if model is None:
+            raise ValueError("DiversityCallback needs the Trainer's model to capture the embeddings.")
+        if self._hook is None:
+            self._hook = model.register_forward_hook(self._capture_hook)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.plots and self.is_main_process and self.log_file is not None and self.log_file.is_file():
+            try:
+                from .card import BANDS_PNG, TRAJECTORY_PNG, plot_diversity_trajectory, plot_gradient_bands
+            except ImportError as err:  # matplotlib is the optional `plot` extra
+                logger.warning("DiversityCallback: no plots (%s); pip install 'hf_divcl[plot]'.", err)
+                return
+            records = read_diversity_log(self.log_file)
+            if records:
+                plot_diversity_trajectory(records, Path(args.output_dir, TRAJECTORY_PNG), metric=self.metric)
+                plot_gradient_bands(records, Path(args.output_dir, BANDS_PNG))
+
+    def _capture_hook(self, module, inputs, output) -> None:
+        if module.training and isinstance(output, dict) and "sentence_embedding" in output:
+            self._captured.append(output["sentence_embedding"].detach())
+
+    # -- per step --------------------------------------------------------------------------------------------
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._captured.clear()
+        super().on_step_begin(args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        n = args.per_device_train_batch_size
+        flat = torch.cat(self._captured) if self._captured else None
+        self._captured.clear()
+        if flat is not None and flat.shape[0] >= 2 * n and n >= 2:
+            anchors, positives = torch.nn.functional.normalize(flat[:2 * n].float(), dim=-1).split(n)
+            self.record(anchors, positives, self.temperature)
+        super().on_step_end(args, state, control, **kwargs)
+        if control.should_log:
+            self._pending = self.summary(step=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._pending and logs is not None and "loss" in logs:
+            logs.update(self._pending)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(self._pending)
+            self.write({"step": state.global_step, "epoch": state.epoch, **logs})
+            self._pending = {}
+        return super().on_log(args, state, control, logs=logs, **kwargs)

@@ -1,0 +1,61 @@
+"""DiversityCallback: hf_divcl's diagnostics in an unchanged SentenceTransformerTrainer."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from hf_divcl.callbacks import DiversityCallback, read_diversity_log
+
+
+def plain_trainer(tiny_model_dir, tmp_path, callback, **kw):
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    model = SentenceTransformer(tiny_model_dir, device="cpu")
+    ds = Dataset.from_dict({"anchor": [f"word {i} of kind {i % 7}" for i in range(64)],
+                            "positive": [f"meaning {i * 5 % 11} of item {i}" for i in range(64)]})
+    args = SentenceTransformerTrainingArguments(**{
+        "output_dir": str(tmp_path / "out"), "max_steps": 5, "per_device_train_batch_size": 8, "learning_rate": 1e-3,
+        "logging_steps": 2, "report_to": [], "save_strategy": "no", "use_cpu": True, "disable_tqdm": True, **kw})
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                      loss=MultipleNegativesRankingLoss(model), callbacks=[callback])
+
+
+def test_callback_logs_geometry_bands_and_plots_from_an_unchanged_trainer(tiny_model_dir, tmp_path):
+    cb = DiversityCallback(window="effective_rank:1:6")
+    trainer = plain_trainer(tiny_model_dir, tmp_path, cb)
+    assert trainer.callback_handler.callbacks.index(cb) == 1  # right after DefaultFlowCallback, before report_to
+    trainer.train()
+    log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
+    assert [r["step"] for r in log] == [2, 4, 5]  # every logging step, and the last one
+    for r in log:
+        assert "loss" in r and 1.0 <= r["divcl/effective_rank"] <= 8.0
+        assert r["divcl/global_batch_size"] == 8 and r["divcl/temperature"] == pytest.approx(0.05)
+        assert r["divcl/band_inside_fraction"] == 1.0  # exact norms always inside their bands
+        assert r["divcl/grad_norm_p10"] <= r["divcl/grad_norm_p50"] <= r["divcl/grad_norm_p90"]
+        assert 0.0 <= r["divcl/in_window_fraction"] <= 1.0 and r["divcl/window_high"] == 6.0
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert all("divcl/effective_rank" in h for h in history)
+    for png in ("diversity_trajectory.png", "gradient_bands.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000
+    assert not trainer.model._forward_hooks  # the hook is gone after training
+
+
+def test_collapse_alarm_stops_an_unchanged_trainer(tiny_model_dir, tmp_path):
+    cb = DiversityCallback(collapse_threshold=100.0, collapse_patience=2, collapse_action="stop", plots=False)
+    trainer = plain_trainer(tiny_model_dir, tmp_path, cb, max_steps=8, logging_steps=2)
+    trainer.train()
+    log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
+    assert cb.alarm and log[-1]["divcl/collapse_alarm"] == 1.0 and trainer.state.global_step == 2
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        DiversityCallback(temperature=0)
+    with pytest.raises(ValueError, match="collapse_action"):
+        DiversityCallback(collapse_action="panic")
