@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, PrinterCallback, ProgressCallback
 
 from .spectral import batch_diversity, gradient_bands
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "CollapseError", "DiversityCallback", "DiversityLogger", "read_diversity_log"]
+__all__ = ["PREFIX", "CollapseError", "DiversityCallback", "DiversityLogger", "format_log_line", "read_diversity_log",
+           "use_readable_console"]
 
 PREFIX = "divcl/"
 _STEP_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine")
@@ -46,6 +47,78 @@ def read_diversity_log(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def format_log_line(logs: dict[str, Any], step: int, max_steps: int, metric: str = "effective_rank") -> str | None:
+    """One line a person can follow for a training log with ``divcl/*`` keys (``None`` for any other log):
+    loss, learning rate, the batch diversity against the window and the share of batches inside it, the median
+    per-anchor gradient norm against its band, seconds per step, and the collapse alarm when it fires."""
+    if "loss" not in logs or not any(k.startswith(PREFIX) for k in logs):
+        return None
+
+    def num(key: str) -> float | None:
+        v = logs.get(key)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    parts = [f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}", f"loss {logs['loss']:.4g}"]
+    if num("learning_rate") is not None:
+        parts.append(f"lr {num('learning_rate'):.2g}")
+    value, low, high = num(PREFIX + metric), num(PREFIX + "window_low"), num(PREFIX + "window_high")
+    if value is not None:
+        name = "eff. rank" if metric == "effective_rank" else metric.replace("_", " ")
+        text = f"{name} {value:.3g}"
+        if low is not None and high is not None:
+            frac = num(PREFIX + "in_window_fraction")
+            text += f" (window {low:.3g}–{high:.3g}" + (f", {frac:.0%} of batches in)" if frac is not None else ")")
+        parts.append(text)
+    g, lo_band, hi_band = (num(PREFIX + k) for k in ("grad_norm_p50", "band_lower_mean", "band_upper_mean"))
+    if g is not None:
+        parts.append(f"‖∇‖ {g:.3g}" + (f" (band {lo_band:.2g}–{hi_band:.3g})" if lo_band is not None and
+                                         hi_band is not None else ""))
+    if num(PREFIX + "step_seconds") is not None:
+        parts.append(f"{num(PREFIX + 'step_seconds'):.2g} s/step")
+    if num(PREFIX + "collapse_alarm"):
+        parts.append("COLLAPSE ALARM (see the warning)")
+    return " · ".join(parts)
+
+
+class _ReadableProgress(ProgressCallback):
+    """The Trainer's progress bar, printing :func:`format_log_line` for training logs (the full record still
+    goes to ``report_to``, ``state.log_history`` and ``diversity_log.jsonl``)."""
+
+    metric = "effective_rank"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = format_log_line(logs or {}, state.global_step, state.max_steps, self.metric)
+        if line is None:
+            return super().on_log(args, state, control, logs=logs, **kwargs)
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(line)
+
+
+class _ReadablePrinter(PrinterCallback):
+    """:class:`PrinterCallback` (``disable_tqdm=True``) printing :func:`format_log_line` for training logs."""
+
+    metric = "effective_rank"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = format_log_line(logs or {}, state.global_step, state.max_steps, self.metric)
+        if line is None:
+            return super().on_log(args, state, control, logs=logs, **kwargs)
+        if state.is_local_process_zero:
+            print(line)
+
+
+def use_readable_console(handler: CallbackHandler, metric: str = "effective_rank") -> None:
+    """Swap the Trainer's console callback (progress bar or printer) for one that prints one short line per
+    training log instead of the dict of every key."""
+    for i, cb in enumerate(handler.callbacks):
+        new_cls = {ProgressCallback: _ReadableProgress, PrinterCallback: _ReadablePrinter}.get(type(cb))
+        if new_cls is not None:
+            new = new_cls.__new__(new_cls)
+            new.__dict__.update(cb.__dict__)
+            new.metric = metric
+            handler.callbacks[i] = new
 
 
 class DiversityLogger(TrainerCallback):
@@ -264,6 +337,7 @@ class DiversityCallback(DiversityLogger):
             handler.callbacks.remove(self)
             first = [i for i, cb in enumerate(handler.callbacks) if isinstance(cb, DefaultFlowCallback)]
             handler.callbacks.insert(first[0] + 1 if first else 0, self)
+            use_readable_console(handler, self.metric)
         else:
             logger.warning("DiversityCallback could not place itself before the report_to integrations; the divcl/* "
                            "keys still reach diversity_log.jsonl and state.log_history.")

@@ -310,6 +310,8 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     is_main = int(os.environ.get("RANK", "0")) == 0
     train, test, desc = load_data(cfg, args.seed)
     model, base = load_model(cfg, args.output_dir, args.seed)
+    if cfg.run_evaluation and is_main:
+        print(f"evaluating the starting model on {len(test)} held-out rows ...", flush=True)
     before = evaluate_model(cfg, model, train, test) if cfg.run_evaluation and is_main else {}
     card_data = getattr(model, "model_card_data", None)
     if card_data is not None:
@@ -321,6 +323,8 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     trainer.save_model(args.output_dir)
     if not trainer.is_world_process_zero():
         return {"main_process": False, "steps": trainer.state.global_step}
+    if cfg.run_evaluation:
+        print(f"evaluating the fine-tuned model on {len(test)} held-out rows ...", flush=True)
     after = evaluate_model(cfg, model, train, test) if cfg.run_evaluation else {}
     summary: dict[str, Any] = {"task": cfg.task, "base_model": base, "dataset_name": cfg.data_name(), "data": desc,
                                "train_rows": len(train),
@@ -337,9 +341,8 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     elif cfg.write_card:
         from .card import write_model_card
 
-        skip = ("_seconds", "_pairs", "_skipped", "_size", "knn_k")
         evaluation = {k: (before.get(k), after.get(k)) for k in dict.fromkeys([*before, *after])
-                      if not k.endswith(skip) and k != "seconds"}
+                      if not k.endswith(_BOOKKEEPING) and k != "seconds"}
         usage = list(test["anchor"][:2]) if cfg.task == "text" else None
         card = write_model_card(out, model=model, base_model=base, dataset=desc, train_rows=len(train),
                                 repo_id=cfg.push_repo_id, evaluation=evaluation, usage_inputs=usage,
@@ -350,6 +353,27 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
 
         summary["pushed"] = push_to_hub(out, cfg.push_repo_id, endpoint=cfg.hub_endpoint)
     return summary
+
+
+_BOOKKEEPING = ("_seconds", "_pairs", "_skipped", "_size", "knn_k")  # evaluation keys that are not quality
+
+
+def _batches_line(out: Path) -> str | None:
+    """What the run's batches were: the window and the share of logged training batches inside it."""
+    from .callbacks import read_diversity_log
+
+    info = json.loads((out / "divcl_window.json").read_text()) if (out / "divcl_window.json").is_file() else {}
+    window = info.get("window") or {}
+    log = out / "diversity_log.jsonl"
+    fractions = [r["divcl/in_window_fraction"] for r in (read_diversity_log(log) if log.is_file() else [])
+                 if isinstance(r.get("divcl/in_window_fraction"), (int, float))]
+    if window.get("low") is None:
+        return f"batches: {info['decision']} ({info.get('reason', '')})" if info.get("decision") else None
+    line = (f"diversity window: {window.get('metric', 'effective_rank')} ∈ [{window['low']:.3g}, "
+            f"{window['high']:.3g}] ({info.get('builder', '?')} builder)")
+    if fractions:
+        line += f"; {sum(fractions) / len(fractions):.0%} of the logged training batches inside it"
+    return line
 
 
 def main(argv: list[str] | None = None, default_config: str | None = None) -> int:
@@ -366,10 +390,15 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
     if summary.get("main_process") is False:
         return 0  # the main process evaluates, writes the card and reports (only it knows whether that worked)
     print(f"data: {summary['data']} ({summary['train_rows']} training rows, {summary['eval_rows']} held out)")
-    if summary.get("before") is not None:
-        for key in summary.get("after", {}):
+    line = _batches_line(Path(args.output_dir))
+    if line:
+        print(line)
+    quality = [k for k in summary.get("after", {}) if not k.endswith(_BOOKKEEPING) and k != "seconds"]
+    if quality:
+        print("held-out quality, before → after fine-tuning:")
+        for key in quality:
             b, a = summary["before"].get(key), summary["after"][key]
-            print(f"{key:32s} {b if b is None else round(b, 4)!s:>10} → {round(a, 4)}")
+            print(f"  {key:28s} {'–' if b is None else f'{b:.4g}':>8} → {a:.4g}")
     written = ["model", *(["card"] if "card" in summary else []),
                *(["diversity log"] if Path(args.output_dir, "diversity_log.jsonl").is_file() else [])]
     print(f"done in {summary['seconds']:.0f} s: {', '.join(written)} in {args.output_dir}")

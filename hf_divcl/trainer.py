@@ -31,7 +31,7 @@ from sentence_transformers.base.sampler import BatchSamplers
 from transformers import TrainerCallback
 
 from .bank import EmbeddingBank
-from .callbacks import PREFIX, DiversityLogger
+from .callbacks import PREFIX, DiversityLogger, use_readable_console
 from .checkpoints import complete_checkpoints, resolve_resume_checkpoint, start_run, write_checkpoint_identity
 from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
 from .following import CalibrationPlan, WindowFollower, plan_calibrations
@@ -273,6 +273,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             is_main_process=self.is_world_process_zero())
         self.add_callback(self.diversity)
         self.add_callback(_DivCLControl(self))
+        use_readable_console(self.callback_handler, self.diversity.metric)  # one short console line per log
         if self.calibration_plan is not None and self.calibration_plan.steps:
             self.follower = WindowFollower(self, self.calibration_plan)
             self.add_callback(self.follower)

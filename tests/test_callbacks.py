@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from hf_divcl.callbacks import DiversityCallback, read_diversity_log
+from hf_divcl.callbacks import DiversityCallback, format_log_line, read_diversity_log
 
 
 def plain_trainer(tiny_model_dir, tmp_path, callback, **kw):
@@ -26,7 +26,7 @@ def plain_trainer(tiny_model_dir, tmp_path, callback, **kw):
                                       loss=MultipleNegativesRankingLoss(model), callbacks=[callback])
 
 
-def test_callback_logs_geometry_bands_and_plots_from_an_unchanged_trainer(tiny_model_dir, tmp_path):
+def test_callback_logs_geometry_bands_and_plots_from_an_unchanged_trainer(tiny_model_dir, tmp_path, capsys):
     cb = DiversityCallback(window="effective_rank:1:6")
     trainer = plain_trainer(tiny_model_dir, tmp_path, cb)
     assert trainer.callback_handler.callbacks.index(cb) == 1  # right after DefaultFlowCallback, before report_to
@@ -44,6 +44,21 @@ def test_callback_logs_geometry_bands_and_plots_from_an_unchanged_trainer(tiny_m
     for png in ("diversity_trajectory.png", "gradient_bands.png"):
         assert (tmp_path / "out" / png).stat().st_size > 10_000
     assert not trainer.model._forward_hooks  # the hook is gone after training
+    console = capsys.readouterr().out
+    assert "step 4/5 · loss " in console and "eff. rank " in console and "'divcl/" not in console
+
+
+def test_console_line_is_short_and_says_what_matters():
+    record = {"loss": 2.01234, "learning_rate": 4.2e-5, "grad_norm": 3.0, "epoch": 0.5,
+              "divcl/effective_rank": 18.31, "divcl/window_low": 16.6, "divcl/window_high": 23.9,
+              "divcl/in_window_fraction": 0.6, "divcl/grad_norm_p50": 3.21, "divcl/band_lower_mean": 0.37,
+              "divcl/band_upper_mean": 32.7, "divcl/step_seconds": 1.93,
+              **{f"divcl/other_{i}": float(i) for i in range(25)}}
+    line = format_log_line(record, 20, 60)
+    assert line == ("step 20/60 · loss 2.012 · lr 4.2e-05 · eff. rank 18.3 (window 16.6–23.9, 60% of batches in) "
+                    "· ‖∇‖ 3.21 (band 0.37–32.7) · 1.9 s/step")
+    assert format_log_line({**record, "divcl/collapse_alarm": 1.0}, 20, 60).endswith("COLLAPSE ALARM (see the warning)")
+    assert format_log_line({"train_runtime": 9.0, "train_loss": 2.0}, 60, 60) is None  # other logs: unchanged
 
 
 def test_collapse_alarm_stops_an_unchanged_trainer(tiny_model_dir, tmp_path):

@@ -115,7 +115,8 @@ def test_run_shorter_than_logging_steps_logs_its_last_step_and_writes_the_card(t
     log = read_diversity_log(out / "diversity_log.jsonl")
     assert [r["step"] for r in log] == [3] and log[0]["divcl/effective_rank"] > 0 and "loss" in log[0]
     assert "](diversity_trajectory.png)" in (out / "README.md").read_text()
-    assert "done in" in capsys.readouterr().out
+    console = capsys.readouterr().out
+    assert "done in" in console and "step 3/3 · loss " in console and "'divcl/" not in console
 
 
 def test_own_data_is_named_after_the_file_or_dataset_name_never_wordnet(tiny_model_dir, tmp_path, capsys):
