@@ -125,6 +125,34 @@ def _metadata(model, tags: Sequence[str]) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).strip()
 
 
+def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The batch policy for the card: with ``window="progress"``, each calibration's decision and its evidence
+    (from ``divcl_calibrations.jsonl``)."""
+    rows = []
+    path = out / "divcl_calibrations.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                c = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            best = max(c.get("levels") or [{}], key=lambda r: r.get("gain_vs_random", float("-inf")) or 0.0)
+            w = c.get("window") or {}
+            rows.append({"step": c.get("step"), "decision": c.get("decision", "?"),
+                         "window": f"[{_fmt(w.get('low'))}, {_fmt(w.get('high'))}]" if w else "random batches",
+                         "best_level": best.get("level", "–"), "gain": _fmt(best.get("gain_vs_random"), 3),
+                         "interval": f"[{_fmt(best.get('ci_low'), 3)}, {_fmt(best.get('ci_high'), 3)}]"
+                         if best else "–", "reason": c.get("reason", ""),
+                         "seconds": _fmt(c.get("wall_seconds"), 3)})
+    progress = info.get("policy") == "progress"
+    decision = info.get("decision", "window" if info.get("window") else "random")
+    why = info.get("reason", "")
+    summary = (f"Batches were random until a measured diversity level beat random batches. Final decision: "
+               f"{'a diversity window' if decision == 'window' else 'random batches'} — {why}." if progress else "")
+    return {"policy": info.get("policy", "fixed"), "policy_summary": summary, "calibrations": rows,
+            "random_batches": decision != "window"}
+
+
 def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dataset: str, train_rows: int,
                      repo_id: str | None = None, evaluation: dict[str, tuple[float | None, float | None]] | None = None,
                      evaluation_note: str = "", usage_inputs: Sequence[str] | None = None,
@@ -155,6 +183,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     run = json.loads((out / "divcl_run.json").read_text()) if (out / "divcl_run.json").is_file() else {}
     window = info.get("window") or {}
     metric = window.get("metric", "effective_rank")
+    policy = _policy_context(out, info)
     plot_diversity_trajectory(records, out / TRAJECTORY_PNG, metric=metric)
     plot_gradient_bands(records, out / BANDS_PNG)
 
@@ -199,7 +228,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
         "in_window_fraction": f"{in_window:.1%}" if math.isfinite(in_window) else "n/a",
         "calibration": curve, "trajectory_png": TRAJECTORY_PNG, "bands_png": BANDS_PNG,
         "trajectory_summary": trajectory_summary, "bands_summary": bands_summary,
-        "evaluation": eval_rows, "evaluation_note": evaluation_note,
+        "evaluation": eval_rows, "evaluation_note": evaluation_note, **policy,
     }
     env = ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
     env.filters["md"] = md_escape

@@ -289,7 +289,8 @@ class StepGain:
         d = self.direction(grads)
         if self.estimate == "first_order":
             gp = self.probe_gradient()
-            return self.lr * sum(float((a.double() * b.double()).sum()) for a, b in zip(d, gp, strict=True))
+            dots = torch.stack([(a * b).sum(dtype=torch.float64) for a, b in zip(d, gp, strict=True)])
+            return self.lr * dots.sum().item()  # one host sync per scored batch
         if self._probe_loss is None:
             self._probe_loss = self.probe_loss()
         saved = [p.detach().clone() for p in self.params]

@@ -181,6 +181,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                              f"{self.calibration_pairs}.")
         if not 0 < self.calibration_confidence < 1:
             raise ValueError(f"calibration_confidence must be in (0, 1), got {self.calibration_confidence}.")
+        if self.calibration_probe_rows and self.calibration_probe_rows < 2:
+            raise ValueError(f"calibration_probe_rows must be 0 (automatic) or >= 2 (a contrastive loss needs two "
+                             f"pairs), got {self.calibration_probe_rows}.")
         if not 0 <= self.recalibrate_early < 1:
             raise ValueError(f"recalibrate_early must be in [0, 1), got {self.recalibrate_early}.")
         every = str(self.recalibrate_every).strip().lower()

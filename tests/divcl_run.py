@@ -162,7 +162,8 @@ def main():
     args = DivCLTrainingArguments(
         output_dir=a.out, per_device_train_batch_size=a.batch, num_train_epochs=a.epochs, learning_rate=1e-3,
         logging_steps=2, save_steps=a.save_steps, save_strategy="steps", report_to=[], disable_tqdm=True,
-        collapse_threshold=0, builder=a.builder, bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
+        collapse_threshold=0, builder=a.builder, window="none" if a.builder == "random" else "auto",
+        bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
         bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)
     callbacks = [KillAt(a.kill_at)] if a.kill_at and (a.kill_rank is None or a.kill_rank == RANK) else []
     trainer = RecordingTrainer(model=model, args=args, train_dataset=ds, callbacks=callbacks)

@@ -45,23 +45,23 @@ def fixed_set_loss(model, ds, n=128) -> float:
 
 
 def make_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3,
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3, window="auto",
                 logging_steps=2, report_to=[], disable_tqdm=True, collapse_threshold=0,
                 bank_cache_dir=str(tmp_path / "cache"), save_strategy="no")
     base.update(kw)
     return DivCLTrainingArguments(**base)
 
 
-def test_default_trainer_trains_with_window_batches_and_logs_everything(tiny_model_dir, tmp_path):
+def test_gradient_window_trainer_trains_with_window_batches_and_logs_everything(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(tiny_model_dir, device="cpu")
     args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=12, logging_steps=3,
-                                  learning_rate=1e-3, report_to=[], disable_tqdm=True,
+                                  learning_rate=1e-3, report_to=[], disable_tqdm=True, window="auto",
                                   bank_cache_dir=str(tmp_path / "cache"))
     data = pairs()
     before = fixed_set_loss(model, data)
-    trainer = DivCLTrainer(model=model, args=args, train_dataset=data)  # no hf_divcl-specific argument
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert fixed_set_loss(model, data) < before
     log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")

@@ -19,7 +19,7 @@ from hf_divcl.vision import build_tiny_clip_sentence_transformer, build_tiny_vit
 
 
 def make_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), learning_rate=1e-3, logging_steps=2, report_to=[],
+    base = dict(output_dir=str(tmp_path / "out"), learning_rate=1e-3, window="auto", logging_steps=2, report_to=[],
                 disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"), save_strategy="no")
     base.update(kw)
     return DivCLTrainingArguments(**base)
