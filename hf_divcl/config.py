@@ -41,7 +41,8 @@ def _str2bool(value: str) -> bool:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--field-name`` option per dataclass field; defaults stay ``None`` so YAML can fill them."""
+    """Add one ``--field-name`` option (also spelled ``--field_name``, as ``hf-divcl train`` keys are) per dataclass
+    field; defaults stay ``None`` so YAML can fill them."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, _ = _unwrap_optional(hints[f.name])
@@ -59,7 +60,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs.update(type=_str2bool, nargs="?", const=True, metavar="BOOL")
         else:
             kwargs["type"] = tp
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+        flags = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + f.name])  # --batch-size and --batch_size
+        parser.add_argument(*flags, **kwargs)
 
 
 MAX_CONFIG_NODES = 10_000

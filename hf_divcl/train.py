@@ -12,6 +12,7 @@ overridden on the command line (``--max_steps 10``); unknown keys and wrong type
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import json
@@ -133,12 +134,14 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
         if key in types_:
             data[key] = _coerce(key, data[key], types_[key][1])
     for key, value in data.items():
+        where = f"command line (--{key})" if key in (overrides or {}) else source  # blame the right place
         if key not in types_:
             close = difflib.get_close_matches(key, list(types_), n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"{source}: unknown key {key!r}.{hint} Keys are RecipeConfig fields (task, model, data, "
-                             "...) or DivCLTrainingArguments / TrainingArguments fields.")
-        _check_type(key, value, types_[key][1], source)
+            raise ValueError(f"{where}: unknown key {key!r}.{hint} Keys are RecipeConfig fields (task, model, data, "
+                             "...) or DivCLTrainingArguments / TrainingArguments fields; `hf-divcl train --help` "
+                             "lists them.")
+        _check_type(key, value, types_[key][1], where)
     rec = {k: v for k, v in data.items() if types_[k][0] is RecipeConfig}
     targs = {k: v for k, v in data.items() if types_[k][0] is not RecipeConfig}
     targs.setdefault("output_dir", "outputs/divcl")
@@ -205,9 +208,8 @@ def _parse_cli(argv: list[str], default_config: str | None) -> tuple[str | None,
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            print("Keys:", ", ".join(sorted(_field_types())))
+        if arg in ("-h", "--help", "--help-all"):
+            print(help_text(all_keys=arg == "--help-all"))
             raise SystemExit(0)
         if not arg.startswith("--"):
             raise ValueError(f"Unexpected argument {arg!r}; use --config PATH and --key value overrides.")
@@ -225,6 +227,109 @@ def _parse_cli(argv: list[str], default_config: str | None) -> tuple[str | None,
             overrides[key] = _CliValue(value)
         i += 1
     return config, overrides
+
+
+def _source_fields(path: Path, class_name: str) -> list[tuple[str, str, str]]:
+    """``(name, help, default)`` of the fields a dataclass declares in ``path``, read from the source (no import:
+    the trainer module pulls in transformers, and ``--help`` should answer at once)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: list[tuple[str, str, str]] = []
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name == class_name):
+            continue
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(stmt.value, ast.Call)):
+                continue
+            kw = {k.arg: k.value for k in stmt.value.keywords}
+            help_, default = "", ast.unparse(kw["default"]) if "default" in kw else "?"
+            meta = kw.get("metadata")
+            if isinstance(meta, ast.Dict):
+                for k, v in zip(meta.keys, meta.values, strict=True):
+                    if isinstance(k, ast.Constant) and k.value == "help" and isinstance(v, ast.Constant):
+                        help_ = str(v.value)
+            out.append((stmt.target.id, help_, default))
+    return out
+
+
+def _key_lines(fields: list[tuple[str, str, str]]) -> list[str]:
+    import textwrap
+
+    lines = []
+    for name, help_, default in fields:
+        lines.append(f"  --{name} (default: {default})")
+        lines.extend(textwrap.wrap(help_, width=112, initial_indent="      ", subsequent_indent="      "))
+    return lines
+
+
+def help_text(all_keys: bool = False) -> str:
+    """``hf-divcl train --help``: the recipe and diversity-window keys with their help and defaults, read without
+    importing transformers; ``--help-all`` adds every TrainingArguments key (imports transformers)."""
+    recipe = [(f.name, f.metadata.get("help", ""), repr(f.default)) for f in dataclasses.fields(RecipeConfig)]
+    divcl = _source_fields(Path(__file__).with_name("trainer.py"), "DivCLTrainingArguments")
+    import textwrap
+
+    from .resources import packaged_recipes
+
+    about = ("Train with diversity-window batches, evaluate before and after, write the model card (and push). A "
+             "YAML config sets keys, the command line overrides them; keys may be written --max_steps or "
+             "--max-steps. Packaged recipes: " + ", ".join(packaged_recipes()) + ".")
+    parts = ["usage: hf-divcl train [--config PATH | RECIPE] [--key value ...]",
+             "       python recipes/text_wordnet.py [--key value ...]", "", *textwrap.wrap(about, width=118),
+             "", "Recipe keys (what to train on, evaluation, card):", *_key_lines(recipe), "",
+             "Diversity-window training keys (DivCLTrainingArguments):", *_key_lines(divcl), ""]
+    if all_keys:
+        from sentence_transformers import SentenceTransformerTrainingArguments
+
+        own = {name for name, _, _ in divcl}
+        rest = [(f.name, f.metadata.get("help", ""), repr(f.default))
+                for f in dataclasses.fields(SentenceTransformerTrainingArguments) if f.init and f.name not in own]
+        parts += ["sentence-transformers / transformers TrainingArguments keys:", *_key_lines(rest)]
+    else:
+        parts += textwrap.wrap("Every sentence-transformers / transformers TrainingArguments key works too "
+                               "(--max_steps, --learning_rate, --per_device_train_batch_size, --output_dir, ...); "
+                               "--help-all lists them.", width=118)
+    return "\n".join(parts)
+
+
+def _precheck_data(config: str | None, overrides: dict[str, Any]) -> None:
+    """Check a local data file and its columns before the heavy imports (a wrong column fails in a second)."""
+    raw: dict[str, Any] = {}
+    if config is not None:
+        try:
+            raw = safe_load_yaml(_find_config(Path(config)).read_text(encoding="utf-8"), str(config)) or {}
+        except (ValueError, FileNotFoundError):
+            return  # reported with context by load_recipe_config
+    raw = {**(raw if isinstance(raw, dict) else {}), **overrides}
+    task, data = str(raw.get("task", "text")), str(raw.get("data", "embedded"))
+    if task != "text" or data in ("embedded", "wordnet"):
+        return
+    path = Path(data)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {data!r} does not exist (data: 'embedded', 'wordnet' or a local "
+                                ".csv/.tsv/.jsonl/.parquet file of pairs).")
+    columns: list[str] | None = None
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        import csv
+
+        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+            columns = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), [])
+    elif suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+        try:
+            row = json.loads(first)
+            columns = list(row) if isinstance(row, dict) else None
+        except json.JSONDecodeError:
+            columns = None  # a JSON array file or a broken line: the full reader names the problem
+    if columns is None:
+        return
+    for key, default in (("anchor_column", "anchor"), ("positive_column", "positive")):
+        column = str(raw.get(key, default))
+        if column not in columns:
+            raise ValueError(f"{data!r} has no column {column!r} ({key}); its columns are {columns}. Choose them "
+                             "with --anchor-column / --positive-column.")
 
 
 # -- data and models -----------------------------------------------------------------------------------------------
@@ -382,11 +487,17 @@ def main(argv: list[str] | None = None, default_config: str | None = None) -> in
     argv = sys.argv[1:] if argv is None else argv
     try:
         config, overrides = _parse_cli(argv, default_config)
+        _precheck_data(config, {k: str(v) for k, v in overrides.items()})
         cfg, args = load_recipe_config(config, overrides)
     except (ValueError, FileNotFoundError) as err:
         print(f"hf-divcl train: error: {err}", file=sys.stderr)
         return 2
-    summary = run_recipe(cfg, args)
+    try:
+        summary = run_recipe(cfg, args)
+    except (ValueError, FileNotFoundError) as err:  # bad data or settings found while loading: one clear line
+        logger.debug("run_recipe failed", exc_info=True)
+        print(f"hf-divcl train: error: {err}", file=sys.stderr)
+        return 2
     if summary.get("main_process") is False:
         return 0  # the main process evaluates, writes the card and reports (only it knows whether that worked)
     print(f"data: {summary['data']} ({summary['train_rows']} training rows, {summary['eval_rows']} held out)")
