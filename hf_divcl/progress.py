@@ -53,10 +53,16 @@ def paired_interval(diffs: torch.Tensor, confidence: float = 0.9) -> tuple[float
 
 
 def default_progress_levels(n_rows: int, batch_size: int) -> list[SweepLevel]:
-    """Candidate levels besides random: two neighbourhood sizes (tight, tighter than random) and one spread level."""
-    levels = [SweepLevel("local", 4 * batch_size)]
-    if 16 * batch_size <= n_rows // 2:
-        levels.append(SweepLevel("local", 16 * batch_size))
+    """Candidate levels besides random: the tightest neighbourhood the candidate rows allow (a seed row's ``B``
+    nearest neighbours), a looser one when the sample is large, and one spread level.
+
+    Tight levels must be really tight: drawn from a sample of ``8B`` rows, a ``4B`` neighbourhood is barely less
+    diverse than random (effective rank 25.5 vs 27.1 of 32 on MiniLM/WordNet), far from the tight windows that
+    measurably train better at large τ.
+    """
+    levels = [SweepLevel("local", batch_size)]
+    if 8 * batch_size <= n_rows // 4:
+        levels.append(SweepLevel("local", 8 * batch_size))
     if 4 * batch_size <= n_rows:
         levels.append(SweepLevel("spread", 4))
     return levels
