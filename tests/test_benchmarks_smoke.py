@@ -52,3 +52,19 @@ def test_plan_epoch_smoke(tmp_path):
     out = tmp_path / "p.json"
     run("plan_epoch.py", "--sizes", "10000", "--output", str(out))
     assert json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_progress_calibration_smoke(tmp_path):
+    out = tmp_path / "c.json"
+    run("progress_calibration.py", "--output", str(out))
+    row = json.loads(out.read_text())["results"][0]
+    assert row["first_order_decision"] in ("random", *row["levels"]) and -1 <= row["pearson_gain"] <= 1
+
+
+@pytest.mark.slow
+def test_whole_run_smoke(tmp_path):
+    out = tmp_path / "w.json"
+    run("whole_run.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert [r["kind"] for r in res["runs"]] == ["plain", "divcl"] and res["ratio_divcl_over_plain"] > 0
