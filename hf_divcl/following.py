@@ -70,6 +70,20 @@ def calibration_cost(batch_size: int, n_pairs: int, n_levels: int, probe_rows: i
     return cost + probe_rows / batch_size
 
 
+def schedule(total_steps: int, steps_per_epoch: int, recalibrate_every: str | int = "epoch",
+             recalibrate_early: float = 0.1) -> list[int]:
+    """Steps at which to calibrate: the start, early (``recalibrate_early`` of the run), and every epoch start
+    (``"epoch"``) or every ``N`` steps."""
+    steps = [0]
+    if recalibrate_early > 0 and total_steps >= 10:
+        steps.append(max(1, round(recalibrate_early * total_steps)))
+    if recalibrate_every == "epoch":
+        steps += list(range(steps_per_epoch, total_steps, steps_per_epoch)) if steps_per_epoch > 0 else []
+    elif isinstance(recalibrate_every, int) and recalibrate_every > 0:
+        steps += list(range(recalibrate_every, total_steps, recalibrate_every))
+    return sorted(set(s for s in steps if s < total_steps))
+
+
 def plan_calibrations(*, total_steps: int, steps_per_epoch: int, batch_size: int, train_rows: int,
                       budget: float = 0.05, n_pairs: int | None = None, levels: list[str] | None = None,
                       probe_rows: int = 0, sample_rows: int = 0, recalibrate_every: str | int = "epoch",
@@ -84,14 +98,7 @@ def plan_calibrations(*, total_steps: int, steps_per_epoch: int, batch_size: int
     for name in lv:
         parse_level(name)  # fail early on a typo
     a = len([x for x in lv if x != "random"])
-    steps = [0]
-    if recalibrate_early > 0 and total_steps >= 10:
-        steps.append(max(1, round(recalibrate_early * total_steps)))
-    if recalibrate_every == "epoch":
-        steps += list(range(steps_per_epoch, total_steps, steps_per_epoch)) if steps_per_epoch > 0 else []
-    elif isinstance(recalibrate_every, int) and recalibrate_every > 0:
-        steps += list(range(recalibrate_every, total_steps, recalibrate_every))
-    steps = sorted(set(s for s in steps if s < total_steps))
+    steps = sorted(set(s for s in schedule(total_steps, steps_per_epoch, recalibrate_every, recalibrate_early)))
     total_batches = float(total_steps * gradient_accumulation_steps)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "total_batches": total_batches}
     if n_pairs is not None:
@@ -176,6 +183,17 @@ class WindowFollower(TrainerCallback):
         return any(h["step"] == step for h in self.history)
 
     # -- callbacks -----------------------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        """Re-place the epoch-start calibrations on the real epoch length (known once the data loader exists:
+        under DDP sentence-transformers drops the last partial batch), keeping their number and the budget."""
+        if train_dataloader is None or args.recalibrate_every != "epoch" or not self.plan.steps:
+            return
+        spe = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
+        total = state.max_steps
+        planned = schedule(total, spe, "epoch", args.recalibrate_early)
+        keep = len(self.plan.steps)
+        self.plan.steps = planned[:keep]
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         step = state.global_step

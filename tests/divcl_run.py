@@ -143,6 +143,9 @@ def main():
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint")
     p.add_argument("--resume-if-any", action="store_true", help="--resume when a complete checkpoint exists")
     p.add_argument("--builder", default="greedy")
+    p.add_argument("--window", default=None, help="default: 'auto' ('none' with --builder random)")
+    p.add_argument("--calibration-budget", type=float, default=0.05)
+    p.add_argument("--calibration-pairs", type=int, default=None)
     p.add_argument("--oom-at-step", type=int, default=0, help="an allocation fails for lack of memory at step N")
     a = p.parse_args()
     if a.kill_rank is None or a.kill_rank == RANK:
@@ -162,7 +165,10 @@ def main():
     args = DivCLTrainingArguments(
         output_dir=a.out, per_device_train_batch_size=a.batch, num_train_epochs=a.epochs, learning_rate=1e-3,
         logging_steps=2, save_steps=a.save_steps, save_strategy="steps", report_to=[], disable_tqdm=True,
-        collapse_threshold=0, builder=a.builder, window="none" if a.builder == "random" else "auto",
+        collapse_threshold=0, builder=a.builder,
+        window=a.window or ("none" if a.builder == "random" else "auto"), calibration_budget=a.calibration_budget,
+        calibration_pairs=a.calibration_pairs,
+        calibration_confidence=0.5,
         bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
         bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)
     callbacks = [KillAt(a.kill_at)] if a.kill_at and (a.kill_rank is None or a.kill_rank == RANK) else []

@@ -4,6 +4,9 @@ probe rows never trained on, exact resume between re-calibrations, and faults th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,7 +100,7 @@ def test_resume_between_recalibrations_restores_the_window_and_repeats_the_next_
 
 
 @pytest.mark.slow
-def test_a_zero_learning_rate_falls_back_to_random_with_the_reason_and_a_tiny_probe_is_refused(tiny_model_dir, tmp_path):
+def test_a_zero_learning_rate_falls_back_to_random_and_a_tiny_probe_is_refused(tiny_model_dir, tmp_path):
     out = tmp_path / "lr0"
     trainer = run(tiny_model_dir, out, max_steps=4, learning_rate=0.0, calibration_budget=1.0, calibration_pairs=2)
     h = json.loads((out / CALIBRATIONS_FILE).read_text().splitlines()[0])
@@ -105,3 +108,22 @@ def test_a_zero_learning_rate_falls_back_to_random_with_the_reason_and_a_tiny_pr
     assert trainer.divcl_sampler.builder == "random"
     with pytest.raises(ValueError, match="calibration_probe_rows"):
         DivCLTrainingArguments(output_dir="x", calibration_probe_rows=1)
+
+
+@pytest.mark.slow
+def test_two_processes_share_each_calibration_and_plan_the_same_disjoint_global_batches(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(root / "tests" / "divcl_run.py"), tiny_model_dir, str(out), "--batch", "8", "--epochs", "2",
+                    "--window", "progress", "--calibration-budget", "1.0",
+                    "--calibration-pairs", "2"], check=True, timeout=900,
+                   capture_output=True, text=True)
+    history = [json.loads(line) for line in (out / CALIBRATIONS_FILE).read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 2, 11]  # written once (rank 0): start, early, epoch 1
+    ranks = [[json.loads(line) for line in (out / f"rows_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [x["step"] for x in ranks[0]] == [x["step"] for x in ranks[1]] == list(range(1, 23))
+    for epoch in (range(1, 12), range(12, 23)):  # 190 training rows (10 probe rows held out) → 11 × 16 per epoch
+        rows = [r for rank in ranks for x in rank if x["step"] in epoch for r in x["rows"]]
+        assert len(rows) == len(set(rows)) == 176  # both ranks followed the same (re-)plans: disjoint halves
