@@ -147,7 +147,9 @@ class DiversityLogger(TrainerCallback):
         self.is_main_process = is_main_process
         self.window = None
         self._steps: list[torch.Tensor] = []
+        self._masked: list[torch.Tensor] = []
         self._last: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self._last_mask: torch.Tensor | None = None
         self._low_run = 0
         self.alarm = False
         self._stop = False
@@ -158,12 +160,20 @@ class DiversityLogger(TrainerCallback):
 
     # -- per step (no host sync) ---------------------------------------------------------------------------------
 
-    def record(self, anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> None:
-        """Record the global batch of one step: ``anchors``/``positives`` ``(N, d)`` unit rows (detached)."""
+    def record(self, anchors: torch.Tensor, positives: torch.Tensor, temperature: float, *,
+               negative_mask: torch.Tensor | None = None, masked_stats: torch.Tensor | None = None) -> None:
+        """Record the global batch of one step: ``anchors``/``positives`` ``(N, d)`` unit rows (detached).
+
+        With false-negative masking, ``negative_mask`` `(N, N)` (True = kept; each anchor against the positives)
+        makes the gradient bands those of the masked softmax, and ``masked_stats`` `(3,)` (masked negatives per
+        query, in total, queries with all masked; see :class:`~hf_divcl.losses.ContrastiveOutput`) is logged."""
         t0 = time.perf_counter()
         d = batch_diversity(anchors, spectrum=True, validate=False)
         self._steps.append(torch.stack([d[k].float() for k in _STEP_METRICS]))
+        if masked_stats is not None:
+            self._masked.append(masked_stats.detach().float())
         self._last = (anchors, positives, temperature)
+        self._last_mask = negative_mask
         self.bookkeeping_seconds += time.perf_counter() - t0
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -203,9 +213,15 @@ class DiversityLogger(TrainerCallback):
             out[PREFIX + "in_window_fraction"] = self.window.contains(values).float().mean().item()
             out[PREFIX + "window_low"] = float(self.window.low)
             out[PREFIX + "window_high"] = float(self.window.high)
+        if self._masked:  # per-step values, averaged over the steps since the last log
+            masked = torch.stack(self._masked).cpu().mean(0)
+            self._masked.clear()
+            out[PREFIX + "masked_negatives_mean"] = masked[0].item()
+            out[PREFIX + "masked_negatives_total"] = masked[1].item()
+            out[PREFIX + "anchors_all_masked"] = masked[2].item()
         if self.log_bands and self._last is not None:
             u, v, tau = self._last
-            bands = gradient_bands(u.double(), v.double(), tau, validate=False)
+            bands = gradient_bands(u.double(), v.double(), tau, negative_mask=self._last_mask, validate=False)
             g = bands.grad_norm.float().cpu()
             q = torch.quantile(g, torch.tensor([0.1, 0.5, 0.9]))
             out.update({

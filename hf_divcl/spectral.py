@@ -214,6 +214,8 @@ class GradientBands:
 
     `lower` / `upper` are the tightest of these. For in-batch negatives, ``λ_max(G_N)`` is that of the
     positives' Gram matrix ``VVᵀ``, which by Cauchy interlacing bounds every anchor's own ``(B−1)×(B−1)`` block.
+    With a ``negative_mask`` every anchor's statistics (``q``, ``K_eff``, ``V_q``, ``λ_max``) are those of its own
+    kept negatives; an anchor with none kept has loss 0, gradient 0, ``K_eff = V_q = λ_max = 0`` and band [0, 0].
     """
 
     grad_norm: torch.Tensor  # (..., B) exact ‖∇_u ℓ‖
@@ -230,9 +232,9 @@ class GradientBands:
     k_eff: torch.Tensor  # (..., B) effective number of negatives 1/Σq²
     m_minus_v: torch.Tensor  # (..., B) ‖m − v‖
     alignment: torch.Tensor  # (..., B) a = u·v
-    lambda_max_neg: torch.Tensor  # (...) or (..., B) λ_max of the negatives' Gram matrix
+    lambda_max_neg: torch.Tensor  # (...) or (..., B) λ_max of the negatives' Gram matrix (kept ones if masked)
     loss: torch.Tensor  # (..., B) per-anchor InfoNCE loss
-    nt_xent_loss: torch.Tensor  # (...) symmetric NT-Xent over the 2B views, mean
+    nt_xent_loss: torch.Tensor  # (...) symmetric NT-Xent over the 2B views, mean (NaN with a negative mask)
     nt_xent_grad_norm: torch.Tensor  # (...) ‖∇_Z L‖_F, exact
     nt_xent_grad_upper: torch.Tensor  # (...) √(λ_max(G)‖M‖_F²)/(2Bτ)
     temperature: float
@@ -303,10 +305,12 @@ def infonce_loss(
     negatives: torch.Tensor | None = None,
     *,
     normalize: bool = True,
+    negative_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-anchor InfoNCE loss ``−log softmax([a, c]/τ)[0]``, shape `(..., B)`.
 
-    Same conventions as :func:`gradient_bands` (in-batch positives as negatives unless `negatives` is given).
+    Same conventions as :func:`gradient_bands` (in-batch positives as negatives unless `negatives` is given;
+    ``negative_mask`` `(..., B, K)`, True = kept, removes negatives from an anchor's softmax).
     With ``normalize=False`` the inputs are used as given (already unit rows), so that autograd returns the
     gradient w.r.t. the unit anchor itself rather than its projection through the normalisation.
     """
@@ -315,8 +319,17 @@ def infonce_loss(
         u, v = _normalize(u), _normalize(v)
     a = (u * v).sum(-1)
     neg_logits = _negative_logits(u, v, negatives, temperature)[0]
+    none_kept = None
+    if negative_mask is not None:
+        neg_logits = neg_logits.masked_fill(~negative_mask.to(device=neg_logits.device, dtype=torch.bool),
+                                            float("-inf"))
+        # an anchor with no negative left has loss 0 and gradient 0: give it finite dummy logits (so autograd of
+        # logsumexp over an all −∞ row never forms NaN) and select 0 for it below
+        none_kept = torch.isinf(neg_logits).all(-1)
+        neg_logits = neg_logits.masked_fill(none_kept.unsqueeze(-1), 0.0)
     # ℓ = log(1 + Σ_j exp((c_j − a)/τ)): exact for tiny losses, and its autograd never forms 1 − p₊ by cancellation.
-    return F.softplus(torch.logsumexp(neg_logits - (a / temperature).unsqueeze(-1), dim=-1))
+    loss = F.softplus(torch.logsumexp(neg_logits - (a / temperature).unsqueeze(-1), dim=-1))
+    return loss if none_kept is None else torch.where(none_kept, torch.zeros_like(loss), loss)
 
 
 def _negative_logits(u, v, negatives, tau):
@@ -337,12 +350,30 @@ def _negative_logits(u, v, negatives, tau):
     return c / tau, c, z
 
 
+def _lambda_max_kept(z: torch.Tensor, keep: torch.Tensor, touched: torch.Tensor) -> torch.Tensor:
+    """λ_max of the Gram matrix of the kept negatives of every ``touched`` anchor, shape `(T,)`.
+
+    ``z`` is `(..., K, d)` (shared) or `(..., B, K, d)` (per anchor); ``keep`` and ``touched`` select as in
+    :func:`gradient_bands`. Zeroing the dropped rows leaves the non-zero spectrum of the kept rows' Gram matrix
+    unchanged, so each anchor's matrix is the smaller of ``Z_iᵀZ_i`` and ``Z_i Z_iᵀ`` of its masked negatives;
+    anchors go in chunks so the batched eigendecomposition stays within ~32 MB of matrices per chunk.
+    """
+    per_anchor = z.ndim == keep.ndim + 1
+    zt = z[touched] if per_anchor else z.unsqueeze(-3).expand(*keep.shape, z.shape[-1])[touched]  # (T, K, d)
+    kt = keep[touched].to(z.dtype)  # (T, K)
+    k, d = z.shape[-2], z.shape[-1]
+    step = max(1, 2 ** 22 // max(1, k * min(k, d)))
+    out = [_lambda_max_gram(zt[s:s + step] * kt[s:s + step].unsqueeze(-1)) for s in range(0, zt.shape[0], step)]
+    return torch.cat(out) if out else zt.new_zeros(0)
+
+
 def gradient_bands(
     anchors: torch.Tensor,
     positives: torch.Tensor,
     temperature: float | torch.Tensor,
     negatives: torch.Tensor | None = None,
     *,
+    negative_mask: torch.Tensor | None = None,
     validate: bool = True,
 ) -> GradientBands:
     """Exact per-anchor InfoNCE gradient norms and their analytic bands.
@@ -358,6 +389,13 @@ def gradient_bands(
             `None` (default): every other row's positive is a negative (MultipleNegativesRankingLoss, CLIP).
             Shape `(..., K, d)`: the same ``K`` negatives for every anchor.
             Shape `(..., B, K, d)`: ``K`` negatives of each anchor's own.
+        negative_mask (`torch.Tensor` of shape `(..., B, K)` and dtype bool, *optional*):
+            True = the negative stays in that anchor's softmax, False = removed (false-negative masking); for
+            in-batch negatives ``K = B`` and the diagonal (the anchor's own positive) is ignored. ``q``,
+            ``K_eff``, ``V_q`` and ``λ_max`` are then those of each anchor's kept negatives, so the bands hold for
+            the masked softmax (an anchor that lost no negative keeps the unmasked bands exactly, including, for
+            in-batch negatives, the interlacing bound ``λ_max(VVᵀ)``); ``lambda_max_neg`` has shape `(..., B)`.
+            Costs one small eigendecomposition per masked anchor.
         validate (`bool`, *optional*, defaults to `True`): check inputs (one host sync).
 
     Returns:
@@ -388,12 +426,26 @@ def gradient_bands(
 
     a = (u * v).sum(-1)  # (..., B) alignment
     neg_logits, cos, z = _negative_logits(u, v, negatives, tau)  # (..., B, K)
+    keep = None
+    if negative_mask is not None:
+        if validate and (not isinstance(negative_mask, torch.Tensor) or negative_mask.shape != neg_logits.shape):
+            shape = tuple(negative_mask.shape) if isinstance(negative_mask, torch.Tensor) else type(negative_mask)
+            raise ValueError(f"`negative_mask` must be a bool tensor of shape {tuple(neg_logits.shape)} (..., B, K), "
+                             f"got {shape}.")
+        keep = negative_mask.to(device=neg_logits.device, dtype=torch.bool)
+        if negatives is None:  # in-batch: the diagonal is the anchor's own positive, never a negative
+            keep = keep & ~torch.eye(keep.shape[-1], dtype=torch.bool, device=keep.device)
+        neg_logits = neg_logits.masked_fill(~keep, float("-inf"))
+        cos = cos.masked_fill(~keep, 0.0)
     # x = log Σ_j exp((c_j − a)/τ); then 1 − p₊ = σ(x), p₊ = σ(−x), ℓ = softplus(x) — never 1 − p₊ by
     # subtraction, which cancels catastrophically when the positive takes nearly all the mass (small τ).
     x = torch.logsumexp(neg_logits - (a / tau).unsqueeze(-1), dim=-1)
     one_minus_p = torch.sigmoid(x)
     p_pos = torch.sigmoid(-x)
     q = torch.softmax(neg_logits, dim=-1)  # (..., B, K) softmax over negatives only
+    any_kept = keep.any(-1) if keep is not None else None  # (..., B)
+    if any_kept is not None:  # no negative left: q ≡ 0 (the softmax of an all −∞ row would be NaN)
+        q = torch.where(any_kept.unsqueeze(-1), q, torch.zeros_like(q))
 
     m = (q.unsqueeze(-2) @ z).squeeze(-2) if z.ndim == u.ndim + 1 else q @ z  # (..., B, d)
     scale = one_minus_p / tau
@@ -406,7 +458,20 @@ def gradient_bands(
 
     lam = _lambda_max_gram(z)  # (...) shared/in-batch or (..., B) per anchor
     lam_b = lam if lam.shape == k_eff.shape else lam.unsqueeze(-1)
-    rho = torch.sqrt((lam_b / k_eff).clamp(max=1.0))
+    if keep is None:
+        rho = torch.sqrt((lam_b / k_eff).clamp(max=1.0))
+    else:
+        # anchors the mask leaves whole keep the unmasked λ_max (for in-batch negatives the interlacing bound
+        # λ_max(VVᵀ), as without a mask); every anchor that lost a negative gets that of its kept negatives
+        touched = ~keep.all(-1) if negatives is not None else \
+            (~keep).sum(-1) > 1  # in-batch: more than the diagonal removed
+        lam = lam_b = lam_b.expand_as(k_eff).clone()
+        if bool(touched.any()):
+            lam[touched] = _lambda_max_kept(z, keep, touched)
+        zero = torch.zeros_like(k_eff)
+        v_q = torch.where(any_kept, v_q, zero)
+        k_eff = torch.where(any_kept, k_eff, zero)
+        rho = torch.where(any_kept, torch.sqrt((lam_b / k_eff.clamp_min(1.0)).clamp(max=1.0)), zero)
 
     spread_lower = scale * (1 - m_norm)
     spread_upper = scale * (1 + m_norm)
@@ -416,7 +481,7 @@ def gradient_bands(
     lower = torch.maximum(torch.maximum(spread_lower, alignment_lower), spectral_lower)
     upper = torch.minimum(spread_upper, spectral_upper)
 
-    if negatives is None:
+    if negatives is None and keep is None:
         nt_loss, nt_grad, nt_upper = _nt_xent(u, v, tau)
     else:
         nan = torch.full(u.shape[:-2], float("nan"), dtype=u.dtype, device=u.device)

@@ -119,6 +119,15 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "Negatives from every process (with gradient): the loss and the window see the global batch."})
     whitening: bool = field(default=False, metadata={"help": "ZCA-whiten each global batch before the loss."})
     whitening_eps: float = field(default=0.05, metadata={"help": "Whitening shrinkage relative to mean variance."})
+    false_negatives: str = field(default="none", metadata={
+        "help": "'mask': remove from each anchor's softmax the in-batch negatives whose reference similarity to it "
+                "exceeds the positive's minus false_negative_margin (GISTEmbed's rule; the reference is the model's "
+                "own embeddings, detached, or the guide of an InfoNCELoss passed as loss=); 'none': keep all.",
+        "choices": ["none", "mask"]})
+    false_negative_margin: float = field(default=0.0, metadata={
+        "help": "false_negatives='mask': a negative is masked when ref(anchor, negative) > ref(anchor, positive) − "
+                "margin (cosine units, in [-2, 2]); 0 masks those the reference ranks above the positive, a larger "
+                "margin masks more."})
     log_bands: bool = field(default=True, metadata={
         "help": "Log exact per-anchor gradient norms and their spectral bands at every logging step."})
     diversity_log_file: str = field(default="diversity_log.jsonl", metadata={
@@ -161,7 +170,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
             raise ValueError(f"builder_kwargs must be a dict, got {type(self.builder_kwargs).__name__}.")
         for name in ("builder", "loss_type", "on_infeasible", "collapse_action", "nonfinite_action",
-                     "calibration_estimate"):
+                     "calibration_estimate", "false_negatives"):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
@@ -169,6 +178,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}.")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not (math.isfinite(self.false_negative_margin) and -2 <= self.false_negative_margin <= 2):
+            raise ValueError(f"false_negative_margin must be a finite number in [-2, 2] (cosine units), got "
+                             f"{self.false_negative_margin}.")
         if self.window not in ("auto", "none", "progress"):
             DiversityWindow.parse(self.window)  # fail now, not at the first epoch
         if self.window == "none" and self.builder != "random":
@@ -281,6 +293,22 @@ class DivCLTrainer(SentenceTransformerTrainer):
             self.follower = WindowFollower(self, self.calibration_plan)
             self.add_callback(self.follower)
         self.model.register_forward_hook(self._capture_hook)
+        self._check_false_negatives()
+
+    def _check_false_negatives(self) -> None:
+        """Before training: a guide model must encode a few rows of every input column (else a clear error)."""
+        loss = self.loss
+        if not isinstance(loss, InfoNCELoss):
+            if self.args.false_negatives != "none":
+                raise ValueError(f"false_negatives={self.args.false_negatives!r} needs hf_divcl's InfoNCELoss; the "
+                                 f"loss is {type(loss).__name__}.")
+            return
+        if loss.false_negatives != self.args.false_negatives:
+            logger.warning("false_negatives=%r in the arguments, but the InfoNCELoss passed as loss= has %r: the "
+                           "loss's setting is used.", self.args.false_negatives, loss.false_negatives)
+        if loss.guide is not None and self.train_dataset is not None:
+            sample = self.train_dataset.select(range(min(2, len(self.train_dataset))))
+            loss.check_guide({c: list(sample[c]) for c in self._input_columns(sample)})
 
     # -- data ----------------------------------------------------------------------------------------------------
 
@@ -358,7 +386,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         return InfoNCELoss(model, temperature=a.temperature, learnable_temperature=a.learnable_temperature,
                            loss_type=a.loss_type, symmetric=a.symmetric_loss,
                            gather_across_devices=a.gather_across_devices, whitening=a.whitening,
-                           whitening_eps=a.whitening_eps)
+                           whitening_eps=a.whitening_eps, false_negatives=a.false_negatives,
+                           false_negative_margin=a.false_negative_margin)
 
     # -- bank and sampler ----------------------------------------------------------------------------------------
 
@@ -447,6 +476,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
                    "processes": processes, "batch_size": batch_size, "bank_source": self.args.bank_source,
                    "train_rows": len(dataset), "dimension": self.bank.dim if self.bank is not None else None,
                    "whitening": self.args.whitening}
+            if isinstance(loss, InfoNCELoss) and loss.false_negatives != "none":
+                run["false_negatives"] = {"mode": loss.false_negatives, "margin": loss.false_negative_margin,
+                                          "reference": loss.get_config_dict()["guide"]}
             Path(self.args.output_dir, "divcl_run.json").write_text(json.dumps(run, indent=2))
         return sampler
 
@@ -639,6 +671,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if isinstance(self.loss, InfoNCELoss) and self.loss.last_output is not None:
             out = self.loss.last_output
             anchors, positives, tau = out.anchors, out.positives, out.temperature
+            mask, masked_stats = out.inbatch_negative_mask(), out.masked_stats
             if self.loss.gather_across_devices:
                 with torch.no_grad():
                     ids = gather_with_grad(row_ids[:, None])[0][:, 0]
@@ -647,6 +680,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             self.loss.last_output = None
         else:
             n = row_ids.shape[0]
+            mask = masked_stats = None
             if not captured:
                 return
             flat = torch.cat(captured)
@@ -659,7 +693,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 anchors = gather_with_grad(anchors)[0]
                 positives = gather_with_grad(positives)[0]
                 ids = gather_with_grad(row_ids[:, None])[0][:, 0]
-        self.diversity.record(anchors, positives, tau)
+        self.diversity.record(anchors, positives, tau, negative_mask=mask, masked_stats=masked_stats)
         if self.bank is not None and self.args.bank_source == "training":
             rows = anchors if self.bank.num_views == 1 else torch.stack([anchors, positives], dim=1)
             self._pending.append((ids, rows.to(torch.float16)))
