@@ -55,12 +55,20 @@ def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def plot_diversity_trajectory(records: Sequence[dict], path: str | Path, metric: str = "effective_rank") -> Path:
-    """Batch diversity per logged step with the window shaded, and the fraction of batches inside it."""
+def plot_diversity_trajectory(records: Sequence[dict], path: str | Path, metric: str = "effective_rank",
+                              calibrations: Sequence[dict] = ()) -> Path:
+    """Batch diversity per logged step with the window shaded, the fraction of batches inside it, and (with
+    ``window="progress"``) a marker at each calibration naming its decision."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     xs, ys = _series(records, f"divcl/{metric}")
     ax.plot(xs, ys, marker="o", ms=3, color="tab:blue", label=f"training batch {metric.replace('_', ' ')}")
+    for i, c in enumerate(calibrations):
+        w = c.get("window") or {}
+        ax.axvline(c.get("step", 0), color="tab:gray", lw=0.8, ls=":", label="calibration" if i == 0 else None)
+        text = f"{w['low']:.1f}–{w['high']:.1f}" if w else "random"
+        ax.annotate(text, (c.get("step", 0), 1.0), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
+                    va="top", ha="right", color="tab:gray")
     lows, highs = _series(records, "divcl/window_low")[1], _series(records, "divcl/window_high")[1]
     if lows and highs:
         ax.fill_between(_series(records, "divcl/window_low")[0], lows, highs, color="tab:green", alpha=0.18,
@@ -128,7 +136,7 @@ def _metadata(model, tags: Sequence[str]) -> str:
 def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     """The batch policy for the card: with ``window="progress"``, each calibration's decision and its evidence
     (from ``divcl_calibrations.jsonl``)."""
-    rows = []
+    rows, raw = [], []
     path = out / "divcl_calibrations.jsonl"
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -136,6 +144,7 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
                 c = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            raw.append(c)
             best = max(c.get("levels") or [{}], key=lambda r: r.get("gain_vs_random", float("-inf")) or 0.0)
             w = c.get("window") or {}
             rows.append({"step": c.get("step"), "decision": c.get("decision", "?"),
@@ -150,7 +159,7 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     summary = (f"Batches were random until a measured diversity level beat random batches. Final decision: "
                f"{'a diversity window' if decision == 'window' else 'random batches'} — {why}." if progress else "")
     return {"policy": info.get("policy", "fixed"), "policy_summary": summary, "calibrations": rows,
-            "random_batches": decision != "window"}
+            "random_batches": decision != "window", "raw_calibrations": raw}
 
 
 def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dataset: str, train_rows: int,
@@ -184,7 +193,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     window = info.get("window") or {}
     metric = window.get("metric", "effective_rank")
     policy = _policy_context(out, info)
-    plot_diversity_trajectory(records, out / TRAJECTORY_PNG, metric=metric)
+    plot_diversity_trajectory(records, out / TRAJECTORY_PNG, metric=metric, calibrations=policy["raw_calibrations"])
     plot_gradient_bands(records, out / BANDS_PNG)
 
     fractions = _series(records, "divcl/in_window_fraction")[1]

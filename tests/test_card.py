@@ -77,3 +77,26 @@ def test_markdown_escape_keeps_table_rows_on_one_line():
 def test_card_needs_a_diversity_log(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"diversity_log\.jsonl"):
         write_model_card(tmp_path, base_model="m", dataset="d", train_rows=1)
+
+
+def test_progress_card_shows_each_calibration_its_decision_and_evidence(tmp_path):
+    out = tmp_path / "run"
+    fake_run(out)
+    (out / "divcl_calibration.json").unlink()
+    (out / "divcl_window.json").write_text(json.dumps({
+        "policy": "progress", "window": None, "builder": "random", "temperature": 0.05, "global_batch_size": 32,
+        "decision": "random", "reason": "no level beat random batches with 90% confidence (3 pairs per level)"}))
+    levels = [{"level": "local:32", "metric": 23.9, "gain_vs_random": 0.0034, "ci_low": -0.024, "ci_high": 0.031},
+              {"level": "spread:4", "metric": 29.8, "gain_vs_random": -0.0216, "ci_low": -0.040, "ci_high": -0.003}]
+    with (out / "divcl_calibrations.jsonl").open("w") as fh:
+        fh.write(json.dumps({"step": 0, "decision": "window", "window": {"low": 22.0, "high": 25.0,
+                                                                        "metric": "effective_rank"},
+                             "levels": levels, "reason": "local:32 beat random", "wall_seconds": 9.4}) + "\n")
+        fh.write(json.dumps({"step": 10, "decision": "random", "window": None, "levels": levels,
+                             "reason": "no level beat random", "wall_seconds": 8.1}) + "\n")
+    text = write_model_card(out, base_model="tiny", dataset="pairs", train_rows=100).read_text()
+    assert "Batch policy: measured, not assumed" in text and "no level beat random batches with 90" in text
+    assert "| 0 | window | [22, 25] | local:32 | 0.0034 | [-0.024, 0.031] | 9.4 |" in text
+    assert "| 10 | random | random batches | local:32 |" in text
+    assert "none in force at the end: random batches" in text
+    assert "every\ntraining batch was built" not in text  # no claim that batches sat in a window
