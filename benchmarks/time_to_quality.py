@@ -159,9 +159,9 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     total = clock.seconds()
     return {"policy": policy, "seed": seed, "curve": results, "total_seconds": total,
             "in_window_fraction": statistics.fmean(r["divcl/in_window_fraction"] for r in log) if log else None,
-            "window_active_fraction": (statistics.fmean(r.get("divcl/window_active", 1.0) for r in log) * len(log) /
-                                       max(1, sum(1 for r in trainer.state.log_history if "divcl/effective_rank" in r))
-                                       if log else 0.0),
+            # logs with a window in force (only they carry the in-window fraction) over all diversity logs
+            "window_active_fraction": len(log) / max(1, sum("divcl/effective_rank" in r
+                                                            for r in trainer.state.log_history)),
             "selection_seconds": trainer.selection_seconds(),
             "calibration_seconds": follower.seconds if follower else 0.0,
             "calibration_fraction": (follower.seconds / total if follower and total else 0.0),
@@ -183,18 +183,14 @@ def _reach(curve: list[dict], target: float, key: str) -> float | None:
 
 def _t_interval(values: list[float]) -> dict:
     """Mean and 95 % Student-t interval of paired differences (None where fewer than two)."""
-    import math
+    import torch
 
-    from scipy.special import stdtrit
+    from hf_divcl.progress import paired_interval
 
-    n = len(values)
-    if n == 0:
+    if not values:
         return {"mean": None, "ci95": None, "n": 0}
-    mean = statistics.fmean(values)
-    if n < 2:
-        return {"mean": mean, "ci95": None, "n": 1}
-    half = float(stdtrit(n - 1, 0.975)) * statistics.stdev(values) / math.sqrt(n)
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
+    return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values)}
 
 
 def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:

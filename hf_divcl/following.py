@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +53,6 @@ class CalibrationPlan:
     cost_per_calibration: float  # batch equivalents
     total_batches: float  # the run's training batches (the budget's denominator)
     reason: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("steps", "n_pairs", "levels", "probe_rows", "sample_rows",
