@@ -11,6 +11,13 @@ the batch sampler differs:
     progress_follow  progress calibration re-measured every --follow-every steps (budget --follow-budget)
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
+    random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
+    tight            one k-means cluster per batch (TAS-Balanced's tight batches: the lowest diversity)
+    tight_mask       tight batches with false-negative masking
+    window_mask      Greedy-64 in the gradient-calibrated window (= greedy) with false-negative masking
+    learnability     JEST-style joint selection from 4×B random rows by learner − reference loss
+    hard             the same selection by learner loss alone (hard-example selection)
+    learnability_window   learnability-sampled batches kept inside the gradient-calibrated window
 
 The held-out score is evaluated every ``--eval-every`` steps (evaluation time excluded from the clock); the clock
 includes everything else a run pays: reference encoding of the bank, window calibration, epoch planning,
@@ -50,6 +57,14 @@ POLICIES = {
     "cluster": {"builder": "cluster", "window": "auto"},
     "pool": {"builder": "pool", "builder_kwargs": {"p": 3}, "window": "auto"},
     "greedy": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto"},
+    "random_mask": {"builder": "random", "window": "none", "false_negatives": "mask"},
+    "tight": {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}, "window": "auto"},
+    "tight_mask": {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}, "window": "auto",
+                   "false_negatives": "mask"},
+    "window_mask": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto", "false_negatives": "mask"},
+    "learnability": {"builder": "learnability", "window": "none"},
+    "hard": {"builder": "hard", "window": "none"},
+    "learnability_window": {"builder": "learnability", "window": "auto"},
 }
 
 
@@ -129,6 +144,37 @@ def vision_task(a):
     return train, make_model, evaluate, extra, "k-NN accuracy"
 
 
+def clip_task(a):
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.data import class_descriptions, fashion_mnist_image_text
+    from hf_divcl.vision import build_tiny_clip_sentence_transformer
+
+    train = fashion_mnist_image_text("train", limit=a.rows or 4000).select_columns(["image", "text"])
+    test = fashion_mnist_image_text("test", limit=1000)
+    descriptions = class_descriptions()
+    tmp = Path(tempfile.mkdtemp(prefix="ttq-clip-"))
+
+    def make_model(seed):
+        path = build_tiny_clip_sentence_transformer(tmp / f"s{seed}", image_size=28, hidden_size=64, layers=2,
+                                                    seed=seed)
+        return SentenceTransformer(path, device="cpu")
+
+    def evaluate(model):
+        import torch
+
+        with torch.no_grad():
+            img = model.encode(list(test["image"]), convert_to_tensor=True, normalize_embeddings=True)
+            txt = model.encode(descriptions, convert_to_tensor=True, normalize_embeddings=True)
+        pred = (img @ txt.T).argmax(-1).cpu()
+        model.train()
+        return {"score": float((pred == torch.tensor(test["label"])).float().mean())}
+
+    extra = {"temperature": a.temperature or 0.07, "learning_rate": a.lr or 1e-3, "symmetric_loss": True,
+             "dedupe": False}
+    return train, make_model, evaluate, extra, "zero-shot accuracy"
+
+
 def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
 
@@ -147,7 +193,8 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     args = DivCLTrainingArguments(
         output_dir=str(workdir / f"{policy}-{seed}"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
         warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
-        logging_steps=max(1, a.eval_every), bank_cache_dir=str(workdir / "cache" / policy), collapse_threshold=0,
+        logging_steps=max(1, a.eval_every), collapse_threshold=0,
+        bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
         **extra, **opts)
     clock.t0 = time.perf_counter()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
@@ -163,6 +210,9 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
             "window_active_fraction": len(log) / max(1, sum("divcl/effective_rank" in r
                                                             for r in trainer.state.log_history)),
             "selection_seconds": trainer.selection_seconds(),
+            "reference_seconds": getattr(trainer, "reference_seconds", 0.0),
+            "bank_seconds": getattr(trainer, "bank_seconds", 0.0),
+            "masked": {k: r[k] for r in trainer.state.log_history[-3:] for k in r if "masked_negatives" in k},
             "calibration_seconds": follower.seconds if follower else 0.0,
             "calibration_fraction": (follower.seconds / total if follower and total else 0.0),
             "calibration_plan": trainer.calibration_plan.to_dict() if trainer.calibration_plan else None,
@@ -255,8 +305,8 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colours = dict(zip(POLICIES, ("tab:gray", "tab:brown", "tab:red", "tab:green", "tab:olive", "tab:cyan",
-                                  "tab:purple", "tab:orange", "tab:blue"), strict=True))
+    cmap = plt.get_cmap("tab20")
+    colours = {p: cmap(i % 20) for i, p in enumerate(POLICIES)}
     for policy in POLICIES:
         rs = [r for r in runs if r["policy"] == policy]
         if not rs:
@@ -275,7 +325,7 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["text", "vision"], default="text")
+    p.add_argument("--task", choices=["text", "vision", "clip"], default="text")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 320 (vision, 10 epochs)")
@@ -289,13 +339,15 @@ def main() -> None:
     p.add_argument("--follow-budget", type=float, default=0.3, help="progress_follow: calibration budget")
     p.add_argument("--best-window", default=None, help="best_fixed: 'low:high' effective rank")
     p.add_argument("--word-similarity", action="store_true", help="also WordSim-353 / SimLex-999 at each eval")
+    p.add_argument("--shared-cache", action="store_true",
+                   help="one bank cache for all policies (the starting model's encoding is paid once, not per policy)")
     p.add_argument("--smoke", action="store_true", help="2 policies, 1 seed, a few steps: < 1 minute")
     p.add_argument("--output", default=None)
     a = p.parse_args()
     text = a.task == "text"
-    a.steps = a.steps or (80 if text else 320)
+    a.steps = a.steps or (80 if text else 320 if a.task == "vision" else 160)
     a.eval_every = a.eval_every or (10 if text else 40)
-    a.batch_size = a.batch_size or (32 if text else 128)
+    a.batch_size = a.batch_size or (32 if text else 128 if a.task == "vision" else 32)
     if a.smoke:
         a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "progress"], [0], 4, 2, 8
         a.rows = 128 if text else 256
@@ -305,7 +357,7 @@ def main() -> None:
 
     import torch
 
-    task = text_task(a) if text else vision_task(a)
+    task = text_task(a) if text else vision_task(a) if a.task == "vision" else clip_task(a)
     runs = []
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
                "platform": platform.platform()}

@@ -10,7 +10,7 @@ back onto their owner, and DDP's gradient averaging then yields the gradient of 
 
 False-negative masking (``false_negatives="mask"``, GISTEmbed style): an in-batch negative ``c`` of a query ``q``
 (anchor, or positive in the symmetric direction) is removed from that query's softmax when its *reference*
-similarity is within the margin of the positive's, ``ref(q, c) > ref(q, p) − margin``. The reference view is the
+similarity is within the margin of the positive's, ``ref(q, c) ≥ ref(q, p) − margin``. The reference view is the
 loss's own embeddings, detached (the current model as its own guide), or a guide model's (:class:`InfoNCELoss`
 ``guide=``), computed without gradient. The mask is built once on the gathered global batch — identical on every
 process — and applied as ``−∞`` logits, so the gradient is the exact gradient of the masked softmax (the mask is
@@ -169,7 +169,7 @@ def false_negative_mask(ref_queries: torch.Tensor, ref_candidates: torch.Tensor,
         ref_candidates (`torch.Tensor` of shape `(C, d)`): unit reference embeddings of the candidates.
         target (`torch.Tensor` of shape `(R,)`): the column of each query's positive.
         margin (`float`): candidate ``c`` is masked for query ``r`` when
-            ``ref(r, c) > ref(r, target_r) − margin``.
+            ``ref(r, c) ≥ ref(r, target_r) − margin`` (so a duplicate of the positive is masked even at margin 0).
         exclude (`torch.Tensor` of shape `(R,)`, *optional*): one more column per query that is not a negative
             (NT-Xent's own view); never marked.
 
@@ -178,7 +178,7 @@ def false_negative_mask(ref_queries: torch.Tensor, ref_candidates: torch.Tensor,
     """
     sim = ref_queries @ ref_candidates.T  # (R, C)
     pos = sim.gather(1, target[:, None])  # (R, 1)
-    masked = sim > pos - margin
+    masked = sim >= pos - margin  # ties mask too: an exact duplicate of the positive is a false negative
     rows = torch.arange(sim.shape[0], device=sim.device)
     masked[rows, target] = False
     if exclude is not None:
@@ -233,7 +233,7 @@ def contrastive_loss(
         whitening: ZCA-whiten the global batch (anchors, positives, negatives together) before normalising.
         gather: use every process's rows as candidates (with gradient) when ``torch.distributed`` is running.
         false_negatives: ``"none"`` or ``"mask"``: remove from each query's softmax the negatives whose reference
-            similarity exceeds the positive's minus ``false_negative_margin`` (see the module docstring and
+            similarity reaches the positive's minus ``false_negative_margin`` (see the module docstring and
             :func:`false_negative_mask`); the counts are in ``masked_stats``.
         false_negative_margin: the margin (cosine units; default 0: mask what the reference ranks above the positive).
         reference: the reference view, one ``(n, d_r)`` tensor per column (anchors, positives, negatives) of this
@@ -336,7 +336,7 @@ class InfoNCELoss(nn.Module):
         gather_across_devices: candidates from every process (with gradient).
         whitening, whitening_eps: ZCA-whiten the global batch before normalising (see :func:`whiten`).
         false_negatives (`str`, *optional*, defaults to `"none"`): ``"mask"`` removes from each anchor's softmax
-            the in-batch negatives whose reference similarity to it exceeds the positive's minus
+            the in-batch negatives whose reference similarity to it reaches the positive's minus
             ``false_negative_margin`` (GISTEmbed's rule; see :func:`false_negative_mask`).
         false_negative_margin (`float`, *optional*, defaults to `0.0`): the margin, in cosine units.
         guide (`SentenceTransformer`, *optional*): reference model for the mask (embeddings under ``no_grad``,

@@ -36,6 +36,7 @@ from .checkpoints import complete_checkpoints, resolve_resume_checkpoint, start_
 from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
 from .following import CalibrationPlan, WindowFollower, plan_calibrations
 from .guards import NonFiniteLossError, OutOfMemoryAdvice, is_out_of_memory, nonfinite_rows, out_of_memory_advice
+from .learnability import LearnabilitySelector, build_reference_bank, hold_out_reference_rows
 from .losses import InfoNCELoss, gather_with_grad
 from .progress import ProgressCalibration
 from .sampler import DiversityWindowBatchSampler
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DivCLTrainer", "DivCLTrainingArguments"]
 
 STATE_DIR = "divcl_state"
+SELECTORS = ("learnability", "hard")
+"""Builders that select each step's batch from a super-batch (mega-batch path) instead of planning the epoch."""
 BANK_SOURCES = ("training", "reference")
 
 
@@ -89,10 +92,26 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     recalibrate_early: float = field(default=0.1, metadata={
         "help": "'progress' window: also re-calibrate after this fraction of the steps (0: not)."})
     builder: str = field(default="greedy", metadata={
-        "help": "Batch builder: greedy (Greedy-m), pool (Pool-P), cluster (k-means mix) or random.",
-        "choices": ["greedy", "pool", "cluster", "random"]})
+        "help": "Batch builder: greedy (Greedy-m), pool (Pool-P), cluster (k-means mix) or random, aiming at the "
+                "window; or a per-step selector from a super-batch of mega_batch_factor × B random rows: "
+                "'learnability' (JEST-style joint selection by learner loss − reference loss; within the window "
+                "when window is 'auto' or 'low:high') or 'hard' (learner loss alone).",
+        "choices": ["greedy", "pool", "cluster", "random", "learnability", "hard"]})
     builder_kwargs: dict | str | None = field(default=None, metadata={
         "help": "Builder options as a dict or JSON, e.g. '{\"m\": 64}' (greedy) or '{\"p\": 3}' (pool)."})
+    learnability_reference: str = field(default="held_out", metadata={
+        "help": "builder='learnability': the reference model. 'held_out' (a copy of the starting model fine-tuned "
+                "briefly on a held-out slice of the training rows, never trained on by the run), 'guide' (the "
+                "false-negative guide model) or a path to a SentenceTransformer folder."})
+    learnability_reference_rows: int = field(default=0, metadata={
+        "help": "learnability_reference='held_out': training rows held out for the reference (0: 5 % of the rows, "
+                "at least 4 global batches, at most 2000)."})
+    learnability_reference_steps: int = field(default=0, metadata={
+        "help": "learnability_reference='held_out': optimizer steps of the reference fine-tune (0: 20 % of the "
+                "run's steps, at least 10)."})
+    learnability_chunks: int = field(default=4, metadata={
+        "help": "builder='learnability'/'hard': chunks per batch; each chunk is scored given the rows chosen "
+                "before it."})
     on_infeasible: str = field(default="closest", metadata={
         "help": "When the window is out of reach on this data: 'closest' (warn, aim as close as possible) or "
                 "'raise' (alias 'error': stop with the measured range).", "choices": ["closest", "raise", "error"]})
@@ -121,11 +140,15 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     whitening_eps: float = field(default=0.05, metadata={"help": "Whitening shrinkage relative to mean variance."})
     false_negatives: str = field(default="none", metadata={
         "help": "'mask': remove from each anchor's softmax the in-batch negatives whose reference similarity to it "
-                "exceeds the positive's minus false_negative_margin (GISTEmbed's rule; the reference is the model's "
+                "reaches the positive's minus false_negative_margin (GISTEmbed's rule; the reference is the model's "
                 "own embeddings, detached, or the guide of an InfoNCELoss passed as loss=); 'none': keep all.",
         "choices": ["none", "mask"]})
+    false_negative_guide: str | None = field(default=None, metadata={
+        "help": "false_negatives='mask': path of a SentenceTransformer whose embeddings decide what is masked "
+                "(GISTEmbed's guide; checked on a few rows before training). Default: the model's own embeddings, "
+                "detached."})
     false_negative_margin: float = field(default=0.0, metadata={
-        "help": "false_negatives='mask': a negative is masked when ref(anchor, negative) > ref(anchor, positive) − "
+        "help": "false_negatives='mask': a negative is masked when ref(anchor, negative) ≥ ref(anchor, positive) − "
                 "margin (cosine units, in [-2, 2]); 0 masks those the reference ranks above the positive, a larger "
                 "margin masks more."})
     log_bands: bool = field(default=True, metadata={
@@ -146,7 +169,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "With nonfinite_action='skip': stop anyway after this many skipped batches."})
     mega_batch_factor: int = field(default=1, metadata={
         "help": "Mega-batch mode (M > 1): the sampler draws M×B random rows per step and the collator keeps the B "
-                "whose bank embeddings best fit the window; one epoch then trains on 1/M of the rows."})
+                "whose bank embeddings best fit the window (or, with builder='learnability'/'hard', the most "
+                "learnable / hardest; those default to M = 4); one epoch then trains on 1/M of the rows."})
     image_size: int | None = field(default=None, metadata={
         "help": "Side of augmented image views (default: the model's image processor size)."})
     augment_scale_min: float = field(default=0.3, metadata={"help": "Smallest random-resized-crop area fraction."})
@@ -183,7 +207,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                              f"{self.false_negative_margin}.")
         if self.window not in ("auto", "none", "progress"):
             DiversityWindow.parse(self.window)  # fail now, not at the first epoch
-        if self.window == "none" and self.builder != "random":
+        if self.window == "none" and self.builder not in ("random", *SELECTORS):
             raise ValueError(f"builder={self.builder!r} aims batches at a window; window='none' only goes with "
                              "builder='random'. Use window='progress' to calibrate one.")
         if not 0 <= self.calibration_budget <= 1:
@@ -203,6 +227,26 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             raise ValueError(f"recalibrate_every must be 'epoch', 'none' or a number of steps > 0, got "
                              f"{self.recalibrate_every!r}.")
         self.recalibrate_every = every
+        if self.false_negative_guide is not None and self.false_negatives != "mask" \
+                and not (self.builder == "learnability" and self.learnability_reference == "guide"):
+            raise ValueError("false_negative_guide serves false-negative masking (false_negatives='mask') or the "
+                             "learnability reference (learnability_reference='guide'); set one of them.")
+        if self.false_negative_guide is not None and not Path(self.false_negative_guide).is_dir():
+            raise ValueError(f"false_negative_guide={self.false_negative_guide!r} is not a folder; give the path of "
+                             "a saved SentenceTransformer (model.save(path)).")
+        if self.learnability_reference_rows < 0 or self.learnability_reference_steps < 0:
+            raise ValueError("learnability_reference_rows and learnability_reference_steps must be >= 0 (0: "
+                             "automatic).")
+        if self.learnability_chunks < 1:
+            raise ValueError(f"learnability_chunks must be >= 1, got {self.learnability_chunks}.")
+        if self.builder == "learnability" and self.learnability_reference == "guide" \
+                and self.false_negative_guide is None:
+            raise ValueError("learnability_reference='guide' needs false_negative_guide='path/to/model' (or use "
+                             "'held_out', or a model path).")
+        if self.builder == "learnability" and self.learnability_reference not in ("held_out", "guide") \
+                and not Path(self.learnability_reference).is_dir():
+            raise ValueError(f"learnability_reference must be 'held_out', 'guide' or a SentenceTransformer folder; "
+                             f"{self.learnability_reference!r} is neither (no such folder).")
         if self.calibration_levels:
             from .sweep import parse_level
 
@@ -210,7 +254,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 parse_level(name.strip())
         if self.mega_batch_factor < 1:
             raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}.")
-        if self.mega_batch_factor > 1 and self.window == "progress":
+        if self.mega_batch_factor > 1 and self.window == "progress" and self.builder not in SELECTORS:
             raise ValueError("mega_batch_factor > 1 selects against a fixed window: set window='auto' or "
                              "'low:high' with it (window='progress' starts on random batches).")
 
@@ -271,6 +315,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self._phase = "setup"
         self.nonfinite_skipped = 0
         self.probe_dataset = None
+        self.reference_dataset = None
+        self.selector: LearnabilitySelector | None = None
         self.follower: WindowFollower | None = None
         self.calibration_plan: CalibrationPlan | None = None
         if train_dataset is not None:
@@ -327,7 +373,10 @@ class DivCLTrainer(SentenceTransformerTrainer):
             raise DatasetError(f"The contrastive loss needs 2 input columns (anchor, positive[, negatives...]); the "
                                f"data set has {len(cols)}: {cols}. Add a positive column, or pass a loss that "
                                "works on single texts.")
-        if args.window == "progress" and self.calibration_plan is None:
+        if args.builder in SELECTORS:
+            if args.builder == "learnability" and args.learnability_reference == "held_out":
+                dataset, self.reference_dataset = hold_out_reference_rows(dataset, args, global_batch)
+        elif args.window == "progress" and self.calibration_plan is None:
             dataset = self._hold_out_probe(dataset, args, global_batch)
         if ROW_ID_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns(ROW_ID_COLUMN)
@@ -383,11 +432,27 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     def get_default_loss(self, model) -> torch.nn.Module:
         a = self.args
+        guide = self.guide_model() if a.false_negatives == "mask" else None
         return InfoNCELoss(model, temperature=a.temperature, learnable_temperature=a.learnable_temperature,
                            loss_type=a.loss_type, symmetric=a.symmetric_loss,
                            gather_across_devices=a.gather_across_devices, whitening=a.whitening,
                            whitening_eps=a.whitening_eps, false_negatives=a.false_negatives,
-                           false_negative_margin=a.false_negative_margin)
+                           false_negative_margin=a.false_negative_margin, guide=guide)
+
+    def guide_model(self):
+        """The ``false_negative_guide`` SentenceTransformer (loaded once, on the model's device), or ``None``."""
+        path = self.args.false_negative_guide
+        if path is None:
+            return None
+        if getattr(self, "_guide", None) is None:
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                self._guide = SentenceTransformer(path, device=str(self.args.device))
+            except Exception as err:
+                raise ValueError(f"Cannot load the guide model from {path!r} ({type(err).__name__}: {err}); give "
+                                 "the folder of a saved SentenceTransformer.") from err
+        return self._guide
 
     # -- bank and sampler ----------------------------------------------------------------------------------------
 
@@ -432,6 +497,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
         processes = self._world_size() if self.args.gather_across_devices else 1
+        if self.args.builder in SELECTORS:
+            return self._selecting_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
+                                           processes)
         mega = max(1, int(self.args.mega_batch_factor))
         builder = self.args.builder
         progress = self.args.window == "progress"
@@ -469,6 +537,39 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.diversity.window = window
         self.divcl_sampler = sampler
         self._write_window_file(window)
+        self._write_run_file(dataset, processes, batch_size)
+        return sampler
+
+    def _selecting_sampler(self, dataset, batch_size, drop_last, valid_label_columns, generator, seed, processes):
+        """builder='learnability'/'hard': random super-batches of M × B rows; the collator keeps B per step."""
+        a = self.args
+        mega = int(a.mega_batch_factor) if a.mega_batch_factor > 1 else 4
+        window = None
+        self._phase = "bank"
+        self.bank = self.build_bank(dataset)
+        if a.window not in ("progress", "none"):
+            window = self._resolve_window(batch_size * processes, seed)
+        reference = None
+        if a.builder == "learnability":
+            reference = build_reference_bank(self, dataset)
+        self._phase = "training"
+        sampler = DiversityWindowBatchSampler(
+            dataset, batch_size=batch_size * mega, drop_last=drop_last, valid_label_columns=valid_label_columns,
+            generator=generator, seed=seed, bank=self.bank, window=None, builder="random",
+            temperature=a.temperature, processes=processes, on_infeasible=a.on_infeasible, dedupe=a.dedupe)
+        if self._resume_dir is not None and (self._resume_dir / STATE_DIR / "sampler.json").is_file():
+            sampler.load_state_dict(_load_sampler_state(self._resume_dir / STATE_DIR), skip=False)
+        self.selector = LearnabilitySelector(self.bank, batch_size, a.temperature, reference=reference,
+                                             chunks=a.learnability_chunks, window=window, seed=seed)
+        self.data_collator.select = self.selector
+        self.diversity.window = window
+        self.divcl_sampler = sampler
+        self._write_window_file(window)
+        self._write_run_file(dataset, processes, batch_size)
+        return sampler
+
+    def _write_run_file(self, dataset, processes: int, batch_size: int) -> None:
+        """``divcl_run.json``: the loss, processes, bank, false-negative masking and batch selection of the run."""
         if self.is_world_process_zero():
             loss = self.loss
             run = {"loss": type(loss).__name__ + (f" ({loss.loss_type}{', symmetric' if loss.symmetric else ''})"
@@ -479,8 +580,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
             if isinstance(loss, InfoNCELoss) and loss.false_negatives != "none":
                 run["false_negatives"] = {"mode": loss.false_negatives, "margin": loss.false_negative_margin,
                                           "reference": loss.get_config_dict()["guide"]}
+            if self.selector is not None:
+                run["selection"] = self.selection_info()
+            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
             Path(self.args.output_dir, "divcl_run.json").write_text(json.dumps(run, indent=2))
-        return sampler
+
+    def selection_info(self) -> dict[str, Any]:
+        """How per-step selection chose batches (builder='learnability'/'hard'), for the run file and the card."""
+        a, sel = self.args, self.selector
+        ref = a.learnability_reference if sel.reference is not None else None
+        return {"mode": sel.mode, "super_batch_factor": self.divcl_sampler.batch_size // a.per_device_train_batch_size
+                if self.divcl_sampler is not None else None, "chunks": sel.chunks,
+                "reference": ref, "reference_rows": len(self.reference_dataset) if self.reference_dataset is not None
+                else None, "reference_steps": getattr(self, "reference_steps", None),
+                "within_window": sel.window is not None}
 
     def _window_builder(self) -> str:
         return self.args.builder if self.args.builder != "random" else "greedy"
@@ -494,12 +607,19 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if not self.is_world_process_zero():
             return
         a = self.args
-        info: dict[str, Any] = {"policy": a.window if a.window in ("progress", "auto", "none") else "fixed",
+        policy = a.window if a.window in ("progress", "auto", "none") else "fixed"
+        if a.builder in SELECTORS:  # per-step selection; window='progress' does not apply to it
+            policy = a.builder
+        info: dict[str, Any] = {"policy": policy,
                                 "window": window.to_dict() if window is not None else None,
                                 "builder": self.divcl_sampler.builder if self.divcl_sampler is not None else a.builder,
                                 "temperature": a.temperature, "global_batch_size": self.global_batch_size(),
                                 "mega_batch_factor": max(1, int(a.mega_batch_factor))}
-        if a.window == "progress":
+        if a.builder in SELECTORS:
+            info["selection"] = self.selection_info() if self.selector is not None else None
+            info["reason"] = (f"builder={a.builder!r} selects each step's {self.global_batch_size()} rows from a "
+                              "random super-batch" + (" inside the window" if window is not None else ""))
+        elif a.window == "progress":
             current = self.follower.current if self.follower is not None else None
             info["decision"] = current.decision if current is not None else "random"
             info["reason"] = current.reason if current is not None else (
@@ -710,7 +830,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logs = {**logs, **self.diversity.summary(step=self.state.global_step, bank=self.bank,
                                                      selection_seconds=self.selection_seconds()),
                     PREFIX + "nonfinite_skipped": float(self.nonfinite_skipped)}
-            if self.args.window == "progress":
+            if self.selector is not None:
+                logs.update({PREFIX + k: v for k, v in self.selector.summary().items()})
+            if self.args.window == "progress" and self.selector is None:
                 logs[PREFIX + "window_active"] = float(self.diversity.window is not None)
                 logs[PREFIX + "calibration_seconds"] = self.follower.seconds if self.follower is not None else 0.0
         super().log(logs, start_time)

@@ -39,7 +39,7 @@ def ref_query_loss(q, cands, pos, ref_q, ref_cands, margin, tau, exclude=None):
     for j in range(cands.shape[0]):
         if j == exclude:
             continue
-        if j != pos and float(ref_q @ ref_cands[j]) > pos_ref - margin:
+        if j != pos and float(ref_q @ ref_cands[j]) >= pos_ref - margin:
             masked += 1
             continue
         kept.append(j)
