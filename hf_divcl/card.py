@@ -162,6 +162,38 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
             "random_batches": decision != "window", "raw_calibrations": raw}
 
 
+def _mean(records: Sequence[dict], key: str) -> float | None:
+    ys = _series(records, key)[1]
+    return sum(ys) / len(ys) if ys else None
+
+
+def _selection_context(records: Sequence[dict], run: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """Per-step selection (builder='learnability'/'hard') and false-negative masking, with their logged effect."""
+    out: dict[str, Any] = {"selection": None, "false_negatives": None}
+    sel = run.get("selection")
+    if sel:
+        mode = sel.get("mode", "learnability")
+        chosen, rand = _mean(records, f"divcl/{mode}_selected"), _mean(records, f"divcl/{mode}_random")
+        stale = _mean(records, "divcl/learner_stale_fraction")
+        ref = sel.get("reference")
+        ref_text = ("the starting model fine-tuned for {} steps on {} held-out training rows (never trained on by "
+                    "this run)".format(sel.get("reference_steps"), sel.get("reference_rows"))
+                    if ref == "held_out" else "the guide model" if ref == "guide" else f"`{ref}`" if ref else
+                    "none (hard-example selection: the learner's loss alone)")
+        out["selection"] = {
+            "mode": mode, "factor": sel.get("super_batch_factor"), "chunks": sel.get("chunks"), "reference": ref_text,
+            "within_window": bool(sel.get("within_window")),
+            "score": "learner loss − reference loss" if mode == "learnability" else "learner loss",
+            "selected": _fmt(chosen, 3), "random": _fmt(rand, 3),
+            "stale": f"{stale:.0%}" if stale is not None else "n/a"}
+    fn = run.get("false_negatives")
+    if fn:
+        out["false_negatives"] = {"margin": fn.get("margin"), "reference": fn.get("reference"),
+                                  "per_anchor": _fmt(_mean(records, "divcl/masked_negatives_mean"), 3),
+                                  "all_masked": _fmt(_mean(records, "divcl/anchors_all_masked"), 3)}
+    return out
+
+
 def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dataset: str, train_rows: int,
                      repo_id: str | None = None, evaluation: dict[str, tuple[float | None, float | None]] | None = None,
                      evaluation_note: str = "", usage_inputs: Sequence[str] | None = None,
@@ -193,6 +225,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     window = info.get("window") or {}
     metric = window.get("metric", "effective_rank")
     policy = _policy_context(out, info)
+    policy.update(_selection_context(records, run, info))
     plot_diversity_trajectory(records, out / TRAJECTORY_PNG, metric=metric, calibrations=policy["raw_calibrations"])
     plot_gradient_bands(records, out / BANDS_PNG)
 

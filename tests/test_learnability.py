@@ -196,6 +196,12 @@ def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_ro
     assert window["policy"] == builder and run["selection"]["mode"] == builder
     logs = [r for r in trainer.state.log_history if "loss" in r]
     assert all(f"divcl/{builder}_selected" in r for r in logs)
+    from hf_divcl.card import write_model_card
+
+    card = write_model_card(tmp_path / "out", base_model="tiny-bert", dataset="WordNet pairs",
+                            train_rows=len(trainer.train_dataset)).read_text()
+    assert f"### Batch selection: {builder}" in card and "4 × the batch size" in card
+    assert ("learner loss − reference loss" if builder == "learnability" else "hard-example selection") in card
     if builder == "learnability":
         held = set(trainer.reference_dataset["anchor"])
         assert run["selection"]["reference_rows"] == len(trainer.reference_dataset) == 32
