@@ -326,7 +326,7 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["text", "vision", "clip"], default="text")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    p.add_argument("--policies", nargs="+", default=None, choices=list(POLICIES), help="default: all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help="default: 80 (text) / 320 (vision, 10 epochs)")
     p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 40 (vision)")
@@ -345,11 +345,14 @@ def main() -> None:
     p.add_argument("--output", default=None)
     a = p.parse_args()
     text = a.task == "text"
+    if not a.smoke:
+        a.policies = a.policies or list(POLICIES)
     a.steps = a.steps or (80 if text else 320 if a.task == "vision" else 160)
     a.eval_every = a.eval_every or (10 if text else 40)
     a.batch_size = a.batch_size or (32 if text else 128 if a.task == "vision" else 32)
     if a.smoke:
-        a.policies, a.seeds, a.steps, a.eval_every, a.batch_size = ["random", "progress"], [0], 4, 2, 8
+        a.policies = a.policies or ["random", "progress"]
+        a.seeds, a.steps, a.eval_every, a.batch_size = [0], 4, 2, 8
         a.rows = 128 if text else 256
         a.source = "embedded"
     out = Path(a.output or (Path(tempfile.gettempdir()) / f"ttq_{a.task}_smoke.json" if a.smoke

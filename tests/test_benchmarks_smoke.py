@@ -41,6 +41,17 @@ def test_time_to_quality_smoke(tmp_path, task):
 
 
 @pytest.mark.slow
+def test_time_to_quality_selection_policies_smoke(tmp_path):
+    out = tmp_path / "t.json"
+    run("time_to_quality.py", "--task", "clip", "--policies", "random", "tight_mask", "learnability", "--output",
+        str(out))
+    res = json.loads(out.read_text())
+    assert set(res["summary"]["policies"]) == {"random", "tight_mask", "learnability"}
+    learn = next(r for r in res["runs"] if r["policy"] == "learnability")
+    assert learn["reference_seconds"] > 0 and learn["selection_seconds"] > 0
+
+
+@pytest.mark.slow
 def test_window_location_smoke(tmp_path):
     out = tmp_path / "l.json"
     run("window_location.py", "--output", str(out))
@@ -68,3 +79,12 @@ def test_whole_run_smoke(tmp_path):
     run("whole_run.py", "--output", str(out))
     res = json.loads(out.read_text())
     assert [r["kind"] for r in res["runs"]] == ["plain", "divcl"] and res["ratio_divcl_over_plain"] > 0
+
+
+@pytest.mark.slow
+def test_selection_cost_smoke(tmp_path):
+    out = tmp_path / "c.json"
+    run("selection_cost.py", "--output", str(out))
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["batch_size"] == 8
+    assert set(row["fraction_of_step"]) == {"step_mask", "select_hard", "select_learn", "select_window"}
