@@ -18,6 +18,9 @@ the batch sampler differs:
     learnability     JEST-style joint selection from 4×B random rows by learner − reference loss
     hard             the same selection by learner loss alone (hard-example selection)
     learnability_window   learnability-sampled batches kept inside the gradient-calibrated window
+    random_mask_strict    random batches, masking only negatives the model ranks 0.1 above the positive
+    random_dup / tight_dup / window_dup / learnability_dup   masking only the certain false negatives
+                     (false_negatives="duplicates": in-batch rows with an identical anchor or positive)
 
 The held-out score is evaluated every ``--eval-every`` steps (evaluation time excluded from the clock); the clock
 includes everything else a run pays: reference encoding of the bank, window calibration, epoch planning,
@@ -65,6 +68,15 @@ POLICIES = {
     "learnability": {"builder": "learnability", "window": "none"},
     "hard": {"builder": "hard", "window": "none"},
     "learnability_window": {"builder": "learnability", "window": "auto"},
+    "random_mask_strict": {"builder": "random", "window": "none", "false_negatives": "mask",
+                           "false_negative_margin": -0.1},
+    "random_dup": {"builder": "random", "window": "none", "false_negatives": "duplicates", "dedupe": False},
+    "tight_dup": {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}, "window": "auto",
+                  "false_negatives": "duplicates", "dedupe": False},
+    "window_dup": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto", "false_negatives": "duplicates",
+                   "dedupe": False},
+    "learnability_dup": {"builder": "learnability", "window": "none", "false_negatives": "duplicates",
+                         "dedupe": False},
 }
 
 
@@ -195,7 +207,7 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
         logging_steps=max(1, a.eval_every), collapse_threshold=0,
         bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
-        **extra, **opts)
+        **{**extra, **opts})
     clock.t0 = time.perf_counter()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
     trainer.train()

@@ -20,6 +20,7 @@ positive: its loss is exactly 0 and its gradient exactly 0, and it is counted.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ __all__ = [
 ]
 
 LOSS_TYPES = ("infonce", "nt_xent")
-FALSE_NEGATIVE_MODES = ("none", "mask")
+logger = logging.getLogger(__name__)
+
+FALSE_NEGATIVE_MODES = ("none", "mask", "duplicates")
 
 
 def _dist_ready() -> bool:
@@ -219,6 +222,7 @@ def contrastive_loss(
     false_negatives: str = "none",
     false_negative_margin: float = 0.0,
     reference: Sequence[torch.Tensor] | None = None,
+    groups: torch.Tensor | None = None,
 ) -> ContrastiveOutput:
     """Contrastive loss of a batch, against the global batch when running distributed.
 
@@ -239,6 +243,10 @@ def contrastive_loss(
         reference: the reference view, one ``(n, d_r)`` tensor per column (anchors, positives, negatives) of this
             process, e.g. a guide model's embeddings (gathered like the columns, never differentiated). Default: the
             loss's own unit embeddings (after whitening), detached.
+        groups (`torch.Tensor` of shape `(n,)`, *optional*): with ``false_negatives="duplicates"``, each row's
+            duplicate group (rows sharing an identical anchor or positive, :func:`hf_divcl.builders.duplicate_groups`):
+            an in-batch candidate of the same group as the query's row is masked — a certain false negative, e.g.
+            another image with the same caption. Hard-negative columns are never masked this way.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
@@ -264,9 +272,11 @@ def contrastive_loss(
     u_all, v_all = glob[0], glob[1]
     u, v = u_all[offset:offset + n], v_all[offset:offset + n]
     target = torch.arange(n, device=u.device) + offset
-    mask_on = false_negatives == "mask"
+    mask_on = false_negatives != "none"
     masked: list[torch.Tensor] = []  # global (R, C) masks, True = masked, one per softmax direction
-    if mask_on:  # built on the global batch, so every process holds the same mask and the same counts
+    if false_negatives == "duplicates":
+        masked = _duplicate_masks(groups, n, big_n, len(cols), loss_type, symmetric, gather, u.device)
+    elif mask_on:  # built on the global batch, so every process holds the same mask and the same counts
         with torch.no_grad():
             ref = _reference_view(glob, reference, n, gather)  # (k, N, d_r)
             every = torch.arange(big_n, device=ref.device)
@@ -319,6 +329,30 @@ def contrastive_loss(
                              loss_type=loss_type)
 
 
+def _duplicate_masks(groups: torch.Tensor | None, n: int, big_n: int, k: int, loss_type: str, symmetric: bool,
+                     gather: bool, device: torch.device) -> list[torch.Tensor]:
+    """The ``(R, C)`` masks of ``false_negatives="duplicates"``: candidates whose row shares the query row's group."""
+    if groups is None or groups.ndim != 1 or groups.shape[0] != n:
+        got = None if groups is None else tuple(groups.shape)
+        raise ValueError(f"false_negatives='duplicates' needs each row's duplicate group, shape ({n},), got {got}; "
+                         "DivCLTrainer passes them, or call contrastive_loss(..., groups=duplicate_groups(...)).")
+    with torch.no_grad():
+        g = groups.to(device=device, dtype=torch.float64).reshape(n, 1)  # float64: exact ids, gatherable
+        if gather:
+            g = gather_with_grad(g)[0]
+        g = g.reshape(-1)
+        same = g[:, None] == g[None, :]  # (N, N); the diagonal (the query's own positive) is cleared below
+        same.fill_diagonal_(False)
+        if loss_type == "infonce":
+            first = torch.cat([same, torch.zeros(big_n, (k - 2) * big_n, dtype=torch.bool, device=device)], dim=1)
+            return [first, same] if symmetric else [first]
+        both = same.repeat(2, 2)  # NT-Xent over 2N views: view i's partner i ± N and itself are never negatives
+        idx = torch.arange(2 * big_n, device=device)
+        both[idx, idx] = False
+        both[idx, (idx + big_n) % (2 * big_n)] = False
+        return [both]
+
+
 class InfoNCELoss(nn.Module):
     """InfoNCE / NT-Xent as a sentence-transformers loss, on the global batch across processes.
 
@@ -337,7 +371,9 @@ class InfoNCELoss(nn.Module):
         whitening, whitening_eps: ZCA-whiten the global batch before normalising (see :func:`whiten`).
         false_negatives (`str`, *optional*, defaults to `"none"`): ``"mask"`` removes from each anchor's softmax
             the in-batch negatives whose reference similarity to it reaches the positive's minus
-            ``false_negative_margin`` (GISTEmbed's rule; see :func:`false_negative_mask`).
+            ``false_negative_margin`` (GISTEmbed's rule; see :func:`false_negative_mask`); ``"duplicates"`` removes
+            only the certain ones, candidates whose row has an identical anchor or positive (set
+            ``batch_groups`` before each call — :class:`~hf_divcl.trainer.DivCLTrainer` does).
         false_negative_margin (`float`, *optional*, defaults to `0.0`): the margin, in cosine units.
         guide (`SentenceTransformer`, *optional*): reference model for the mask (embeddings under ``no_grad``,
             never trained); default: the model's own embeddings, detached. Text the guide tokenises differently is
@@ -372,6 +408,7 @@ class InfoNCELoss(nn.Module):
         self.last_output: ContrastiveOutput | None = None
         self.false_negatives = false_negatives
         self.false_negative_margin = float(false_negative_margin)
+        self.batch_groups: torch.Tensor | None = None  # (n,) duplicate group per row, for "duplicates"; consumed
         # not a submodule: the guide is never trained, never in the optimiser, never moved or saved with the loss
         self.__dict__["guide"] = guide
         self._retokenize = _must_retokenize(model, guide) if guide is not None else False
@@ -455,10 +492,19 @@ class InfoNCELoss(nn.Module):
         reference = None
         if self.false_negatives == "mask" and self.guide is not None:
             reference = [r.to(embs[0].device) for r in self.guide_embeddings(sentence_features)]
+        groups, self.batch_groups = self.batch_groups, None
+        if self.false_negatives == "duplicates" and groups is None:  # no row ids here (e.g. a probe batch)
+            if not getattr(self, "_warned_groups", False):
+                self._warned_groups = True
+                logger.warning("false_negatives='duplicates' without batch_groups: duplicates are unknown for this "
+                               "batch, nothing is masked. DivCLTrainer sets them for every training batch.")
+            n, rank = embs[0].shape[0], torch.distributed.get_rank() if _dist_ready() else 0
+            groups = torch.arange(rank * n, (rank + 1) * n, device=embs[0].device)  # unique across processes
         out = contrastive_loss(embs[0], embs[1], self.temperature, negatives=embs[2:], loss_type=self.loss_type,
                                symmetric=self.symmetric, whitening=self.whitening, whitening_eps=self.whitening_eps,
                                gather=self.gather_across_devices, false_negatives=self.false_negatives,
-                               false_negative_margin=self.false_negative_margin, reference=reference)
+                               false_negative_margin=self.false_negative_margin, reference=reference,
+                               groups=groups)
         self.last_output = out
         return out.loss
 

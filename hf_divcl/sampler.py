@@ -205,10 +205,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         return [c for c in self.dataset.column_names if type(feats.get(c)).__name__ == "Image"]
 
     def groups(self) -> torch.Tensor | None:
-        """Duplicate group per row: rows with the same text in the same column (anchor, positive) or the same image
-        bytes share a group, so they never meet in a batch as false negatives. Hard-negative columns (third and
+        """Duplicate groups (:meth:`row_groups`) when ``dedupe`` is on, so duplicates never meet in a batch."""
+        return self.row_groups() if self._dedupe else None
+
+    def row_groups(self) -> torch.Tensor | None:
+        """Duplicate group per row ``(N,)``: rows with the same text in the same column (anchor, positive) or the
+        same image bytes share a group (they are false negatives of each other). Hard-negative columns (third and
         later) are not compared: a row's hard negative may well be another row's positive."""
-        if self._dedupe and self._groups is None:
+        if self._groups is None:
             cols = [[(k, t) for t in self.dataset[c]] for k, c in enumerate(self._text_columns()[:2])]
             for c in self._image_columns():  # compare the encoded bytes (or paths), never decode
                 cells = self.dataset.data.column(c).to_pylist()
@@ -216,7 +220,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                              else (x or {}).get("path") or f"row{i}" for i, x in enumerate(cells)])
             if cols:
                 self._groups = duplicate_groups(*cols)
-        return self._groups if self._dedupe else None
+        return self._groups
 
     # -- planning -----------------------------------------------------------------------------------------------
 

@@ -141,8 +141,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     false_negatives: str = field(default="none", metadata={
         "help": "'mask': remove from each anchor's softmax the in-batch negatives whose reference similarity to it "
                 "reaches the positive's minus false_negative_margin (GISTEmbed's rule; the reference is the model's "
-                "own embeddings, detached, or the guide of an InfoNCELoss passed as loss=); 'none': keep all.",
-        "choices": ["none", "mask"]})
+                "own embeddings, detached, or false_negative_guide); 'duplicates': remove only the certain ones, "
+                "in-batch rows with an identical anchor or positive (e.g. the same caption); 'none': keep all.",
+        "choices": ["none", "mask", "duplicates"]})
     false_negative_guide: str | None = field(default=None, metadata={
         "help": "false_negatives='mask': path of a SentenceTransformer whose embeddings decide what is masked "
                 "(GISTEmbed's guide; checked on a few rows before training). Default: the model's own embeddings, "
@@ -595,6 +596,13 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 else None, "reference_steps": getattr(self, "reference_steps", None),
                 "within_window": sel.window is not None}
 
+    def row_groups(self) -> torch.Tensor:
+        """``(N,)`` duplicate group of every training row (for ``false_negatives="duplicates"``), computed once."""
+        if getattr(self, "_row_groups", None) is None:
+            groups = self.divcl_sampler.row_groups() if self.divcl_sampler is not None else None
+            self._row_groups = groups if groups is not None else torch.arange(len(self.train_dataset))
+        return self._row_groups
+
     def _window_builder(self) -> str:
         return self.args.builder if self.args.builder != "random" else "greedy"
 
@@ -738,6 +746,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         track = row_ids is not None and self.model.training
         if track and not ours:
             self._capture = []
+        if row_ids is not None and ours and self.loss.false_negatives == "duplicates":
+            self.loss.batch_groups = self.row_groups()[row_ids.cpu()]
         try:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:

@@ -79,6 +79,36 @@ def reference_loss(cols, tau, margin, kind="infonce", reference=None):
 KINDS = {"infonce": {}, "symmetric": {"symmetric": True}, "nt_xent": {"loss_type": "nt_xent"}}
 
 
+def group_one_hot(groups: torch.Tensor) -> torch.Tensor:
+    """A reference view in which two rows have similarity 1 if they share a group and 0 otherwise: masking at
+    margin 0 then removes exactly the same-group candidates (the rule of ``false_negatives="duplicates"``)."""
+    return F.one_hot(groups, int(groups.max()) + 1).to(F64)
+
+
+@pytest.mark.parametrize("kind", ["infonce", "symmetric", "nt_xent"])
+def test_duplicate_masking_removes_exactly_the_same_group_candidates(kind):
+    cols = clustered(seed=4)
+    groups = torch.tensor([0, 1, 2, 0, 3, 4, 1, 5, 6, 0, 7, 8])
+    mine = [c.clone().requires_grad_(True) for c in cols]
+    out = contrastive_loss(mine[0], mine[1], 0.1, false_negatives="duplicates", groups=groups, **KINDS[kind])
+    out.loss.backward()
+    theirs = [c.clone().requires_grad_(True) for c in cols]
+    ref_loss, counts = reference_loss(theirs, 0.1, 0.0, kind, [group_one_hot(groups)] * 2)
+    ref_loss.backward()
+    assert abs(out.loss.item() - ref_loss.item()) < 1e-10
+    for a, b in zip(mine, theirs, strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-10, rtol=0)
+    # rows 0, 3, 9 share group 0 and rows 1, 6 group 1: 3·2 + 2·1 masked pairs per direction (NT-Xent: 4 per pair)
+    per_direction = {"infonce": 8, "symmetric": 16, "nt_xent": 32}[kind]
+    assert out.masked_stats[1].item() == sum(counts) == per_direction
+
+
+def test_duplicate_masking_needs_the_groups():
+    u, v = clustered()
+    with pytest.raises(ValueError, match="needs each row's duplicate group"):
+        contrastive_loss(u, v, 0.1, false_negatives="duplicates")
+
+
 @pytest.mark.parametrize("kind, hard", [("infonce", False), ("infonce", True), ("symmetric", False),
                                         ("symmetric", True), ("nt_xent", False)])
 @pytest.mark.parametrize("guide", [False, True])
@@ -336,6 +366,33 @@ def test_trainer_with_masking_trains_and_logs_the_masked_counts(tiny_model_dir, 
     assert run["false_negatives"] == {"mode": "mask", "margin": 0.02, "reference": "self (detached)"}
 
 
+def test_trainer_masks_exactly_the_in_batch_duplicates(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.trainer import DivCLTrainer
+
+    pairs = _pairs()
+    captions = [f"caption {i % 3}" for i in range(len(pairs))]  # 3 distinct positives: duplicates are certain
+    data = Dataset.from_dict({"anchor": pairs["anchor"], "positive": captions})
+    seen: list[torch.Tensor] = []
+
+    class Recording(DivCLTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            seen.append(self.row_groups()[inputs["row_ids"]])
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    trainer = Recording(model=SentenceTransformer(tiny_model_dir, device="cpu"),
+                        args=_args(tmp_path, false_negatives="duplicates", dedupe=False, logging_steps=1),
+                        train_dataset=data)
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "divcl/masked_negatives_total" in r]
+    assert len(logs) == len(seen) == 4
+    for groups, r in zip(seen, logs, strict=True):
+        same = int((groups[:, None] == groups[None, :]).sum()) - len(groups)  # ordered same-caption pairs
+        assert r["divcl/masked_negatives_total"] == same > 0
+
+
 def test_trainer_refuses_a_bad_margin_and_a_broken_guide_before_training(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -372,15 +429,18 @@ sys.path.insert(0, sys.argv[2])
 from test_false_negatives import clustered, KINDS
 results = {}
 CASES = [("even", "infonce", False, 6, False), ("uneven", "infonce", True, 7, False),
-         ("symmetric", "symmetric", True, 5, True), ("nt_xent", "nt_xent", False, 6, False)]
+         ("symmetric", "symmetric", True, 5, True), ("nt_xent", "nt_xent", False, 6, False),
+         ("duplicates", "symmetric", False, 5, False), ("duplicates_nt", "nt_xent", False, 7, False)]
 for name, kind, hard, cut, guide in CASES:
     cols = clustered(columns=3 if hard else 2, seed=1)
     reference = clustered(d=9, columns=len(cols), seed=2) if guide else None
     lo, hi = (0, cut) if rank == 0 else (cut, 12)
     mine = [c[lo:hi].clone().requires_grad_(True) for c in cols]
     ref = [r[lo:hi] for r in reference] if guide else None
-    out = contrastive_loss(mine[0], mine[1], 0.1, negatives=mine[2:], false_negatives="mask",
-                           false_negative_margin=0.1, reference=ref, **KINDS[kind])
+    mode = "duplicates" if name.startswith("duplicates") else "mask"
+    out = contrastive_loss(mine[0], mine[1], 0.1, negatives=mine[2:], false_negatives=mode,
+                           false_negative_margin=0.1, reference=ref, groups=(torch.arange(12) % 4)[lo:hi],
+                           **KINDS[kind])
     (out.loss * (hi - lo) / 12).backward()  # weighted so the sum over ranks is the global mean
     results[name] = {"loss": out.loss.detach(), "grads": [m.grad for m in mine], "stats": out.masked_stats,
                      "mask": out.negative_mask, "cut": cut}
@@ -398,13 +458,17 @@ def test_two_processes_get_the_masked_loss_and_gradient_of_the_global_batch(tmp_
                     str(tmp_path), str(ROOT / "tests")], check=True, env=env, timeout=300, capture_output=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     specs = {"even": ("infonce", False, False), "uneven": ("infonce", True, False),
-             "symmetric": ("symmetric", True, True), "nt_xent": ("nt_xent", False, False)}
+             "symmetric": ("symmetric", True, True), "nt_xent": ("nt_xent", False, False),
+             "duplicates": ("symmetric", False, False), "duplicates_nt": ("nt_xent", False, False)}
     for name, (kind, hard, guide) in specs.items():
         a, b = r0[name], r1[name]
         cut = a["cut"]
         cols = [c.clone().requires_grad_(True) for c in clustered(columns=3 if hard else 2, seed=1)]
         reference = clustered(d=9, columns=len(cols), seed=2) if guide else None
-        ref_loss, counts = reference_loss(cols, 0.1, 0.1, kind, reference)
+        margin = 0.1
+        if name.startswith("duplicates"):  # same group ⇔ the same one-hot reference row, masked at margin 0
+            reference, margin = [group_one_hot(torch.arange(12) % 4)] * 2, 0.0
+        ref_loss, counts = reference_loss(cols, 0.1, margin, kind, reference)
         ref_loss.backward()
         weighted = (a["loss"] * cut + b["loss"] * (12 - cut)) / 12
         assert abs(weighted.item() - ref_loss.item()) < 1e-10, name
