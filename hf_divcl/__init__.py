@@ -1,6 +1,6 @@
 """hf_divcl: diversity-window batches for contrastive encoders on the Hugging Face stack.
 
-Data flow: dataset → bank → builder (:mod:`hf_divcl.builders`) → sampler (:mod:`hf_divcl.sampler`) → model →
+Data flow: dataset → bank → builder (:mod:`hf_divcl.planning`) → sampler (:mod:`hf_divcl.sampler`) → model →
 loss → diversity and gradient bands (:mod:`hf_divcl.spectral`).
 
 The public names are importable from the top level (``from hf_divcl import DivCLTrainer, DivCLTrainingArguments,
@@ -29,8 +29,8 @@ _LAZY: dict[str, str] = {
     "DiversityCallback": "callbacks",
     "CollapseError": "callbacks",
     "read_diversity_log": "callbacks",
-    "plan_epoch": "builders",
-    "duplicate_groups": "builders",
+    "plan_epoch": "planning",
+    "duplicate_groups": "planning",
     "DiversityWindow": "window",
     "calibrate_window": "window",
     "GradientBands": "spectral",
@@ -77,13 +77,13 @@ __all__ = [
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .bank import EmbeddingBank
-    from .builders import duplicate_groups, plan_epoch
     from .callbacks import CollapseError, DiversityCallback, DiversityLogger, read_diversity_log
     from .card import write_model_card
     from .collator import DivCLDataCollator, MegaBatchSelector
     from .hub import push_to_hub
     from .losses import InfoNCELoss, contrastive_loss
     from .models import load_sentence_transformer
+    from .planning import duplicate_groups, plan_epoch
     from .sampler import DiversityWindowBatchSampler
     from .spectral import GradientBands, batch_diversity, gradient_bands, infonce_loss, participation_ratio
     from .trainer import DivCLTrainer, DivCLTrainingArguments

@@ -108,7 +108,7 @@ class MegaBatchSelector:
         self.last_value: float | None = None
 
     def __call__(self, row_ids: torch.Tensor) -> torch.Tensor:
-        from .builders import plan_epoch
+        from .planning import plan_epoch
 
         if row_ids.numel() <= self.batch_size:
             return torch.arange(row_ids.numel())

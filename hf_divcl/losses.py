@@ -244,7 +244,7 @@ def contrastive_loss(
             process, e.g. a guide model's embeddings (gathered like the columns, never differentiated). Default: the
             loss's own unit embeddings (after whitening), detached.
         groups (`torch.Tensor` of shape `(n,)`, *optional*): with ``false_negatives="duplicates"``, each row's
-            duplicate group (rows sharing an identical anchor or positive, :func:`hf_divcl.builders.duplicate_groups`):
+            duplicate group (rows sharing an identical anchor or positive, :func:`hf_divcl.planning.duplicate_groups`):
             an in-batch candidate of the same group as the query's row is masked — a certain false negative, e.g.
             another image with the same caption. Hard-negative columns are never masked this way.
     """

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from .builders import BatchBuilder, EpochPlan, duplicate_groups, plan_epoch
+from .planning import BatchBuilder, EpochPlan, duplicate_groups, plan_epoch
 from .window import DiversityWindow, calibrate_window
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         builder_kwargs (`dict`, *optional*): options of the builder (e.g. ``{"m": 64}``).
         temperature (`float`, *optional*, defaults to 0.05): τ used by ``window="auto"``.
         processes (`int`, *optional*): processes sharing a global batch (default: the distributed world size).
-        on_infeasible (`str`, *optional*, defaults to `"closest"`): see :func:`hf_divcl.builders.plan_epoch`.
+        on_infeasible (`str`, *optional*, defaults to `"closest"`): see :func:`hf_divcl.planning.plan_epoch`.
         dedupe (`bool`, *optional*, defaults to `True`): keep rows with identical text out of the same batch.
     """
 
