@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._common import cache_root
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddingBank", "data_fingerprint", "model_fingerprint"]
@@ -34,8 +36,7 @@ _DATA = "embeddings.npy"
 _STEPS = "last_update_step.npy"
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("HF_DIVCL_CACHE") or Path.home() / ".cache" / "hf_divcl")
+_cache_root = cache_root  # the old private name
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

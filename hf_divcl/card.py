@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ._common import RUN_INFO_FILE, WINDOW_FILE, atomic_write_text
 from .callbacks import read_diversity_log
 from .plotting import pyplot, save_figure
 from .resources import resource_path
@@ -218,10 +219,10 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     records = read_diversity_log(log_path)
     if not records:
         raise ValueError(f"{str(log_path)!r} has no records; train for at least `logging_steps` steps.")
-    info = json.loads((out / "divcl_window.json").read_text()) if (out / "divcl_window.json").is_file() else {}
+    info = json.loads((out / WINDOW_FILE).read_text()) if (out / WINDOW_FILE).is_file() else {}
     cal = json.loads((out / "divcl_calibration.json").read_text()) if (out / "divcl_calibration.json").is_file() \
         else None
-    run = json.loads((out / "divcl_run.json").read_text()) if (out / "divcl_run.json").is_file() else {}
+    run = json.loads((out / RUN_INFO_FILE).read_text()) if (out / RUN_INFO_FILE).is_file() else {}
     window = info.get("window") or {}
     metric = window.get("metric", "effective_rank")
     policy = _policy_context(out, info)
@@ -278,8 +279,4 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     env.filters["pyrepr"] = lambda v: repr(v).replace("`", "\\x60").replace("<", "\\x3c").replace(">", "\\x3e")
     text = env.from_string(template.read_text(encoding="utf-8")).render(**context)
     text = re.sub(r"\n{3,}", "\n\n", text)
-    readme = out / "README.md"
-    tmp = out / ".README.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, readme)
-    return readme
+    return atomic_write_text(out / "README.md", text)

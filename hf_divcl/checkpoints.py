@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ._common import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DATA_FILE", "RUN_FILE", "checkpoint_problem", "complete_checkpoints", "resolve_resume_checkpoint",
@@ -139,11 +141,7 @@ def _current_run_only(output_dir: str | os.PathLike, complete: list[Path]) -> li
 
 def write_checkpoint_identity(folder: str | os.PathLike, run_id: str, data: dict[str, Any]) -> None:
     """Record in a checkpoint which run wrote it and on which data (``data``: fingerprint, rows, columns)."""
-    d = Path(folder)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{DATA_FILE}.tmp"
-    tmp.write_text(json.dumps({"run_id": run_id, **data}, indent=2))
-    os.replace(tmp, d / DATA_FILE)
+    atomic_write_text(Path(folder) / DATA_FILE, json.dumps({"run_id": run_id, **data}, indent=2))
 
 
 def _describe(data: dict[str, Any]) -> str:
@@ -182,10 +180,7 @@ def start_run(output_dir: str | os.PathLike, resume: str | None, data: dict[str,
                            ", ".join(p.name for p in complete))
     run_id = run_id or uuid.uuid4().hex[:12]
     if write:
-        d = Path(output_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps({"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                   "resumed_from": str(resume) if resume else None, **data}, indent=2))
-        os.replace(tmp, d / RUN_FILE)
+        atomic_write_text(Path(output_dir) / RUN_FILE, json.dumps(
+            {"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             "resumed_from": str(resume) if resume else None, **data}, indent=2))
     return run_id

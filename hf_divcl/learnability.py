@@ -30,13 +30,12 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._common import banks_cache_dir
 from .window import DiversityWindow, measure_diversity
 
 logger = logging.getLogger(__name__)
@@ -349,8 +348,7 @@ def build_reference_bank(trainer: DivCLTrainer, dataset) -> EmbeddingBank:
                          f"trained reads {getattr(trainer.model, 'modalities', ['text'])}; give a reference of the "
                          "same modality.")
     columns = trainer._bank_columns(dataset)
-    cache = a.bank_cache_dir or os.path.join(os.environ.get("HF_DIVCL_CACHE") or os.path.join(Path.home(), ".cache",
-                                                                                                "hf_divcl"), "banks")
+    cache = a.bank_cache_dir or banks_cache_dir()
     was_training = model.training
     model.eval()
     try:

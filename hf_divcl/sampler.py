@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from ._common import banks_cache_dir
 from .planning import BatchBuilder, EpochPlan, duplicate_groups, plan_epoch
 from .window import DiversityWindow, calibrate_window
 
@@ -173,8 +172,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             raise ValueError(f"default_model needs text columns; this dataset has none ({self.dataset.column_names}): "
                              f"{how}.")
         name = DEFAULT_TEXT_MODEL if self._default_model is True else str(self._default_model)
-        cache = os.path.join(os.environ.get("HF_DIVCL_CACHE") or os.path.join(Path.home(), ".cache", "hf_divcl"),
-                             "banks")
+        cache = banks_cache_dir()
         logger.warning("No bank given (default_model=%r): encoding columns %s of %d rows with %s to plan batches "
                        "(cached in %s). The batches follow that model's geometry, not the model you train.",
                        self._default_model, cols[:2], self.num_rows, name, cache)

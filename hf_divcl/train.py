@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from ._common import WINDOW_FILE
 from .config import _str2bool, safe_load_yaml
 
 logger = logging.getLogger(__name__)
@@ -467,7 +468,7 @@ def _batches_line(out: Path) -> str | None:
     """What the run's batches were: the window and the share of logged training batches inside it."""
     from .callbacks import read_diversity_log
 
-    info = json.loads((out / "divcl_window.json").read_text()) if (out / "divcl_window.json").is_file() else {}
+    info = json.loads((out / WINDOW_FILE).read_text()) if (out / WINDOW_FILE).is_file() else {}
     window = info.get("window") or {}
     log = out / "diversity_log.jsonl"
     fractions = [r["divcl/in_window_fraction"] for r in (read_diversity_log(log) if log.is_file() else [])

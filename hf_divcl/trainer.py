@@ -30,6 +30,7 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 from sentence_transformers.base.sampler import BatchSamplers
 from transformers import TrainerCallback
 
+from ._common import RUN_INFO_FILE, WINDOW_FILE, atomic_write_text, banks_cache_dir
 from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger, use_readable_console
 from .checkpoints import complete_checkpoints, resolve_resume_checkpoint, start_run, write_checkpoint_identity
@@ -474,8 +475,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 raise ValueError(f"The bank has {b.num_rows} rows but the training set has {len(dataset)}.")
             return b
         columns = self._bank_columns(dataset)
-        cache = self.args.bank_cache_dir or os.path.join(
-            os.environ.get("HF_DIVCL_CACHE") or os.path.join(Path.home(), ".cache", "hf_divcl"), "banks")
+        cache = self.args.bank_cache_dir or banks_cache_dir()
         t0 = time.perf_counter()
         bank = EmbeddingBank.from_reference(
             self.model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
@@ -583,8 +583,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                                           "reference": loss.get_config_dict()["guide"]}
             if self.selector is not None:
                 run["selection"] = self.selection_info()
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            Path(self.args.output_dir, "divcl_run.json").write_text(json.dumps(run, indent=2))
+            atomic_write_text(Path(self.args.output_dir, RUN_INFO_FILE), json.dumps(run, indent=2))
 
     def selection_info(self) -> dict[str, Any]:
         """How per-step selection chose batches (builder='learnability'/'hard'), for the run file and the card."""
@@ -637,10 +636,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             info["calibrations"] = len(self.follower.history) if self.follower is not None else 0
         elif window is None:
             return
-        Path(a.output_dir).mkdir(parents=True, exist_ok=True)
-        tmp = Path(a.output_dir, ".divcl_window.json.tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, Path(a.output_dir, "divcl_window.json"))
+        atomic_write_text(Path(a.output_dir, WINDOW_FILE), json.dumps(info, indent=2))
 
     # -- progress calibration (window="progress", see hf_divcl.following) ---------------------------------------
 
