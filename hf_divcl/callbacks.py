@@ -39,13 +39,18 @@ class CollapseError(RuntimeError):
 
 
 def read_diversity_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``diversity_log.jsonl`` (a torn last line from a crash is skipped)."""
+    """The records of a ``diversity_log.jsonl``. A torn *last* line (a crash mid-write) is skipped; a bad line
+    anywhere else means the file was damaged and raises a ``ValueError`` naming it."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{str(path)!r} line {i + 1} is not JSON ({err.msg}): {line[:80]!r}. Only a torn last "
+                             "line is expected after a crash; remove or repair that line.") from None
     return out
 
 

@@ -753,10 +753,10 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if track and not bool(torch.isfinite(loss.detach()).all()):
             zero = self._nonfinite_loss(model, loss, row_ids, captured)
             return (zero, result[1]) if return_outputs else zero
-        if track:
-            t0 = time.perf_counter()
+        if track:  # record() inside counts its own time: count the whole of _after_step once
+            t0, before = time.perf_counter(), self.diversity.bookkeeping_seconds
             self._after_step(row_ids, captured)
-            self.diversity.bookkeeping_seconds += time.perf_counter() - t0
+            self.diversity.bookkeeping_seconds = before + time.perf_counter() - t0
         return result
 
     def _nonfinite_loss(self, model, loss: torch.Tensor, row_ids: torch.Tensor,

@@ -27,7 +27,7 @@ Builders (chosen by name, class or instance):
   takes the best. Filling every batch at once keeps the pool balanced across the epoch (no clumped remainder);
 * ``pool`` (Pool-P) — rounds of random candidate batches from the remaining rows; each round keeps the best
   ``1/P`` (inside or closest to the window) and returns the rest to the pool;
-* ``cluster`` (TAS-Balanced-like) — k-means over the bank (faiss when installed, torch otherwise); each batch
+* ``cluster`` (TAS-Balanced-like) — k-means over the bank (torch; faiss with ``kmeans_backend="faiss"``); each batch
   mixes ``c`` clusters, with ``c`` chosen on the data so that batches land in the window.
 """
 

@@ -22,19 +22,22 @@ class ClusterBuilder(BatchBuilder):
         clusters_per_batch (`int`, *optional*): fix ``c`` (a divisor of B) instead of choosing it from the window;
             without a window the default is 1 (one cluster per batch, as TAS-Balanced).
         sketch_dim (`int`, *optional*, defaults to 32): k-means runs in the PCA sketch.
+        kmeans_backend (`str`, *optional*, defaults to `"torch"`): ``"torch"`` or ``"faiss"`` (see
+            :func:`~hf_divcl.planning.sketch.kmeans`); recorded in the plan's config.
     """
 
     name = "cluster"
     requires_window = False  # without a window: one cluster per batch, as TAS-Balanced
 
     def __init__(self, n_clusters: int | None = None, clusters_per_batch: int | None = None,
-                 sketch_dim: int = 32) -> None:
+                 sketch_dim: int = 32, kmeans_backend: str = "torch") -> None:
         self.n_clusters, self.clusters_per_batch, self.sketch_dim = n_clusters, clusters_per_batch, sketch_dim
+        self.kmeans_backend = kmeans_backend
         self.chosen_c: int | None = None
 
     def config(self) -> dict[str, Any]:
         return {"builder": self.name, "n_clusters": self.n_clusters, "clusters_per_batch": self.chosen_c,
-                "sketch_dim": self.sketch_dim}
+                "sketch_dim": self.sketch_dim, "kmeans_backend": self.kmeans_backend}
 
     @staticmethod
     def _mix(order: torch.Tensor, n_batches: int, b: int, c: int, gen: torch.Generator) -> torch.Tensor:
@@ -46,7 +49,7 @@ class ClusterBuilder(BatchBuilder):
         ctx.sketch_dim = self.sketch_dim
         m = ctx.num_rows
         k = self.n_clusters or int(min(1024, max(2, m // (4 * b))))
-        labels = kmeans(ctx.sketch, k, gen, iters=8)
+        labels = kmeans(ctx.sketch, k, gen, iters=8, backend=self.kmeans_backend)
         # rows sorted by cluster, random within a cluster
         order = torch.argsort(labels.double() + torch.rand(m, generator=gen, dtype=torch.float64) * 0.5)
         divisors = [c for c in range(1, b + 1) if b % c == 0]

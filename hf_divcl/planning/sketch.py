@@ -41,8 +41,12 @@ def sketch_mean_sq_cosine(s: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15, chunk: int = 16_384,
-           per_cluster: int = 64) -> torch.Tensor:
-    """Cluster ids ``(M,)`` of rows ``(M, r)`` by spherical k-means (faiss when installed, else torch).
+           per_cluster: int = 64, backend: str = "torch") -> torch.Tensor:
+    """Cluster ids ``(M,)`` of rows ``(M, r)`` by spherical k-means.
+
+    ``backend="torch"`` (default) gives the same clusters on every machine; ``"faiss"`` (needs ``faiss-cpu``) is
+    faster on very large samples but its clusters differ, so a plan depends on the backend: builders record it in
+    their config. The backend is never switched silently by what happens to be installed.
 
     Rows need not be unit: the fitting sample is normalised, and the nearest unit centroid (largest inner product)
     does not depend on a row's norm — so no normalised copy of all ``M`` rows is made. The centroids are fitted
@@ -62,16 +66,19 @@ def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15, chunk
             out[sl] = (rows[sl] @ cent.T).argmax(1)
         return out
 
-    try:
-        import faiss  # optional
+    if backend not in ("torch", "faiss"):
+        raise ValueError(f"kmeans backend must be 'torch' or 'faiss', got {backend!r}.")
+    if backend == "faiss":
+        try:
+            import faiss
+        except ImportError as err:
+            raise ImportError("kmeans backend='faiss' needs faiss: pip install faiss-cpu (or use 'torch').") from err
         import numpy as np
 
         seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
         km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, spherical=True, verbose=False)
         km.train(np.ascontiguousarray(fit.cpu().numpy(), dtype=np.float32))
         return nearest(torch.from_numpy(km.centroids).to(x.device, x.dtype), x)
-    except ImportError:
-        pass
     cent = fit[torch.randperm(n_fit, generator=gen)[:k].to(x.device)].clone()
     for _ in range(iters):
         assign = nearest(cent, fit)
