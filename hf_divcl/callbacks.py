@@ -35,7 +35,8 @@ _STEP_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_co
 
 
 class CollapseError(RuntimeError):
-    """Raised by the collapse alarm with ``action="raise"``."""
+    """Not raised by hf_divcl: the collapse alarm warns or stops training (``collapse_action="warn" | "stop"``).
+    Kept importable for one release; it will be removed."""
 
 
 def read_diversity_log(path: str | os.PathLike) -> list[dict[str, Any]]:

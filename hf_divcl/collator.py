@@ -105,7 +105,6 @@ class MegaBatchSelector:
     def __init__(self, bank, window, batch_size: int, builder: str = "greedy", seed: int = 0) -> None:
         self.bank, self.window, self.batch_size = bank, window, batch_size
         self.builder, self.seed, self.calls = builder, seed, 0
-        self.last_value: float | None = None
 
     def __call__(self, row_ids: torch.Tensor) -> torch.Tensor:
         from .planning import plan_epoch
@@ -118,6 +117,4 @@ class MegaBatchSelector:
                           refine_passes=2, progress=False)
         self.calls += 1
         score = self.window.distance(plan.values) * 1e6 + (plan.values - self.window.center).abs()
-        best = int(torch.nan_to_num(score, nan=float("inf")).argmin())
-        self.last_value = float(plan.values[best])
-        return plan.batches[best]
+        return plan.batches[int(torch.nan_to_num(score, nan=float("inf")).argmin())]

@@ -9,7 +9,6 @@ import torch
 from ..window import measure_batches
 from .base import BatchBuilder
 from .context import PlanContext
-from .random import RandomBuilder
 from .sketch import _chunks, kmeans
 from .target import calibrate_target, target_sketch_mcos2
 
@@ -59,7 +58,7 @@ class GreedyBuilder(BatchBuilder):
     def assign(self, ctx: PlanContext, n_batches: int) -> torch.Tensor:
         b, gen = ctx.batch_size, ctx.generator
         if ctx.window is None:
-            return RandomBuilder().assign(ctx, n_batches)
+            raise ValueError("GreedyBuilder aims at a window and got none; plan with builder='random' instead.")
         s = ctx.sketch  # (M, r)
         m_rows = s.shape[0]
         labels = None

@@ -10,7 +10,6 @@ import torch
 from ..window import measure_batches
 from .base import BatchBuilder
 from .context import PlanContext
-from .random import RandomBuilder
 
 __all__ = ["PoolBuilder"]
 
@@ -35,7 +34,7 @@ class PoolBuilder(BatchBuilder):
     def assign(self, ctx: PlanContext, n_batches: int) -> torch.Tensor:
         b, gen, window = ctx.batch_size, ctx.generator, ctx.window
         if window is None:
-            return RandomBuilder().assign(ctx, n_batches)
+            raise ValueError("PoolBuilder aims at a window and got none; plan with builder='random' instead.")
         remaining = torch.randperm(ctx.num_rows, generator=gen)[: n_batches * b]
         kept: list[torch.Tensor] = []
         n_kept = 0
