@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, PrinterCallback, ProgressCallback
 
-from .spectral import batch_diversity, gradient_bands
+from .spectral import DIVERSITY_METRICS, batch_diversity, gradient_bands
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ __all__ = ["PREFIX", "CollapseError", "DiversityCallback", "DiversityLogger", "f
            "use_readable_console"]
 
 PREFIX = "divcl/"
-_STEP_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine")
+_STEP_METRICS = DIVERSITY_METRICS
 
 
 class CollapseError(RuntimeError):

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ._common import RUN_INFO_FILE, WINDOW_FILE, atomic_write_text
-from .callbacks import read_diversity_log
+from .callbacks import PREFIX, read_diversity_log
 from .plotting import pyplot, save_figure
 from .resources import resource_path
 
@@ -47,9 +47,10 @@ def md_escape(value: Any) -> str:
 
 
 def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    """Steps and finite values of the logged ``divcl/<key>``."""
     xs, ys = [], []
     for r in records:
-        v = r.get(key)
+        v = r.get(PREFIX + key)
         if isinstance(v, (int, float)) and math.isfinite(v):
             xs.append(int(r["step"]))
             ys.append(float(v))
@@ -62,7 +63,7 @@ def plot_diversity_trajectory(records: Sequence[dict], path: str | Path, metric:
     ``window="progress"``) a marker at each calibration naming its decision."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    xs, ys = _series(records, f"divcl/{metric}")
+    xs, ys = _series(records, f"{metric}")
     ax.plot(xs, ys, marker="o", ms=3, color="tab:blue", label=f"training batch {metric.replace('_', ' ')}")
     for i, c in enumerate(calibrations):
         w = c.get("window") or {}
@@ -70,13 +71,13 @@ def plot_diversity_trajectory(records: Sequence[dict], path: str | Path, metric:
         text = f"{w['low']:.1f}–{w['high']:.1f}" if w else "random"
         ax.annotate(text, (c.get("step", 0), 1.0), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
                     va="top", ha="right", color="tab:gray")
-    lows, highs = _series(records, "divcl/window_low")[1], _series(records, "divcl/window_high")[1]
+    lows, highs = _series(records, "window_low")[1], _series(records, "window_high")[1]
     if lows and highs:
-        ax.fill_between(_series(records, "divcl/window_low")[0], lows, highs, color="tab:green", alpha=0.18,
+        ax.fill_between(_series(records, "window_low")[0], lows, highs, color="tab:green", alpha=0.18,
                         label="diversity window")
     ax.set_xlabel("step")
     ax.set_ylabel(metric.replace("_", " "))
-    fx, fy = _series(records, "divcl/in_window_fraction")
+    fx, fy = _series(records, "in_window_fraction")
     if fy:
         ax2 = ax.twinx()
         ax2.plot(fx, fy, color="tab:orange", lw=1, ls="--", label="fraction of batches in window")
@@ -95,15 +96,15 @@ def plot_gradient_bands(records: Sequence[dict], path: str | Path) -> Path:
     """Measured per-anchor gradient norms (median, 10–90 % range) against the predicted bands, log scale."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    x, p50 = _series(records, "divcl/grad_norm_p50")
-    _, p10 = _series(records, "divcl/grad_norm_p10")
-    _, p90 = _series(records, "divcl/grad_norm_p90")
+    x, p50 = _series(records, "grad_norm_p50")
+    _, p10 = _series(records, "grad_norm_p10")
+    _, p90 = _series(records, "grad_norm_p90")
     if p50:
         ax.fill_between(x, p10, p90, color="tab:blue", alpha=0.2, label="measured ‖∇‖, 10–90 %")
         ax.plot(x, p50, color="tab:blue", marker="o", ms=3, label="measured ‖∇‖, median")
-    for key, style, label in (("divcl/band_lower_mean", ("tab:red", "--"), "lower band (mean)"),
-                              ("divcl/band_upper_mean", ("tab:purple", "--"), "upper band (mean)"),
-                              ("divcl/spectral_upper_mean", ("tab:gray", ":"), "spectral upper (mean)")):
+    for key, style, label in (("band_lower_mean", ("tab:red", "--"), "lower band (mean)"),
+                              ("band_upper_mean", ("tab:purple", "--"), "upper band (mean)"),
+                              ("spectral_upper_mean", ("tab:gray", ":"), "spectral upper (mean)")):
         bx, by = _series(records, key)
         by_pos = [(a, b) for a, b in zip(bx, by, strict=True) if b > 0]
         if by_pos:
@@ -174,8 +175,8 @@ def _selection_context(records: Sequence[dict], run: dict[str, Any], info: dict[
     sel = run.get("selection")
     if sel:
         mode = sel.get("mode", "learnability")
-        chosen, rand = _mean(records, f"divcl/{mode}_selected"), _mean(records, f"divcl/{mode}_random")
-        stale = _mean(records, "divcl/learner_stale_fraction")
+        chosen, rand = _mean(records, f"{mode}_selected"), _mean(records, f"{mode}_random")
+        stale = _mean(records, "learner_stale_fraction")
         ref = sel.get("reference")
         ref_text = ("the starting model fine-tuned for {} steps on {} held-out training rows (never trained on by "
                     "this run)".format(sel.get("reference_steps"), sel.get("reference_rows"))
@@ -190,8 +191,8 @@ def _selection_context(records: Sequence[dict], run: dict[str, Any], info: dict[
     fn = run.get("false_negatives")
     if fn:
         out["false_negatives"] = {"margin": fn.get("margin"), "reference": fn.get("reference"),
-                                  "per_anchor": _fmt(_mean(records, "divcl/masked_negatives_mean"), 3),
-                                  "all_masked": _fmt(_mean(records, "divcl/anchors_all_masked"), 3)}
+                                  "per_anchor": _fmt(_mean(records, "masked_negatives_mean"), 3),
+                                  "all_masked": _fmt(_mean(records, "anchors_all_masked"), 3)}
     return out
 
 
@@ -230,10 +231,10 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     plot_diversity_trajectory(records, out / TRAJECTORY_PNG, metric=metric, calibrations=policy["raw_calibrations"])
     plot_gradient_bands(records, out / BANDS_PNG)
 
-    fractions = _series(records, "divcl/in_window_fraction")[1]
-    ranks = _series(records, f"divcl/{metric}")[1]
-    inside = _series(records, "divcl/band_inside_fraction")[1]
-    p50 = _series(records, "divcl/grad_norm_p50")[1]
+    fractions = _series(records, "in_window_fraction")[1]
+    ranks = _series(records, f"{metric}")[1]
+    inside = _series(records, "band_inside_fraction")[1]
+    p50 = _series(records, "grad_norm_p50")[1]
     in_window = sum(fractions) / len(fractions) if fractions else float("nan")
     trajectory_summary = (f"Over {len(records)} logs, {metric.replace('_', ' ')} went from {_fmt(ranks[0])} to "
                           f"{_fmt(ranks[-1])}; on average {in_window:.0%} of the batches were inside the window."

@@ -16,7 +16,7 @@ import torch
 
 from .embed import PairEmbeddingConfig, check_temperatures, embed_pairs
 from .plotting import pyplot, save_figure
-from .spectral import batch_diversity, gradient_bands, infonce_loss
+from .spectral import DIVERSITY_METRICS, batch_diversity, gradient_bands, infonce_loss
 from .sweep import default_levels, draw_level, parse_level
 
 __all__ = ["DiagnoseConfig", "DiagnoseReport", "diagnose_embeddings", "format_report", "run_diagnose"]
@@ -103,7 +103,7 @@ def diagnose_embeddings(
     u, v = u_all[idx], v_all[idx]  # (R, B, d)
     div = batch_diversity(u)
     random_div = {}
-    for key in ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine"):
+    for key in DIVERSITY_METRICS:
         random_div[key], random_div[key + "_std"] = _mean_std(div[key])
     random_bands = {}
     for tau in cfg.temperatures:

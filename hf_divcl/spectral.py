@@ -26,12 +26,16 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DIVERSITY_METRICS",
     "GradientBands",
     "batch_diversity",
     "gradient_bands",
     "infonce_loss",
     "participation_ratio",
 ]
+
+DIVERSITY_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine")
+"""The batch-diversity measures :func:`batch_diversity` returns (one value per batch each)."""
 
 # Relative slack used when testing band containment: the bands are exact inequalities, so only rounding of
 # the last bits can put a measured norm outside them.
