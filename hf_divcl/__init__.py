@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # public name → submodule that defines it
 _LAZY: dict[str, str] = {
     "DivCLTrainer": "trainer",
-    "DivCLTrainingArguments": "trainer",
+    "DivCLTrainingArguments": "training_args",
     "DiversityWindowBatchSampler": "sampler",
     "DivCLDataCollator": "collator",
     "MegaBatchSelector": "collator",
@@ -86,7 +86,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .planning import duplicate_groups, plan_epoch
     from .sampler import DiversityWindowBatchSampler
     from .spectral import GradientBands, batch_diversity, gradient_bands, infonce_loss, participation_ratio
-    from .trainer import DivCLTrainer, DivCLTrainingArguments
+    from .trainer import DivCLTrainer
+    from .training_args import DivCLTrainingArguments
     from .validation import DatasetError, validate_training_dataset
     from .window import DiversityWindow, calibrate_window
 
