@@ -130,7 +130,6 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if self.calibration_plan is not None and self.calibration_plan.steps:
             self.follower = WindowFollower(self, self.calibration_plan)
             self.add_callback(self.follower)
-        self.model.register_forward_hook(self._capture_hook)
         self._check_false_negatives()
 
     def _check_false_negatives(self) -> None:
@@ -643,6 +642,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
         # refuses a checkpoint trained on other data; records this run's id so a later resume never picks another's
         self._run_id = start_run(self.args.output_dir, resume, self._data_identity(),
                                  write=self.is_world_process_zero())
+        # the embedding capture (for losses other than InfoNCELoss) lives only while training: the model must not
+        # carry a hook that holds the trainer afterwards (copies, pickling, memory)
+        hook = self.model.register_forward_hook(self._capture_hook)
         try:
             return super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
         except Exception as err:
@@ -651,6 +653,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
             complete, _ = complete_checkpoints(self.args.output_dir)
             raise out_of_memory_advice(err, phase=self._phase, step=self.state.global_step,
                                        checkpoint=str(complete[-1]) if complete else None) from err
+        finally:
+            hook.remove()
 
     _run_id: str | None = None
 

@@ -196,6 +196,7 @@ def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_ro
     assert window["policy"] == builder and run["selection"]["mode"] == builder
     logs = [r for r in trainer.state.log_history if "loss" in r]
     assert all(f"divcl/{builder}_selected" in r for r in logs)
+    assert not trainer.model._forward_hooks  # the capture hook lives only while training
     from hf_divcl.card import write_model_card
 
     card = write_model_card(tmp_path / "out", base_model="tiny-bert", dataset="WordNet pairs",
