@@ -5,12 +5,38 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["RUN_INFO_FILE", "WINDOW_FILE", "atomic_write_text", "banks_cache_dir", "cache_root"]
+__all__ = ["ROW_ID_COLUMN", "RUN_INFO_FILE", "WINDOW_FILE", "atomic_write_text", "banks_cache_dir", "cache_root",
+           "input_columns", "is_image_feature", "world_size"]
+
+ROW_ID_COLUMN = "_divcl_row"
+"""The column the trainer adds: each training row's index, carried through the collator to feed the bank."""
 
 WINDOW_FILE = "divcl_window.json"
 """The batch policy in force: the window (or the decision to keep random batches) and why."""
 RUN_INFO_FILE = "divcl_run.json"
 """The run's loss, processes, bank, false-negative masking and per-step selection."""
+
+
+def input_columns(columns, label_columns=()) -> list[str]:
+    """The model-input columns among ``columns``: not a label, not the row id, not sentence-transformers'
+    ``dataset_name`` routing column (order kept)."""
+    skip = {*label_columns, ROW_ID_COLUMN, "dataset_name"}
+    return [c for c in columns if c not in skip]
+
+
+def is_image_feature(feature) -> bool:
+    """Whether a ``datasets`` feature is an ``Image`` column (compared by name: no import of ``datasets``)."""
+    return type(feature).__name__ == "Image"
+
+
+def world_size() -> int:
+    """Processes in the run: ``torch.distributed``'s world size once it is initialised, before that the launcher's
+    ``WORLD_SIZE`` (``accelerate launch`` / ``torchrun``), else 1."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def cache_root() -> Path:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
-__all__ = ["ROW_ID_COLUMN", "DivCLDataCollator", "MegaBatchSelector"]
+from ._common import ROW_ID_COLUMN, input_columns
 
-ROW_ID_COLUMN = "_divcl_row"
+__all__ = ["ROW_ID_COLUMN", "DivCLDataCollator", "MegaBatchSelector"]
 
 
 def _is_image(value: Any) -> bool:
@@ -60,9 +60,8 @@ class DivCLDataCollator(SentenceTransformerDataCollator):
                 row_ids = row_ids[keep]
                 self.selection_seconds += time.perf_counter() - t0
             features = [{k: v for k, v in f.items() if k != self.row_id_column} for f in features]
-        image_cols = [c for c in features[0] if c not in self.valid_label_columns and c != "dataset_name"
-                      and _is_image(features[0][c])]
-        inputs = [c for c in features[0] if c not in self.valid_label_columns and c != "dataset_name"]
+        inputs = input_columns(features[0], self.valid_label_columns)
+        image_cols = [c for c in inputs if _is_image(features[0][c])]
         if self.augment is not None and len(inputs) == 1 and image_cols == inputs:
             batch = self._two_views(features, inputs[0])
         else:

@@ -24,19 +24,13 @@ from typing import Any, ClassVar
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from ._common import banks_cache_dir
+from ._common import banks_cache_dir, is_image_feature, world_size
 from .planning import BatchBuilder, EpochPlan, duplicate_groups, plan_epoch
 from .window import DiversityWindow, calibrate_window
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DiversityWindowBatchSampler"]
-
-
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 class DiversityWindowBatchSampler(DefaultBatchSampler):
@@ -101,7 +95,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self.builder = opts["builder"]
         self.builder_kwargs = dict(opts["builder_kwargs"] or {})
         self.temperature = opts["temperature"]
-        self.processes = int(opts["processes"] or _world_size())
+        self.processes = int(opts["processes"] or world_size())
         self.on_infeasible = opts["on_infeasible"]
         self._bank = opts["bank"]
         self._window = opts["window"]
@@ -200,7 +194,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
 
     def _image_columns(self) -> list[str]:
         feats = getattr(self.dataset, "features", None) or {}
-        return [c for c in self.dataset.column_names if type(feats.get(c)).__name__ == "Image"]
+        return [c for c in self.dataset.column_names if is_image_feature(feats.get(c))]
 
     def groups(self) -> torch.Tensor | None:
         """Duplicate groups (:meth:`row_groups`) when ``dedupe`` is on, so duplicates never meet in a batch."""

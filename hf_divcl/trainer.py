@@ -31,7 +31,15 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 from sentence_transformers.base.sampler import BatchSamplers
 from transformers import TrainerCallback
 
-from ._common import RUN_INFO_FILE, WINDOW_FILE, atomic_write_text, banks_cache_dir
+from ._common import (
+    RUN_INFO_FILE,
+    WINDOW_FILE,
+    atomic_write_text,
+    banks_cache_dir,
+    input_columns,
+    is_image_feature,
+    world_size,
+)
 from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger, use_readable_console
 from .checkpoints import complete_checkpoints, resolve_resume_checkpoint, start_run, write_checkpoint_identity
@@ -149,17 +157,13 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     # -- data ----------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _world_size() -> int:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-
     def _prepare_train_dataset(self, dataset, args: DivCLTrainingArguments, infonce: bool = True, model=None):
-        global_batch = args.per_device_train_batch_size * (self._world_size() if args.gather_across_devices else 1)
+        global_batch = args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
         planned = args.dedupe and args.batch_sampler == BatchSamplers.BATCH_SAMPLER
         cols = validate_training_dataset(dataset, min_rows=max(2, global_batch), ignore=(ROW_ID_COLUMN,), model=model,
                                          dedupe_batch_size=global_batch * max(1, args.mega_batch_factor) if planned
                                          else None)
-        single_image = len(cols) == 1 and type(dataset.features[cols[0]]).__name__ == "Image"
+        single_image = len(cols) == 1 and is_image_feature(dataset.features[cols[0]])
         if infonce and len(cols) < 2 and not single_image:
             raise DatasetError(f"The contrastive loss needs 2 input columns (anchor, positive[, negatives...]); the "
                                f"data set has {len(cols)}: {cols}. Add a positive column, or pass a loss that "
@@ -205,8 +209,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
         return dataset.select(keep_idx.tolist())
 
     def _input_columns(self, dataset) -> list[str]:
-        labels = set(self.data_collator.valid_label_columns)
-        return [c for c in dataset.column_names if c not in labels and c not in (ROW_ID_COLUMN, "dataset_name")]
+        return input_columns(dataset.column_names, self.data_collator.valid_label_columns)
 
     def get_data_collator(self, model, args, processing_class=None):
         collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
@@ -286,7 +289,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
-        processes = self._world_size() if self.args.gather_across_devices else 1
+        processes = world_size() if self.args.gather_across_devices else 1
         if self.args.builder in SELECTORS:
             return self._selecting_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
                                            processes)
@@ -395,7 +398,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
         return self.args.builder if self.args.builder != "random" else "greedy"
 
     def global_batch_size(self) -> int:
-        processes = self._world_size() if self.args.gather_across_devices else 1
+        processes = world_size() if self.args.gather_across_devices else 1
         return self.args.per_device_train_batch_size * processes
 
     def _write_window_file(self, window: DiversityWindow | None) -> None:

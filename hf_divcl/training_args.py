@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
+from ._common import world_size
 from .window import DiversityWindow
 
 __all__ = ["BANK_SOURCES", "SELECTORS", "DivCLTrainingArguments"]
@@ -160,7 +161,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "Log (loss, diversity, bands) every N steps; a float < 1 is a fraction of the total steps."})
 
     def __post_init__(self) -> None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available() \
+        if world_size() > 1 and not self.use_cpu and not torch.cuda.is_available() \
                 and not os.environ.get("ACCELERATE_USE_CPU"):
             # `accelerate launch --multi_gpu` on a machine without GPUs: without this the Trainer would run each
             # process as a separate single-process job (no DDP, every rank saving).

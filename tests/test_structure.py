@@ -73,3 +73,19 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     atomic_write_text(target, '{"policy": "progress"}')
     assert json.loads(target.read_text()) == {"policy": "progress"}
     assert [p.name for p in target.parent.iterdir()] == ["divcl_window.json"]
+
+
+def test_shared_helpers_answer_one_way(monkeypatch):
+    from hf_divcl._common import ROW_ID_COLUMN, input_columns, is_image_feature, world_size
+    from hf_divcl.collator import ROW_ID_COLUMN as collator_row_id
+
+    assert collator_row_id == ROW_ID_COLUMN  # defined once, importable from its old place
+    assert input_columns(["anchor", "label", ROW_ID_COLUMN, "positive", "dataset_name"], ["label"]) == \
+        ["anchor", "positive"]
+    from datasets import Image, Value
+
+    assert is_image_feature(Image()) and not is_image_feature(Value("string")) and not is_image_feature(None)
+    monkeypatch.setenv("WORLD_SIZE", "3")  # before torch.distributed is initialised: the launcher's value
+    assert world_size() == 3
+    monkeypatch.delenv("WORLD_SIZE")
+    assert world_size() == 1
