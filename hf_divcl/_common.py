@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 __all__ = ["ROW_ID_COLUMN", "RUN_INFO_FILE", "WINDOW_FILE", "atomic_write_text", "banks_cache_dir", "cache_root",
-           "input_columns", "is_image_feature", "world_size"]
+           "hold_out", "input_columns", "is_image_feature", "world_size"]
 
 ROW_ID_COLUMN = "_divcl_row"
 """The column the trainer adds: each training row's index, carried through the collator to feed the bank."""
@@ -15,6 +15,16 @@ WINDOW_FILE = "divcl_window.json"
 """The batch policy in force: the window (or the decision to keep random batches) and why."""
 RUN_INFO_FILE = "divcl_run.json"
 """The run's loss, processes, bank, false-negative masking and per-step selection."""
+
+
+def hold_out(dataset, rows: int, seed: int):
+    """Split ``rows`` seeded random rows off a ``datasets.Dataset``: ``(the rest, the held-out rows)``, each in the
+    original row order."""
+    import torch
+
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    held, keep = order[:rows].sort().values, order[rows:].sort().values
+    return dataset.select(keep.tolist()), dataset.select(held.tolist())
 
 
 def input_columns(columns, label_columns=()) -> list[str]:

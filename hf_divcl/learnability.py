@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._common import banks_cache_dir
+from ._common import hold_out
 from .window import DiversityWindow, measure_diversity
 
 logger = logging.getLogger(__name__)
@@ -53,15 +53,10 @@ the same reference (a property of the data, cached on disk with its bank)."""
 
 def _views(bank: Any, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(anchors, positives)`` float32 unit rows ``(K, d)`` of ``rows``; one view stands in for both."""
-    if isinstance(bank, torch.Tensor):
-        a = bank[rows].float()
-        p = a
-    else:
-        a = bank.get(rows, view=0)
-        p = bank.get(rows, view=1) if bank.num_views > 1 else a
+    two = not isinstance(bank, torch.Tensor) and bank.num_views > 1
+    a = bank[rows] if isinstance(bank, torch.Tensor) else bank.get(rows, view=0)
     a = torch.nn.functional.normalize(a.float(), dim=-1)
-    p = torch.nn.functional.normalize(p.float(), dim=-1) if p is not a else a
-    return a, p
+    return a, torch.nn.functional.normalize(bank.get(rows, view=1).float(), dim=-1) if two else a
 
 
 def batch_losses(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
@@ -246,10 +241,8 @@ def hold_out_reference_rows(dataset, args: DivCLTrainingArguments, global_batch:
         raise ValueError(f"learnability_reference='held_out' needs {rows} held-out rows and at least "
                          f"{2 * global_batch} rows left to train on, but the data set has {n} rows. Set "
                          "learnability_reference_rows lower, pass a reference model path, or use builder='hard'.")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(REFERENCE_SEED))
-    held, keep = order[:rows].sort().values, order[rows:].sort().values
     logger.info("builder='learnability': %d rows held out to fine-tune the reference model", rows)
-    return dataset.select(keep.tolist()), dataset.select(held.tolist())
+    return hold_out(dataset, rows, REFERENCE_SEED)
 
 
 def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -294,10 +287,7 @@ def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
             if len(order) < b:
                 order = torch.randperm(len(data), generator=gen).tolist()
             rows, order = order[:b], order[b:]
-            feats = [{k: v for k, v in data[i].items() if k != "_divcl_row"} for i in rows]
-            batch = trainer.data_collator(feats)
-            batch.pop("row_ids", None)
-            features, labels = trainer.collect_features(trainer._prepare_inputs(batch))
+            features, labels = trainer.collect_features(trainer.collate_rows(data, rows))
             loss = loss_fn(features, labels)
             if not torch.isfinite(loss):
                 raise ValueError(f"The learnability reference's fine-tune hit a non-finite loss ({loss.item()}); "
@@ -327,7 +317,6 @@ def build_reference_bank(trainer: DivCLTrainer, dataset) -> EmbeddingBank:
     model and data fingerprints, like the learner's bank)."""
     from sentence_transformers import SentenceTransformer
 
-    from .bank import EmbeddingBank
 
     a = trainer.args
     t0 = time.perf_counter()
@@ -347,15 +336,10 @@ def build_reference_bank(trainer: DivCLTrainer, dataset) -> EmbeddingBank:
         raise ValueError(f"The learnability reference reads {getattr(model, 'modalities', ['text'])} but the model "
                          f"trained reads {getattr(trainer.model, 'modalities', ['text'])}; give a reference of the "
                          "same modality.")
-    columns = trainer._bank_columns(dataset)
-    cache = a.bank_cache_dir or banks_cache_dir()
     was_training = model.training
     model.eval()
     try:
-        bank = EmbeddingBank.from_reference(model, [list(dataset[c]) for c in columns],
-                                            batch_size=a.bank_encode_batch_size, cache_dir=cache,
-                                            show_progress_bar=not a.disable_tqdm,
-                                            data_fingerprint_=f"{dataset._fingerprint}-{'-'.join(columns)}")
+        bank = trainer.encode_bank(model, dataset)
     finally:
         model.train(was_training)
     trainer.reference_seconds = time.perf_counter() - t0

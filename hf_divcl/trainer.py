@@ -36,6 +36,7 @@ from ._common import (
     WINDOW_FILE,
     atomic_write_text,
     banks_cache_dir,
+    hold_out,
     input_columns,
     is_image_feature,
     world_size,
@@ -200,13 +201,11 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if not plan.steps:
             logger.warning("window='progress': %s.", plan.reason)
             return dataset
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(args.seed) + 7919))
-        probe_idx, keep_idx = order[:probe].sort().values, order[probe:].sort().values
-        self.probe_dataset = dataset.select(probe_idx.tolist())
+        dataset, self.probe_dataset = hold_out(dataset, probe, int(args.seed) + 7919)
         logger.info("window='progress': %d probe rows held out; calibrations at steps %s with %d pairs per level "
                     "(%.1f batch equivalents each, %s)", probe, plan.steps, plan.n_pairs, plan.cost_per_calibration,
                     plan.reason)
-        return dataset.select(keep_idx.tolist())
+        return dataset
 
     def _input_columns(self, dataset) -> list[str]:
         return input_columns(dataset.column_names, self.data_collator.valid_label_columns)
@@ -266,17 +265,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
             if b.num_rows != len(dataset):
                 raise ValueError(f"The bank has {b.num_rows} rows but the training set has {len(dataset)}.")
             return b
-        columns = self._bank_columns(dataset)
-        cache = self.args.bank_cache_dir or banks_cache_dir()
         t0 = time.perf_counter()
-        bank = EmbeddingBank.from_reference(
-            self.model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
-            cache_dir=cache, show_progress_bar=not self.args.disable_tqdm,
-            data_fingerprint_=f"{dataset._fingerprint}-{'-'.join(columns)}")
+        bank = self.encode_bank(self.model, dataset)
         self.model.train()
         logger.info("bank: %s (%.1f s)", bank, time.perf_counter() - t0)
         self.bank_seconds = time.perf_counter() - t0
         return bank
+
+    def encode_bank(self, model, dataset) -> EmbeddingBank:
+        """The bank columns of ``dataset`` encoded by ``model`` (cached on disk by model and data fingerprints)."""
+        columns = self._bank_columns(dataset)
+        return EmbeddingBank.from_reference(
+            model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
+            cache_dir=self.args.bank_cache_dir or banks_cache_dir(), show_progress_bar=not self.args.disable_tqdm,
+            data_fingerprint_=f"{dataset._fingerprint}-{'-'.join(columns)}")
 
     def _bank_columns(self, dataset) -> list[str]:
         """Anchor and positive columns (view 0 plans batches; view 1 gives calibration its real positives)."""
@@ -446,11 +448,14 @@ class DivCLTrainer(SentenceTransformerTrainer):
                                     normalize_embeddings=True, show_progress_bar=False)
         return rows, emb.float().cpu()
 
-    def _features_loss(self, dataset, rows: list[int]) -> torch.Tensor:
-        feats = [{k: v for k, v in dataset[int(i)].items() if k != ROW_ID_COLUMN} for i in rows]
-        batch = self.data_collator(feats)
+    def collate_rows(self, dataset, rows: list[int]) -> dict[str, Any]:
+        """Model inputs for rows of ``dataset``, collated as training batches are (no row ids: nothing is recorded)."""
+        batch = self.data_collator([{k: v for k, v in dataset[int(i)].items() if k != ROW_ID_COLUMN} for i in rows])
         batch.pop("row_ids", None)
-        loss = SentenceTransformerTrainer.compute_loss(self, self.model, self._prepare_inputs(batch))
+        return self._prepare_inputs(batch)
+
+    def _features_loss(self, dataset, rows: list[int]) -> torch.Tensor:
+        loss = SentenceTransformerTrainer.compute_loss(self, self.model, self.collate_rows(dataset, rows))
         if isinstance(self.loss, InfoNCELoss):
             self.loss.last_output = None
         return loss
