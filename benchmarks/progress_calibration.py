@@ -18,6 +18,7 @@ t-intervals, 90 %). Compare the decisions with ``window_location.py``'s measured
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -48,7 +49,7 @@ def main() -> None:
     from scipy.stats import pearsonr, spearmanr
 
     from hf_divcl.data import wordnet_split
-    from hf_divcl.following import _ProbeEnv
+    from hf_divcl.following import _ProbeEnv, calibration_sample, probe_losses, rows_loss
     from hf_divcl.models import load_sentence_transformer
     from hf_divcl.progress import StepGain, calibrate_progress, decide
     from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
@@ -68,14 +69,14 @@ def main() -> None:
             plan = trainer.calibration_plan
             record: list[dict] = []
             with _ProbeEnv(trainer):
-                rows, anchors = trainer.encode_calibration_sample(plan.sample_rows, seed=0)
-                params = trainer.trainable_parameters()
+                rows, anchors = calibration_sample(trainer, plan.sample_rows, seed=0)
+                params = [p for p in trainer.model.parameters() if p.requires_grad]
 
                 def loss_of(idx, rows=rows, trainer=trainer):
-                    return trainer.loss_on_rows(rows[idx])
+                    return rows_loss(trainer, rows[idx])
 
-                fo = StepGain(params, loss_of, trainer.probe_losses, a.lr, estimate="first_order")
-                la = StepGain(params, loss_of, trainer.probe_losses, a.lr, estimate="lookahead")
+                fo = StepGain(params, loss_of, functools.partial(probe_losses, trainer), a.lr, estimate="first_order")
+                la = StepGain(params, loss_of, functools.partial(probe_losses, trainer), a.lr, estimate="lookahead")
                 fo.probe_gradient()
                 la._probe_loss = la.probe_loss()
 

@@ -342,6 +342,18 @@ class EmbeddingBank:
         return torch.from_numpy(np.concatenate(gathered, axis=0))
 
     @classmethod
+    def from_user(cls, bank: EmbeddingBank | torch.Tensor, rows: int) -> EmbeddingBank:
+        """A bank given by the user (a bank, or an ``(N, d)`` tensor of view-0 embeddings), checked against the
+        training set's ``rows``."""
+        if isinstance(bank, torch.Tensor):
+            tensor, bank = bank, cls(bank.shape[0], bank.shape[1])
+            bank.update(torch.arange(tensor.shape[0]), tensor, step=0)
+            bank.source = "user"
+        if bank.num_rows != rows:
+            raise ValueError(f"The bank has {bank.num_rows} rows but the training set has {rows}.")
+        return bank
+
+    @classmethod
     def from_reference(cls, model, texts: Sequence[str] | Sequence[Sequence[str]], *, batch_size: int = 64,
                        cache_dir: str | os.PathLike | None = None, dtype: torch.dtype = torch.float16,
                        show_progress_bar: bool = True, data_fingerprint_: str | None = None) -> EmbeddingBank:

@@ -24,15 +24,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from ._common import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DATA_FILE", "RUN_FILE", "checkpoint_problem", "complete_checkpoints", "resolve_resume_checkpoint",
-           "start_run", "write_checkpoint_identity"]
+__all__ = ["DATA_FILE", "RUN_FILE", "STATE_DIR", "SavedState", "checkpoint_problem", "complete_checkpoints",
+           "resolve_resume_checkpoint", "save_divcl_state", "start_run", "write_checkpoint_identity"]
 
 DATA_FILE = "divcl_data.json"  # in each checkpoint: run id and training data identity
 RUN_FILE = "divcl_run_id.json"  # in output_dir: the run last started there
+STATE_DIR = "divcl_state"  # in each checkpoint: sampler plan, window, progress calibrations, bank
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -184,3 +188,65 @@ def start_run(output_dir: str | os.PathLike, resume: str | None, data: dict[str,
             {"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              "resumed_from": str(resume) if resume else None, **data}, indent=2))
     return run_id
+
+
+# -- hf_divcl's part of a checkpoint ---------------------------------------------------------------------------------
+# Written by ``DivCLTrainer._save_checkpoint`` *before* the Trainer's own files, not in a ``TrainerCallback.on_save``:
+# ``on_save`` runs after ``trainer_state.json`` (the mark of a complete checkpoint) and after old checkpoints are
+# rotated away, so a crash there would leave a "complete" checkpoint without its plan and bank, and nothing older.
+
+
+def save_divcl_state(folder: str | os.PathLike, *, sampler: dict[str, Any], window: dict[str, Any] | None,
+                     progress: dict[str, Any] | None, bank=None) -> None:
+    """Write ``folder/divcl_state/``: the sampler state (plan as ``.npy``, never pickled; ``sampler.json`` last, so
+    a torn save is never read), the window, the progress calibrations and the bank."""
+    state_dir = Path(folder) / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for key in ("plan_rows", "plan_sizes"):
+        if key in sampler:
+            tmp = state_dir / f".{key}.npy.tmp"
+            with tmp.open("wb") as fh:
+                np.save(fh, sampler[key].numpy(), allow_pickle=False)
+            os.replace(tmp, state_dir / f"{key}.npy")
+    scalars = {k: v for k, v in sampler.items() if k not in ("plan_rows", "plan_sizes")}
+    tmp = state_dir / ".sampler.json.tmp"
+    tmp.write_text(json.dumps(scalars, indent=2))
+    os.replace(tmp, state_dir / "sampler.json")
+    if window is not None:
+        (state_dir / "window.json").write_text(json.dumps(window))
+    if progress is not None:
+        (state_dir / "progress.json").write_text(json.dumps(progress))
+    if bank is not None:
+        bank.save(state_dir / "bank")
+
+
+class SavedState:
+    """The hf_divcl state of the checkpoint a run resumes from; every read is ``None`` for a fresh run (no
+    ``checkpoint``) or a checkpoint that lacks that part."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None) -> None:
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.dir = self.checkpoint / STATE_DIR if self.checkpoint is not None else None
+
+    def json(self, name: str) -> dict[str, Any] | None:
+        """``divcl_state/{name}.json`` (``"window"``, ``"progress"``) parsed, or ``None``."""
+        path = self.dir / f"{name}.json" if self.dir is not None else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+    def sampler(self) -> dict[str, Any] | None:
+        """The sampler's ``state_dict`` (plan tensors read back from ``.npy``), or ``None``."""
+        state = self.json("sampler")
+        if state is not None and "plan_epoch" in state:
+            for key in ("plan_rows", "plan_sizes"):
+                state[key] = torch.from_numpy(np.load(self.dir / f"{key}.npy", allow_pickle=False))
+        return state
+
+    def bank(self):
+        """The saved :class:`~hf_divcl.bank.EmbeddingBank`, or ``None``."""
+        if self.dir is None or not (self.dir / "bank" / "bank.json").is_file():
+            return None
+        from .bank import EmbeddingBank
+
+        bank = EmbeddingBank.load(self.dir / "bank")
+        logger.info("bank restored from %s", self.checkpoint)
+        return bank

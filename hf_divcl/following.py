@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
+from ._common import hold_out
+from .losses import InfoNCELoss
 from .progress import ProgressCalibration, StepGain, calibrate_progress, default_progress_levels
 from .sweep import parse_level
 
@@ -35,7 +38,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATIONS_FILE", "CalibrationPlan", "WindowFollower", "plan_calibrations"]
+__all__ = ["CALIBRATIONS_FILE", "CalibrationPlan", "WindowFollower", "calibration_sample", "plan_calibrations",
+           "probe_losses", "rows_loss", "schedule_progress"]
+
+PROBE_SEED = 7919  # the probe rows are drawn with seed + PROBE_SEED
 
 CALIBRATIONS_FILE = "divcl_calibrations.jsonl"
 MIN_PAIRS, MAX_PAIRS = 3, 8
@@ -118,6 +124,68 @@ def plan_calibrations(*, total_steps: int, steps_per_epoch: int, batch_size: int
         f"the run is too short for a measured calibration: {total_steps} steps at calibration_budget={budget:g} "
         f"afford {budget * total_batches:.1f} batch equivalents, one calibration needs {one:.1f} "
         f"(≥ {need} steps); batches stay random"), **common)
+
+
+def schedule_progress(dataset, args, global_batch: int):
+    """``(training rows, probe rows or None, plan)`` for ``window="progress"``: schedule the calibrations and, when
+    one fits the budget, hold out the probe rows (never trained on)."""
+    n = len(dataset)
+    ga = max(1, args.gradient_accumulation_steps)
+    probe = args.calibration_probe_rows or max(2, min(2 * global_batch, n // 20))
+    rest = n - probe
+    steps_per_epoch = max(1, math.ceil(max(rest, 1) / global_batch) // ga)
+    total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    every = args.recalibrate_every
+    plan = plan_calibrations(
+        total_steps=total, steps_per_epoch=steps_per_epoch, batch_size=global_batch, train_rows=max(rest, 0),
+        budget=args.calibration_budget, n_pairs=args.calibration_pairs,
+        levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
+        probe_rows=probe, sample_rows=args.calibration_sample_rows,
+        recalibrate_every=int(every) if every.isdigit() else every, recalibrate_early=args.recalibrate_early,
+        estimate=args.calibration_estimate, gradient_accumulation_steps=ga)
+    if plan.steps and rest < max(4 * global_batch, plan.sample_rows // 2):
+        plan.steps, plan.reason = [], (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
+                                       f"and still draw candidate batches of {global_batch}; batches stay random")
+    if not plan.steps:
+        logger.warning("window='progress': %s.", plan.reason)
+        return dataset, None, plan
+    dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + PROBE_SEED)
+    logger.info("window='progress': %d probe rows held out; calibrations at steps %s with %d pairs per level "
+                "(%.1f batch equivalents each, %s)", probe, plan.steps, plan.n_pairs, plan.cost_per_calibration,
+                plan.reason)
+    return dataset, probe_dataset, plan
+
+
+# -- what a calibration measures on the trainer's model -------------------------------------------------------------
+
+def calibration_sample(trainer: DivCLTrainer, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` seeded training rows ``(S,)`` and their anchor embeddings ``(S, d)`` under the current model."""
+    n = len(trainer.train_dataset)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(size, n)].sort().values
+    column = trainer.bank_columns(trainer.train_dataset)[0]
+    values = trainer.train_dataset.select(rows.tolist())[column]
+    with torch.no_grad():
+        emb = trainer.model.encode(values, batch_size=trainer.args.bank_encode_batch_size, convert_to_tensor=True,
+                                   normalize_embeddings=True, show_progress_bar=False)
+    return rows, emb.float().cpu()
+
+
+def rows_loss(trainer: DivCLTrainer, rows: torch.Tensor | list[int], dataset=None) -> torch.Tensor:
+    """The training loss on rows of ``dataset`` (default: the training set) as one batch — no step, nothing
+    logged, recorded or gathered beyond what the loss itself does."""
+    dataset = trainer.train_dataset if dataset is None else dataset
+    rows = rows.tolist() if isinstance(rows, torch.Tensor) else rows
+    loss = SentenceTransformerTrainer.compute_loss(trainer, trainer.model, trainer.collate_rows(dataset, rows))
+    if isinstance(trainer.loss, InfoNCELoss):
+        trainer.loss.last_output = None
+    return loss
+
+
+def probe_losses(trainer: DivCLTrainer) -> list[torch.Tensor]:
+    """The loss on each global-batch-sized chunk of the held-out probe set."""
+    n, b = len(trainer.probe_dataset), trainer.global_batch_size()
+    starts = range(0, n - b + 1, b) if n >= b else [0]
+    return [rows_loss(trainer, list(range(s, min(s + b, n))), trainer.probe_dataset) for s in starts]
 
 
 class _ProbeEnv(contextlib.AbstractContextManager):
@@ -219,7 +287,7 @@ class WindowFollower(TrainerCallback):
         cal = ProgressCalibration.from_dict(payload[0])
         record = cal.to_dict()
         self.history.append(record)
-        t.apply_calibration(cal, cut=payload[1])
+        self.apply(cal, cut=payload[1])
         took = time.perf_counter() - t0
         self.seconds += took
         record["wall_seconds"] = took
@@ -238,10 +306,11 @@ class WindowFollower(TrainerCallback):
                   "confidence": a.calibration_confidence, "step": step}
         try:
             with _ProbeEnv(t):
-                rows, anchors = t.encode_calibration_sample(self.plan.sample_rows, seed=a.seed * 1_000_003 + step)
+                rows, anchors = calibration_sample(t, self.plan.sample_rows, seed=a.seed * 1_000_003 + step)
                 self.passes["encoded_rows"] += len(rows)
-                gain = StepGain(t.trainable_parameters(), lambda idx: t.loss_on_rows(rows[idx]),
-                                t.probe_losses, a.learning_rate, optimizer=t.optimizer,
+                gain = StepGain([p for p in t.model.parameters() if p.requires_grad],
+                                lambda idx: rows_loss(t, rows[idx]), lambda: probe_losses(t), a.learning_rate,
+                                optimizer=t.optimizer,
                                 estimate=a.calibration_estimate)
                 cal = calibrate_progress(anchors, B, a.temperature, gain, levels=self.plan.levels,
                                          n_pairs=self.plan.n_pairs, confidence=a.calibration_confidence,
@@ -257,3 +326,27 @@ class WindowFollower(TrainerCallback):
                 raise
             logger.warning("Progress calibration at step %d failed (%s); keeping random batches.", step, err)
             return ProgressCalibration("random", None, None, f"calibration failed: {err}", **common)
+
+    def apply(self, cal: ProgressCalibration, cut: int | None = None) -> None:
+        """Use a calibration's decision: the window with the builder (encoding the bank if random batches never
+        needed one), or random batches; with ``cut``, re-plan the current epoch from that global batch on (earlier
+        ones were already handed out)."""
+        from .run_files import write_window_file
+
+        t = self.trainer
+        sampler = t.divcl_sampler
+        if sampler is None:
+            return
+        if cal.decision == "window" and cal.window is not None:
+            if t.bank is None:
+                t._phase = "bank"
+                t.bank = t.build_bank(t.train_dataset)
+                t._phase = "training"
+                sampler._bank = t.bank
+            sampler.set_policy(t.window_builder(), cal.window)
+        else:
+            sampler.set_policy("random", None)
+        t.diversity.window = cal.window if cal.decision == "window" else None
+        if cut is not None:
+            sampler.replan(cut)
+        write_window_file(t)

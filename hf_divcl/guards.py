@@ -7,9 +7,23 @@ and logs are never touched by either.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import torch
 
-__all__ = ["NonFiniteLossError", "OutOfMemoryAdvice", "is_out_of_memory", "nonfinite_rows", "out_of_memory_advice"]
+if TYPE_CHECKING:
+    from .trainer import DivCLTrainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NonFiniteLossError", "OutOfMemoryAdvice", "handle_nonfinite_loss", "is_out_of_memory", "nonfinite_rows",
+           "out_of_memory_advice"]
+
+NONFINITE_FILE = "divcl_nonfinite.jsonl"  # in output_dir: one record per non-finite training step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,3 +73,43 @@ def out_of_memory_advice(err: BaseException, *, phase: str, step: int, checkpoin
     tips = "; ".join(_ADVICE.get(phase, _ADVICE["training"]))
     first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     return OutOfMemoryAdvice(f"Out of memory {where} ({first}). Try: {tips}. {resume}")
+
+
+def handle_nonfinite_loss(trainer: DivCLTrainer, model: torch.nn.Module, loss: torch.Tensor, row_ids: torch.Tensor,
+                          captured: list[torch.Tensor] | None) -> torch.Tensor:
+    """A NaN/Inf training loss: record the batch's rows (and those with NaN/Inf embeddings) in
+    ``divcl_nonfinite.jsonl``, then raise :class:`NonFiniteLossError` (``nonfinite_action="stop"``, or too many
+    skips) or return a zero loss that still touches every trainable parameter (``"skip"``)."""
+    from .losses import InfoNCELoss
+
+    args = trainer.args
+    n = row_ids.shape[0]
+    views: list[torch.Tensor] = []
+    out = trainer.loss.last_output if isinstance(trainer.loss, InfoNCELoss) else None
+    if out is not None:
+        trainer.loss.last_output = None
+        views = [out.anchors[out.offset:out.offset + n], out.positives[out.offset:out.offset + n]]
+    elif captured:
+        flat = torch.cat(captured)
+        views = list(flat[:(flat.shape[0] // n) * n].split(n))
+    bad = sorted({r for v in views for r in nonfinite_rows(v, row_ids)})
+    step = trainer.state.global_step + 1
+    ids = row_ids.detach().cpu().tolist()
+    record = {"step": step, "rank": args.process_index, "loss": float(loss.detach().float().reshape(-1)[0]),
+              "row_ids": ids, "nonfinite_embedding_rows": bad, "action": args.nonfinite_action}
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    with open(os.path.join(args.output_dir, NONFINITE_FILE), "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    what = (f"rows with NaN/Inf embeddings: {bad}" if bad else
+            "every embedding is finite (look at the learning rate or the temperature)")
+    msg = f"Non-finite loss ({record['loss']}) at step {step}; the batch's rows: {ids}; {what}."
+    trainer.nonfinite_skipped += 1
+    if args.nonfinite_action == "stop" or trainer.nonfinite_skipped > args.nonfinite_max_skips:
+        why = ("Training stopped (nonfinite_action='stop')" if args.nonfinite_action == "stop" else
+               f"Training stopped after {trainer.nonfinite_skipped} non-finite batches (nonfinite_max_skips="
+               f"{args.nonfinite_max_skips})")
+        raise NonFiniteLossError(f"{msg} {why}; earlier checkpoints and logs are intact. Fix or drop those "
+                                 "rows, lower learning_rate, or set nonfinite_action='skip'.",
+                                 step=step, row_ids=ids, bad_rows=bad)
+    logger.warning("%s Skipped: the batch contributes a zero gradient (nonfinite_action='skip').", msg)
+    return sum((p * 0).sum() for p in model.parameters() if p.requires_grad)

@@ -30,7 +30,8 @@ import torch
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["build_tiny_clip_sentence_transformer", "build_tiny_vit_sentence_transformer", "image_processor_of"]
+__all__ = ["build_tiny_clip_sentence_transformer", "build_tiny_vit_sentence_transformer", "image_processor_of",
+           "processor_image_size"]
 
 _MEAN_STD = [0.5, 0.5, 0.5]
 
@@ -153,3 +154,18 @@ def image_processor_of(model: SentenceTransformer):
         raise ValueError(f"The first module of the model ({type(model[0]).__name__}) has no image processor "
                          f"(found {type(processor).__name__}).")
     return processor
+
+
+def processor_image_size(model) -> int | None:
+    """Side of the images the model's processor produces (``size`` may be an int, a dict or a ``SizeDict``)."""
+    try:
+        size = getattr(image_processor_of(model), "size", None)
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(size, int):
+        return size
+    for key in ("height", "shortest_edge"):
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value:
+            return int(value)
+    return None
