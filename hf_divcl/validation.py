@@ -7,6 +7,9 @@ the caller sees it (after ``select`` / ``filter`` / ``shuffle``), not of the Arr
 What is refused (:class:`DatasetError`, naming row, column, value and the fix) and what is accepted with a
 warning (``logging`` at WARNING level, counts and rows named) is listed case by case in
 ``docs/reliability_bad_data.md``.
+
+The helpers that read the data set's columns live in :mod:`hf_divcl.dataset_columns` and the truncation report
+in :mod:`hf_divcl.truncation`; both stay importable from here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import io
 import logging
 import math
-from typing import Any
+
+# imported names this module does not use are re-exported: every name importable from here before still is
+from .dataset_columns import _SHOW_ROWS, _all_rows, _column, _feature_kind, _first, _rows  # noqa: F401
+from .truncation import truncation_report
 
 logger = logging.getLogger(__name__)
 
@@ -26,68 +32,15 @@ LABEL_COLUMNS = ("label", "labels", "score", "scores")
 _HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 _INVISIBLE = r"^[\s\p{Z}\p{Cc}\p{Cf}]*$"  # whitespace, separators, control and format (zero-width) characters
 _IMAGE_PATH = r"(?i)\.(png|jpe?g|gif|bmp|webp|tiff?)$"
-_SHOW_ROWS = 10
 
 
 class DatasetError(ValueError):
     """A training data set that cannot be trained on as it is; the message names the row, column and fix."""
 
 
-def _rows(rows: list[int]) -> str:
-    """``[3, 8, 12]`` → ``"3, 8, 12"``; long lists end with ``", ... (N in all)"``."""
-    shown = ", ".join(str(r) for r in rows[:_SHOW_ROWS])
-    return shown + (f", ... ({len(rows)} in all)" if len(rows) > _SHOW_ROWS else "")
-
-
-def _feature_kind(feature: Any) -> str:
-    name = type(feature).__name__
-    if name == "Image":
-        return "image"
-    if name == "ClassLabel":
-        return "class label"
-    if name == "Json":
-        return "json"
-    if name in ("List", "Sequence", "LargeList", "list"):
-        return "list"
-    if name == "dict":
-        return "dict"
-    dtype = getattr(feature, "dtype", None)
-    if dtype in ("string", "large_string"):
-        return "text"
-    if dtype in ("binary", "large_binary"):
-        return "binary"
-    if dtype == "null":
-        return "null"
-    return f"other ({dtype or name})"
-
-
 def input_columns(dataset, label_columns: list[str] | tuple[str, ...], ignore: tuple[str, ...] = ()) -> list[str]:
     """Columns the model will see, in order (labels and bookkeeping columns excluded)."""
     return [c for c in dataset.column_names if c not in label_columns and c not in ignore]
-
-
-def _column(dataset, name: str):
-    """The column as one Arrow array in the row order the caller sees (the indices mapping applied)."""
-    import pyarrow as pa
-
-    col = dataset.data.column(name)
-    indices = getattr(dataset, "_indices", None)
-    if indices is not None:
-        col = col.take(indices.column(0))
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-
-
-def _first(mask) -> int | None:
-    import pyarrow.compute as pc
-
-    idx = pc.index(mask.fill_null(False) if mask.null_count else mask, True).as_py()
-    return None if idx < 0 else idx
-
-
-def _all_rows(mask) -> list[int]:
-    import numpy as np
-
-    return np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)).tolist()
 
 
 def _not_a_dataset(dataset) -> str:
@@ -322,53 +275,6 @@ def _check_duplicates(dataset, text_cols: list[str], dedupe_batch_size: int | No
                                f"an epoch has only {batches} batches of {dedupe_batch_size}; with dedupe=True rows "
                                "sharing a text never meet in a batch, so no plan exists. Deduplicate the data, use a "
                                "smaller batch, or set dedupe=False.")
-
-
-def truncation_report(dataset, columns: list[str], model) -> dict[str, list[int]]:
-    """Rows of each text column longer than the model's ``max_seq_length`` (in tokens, special tokens included).
-
-    Only rows whose UTF-8 length could reach the limit are tokenized (a token covers at least half a byte of
-    text, and seldom less than one); returns ``{column: rows}`` for the columns with long rows and logs one
-    warning per such column: how many rows, which, and the longest.
-    """
-    import numpy as np
-    import pyarrow.compute as pc
-
-    tokenizer, max_len = getattr(model, "tokenizer", None), getattr(model, "max_seq_length", None)
-    if tokenizer is None or not max_len or not callable(tokenizer):
-        return {}
-    try:
-        special = int(tokenizer.num_special_tokens_to_add(pair=False))
-    except (AttributeError, TypeError, ValueError):
-        special = 2
-    out: dict[str, list[int]] = {}
-    for column in columns:
-        if _feature_kind(dataset.features[column]) != "text":
-            continue
-        col = _column(dataset, column)
-        candidates = _all_rows(pc.greater(pc.multiply(pc.binary_length(col), 2), max_len - special - 1))
-        lengths = np.zeros(len(candidates), dtype=np.int64)
-        for start in range(0, len(candidates), 4096):
-            chunk = candidates[start:start + 4096]
-            texts = col.take(chunk).to_pylist()
-            try:
-                enc = tokenizer(texts, add_special_tokens=True, truncation=False, return_length=True, verbose=False,
-                                return_attention_mask=False, return_token_type_ids=False)
-            except Exception as err:  # a processor or exotic tokenizer: no report rather than no training
-                logger.debug("truncation report skipped for column %r: %s", column, err)
-                return out
-            found = enc.get("length")
-            lengths[start:start + len(chunk)] = found if found is not None else [len(x) for x in enc["input_ids"]]
-        over = lengths > max_len
-        if over.any():
-            rows = [candidates[i] for i in np.flatnonzero(over)]
-            worst = int(np.argmax(lengths))
-            out[column] = rows
-            logger.warning("Column %r: %d of %d rows are longer than the model's max_seq_length of %d tokens and will "
-                           "be truncated (rows %s; longest: row %d with %d tokens). Raise model.max_seq_length if "
-                           "the model allows it, or split the long texts.", column, len(rows), len(dataset), max_len,
-                           _rows(rows), candidates[worst], int(lengths[worst]))
-    return out
 
 
 def validate_training_dataset(dataset, *, label_columns: list[str] | tuple[str, ...] = LABEL_COLUMNS,
