@@ -10,15 +10,14 @@ import argparse
 import logging
 import sys
 
-from .config import add_dataclass_arguments, config_from_args
+from .config import add_config_option, parse_with_config
 
 __all__ = ["main"]
 
 
-def _diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import DiagnoseConfig, format_report, run_diagnose
+def _diagnose(args: argparse.Namespace, cfg) -> int:
+    from .diagnose import format_report, run_diagnose
 
-    cfg = config_from_args(DiagnoseConfig, args)
     report = run_diagnose(cfg, progress=not args.quiet)
     print(format_report(report))
     if cfg.plot:
@@ -28,10 +27,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    from .calibrate import CalibrateConfig, run_calibrate
+def _calibrate(args: argparse.Namespace, cfg) -> int:
+    from .calibrate import run_calibrate
 
-    cfg = config_from_args(CalibrateConfig, args)
     for res in run_calibrate(cfg, progress=not args.quiet):
         print(res.format())
         print()
@@ -42,13 +40,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, cfg=None) -> int:
     from .train import main as train_main
 
     return train_main(args.rest)
 
 
-def _push(args: argparse.Namespace) -> int:
+def _push(args: argparse.Namespace, cfg=None) -> int:
     from .hub import push_to_hub
 
     url = push_to_hub(args.output_dir, args.repo_id, private=args.private, endpoint=args.endpoint,
@@ -58,31 +56,36 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``hf-divcl`` parser; ``diagnose`` and ``calibrate`` are ``HfArgumentParser`` s over their config
+    dataclasses (``parser.configs``: command → (config class, its parser))."""
+    from transformers import HfArgumentParser
+
     from .calibrate import CalibrateConfig
     from .diagnose import DiagnoseConfig
 
     parser = argparse.ArgumentParser(prog="hf-divcl", description="Diversity-window batches for contrastive "
                                      "encoders: measure batch diversity and InfoNCE gradient bands.")
     parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("diagnose", help="Embed random and diversity-controlled batches with a model and report "
-                       "diversity, measured vs. predicted gradient norms and the gradient-vs-diversity curve.")
-    p.add_argument("--config", help="YAML file with DiagnoseConfig fields; command-line flags override it.")
-    p.add_argument("--quiet", action="store_true", help="No progress bars.")
-    add_dataclass_arguments(p, DiagnoseConfig)
-    p.set_defaults(func=_diagnose)
-    p = sub.add_parser("calibrate", help="Choose the diversity window around the batch diversity that maximises "
-                       "the InfoNCE gradient for a model, data set, batch size and temperature.")
-    p.add_argument("--config", help="YAML file with CalibrateConfig fields; command-line flags override it.")
-    p.add_argument("--quiet", action="store_true", help="No progress bars.")
-    add_dataclass_arguments(p, CalibrateConfig)
-    p.set_defaults(func=_calibrate)
-    p = sub.add_parser("train", add_help=False, help="Run a recipe: train with diversity-window batches, evaluate, "
-                       "write the model card (and push). `hf-divcl train --config recipes/text_wordnet.yaml "
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
+    parser.configs = {}
+    for name, cls, func, about in (
+            ("diagnose", DiagnoseConfig, _diagnose, "Embed random and diversity-controlled batches with a model "
+             "and report diversity, measured vs. predicted gradient norms and the gradient-vs-diversity curve."),
+            ("calibrate", CalibrateConfig, _calibrate, "Choose the diversity window around the batch diversity that "
+             "maximises the InfoNCE gradient for a model, data set, batch size and temperature.")):
+        p = sub.add_parser(name, dataclass_types=[cls], allow_abbrev=False, help=about)
+        add_config_option(p)
+        p.add_argument("--quiet", action="store_true", help="No progress bars.")
+        p.set_defaults(func=func)
+        parser.configs[name] = (cls, p)
+    p = sub.add_parser("train", dataclass_types=[], add_help=False,
+                       help="Run a recipe: train with diversity-window batches, evaluate, write the model card "
+                       "(and push). `hf-divcl train --config recipes/text_wordnet.yaml "
                        "--max_steps 20`; `hf-divcl train --help` lists the keys.")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_train)
-    p = sub.add_parser("push", help="Upload a trained output folder (weights, tokenizer, card, plots, diversity log "
+    p = sub.add_parser("push", dataclass_types=[],
+                       help="Upload a trained output folder (weights, tokenizer, card, plots, diversity log "
                        "as JSONL and Parquet, training arguments) to the Hub. The token comes from HF_TOKEN or "
                        "`huggingface-cli login`, never from the command line.")
     p.add_argument("output_dir", help="Folder written by a DivCLTrainer run or a recipe.")
@@ -101,11 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(argv[1:])
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        cfg = None
+        if args.command in parser.configs:  # again, with the --config YAML underneath the flags
+            cls, sub = parser.configs[args.command]
+            (cfg,) = parse_with_config(sub, [cls], argv[argv.index(args.command) + 1:])
+        return args.func(args, cfg)
     except (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError) as err:
         print(f"hf-divcl {args.command}: error: {err}", file=sys.stderr)
         return 2

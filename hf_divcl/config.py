@@ -1,67 +1,52 @@
-"""Dataclass configurations usable from Python, YAML and the command line.
+"""Dataclass configurations usable from Python, YAML and the command line — one argument system.
 
-Every configuration in hf_divcl is a ``@dataclass`` whose fields carry ``metadata={"help": ...}``. This module
-turns such a class into ``argparse`` options (``--batch-size 64``, ``--temperatures 0.05 0.1``) and merges a
+Every configuration in hf_divcl is a ``@dataclass`` whose fields carry ``metadata={"help": ...}`` (and ``"choices"``
+where the values are few). transformers' ``HfArgumentParser`` turns such classes into command-line options
+(``--batch-size 64`` or ``--batch_size 64``, lists as ``--temperatures 0.05 0.1``); :func:`parse_with_config` puts a
 YAML file (``--config x.yaml``) underneath the command line: YAML sets values, explicit flags override them,
 unknown keys fail with the list of valid ones. YAML is read with ``yaml.safe_load`` (no object construction).
+The recipes (``hf-divcl train``, ``recipes/*.py``) read their two classes the same way, see
+:mod:`hf_divcl.recipe_config`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-T = TypeVar("T")
-
-__all__ = ["add_dataclass_arguments", "config_from_args", "load_yaml_config"]
+__all__ = ["add_config_option", "dataclass_parser", "load_yaml_config", "parse_with_config", "safe_load_yaml"]
 
 
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML file of field: value; command-line flags override it.")
 
 
-def _str2bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+def dataclass_parser(*classes: type, **kwargs):
+    """An ``HfArgumentParser`` for ``classes`` with a ``--config`` option (YAML underneath the flags)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(classes, allow_abbrev=False, **kwargs)
+    add_config_option(parser)
+    return parser
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--field-name`` option (also spelled ``--field_name``, as ``hf-divcl train`` keys are) per dataclass
-    field; defaults stay ``None`` so YAML can fill them."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, _ = _unwrap_optional(hints[f.name])
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kwargs["help"] += f" (default: {default})"
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        origin = typing.get_origin(tp)
-        if origin in (list, tuple):
-            (item,) = typing.get_args(tp)[:1]
-            kwargs.update(nargs="+", type=item)
-        elif tp is bool:
-            kwargs.update(type=_str2bool, nargs="?", const=True, metavar="BOOL")
-        else:
-            kwargs["type"] = tp
-        flags = dict.fromkeys(["--" + f.name.replace("_", "-"), "--" + f.name])  # --batch-size and --batch_size
-        parser.add_argument(*flags, **kwargs)
+def parse_with_config(parser, classes: Sequence[type], argv: Sequence[str]) -> tuple[Any, ...]:
+    """The dataclass instances for ``argv``: dataclass defaults < the ``--config`` YAML < explicit flags."""
+    known, _ = parser.parse_known_args(list(argv))
+    if getattr(known, "config", None):
+        values: dict[str, Any] = {}
+        names = {f.name for cls in classes for f in dataclasses.fields(cls)}
+        for cls in classes:
+            values.update(load_yaml_config(known.config, cls, extra=names))
+        parser.set_defaults(**values)
+    namespace = parser.parse_args(list(argv))
+    return tuple(cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
+                 for cls in classes)
 
 
 MAX_CONFIG_NODES = 10_000
@@ -90,8 +75,9 @@ def safe_load_yaml(text: str, source: str) -> Any:
     return data
 
 
-def load_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
-    """Read a YAML mapping of field values for ``cls``; unknown keys raise with the valid ones listed."""
+def load_yaml_config(path: str | Path, cls: type, extra: set[str] | None = None) -> dict[str, Any]:
+    """Read a YAML mapping of field values for ``cls`` (keys in ``extra`` belong to another class read from the same
+    file and are left out); unknown keys raise with the valid ones listed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
@@ -100,19 +86,7 @@ def load_yaml_config(path: str | Path, cls: type) -> dict[str, Any]:
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of field: value, got {type(data).__name__}.")
     names = {f.name for f in dataclasses.fields(cls)}
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names - (extra or set()))
     if unknown:
         raise ValueError(f"Unknown key(s) {unknown} in {str(path)!r}; valid keys for {cls.__name__}: {sorted(names)}.")
-    return data
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build ``cls`` from parsed arguments: dataclass defaults < ``--config`` YAML < explicit flags."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml_config(args.config, cls))
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    return cls(**values)
+    return {k: v for k, v in data.items() if k in names}

@@ -37,9 +37,11 @@ from .gather import _dist_ready, _GatherWithGrad, gather_with_grad  # noqa: F401
 __all__ = [
     "ContrastiveOutput",
     "InfoNCELoss",
+    "check_false_negative_setup",
     "contrastive_loss",
     "false_negative_mask",
     "gather_with_grad",
+    "load_guide_model",
     "whiten",
 ]
 
@@ -210,6 +212,34 @@ class InfoNCELoss(nn.Module):
             config.update(false_negatives=self.false_negatives, false_negative_margin=self.false_negative_margin,
                           guide=_model_name(self.guide) if self.guide is not None else "self (detached)")
         return config
+
+
+def load_guide_model(path: str, device: str | None = None) -> nn.Module:
+    """A saved SentenceTransformer to use as the false-negative guide; a clear error when it cannot be loaded."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as err:
+        raise ValueError(f"Cannot load the guide model from {path!r} ({type(err).__name__}: {err}); give "
+                         "the folder of a saved SentenceTransformer.") from err
+
+
+def check_false_negative_setup(loss: nn.Module, false_negatives: str, dataset=None, columns_of=None) -> None:
+    """Before training: ``false_negatives`` other than ``"none"`` needs :class:`InfoNCELoss` (whose own setting
+    wins, with a warning, when it differs), and a guide model must encode two rows of every input column of
+    ``dataset`` (``columns_of(dataset)``: its input columns), else a clear error."""
+    if not isinstance(loss, InfoNCELoss):
+        if false_negatives != "none":
+            raise ValueError(f"false_negatives={false_negatives!r} needs hf_divcl's InfoNCELoss; the loss is "
+                             f"{type(loss).__name__}.")
+        return
+    if loss.false_negatives != false_negatives:
+        logger.warning("false_negatives=%r in the arguments, but the InfoNCELoss passed as loss= has %r: the "
+                       "loss's setting is used.", false_negatives, loss.false_negatives)
+    if loss.guide is not None and dataset is not None:
+        sample = dataset.select(range(min(2, len(dataset))))
+        loss.check_guide({c: list(sample[c]) for c in columns_of(sample)})
 
 
 def _must_retokenize(model: nn.Module, guide: nn.Module) -> bool:

@@ -1,6 +1,6 @@
 """``DiversityWindowBatchSampler``: diversity-window batches as a drop-in sentence-transformers batch sampler.
 
-Keeps the Trainer / Accelerate contract (DESIGN.md §4): every rank runs the whole sampler and
+Keeps the Trainer / Accelerate batch-sampler contract: every rank runs the whole sampler and
 ``BatchSamplerShard`` keeps every ``W``-th batch, so the sampler is a pure function of
 ``(bank, seed, epoch, arguments)``, yields the same sequence on every rank, has an exact ``__len__``, and
 implements ``set_epoch``. With ``W`` processes gathering negatives across devices, the loss sees ``W``

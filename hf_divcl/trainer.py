@@ -18,20 +18,18 @@ selection with ``builder="learnability" | "hard"``) → model → loss → :clas
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
 from transformers import TrainerCallback
 
-from ._common import banks_cache_dir, input_columns, is_image_feature, world_size
+from ._common import banks_cache_dir, input_columns, world_size
 from .bank import EmbeddingBank
 from .callbacks import PREFIX, DiversityLogger, use_readable_console
 from .checkpoints import (
@@ -44,23 +42,20 @@ from .checkpoints import (
     write_checkpoint_identity,
 )
 from .collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
-from .following import CalibrationPlan, WindowFollower, schedule_progress
+from .following import CalibrationPlan, WindowFollower
 from .guards import OutOfMemoryAdvice, handle_nonfinite_loss, is_out_of_memory, out_of_memory_advice
-from .learnability import LearnabilitySelector, build_reference_bank, hold_out_reference_rows
-from .losses import InfoNCELoss
+from .learnability import LearnabilitySelector
+from .losses import InfoNCELoss, check_false_negative_setup, load_guide_model
+from .policy import decide_batch_policy, prepare_training_rows
 from .recorder import StepRecorder
 from .run_files import RunFiles
 from .sampler import DiversityWindowBatchSampler
-from .training_args import SELECTORS, DivCLTrainingArguments
-from .validation import DatasetError, validate_training_dataset
-from .window import DiversityWindow, calibrate_window
+from .training_args import DivCLTrainingArguments
+from .window import DiversityWindow
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DivCLTrainer", "DivCLTrainingArguments"]
-
-CALIBRATION_FILE = "divcl_calibration.json"  # in output_dir: the window="auto" calibration curve
-
 
 class _DivCLControl(TrainerCallback):
     """Epoch-end bank maintenance and the learnable temperature's gradient across processes."""
@@ -81,16 +76,6 @@ class _DivCLControl(TrainerCallback):
                 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(p.grad)
             p.grad /= torch.distributed.get_world_size()
-
-
-class BatchPolicy(NamedTuple):
-    """How the sampler draws its batches: ``builder`` and ``window`` per sampler batch of ``factor`` × B rows
-    (``factor > 1``: the collator's selector keeps B of them); ``builder_kwargs`` for the builder."""
-
-    builder: str
-    window: DiversityWindow | None
-    factor: int
-    builder_kwargs: dict[str, Any] | None
 
 
 class DivCLTrainer(SentenceTransformerTrainer):
@@ -128,8 +113,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.follower: WindowFollower | None = None
         self.calibration_plan: CalibrationPlan | None = None
         if train_dataset is not None:
-            train_dataset = self._prepare_train_dataset(train_dataset, args, infonce=loss is None or
-                                                        isinstance(loss, InfoNCELoss), model=model)
+            train_dataset = prepare_training_rows(self, train_dataset, args, model=model,
+                                                  infonce=loss is None or isinstance(loss, InfoNCELoss))
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
                          **kwargs)
         self.args: DivCLTrainingArguments
@@ -150,27 +135,6 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self._check_false_negatives()
 
     # -- data, collator, loss --------------------------------------------------------------------------------------
-
-    def _prepare_train_dataset(self, dataset, args: DivCLTrainingArguments, infonce: bool = True, model=None):
-        """Validate the rows, hold out probe or reference rows when the policy needs them, add row ids."""
-        global_batch = args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
-        planned = args.dedupe and args.batch_sampler == BatchSamplers.BATCH_SAMPLER
-        cols = validate_training_dataset(dataset, min_rows=max(2, global_batch), ignore=(ROW_ID_COLUMN,), model=model,
-                                         dedupe_batch_size=global_batch * max(1, args.mega_batch_factor) if planned
-                                         else None)
-        single_image = len(cols) == 1 and is_image_feature(dataset.features[cols[0]])
-        if infonce and len(cols) < 2 and not single_image:
-            raise DatasetError(f"The contrastive loss needs 2 input columns (anchor, positive[, negatives...]); the "
-                               f"data set has {len(cols)}: {cols}. Add a positive column, or pass a loss that "
-                               "works on single texts.")
-        if args.builder in SELECTORS:
-            if args.builder == "learnability" and args.learnability_reference == "held_out":
-                dataset, self.reference_dataset = hold_out_reference_rows(dataset, args, global_batch)
-        elif args.window == "progress" and self.calibration_plan is None:
-            dataset, self.probe_dataset, self.calibration_plan = schedule_progress(dataset, args, global_batch)
-        if ROW_ID_COLUMN in dataset.column_names:
-            dataset = dataset.remove_columns(ROW_ID_COLUMN)
-        return dataset.add_column(ROW_ID_COLUMN, np.arange(len(dataset), dtype=np.int64))
 
     def get_data_collator(self, model, args, processing_class=None):
         collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
@@ -204,33 +168,13 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     def guide_model(self):
         """The ``false_negative_guide`` SentenceTransformer (loaded once, on the model's device), or ``None``."""
-        path = self.args.false_negative_guide
-        if path is None:
-            return None
-        if getattr(self, "_guide", None) is None:
-            from sentence_transformers import SentenceTransformer
-
-            try:
-                self._guide = SentenceTransformer(path, device=str(self.args.device))
-            except Exception as err:
-                raise ValueError(f"Cannot load the guide model from {path!r} ({type(err).__name__}: {err}); give "
-                                 "the folder of a saved SentenceTransformer.") from err
-        return self._guide
+        if self.args.false_negative_guide is not None and getattr(self, "_guide", None) is None:
+            self._guide = load_guide_model(self.args.false_negative_guide, device=str(self.args.device))
+        return getattr(self, "_guide", None)
 
     def _check_false_negatives(self) -> None:
-        """Before training: a guide model must encode a few rows of every input column (else a clear error)."""
-        loss = self.loss
-        if not isinstance(loss, InfoNCELoss):
-            if self.args.false_negatives != "none":
-                raise ValueError(f"false_negatives={self.args.false_negatives!r} needs hf_divcl's InfoNCELoss; the "
-                                 f"loss is {type(loss).__name__}.")
-            return
-        if loss.false_negatives != self.args.false_negatives:
-            logger.warning("false_negatives=%r in the arguments, but the InfoNCELoss passed as loss= has %r: the "
-                           "loss's setting is used.", self.args.false_negatives, loss.false_negatives)
-        if loss.guide is not None and self.train_dataset is not None:
-            sample = self.train_dataset.select(range(min(2, len(self.train_dataset))))
-            loss.check_guide({c: list(sample[c]) for c in self._input_columns(sample)})
+        """Before training: masking needs hf_divcl's loss, and a guide must encode a few rows of every column."""
+        check_false_negative_setup(self.loss, self.args.false_negatives, self.train_dataset, self._input_columns)
 
     def _input_columns(self, dataset) -> list[str]:
         return input_columns(dataset.column_names, self.data_collator.valid_label_columns)
@@ -284,7 +228,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
-        policy = self.batch_policy(dataset, batch_size, seed)
+        policy = decide_batch_policy(self, dataset, batch_size, seed)
         a = self.args
         sampler = DiversityWindowBatchSampler(
             dataset, batch_size=batch_size * policy.factor, drop_last=drop_last,
@@ -296,70 +240,6 @@ class DivCLTrainer(SentenceTransformerTrainer):
             sampler.load_state_dict(state, skip=False)
         self.divcl_sampler = sampler
         return sampler
-
-    def batch_policy(self, dataset, batch_size: int, seed: int) -> BatchPolicy:
-        """Decide the run's batches and set up what they need: the bank (only when a builder or selector reads
-        embeddings), the window (given, calibrated, restored or measured by progress calibration), and the
-        collator's per-step selector when the sampler hands out super-batches."""
-        a = self.args
-        global_batch = batch_size * self.processes()
-        selecting = a.builder in SELECTORS
-        mega = (int(a.mega_batch_factor) if a.mega_batch_factor > 1 else 4) if selecting \
-            else max(1, int(a.mega_batch_factor))
-        builder = a.builder
-        progress = a.window == "progress" and not selecting
-        current = None
-        if progress:  # random until a calibration measures a level that beats random batches
-            if self.follower is not None and (saved := self.saved.json("progress")) is not None:
-                self.follower.load_state_dict(saved)
-            current = self.follower.current if self.follower is not None else None
-            if current is None or current.decision != "window":
-                builder = "random"
-        self._phase = "bank"
-        # random batches read no embeddings: skip the reference encoding unless the bank is wanted anyway
-        need_bank = selecting or builder != "random" or mega > 1 or self._user_bank is not None
-        self.bank = self.build_bank(dataset) if need_bank else None
-        if progress:
-            window = current.window if builder != "random" else None
-            builder = self.window_builder() if window is not None else "random"
-        elif selecting:
-            window = self._resolve_window(global_batch, seed) if a.window not in ("progress", "none") else None
-        else:
-            window = self._resolve_window(global_batch, seed) if builder != "random" or mega > 1 else None
-        if selecting:
-            reference = build_reference_bank(self, dataset) if a.builder == "learnability" else None
-            self.selector = LearnabilitySelector(self.bank, batch_size, a.temperature, reference=reference,
-                                                 chunks=a.learnability_chunks, window=window, seed=seed)
-        elif mega > 1:
-            if window is None:
-                raise ValueError("mega_batch_factor > 1 needs a window (window='auto' or 'low:high').")
-            self.selector = MegaBatchSelector(self.bank, window, batch_size,
-                                              builder=builder if builder != "random" else "greedy", seed=seed)
-        self._phase = "training"
-        # the collator is built in __init__, before the bank exists: the selector is wired in here
-        self.data_collator.select = self.selector
-        self.diversity.window = window
-        if selecting:
-            return BatchPolicy("random", None, mega, None)
-        return BatchPolicy("random" if mega > 1 else builder, None if mega > 1 else window, mega, a.builder_kwargs)
-
-    def _resolve_window(self, global_batch: int, seed: int) -> DiversityWindow | None:
-        """The run's window: restored from a checkpoint, given, or calibrated on the bank (curve saved in
-        ``output_dir/divcl_calibration.json``)."""
-        saved = self.saved.json("window")
-        if saved is not None:
-            return DiversityWindow(**saved)
-        window = self.args.parsed_window()
-        if window != "auto":
-            return window
-        positives = self.bank.all(view=1, dtype=torch.float32) if self.bank.num_views > 1 else None
-        cal = calibrate_window(self.bank.all(dtype=torch.float32), global_batch, self.args.temperature, seed=seed,
-                               positives=positives, keep_fraction=self.args.window_keep_fraction)
-        logger.info("calibrated window: %s", cal.format())
-        if self.is_world_process_zero():
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            Path(self.args.output_dir, CALIBRATION_FILE).write_text(json.dumps(cal.to_dict(), indent=2))
-        return cal.window
 
     def window_builder(self) -> str:
         """The builder that plans window batches (``greedy`` when the arguments say ``random``)."""

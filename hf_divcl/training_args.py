@@ -154,7 +154,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "whose bank embeddings best fit the window (or, with builder='learnability'/'hard', the most "
                 "learnable / hardest; those default to M = 4); one epoch then trains on 1/M of the rows."})
     image_size: int | None = field(default=None, metadata={
-        "help": "Side of augmented image views (default: the model's image processor size)."})
+        "help": "Side of augmented image views (default: the model's image processor size); recipes also build "
+                "the tiny-vit / tiny-clip encoders for it (default 28)."})
     augment_scale_min: float = field(default=0.3, metadata={"help": "Smallest random-resized-crop area fraction."})
     augment_jitter: float = field(default=0.4, metadata={"help": "Brightness/contrast jitter strength."})
     logging_steps: float = field(default=10, metadata={

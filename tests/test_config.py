@@ -1,18 +1,14 @@
 """Dataclass configs from YAML and flags: precedence, unknown keys, safe parsing."""
 
-import argparse
-
 import pytest
 
-from hf_divcl.config import add_dataclass_arguments, config_from_args
+from hf_divcl.config import dataclass_parser, parse_with_config
 from hf_divcl.diagnose import DiagnoseConfig
 
 
 def parse(argv):
-    p = argparse.ArgumentParser()
-    p.add_argument("--config")
-    add_dataclass_arguments(p, DiagnoseConfig)
-    return config_from_args(DiagnoseConfig, p.parse_args(argv))
+    (cfg,) = parse_with_config(dataclass_parser(DiagnoseConfig), [DiagnoseConfig], argv)
+    return cfg
 
 
 def test_defaults_then_yaml_then_flags(tmp_path):

@@ -192,7 +192,7 @@ def test_full_debian_wordnet_counts():
     assert len(synsets) == 117_659 and len({s.synset_id for s in synsets}) == 117_659
     assert [s.synset_id for s in synsets] == sorted(s.synset_id for s in synsets)
     assert all(s.definition and s.lemmas for s in synsets)
-    # DESIGN.md's 32,884 = synsets whose gloss has an example introduced by `; "`; 35 more introduce their
+    # 32,884 = synsets whose gloss has an example introduced by `; "`; 35 more introduce their
     # only example with ":" or "," (`move with force, "He pushed the table into a corner"`) or lost a quote
     raw = 0
     for name in ("noun", "verb", "adj", "adv"):

@@ -51,12 +51,24 @@ def test_text_recipe_trains_evaluates_and_writes_the_card(tiny_model_dir, tmp_pa
     assert "| wordnet\\_ndcg@10 |" in (out / "README.md").read_text()
 
 
-def test_vision_recipe_trains_a_tiny_vit(tmp_path):
-    out = tmp_path / "vision"
-    assert main(smoke(out, max_train_rows=256, per_device_train_batch_size=32),
-                default_config=str(ROOT / "recipes" / "vision_fashion_mnist.yaml")) == 0
-    summary = check_output(out)
-    assert 0.0 <= summary["after"]["knn_accuracy"] <= 1.0 and "linear_probe_accuracy" in summary["after"]
+def test_vision_recipe_script_trains_a_tiny_vit_exactly_as_hf_divcl_train_does(tmp_path):
+    import runpy
+
+    script = runpy.run_path(str(ROOT / "recipes" / "vision_fashion_mnist.py"))  # the script's own steps
+    config = str(ROOT / "recipes" / "vision_fashion_mnist.yaml")
+    summaries = []
+    for name, run in (("script", script["run"]), ("generic", None)):
+        out = tmp_path / name
+        argv = smoke(out, max_train_rows=256, per_device_train_batch_size=32)
+        assert (main(argv, default_config=config, run=run) if run else main(argv, default_config=config)) == 0
+        summaries.append(check_output(out))
+    script_summary, generic = summaries
+    assert 0.0 <= script_summary["after"]["knn_accuracy"] <= 1.0 and "linear_probe_accuracy" in generic["after"]
+    for key in ("before", "after"):  # the same scores, to the last bit (timings aside)
+        assert {k: v for k, v in script_summary[key].items() if not k.endswith("seconds")} == \
+            {k: v for k, v in generic[key].items() if not k.endswith("seconds")}
+    same = ("data", "base_model", "train_rows", "eval_rows", "steps")
+    assert {k: script_summary[k] for k in same} == {k: generic[k] for k in same}
 
 
 def test_clip_recipe_trains_image_text_pairs_via_the_cli(tmp_path):

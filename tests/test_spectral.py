@@ -284,7 +284,7 @@ def test_participation_ratio_equals_eigenvalue_formula(b, d):
     assert div["participation_ratio"].item() == pytest.approx(expected, rel=1e-10, abs=0)
     assert participation_ratio(xn @ xn.T).item() == pytest.approx(expected, rel=1e-10, abs=0)
     assert batch_diversity(similarity=xn @ xn.T)["participation_ratio"].item() == pytest.approx(expected, rel=1e-10)
-    # effective rank from its definition, and the DESIGN.md identity 1/R_PR ≤ λ_max ≤ 1/√R_PR
+    # effective rank from its definition, and the identity 1/R_PR ≤ λ_max ≤ 1/√R_PR (docs/maths.md)
     p = lam.clamp_min(0) / lam.clamp_min(0).sum()
     erank = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
     assert div["effective_rank"].item() == pytest.approx(erank, rel=1e-10)
