@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["add_config_option", "dataclass_parser", "load_yaml_config", "parse_with_config", "safe_load_yaml"]
+__all__ = ["add_config_option", "dataclass_parser", "load_yaml_config", "parse_with_config", "read_yaml_mapping",
+           "safe_load_yaml"]
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -75,17 +76,22 @@ def safe_load_yaml(text: str, source: str) -> Any:
     return data
 
 
-def load_yaml_config(path: str | Path, cls: type, extra: set[str] | None = None) -> dict[str, Any]:
-    """Read a YAML mapping of field values for ``cls`` (keys in ``extra`` belong to another class read from the same
-    file and are left out); unknown keys raise with the valid ones listed."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The ``key: value`` mapping of a YAML config file (read with :func:`safe_load_yaml`; empty file: ``{}``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
     data = safe_load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"Config file {str(path)!r} must hold a mapping of field: value, got {type(data).__name__}.")
+        raise ValueError(f"Config file {str(path)!r} must hold a mapping of key: value, got {type(data).__name__}.")
+    return data
+
+
+def load_yaml_config(path: str | Path, cls: type, extra: set[str] | None = None) -> dict[str, Any]:
+    """Read a YAML mapping of field values for ``cls`` (keys in ``extra`` belong to another class read from the same
+    file and are left out); unknown keys raise with the valid ones listed."""
     names = {f.name for f in dataclasses.fields(cls)}
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()}
     unknown = sorted(set(data) - names - (extra or set()))
     if unknown:
         raise ValueError(f"Unknown key(s) {unknown} in {str(path)!r}; valid keys for {cls.__name__}: {sorted(names)}.")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import safe_load_yaml
+from .config import read_yaml_mapping
 
 __all__ = ["TASKS", "RecipeConfig", "help_text", "load_recipe_config", "parse_recipe_args", "recipe_parser"]
 
@@ -143,10 +143,7 @@ def load_recipe_config(path: str | os.PathLike | None = None, overrides: dict[st
     < ``overrides`` (Python values) < ``argv`` (``--key value`` strings, parsed by ``HfArgumentParser``)."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = _find_config(Path(path))
-        data = safe_load_yaml(p.read_text(encoding="utf-8"), str(p)) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"Config file {str(p)!r} must be a mapping of key: value, got {type(data).__name__}.")
+        data = read_yaml_mapping(_find_config(Path(path)))
     data.update(overrides or {})
     types_ = _field_types()
     source = str(path) if path is not None else "config"
@@ -309,10 +306,10 @@ def _precheck_data(config: str | None, overrides: dict[str, Any]) -> None:
     raw: dict[str, Any] = {}
     if config is not None:
         try:
-            raw = safe_load_yaml(_find_config(Path(config)).read_text(encoding="utf-8"), str(config)) or {}
+            raw = read_yaml_mapping(_find_config(Path(config)))
         except (ValueError, FileNotFoundError):
             return  # reported with context by load_recipe_config
-    raw = {**(raw if isinstance(raw, dict) else {}), **overrides}
+    raw = {**raw, **overrides}
     task, data = str(raw.get("task", "text")), str(raw.get("data", "embedded"))
     if task != "text" or data in ("embedded", "wordnet"):
         return
