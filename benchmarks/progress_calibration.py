@@ -48,11 +48,12 @@ def main() -> None:
     import torch
     from scipy.stats import pearsonr, spearmanr
 
-    from hf_divcl.data import wordnet_split
-    from hf_divcl.following import _ProbeEnv, calibration_sample, probe_losses, rows_loss
-    from hf_divcl.models import load_sentence_transformer
-    from hf_divcl.progress import StepGain, calibrate_progress, decide
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.batch_policy.follower import _ProbeEnv, calibration_sample, probe_losses, rows_loss
+    from hf_divcl.batch_policy.progress import StepGain, calibrate_progress, decide
+    from hf_divcl.data.wordnet import wordnet_split
+    from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     train = wordnet_split(kind="example", split="train", source=a.source).select_columns(["anchor", "positive"])
     if a.smoke:

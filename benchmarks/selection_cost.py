@@ -32,9 +32,9 @@ def _measure(b_size: int, model, pairs, learner, reference, gen, reps: int) -> d
     """Median seconds of each variant at batch size ``b_size`` and their fractions of a step."""
     import torch
 
-    from hf_divcl.learnability import LearnabilitySelector
-    from hf_divcl.losses import InfoNCELoss
-    from hf_divcl.window import DiversityWindow, measure_diversity
+    from hf_divcl.batch_policy.learnability import LearnabilitySelector
+    from hf_divcl.diversity.window import DiversityWindow, measure_diversity
+    from hf_divcl.losses.infonce import InfoNCELoss
 
     feats = [model.preprocess(list(pairs["anchor"][:b_size])), model.preprocess(list(pairs["positive"][:b_size]))]
     plain = InfoNCELoss(model, temperature=0.05)
@@ -81,7 +81,7 @@ def main() -> None:
     import torch
 
     from hf_divcl.bank import EmbeddingBank
-    from hf_divcl.data import wordnet_split
+    from hf_divcl.data.wordnet import wordnet_split
 
     if a.smoke:
         a.batch_sizes, a.reps, a.bank_rows = [8], 2, 2000
@@ -92,7 +92,7 @@ def main() -> None:
         model = SentenceTransformer(build_tiny_sentence_transformer(Path(tempfile.mkdtemp())), device="cpu")
         name = "tiny BERT"
     else:
-        from hf_divcl.models import load_sentence_transformer
+        from hf_divcl.models.loading import load_sentence_transformer
 
         model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
         name = "all-MiniLM-L6-v2"

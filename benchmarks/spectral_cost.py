@@ -38,7 +38,8 @@ def _bench_batch(model, anchors: list[str], positives: list[str], tau: float, ar
     import torch
     import torch.nn.functional as F
 
-    from hf_divcl.spectral import batch_diversity, gradient_bands
+    from hf_divcl.diversity.bands import gradient_bands
+    from hf_divcl.diversity.metrics import batch_diversity
 
     b = len(anchors)
     feats_a = {k: t.to(args.device) if hasattr(t, "to") else t for k, t in model.preprocess(anchors).items()}
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.models.loading import load_sentence_transformer
 
     if args.smoke:
         args.batch_sizes, args.repeats, args.spectral_repeats = [16], 1, 2

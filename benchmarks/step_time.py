@@ -47,8 +47,9 @@ def run_block(kind: str, data, args_ns, workdir: Path) -> dict:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from hf_divcl.models import load_sentence_transformer
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     model = load_sentence_transformer(args_ns.model, device="cpu")
     timer = _timer()
@@ -94,7 +95,7 @@ def main() -> None:
 
     import torch
 
-    from hf_divcl.data import wordnet_pairs
+    from hf_divcl.data.wordnet import wordnet_pairs
 
     data = wordnet_pairs(kind="example", source="embedded").select(range(a.rows)).select_columns(
         ["anchor", "positive"])

@@ -105,9 +105,10 @@ def _clock_callback(evaluate, every: int, results: list):
 
 
 def text_task(a):
-    from hf_divcl.data import wordnet_split
-    from hf_divcl.evaluation import retrieval_metrics, word_similarity
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.data.wordnet import wordnet_split
+    from hf_divcl.evaluation.retrieval import retrieval_metrics
+    from hf_divcl.evaluation.word_similarity import word_similarity
+    from hf_divcl.models.loading import load_sentence_transformer
 
     train = wordnet_split(kind="example", split="train", source=a.source).select_columns(["anchor", "positive"])
     test = wordnet_split(kind="example", split="test", source=a.source)
@@ -132,9 +133,9 @@ def text_task(a):
 def vision_task(a):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.data import fashion_mnist
-    from hf_divcl.evaluation import knn_accuracy
-    from hf_divcl.vision import build_tiny_vit_sentence_transformer
+    from hf_divcl.data.images import fashion_mnist
+    from hf_divcl.evaluation.probes import knn_accuracy
+    from hf_divcl.models.vision import build_tiny_vit_sentence_transformer
 
     train = fashion_mnist("train", limit=a.rows or 4096)
     probe_train = fashion_mnist("train", limit=2000)
@@ -159,8 +160,8 @@ def vision_task(a):
 def clip_task(a):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.data import class_descriptions, fashion_mnist_image_text
-    from hf_divcl.vision import build_tiny_clip_sentence_transformer
+    from hf_divcl.data.images import class_descriptions, fashion_mnist_image_text
+    from hf_divcl.models.vision import build_tiny_clip_sentence_transformer
 
     train = fashion_mnist_image_text("train", limit=a.rows or 4000).select_columns(["image", "text"])
     test = fashion_mnist_image_text("test", limit=1000)
@@ -188,7 +189,8 @@ def clip_task(a):
 
 
 def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     train, make_model, evaluate, extra, _ = task
     model = make_model(seed)
@@ -247,7 +249,7 @@ def _t_interval(values: list[float]) -> dict:
     """Mean and 95 % Student-t interval of paired differences (None where fewer than two)."""
     import torch
 
-    from hf_divcl.progress import paired_interval
+    from hf_divcl.batch_policy.progress import paired_interval
 
     if not values:
         return {"mean": None, "ci95": None, "n": 0}
@@ -313,7 +315,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def plot(runs: list[dict], label: str, path: Path) -> None:
-    from hf_divcl.plotting import pyplot, save_figure
+    from hf_divcl.publish.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -24,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def held_out_loss(model, ds) -> float:
     import torch
 
-    from hf_divcl.losses import contrastive_loss
+    from hf_divcl.losses.maths import contrastive_loss
 
     model.eval()
     with torch.no_grad():
@@ -34,8 +34,9 @@ def held_out_loss(model, ds) -> float:
 
 
 def run(whitening: bool, seed: int, train, test, a, tmp: Path) -> dict:
-    from hf_divcl.models import load_sentence_transformer
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     model = load_sentence_transformer(a.model, device="cpu")
     args = DivCLTrainingArguments(
@@ -64,7 +65,7 @@ def main() -> None:
     if a.smoke:
         a.batch_size, a.steps, a.seeds = 8, 4, [0]
 
-    from hf_divcl.data import wordnet_pairs
+    from hf_divcl.data.wordnet import wordnet_pairs
 
     ds = wordnet_pairs(kind="example", source="embedded").select_columns(["anchor", "positive"])
     train, test = ds.select(range(0, 2000)), ds.select(range(2000, 2500))

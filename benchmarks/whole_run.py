@@ -29,8 +29,9 @@ def one_run(kind: str, data, a, workdir: Path) -> dict:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from hf_divcl.models import load_sentence_transformer
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
     common = dict(output_dir=str(workdir / f"{kind}-{time.perf_counter_ns()}"),
@@ -72,7 +73,7 @@ def main() -> None:
 
     import torch
 
-    from hf_divcl.data import wordnet_split
+    from hf_divcl.data.wordnet import wordnet_split
 
     source = "embedded" if a.smoke else "auto"
     data = wordnet_split(kind="example", split="train", source=source).select_columns(["anchor", "positive"])

@@ -41,13 +41,15 @@ def main() -> None:
 
     import torch
 
-    from hf_divcl.data import wordnet_split
-    from hf_divcl.evaluation import retrieval_metrics
-    from hf_divcl.losses import contrastive_loss
-    from hf_divcl.models import load_sentence_transformer
-    from hf_divcl.sweep import default_levels, draw_level
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
-    from hf_divcl.window import DiversityWindow, calibrate_window, measure_diversity
+    from hf_divcl.batch_policy.calibration import calibrate_window
+    from hf_divcl.data.wordnet import wordnet_split
+    from hf_divcl.diversity.levels import default_levels, draw_level
+    from hf_divcl.diversity.window import DiversityWindow, measure_diversity
+    from hf_divcl.evaluation.retrieval import retrieval_metrics
+    from hf_divcl.losses.maths import contrastive_loss
+    from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     train = wordnet_split(kind="example", split="train", source="embedded").select_columns(["anchor", "positive"])
     test = wordnet_split(kind="example", split="test", source="embedded")

@@ -1,7 +1,7 @@
 """hf_divcl: diversity-window batches for contrastive encoders on the Hugging Face stack.
 
 Data flow: dataset → bank → builder (:mod:`hf_divcl.planning`) → sampler (:mod:`hf_divcl.sampler`) → model →
-loss → diversity and gradient bands (:mod:`hf_divcl.spectral`).
+loss → diversity and gradient bands (:mod:`hf_divcl.diversity.metrics`).
 
 The public names are importable from the top level (``from hf_divcl import DivCLTrainer, DivCLTrainingArguments,
 DiversityWindowBatchSampler``) and load lazily, as in sentence-transformers and TRL: ``import hf_divcl`` itself
@@ -15,34 +15,34 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name → submodule that defines it
+# public name → the module that defines it (the one place it is imported from)
 _LAZY: dict[str, str] = {
-    "DivCLTrainer": "trainer",
-    "DivCLTrainingArguments": "training_args",
-    "DiversityWindowBatchSampler": "sampler",
-    "DivCLDataCollator": "collator",
-    "MegaBatchSelector": "collator",
-    "InfoNCELoss": "losses",
-    "contrastive_loss": "losses",
     "EmbeddingBank": "bank",
-    "DiversityLogger": "callbacks",
-    "DiversityCallback": "callbacks",
-    "CollapseError": "callbacks",
-    "read_diversity_log": "callbacks",
-    "plan_epoch": "planning",
-    "duplicate_groups": "planning",
-    "DiversityWindow": "window",
-    "calibrate_window": "window",
-    "GradientBands": "spectral",
-    "batch_diversity": "spectral",
-    "gradient_bands": "spectral",
-    "infonce_loss": "spectral",
-    "participation_ratio": "spectral",
-    "validate_training_dataset": "validation",
-    "DatasetError": "validation",
-    "write_model_card": "card",
-    "push_to_hub": "hub",
-    "load_sentence_transformer": "models",
+    "calibrate_window": "batch_policy.calibration",
+    "MegaBatchSelector": "batch_policy.selectors",
+    "DivCLDataCollator": "collator",
+    "DatasetError": "data.validation",
+    "validate_training_dataset": "data.validation",
+    "GradientBands": "diversity.bands",
+    "gradient_bands": "diversity.bands",
+    "infonce_loss": "diversity.bands",
+    "read_diversity_log": "diversity.log",
+    "batch_diversity": "diversity.metrics",
+    "participation_ratio": "diversity.metrics",
+    "DiversityWindow": "diversity.window",
+    "InfoNCELoss": "losses.infonce",
+    "contrastive_loss": "losses.maths",
+    "load_sentence_transformer": "models.loading",
+    "duplicate_groups": "planning.dedupe",
+    "plan_epoch": "planning.plan",
+    "write_model_card": "publish.card",
+    "push_to_hub": "publish.hub",
+    "DiversityWindowBatchSampler": "sampler",
+    "DivCLTrainingArguments": "training.arguments",
+    "CollapseError": "training.callbacks",
+    "DiversityCallback": "training.callbacks",
+    "DiversityLogger": "training.callbacks",
+    "DivCLTrainer": "training.trainer",
 }
 
 __all__ = [
@@ -77,19 +77,25 @@ __all__ = [
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .bank import EmbeddingBank
-    from .callbacks import CollapseError, DiversityCallback, DiversityLogger, read_diversity_log
-    from .card import write_model_card
-    from .collator import DivCLDataCollator, MegaBatchSelector
-    from .hub import push_to_hub
-    from .losses import InfoNCELoss, contrastive_loss
-    from .models import load_sentence_transformer
-    from .planning import duplicate_groups, plan_epoch
+    from .batch_policy.calibration import calibrate_window
+    from .batch_policy.selectors import MegaBatchSelector
+    from .collator import DivCLDataCollator
+    from .data.validation import DatasetError, validate_training_dataset
+    from .diversity.bands import GradientBands, gradient_bands, infonce_loss
+    from .diversity.log import read_diversity_log
+    from .diversity.metrics import batch_diversity, participation_ratio
+    from .diversity.window import DiversityWindow
+    from .losses.infonce import InfoNCELoss
+    from .losses.maths import contrastive_loss
+    from .models.loading import load_sentence_transformer
+    from .planning.dedupe import duplicate_groups
+    from .planning.plan import plan_epoch
+    from .publish.card import write_model_card
+    from .publish.hub import push_to_hub
     from .sampler import DiversityWindowBatchSampler
-    from .spectral import GradientBands, batch_diversity, gradient_bands, infonce_loss, participation_ratio
-    from .trainer import DivCLTrainer
-    from .training_args import DivCLTrainingArguments
-    from .validation import DatasetError, validate_training_dataset
-    from .window import DiversityWindow, calibrate_window
+    from .training.arguments import DivCLTrainingArguments
+    from .training.callbacks import CollapseError, DiversityCallback, DiversityLogger
+    from .training.trainer import DivCLTrainer
 
 
 def __getattr__(name: str) -> Any:

@@ -5,8 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ROW_ID_COLUMN", "RUN_INFO_FILE", "WINDOW_FILE", "atomic_write_text", "banks_cache_dir", "cache_root",
-           "hold_out", "input_columns", "is_image_feature", "world_size"]
+__all__ = [
+    "ROW_ID_COLUMN",
+    "RUN_INFO_FILE",
+    "WINDOW_FILE",
+    "atomic_write_text",
+    "banks_cache_dir",
+    "cache_root",
+    "hold_out",
+    "input_columns",
+    "is_image_feature",
+    "packaged_recipes",
+    "resource_path",
+    "world_size",
+]
 
 ROW_ID_COLUMN = "_divcl_row"
 """The column the trainer adds: each training row's index, carried through the collator to feed the bank."""
@@ -68,3 +80,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+# -- files outside the Python modules: the model-card template and the recipe configs. In a checkout they are the
+# top-level model_cards/ and recipes/ folders; a wheel ships copies in hf_divcl/_resources/<folder>/ (see setup.py).
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resource_path(folder: str, name: str) -> Path:
+    """Path of ``folder/name``: the copy inside the installed package, else the checkout's top-level folder (the
+    returned path may not exist; callers name it in their error)."""
+    packaged = _PACKAGE / "_resources" / folder / name
+    if packaged.is_file():
+        return packaged
+    return _PACKAGE.parent / folder / name
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Recipe name (``text_wordnet``) → YAML path, from the installed package or the checkout."""
+    found: dict[str, Path] = {}
+    for base in (_PACKAGE.parent / "recipes", _PACKAGE / "_resources" / "recipes"):
+        if base.is_dir():
+            found.update({p.stem: p for p in sorted(base.glob("*.yaml"))})
+    return found

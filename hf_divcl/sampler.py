@@ -25,8 +25,11 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from ._common import banks_cache_dir, is_image_feature, world_size
-from .planning import BatchBuilder, EpochPlan, duplicate_groups, plan_epoch
-from .window import DiversityWindow, calibrate_window
+from .batch_policy.calibration import calibrate_window
+from .diversity.window import DiversityWindow
+from .planning.base import BatchBuilder
+from .planning.dedupe import duplicate_groups
+from .planning.plan import EpochPlan, plan_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +155,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
 
     def _default_bank(self):
         from .bank import EmbeddingBank
-        from .models import DEFAULT_TEXT_MODEL, load_sentence_transformer
+        from .models.loading import DEFAULT_TEXT_MODEL, load_sentence_transformer
 
         cols = self._text_columns()
         how = ("build one from the model you train, e.g. EmbeddingBank.from_reference(model, [ds['anchor'], "

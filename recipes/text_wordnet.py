@@ -21,8 +21,8 @@ def run(cfg, args) -> dict:
     """The recipe's steps; returns the run summary (also written to ``output_dir/divcl_summary.json``)."""
     # heavy imports here, so that --help answers at once
     from hf_divcl import DivCLTrainer
-    from hf_divcl.evaluation import evaluate_text
-    from hf_divcl.train import finish_run, is_main_process, load_model, load_text_pairs, reset_card_scores
+    from hf_divcl.cli.steps import finish_run, is_main_process, load_model, load_text_pairs, reset_card_scores
+    from hf_divcl.evaluation.tasks import evaluate_text
 
     started = time.perf_counter()
 
@@ -61,6 +61,6 @@ def run(cfg, args) -> dict:
 
 
 if __name__ == "__main__":
-    from hf_divcl.train import main
+    from hf_divcl.cli.steps import main
 
     sys.exit(main(default_config=CONFIG, run=run))

@@ -22,8 +22,8 @@ def run(cfg, args) -> dict:
     """The recipe's steps; returns the run summary (also written to ``output_dir/divcl_summary.json``)."""
     # heavy imports here, so that --help answers at once
     from hf_divcl import DivCLTrainer
-    from hf_divcl.evaluation import evaluate_vision
-    from hf_divcl.train import finish_run, is_main_process, load_images, load_model, reset_card_scores
+    from hf_divcl.cli.steps import finish_run, is_main_process, load_images, load_model, reset_card_scores
+    from hf_divcl.evaluation.tasks import evaluate_vision
 
     started = time.perf_counter()
 
@@ -63,6 +63,6 @@ def run(cfg, args) -> dict:
 
 
 if __name__ == "__main__":
-    from hf_divcl.train import main
+    from hf_divcl.cli.steps import main
 
     sys.exit(main(default_config=CONFIG, run=run))

@@ -31,7 +31,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from hf_divcl.data.wordnet import SAMPLE_HEADER, SAMPLE_NAME, WORDNET_ROOT, iter_wordnet_synsets
+from hf_divcl.data.wordnet import SAMPLE_HEADER, SAMPLE_NAME
+from hf_divcl.data.wordnet_files import WORDNET_ROOT, iter_wordnet_synsets
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = 600_000

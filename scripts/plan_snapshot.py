@@ -6,9 +6,9 @@
 import sys
 
 import torch
-
 from hf_divcl.builders import plan_epoch
-from hf_divcl.window import DiversityWindow
+
+from hf_divcl.diversity.window import DiversityWindow
 
 out = {}
 for n, b in [(700, 16), (1500, 32)]:

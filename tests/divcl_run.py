@@ -28,9 +28,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
-from hf_divcl.checkpoints import complete_checkpoints
-from hf_divcl.data import wordnet_pairs
-from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+from hf_divcl.data.wordnet import wordnet_pairs
+from hf_divcl.training.arguments import DivCLTrainingArguments
+from hf_divcl.training.checkpoints import complete_checkpoints
+from hf_divcl.training.trainer import DivCLTrainer
 
 RANK = int(os.environ.get("RANK", "0"))
 FAULT: dict = {}

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 
-from hf_divcl.augment import TwoViewAugment, images_to_tensor, to_model_inputs
-from hf_divcl.data import FASHION_MNIST_ROOT, digits, fashion_mnist
-from hf_divcl.vision import build_tiny_clip_sentence_transformer, build_tiny_vit_sentence_transformer
+from hf_divcl.data.images import FASHION_MNIST_ROOT, digits, fashion_mnist
+from hf_divcl.models.augment import TwoViewAugment, images_to_tensor, to_model_inputs
+from hf_divcl.models.vision import build_tiny_clip_sentence_transformer, build_tiny_vit_sentence_transformer
 
 
 @pytest.fixture(scope="module")

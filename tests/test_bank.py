@@ -107,7 +107,7 @@ def test_one_million_rows_fit_in_768_mb_float16():
 
 
 def test_from_reference_encodes_once_then_uses_the_cache(tiny_model_dir, tmp_path):
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.models.loading import load_sentence_transformer
 
     model = load_sentence_transformer(tiny_model_dir, device="cpu")
     anchors = [f"word {i} topic {i % 3}" for i in range(30)]
@@ -130,7 +130,7 @@ DIST = r'''
 import json, sys, torch
 import torch.distributed as dist
 from hf_divcl.bank import EmbeddingBank
-from hf_divcl.models import load_sentence_transformer
+from hf_divcl.models.loading import load_sentence_transformer
 dist.init_process_group("gloo")
 model = load_sentence_transformer(sys.argv[1], device="cpu")
 texts = [f"sentence number {i} about {i % 4}" for i in range(23)]
@@ -142,7 +142,7 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_two_processes_encode_shards_and_end_with_the_same_bank(tiny_model_dir, tmp_path):
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.models.loading import load_sentence_transformer
 
     script = tmp_path / "d.py"
     script.write_text(DIST)

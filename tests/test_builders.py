@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from hf_divcl.builders import BUILDERS, ClusterBuilder, duplicate_groups, get_builder, plan_epoch
-from hf_divcl.window import DiversityWindow
+
+from hf_divcl.diversity.window import DiversityWindow
 
 ALL = sorted(BUILDERS)
 
@@ -173,8 +173,8 @@ def test_refinement_keeps_the_partition_and_moves_batches_towards_the_window(ban
 @pytest.mark.parametrize("shift", [(-2.0, -0.5), (0.5, 2.0)])
 def test_greedy_meets_a_shifted_window_on_minilm_wordnet_embeddings(shift):
     """Real anisotropic embeddings: a window 1.5σ wide, off random's centre (random hits ~30 %)."""
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.models.loading import load_sentence_transformer
 
     ds = wordnet_pairs("example", source="embedded")
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
@@ -189,7 +189,7 @@ def test_greedy_meets_a_shifted_window_on_minilm_wordnet_embeddings(shift):
 
 
 def test_measure_batches_equals_measuring_the_gathered_batches(bank):
-    from hf_divcl.window import measure_batches, measure_diversity
+    from hf_divcl.diversity.window import measure_batches, measure_diversity
 
     index = torch.randperm(bank.shape[0], generator=torch.Generator().manual_seed(0))[: 40 * 32].view(40, 32)
     for metric in ("effective_rank", "mean_sq_cosine", "lambda_max"):
@@ -199,7 +199,8 @@ def test_measure_batches_equals_measuring_the_gathered_batches(bank):
 
 def test_greedy_checkpoints_add_up_to_the_exact_mean_squared_cosine(bank):
     from hf_divcl.builders import GreedyBuilder, PlanContext
-    from hf_divcl.window import measure_batches
+
+    from hf_divcl.diversity.window import measure_batches
 
     rows = torch.arange(bank.shape[0])
     ctx = PlanContext(bank.half(), rows, 32, None, torch.Generator().manual_seed(0))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from hf_divcl.callbacks import DiversityCallback, format_log_line, read_diversity_log
+from hf_divcl.diversity.log import format_log_line, read_diversity_log
+from hf_divcl.training.callbacks import DiversityCallback
 
 
 def plain_trainer(tiny_model_dir, tmp_path, callback, **kw):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from hf_divcl.card import md_escape, write_model_card
+from hf_divcl.publish.card import md_escape, write_model_card
 
 
 def fake_run(out, steps=(5, 10, 15)):

@@ -8,14 +8,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from hf_divcl.cli import make_parser
-from hf_divcl.train import _parse_cli, main
+from hf_divcl.cli.main import make_parser
+from hf_divcl.cli.recipe_config import _parse_cli
+from hf_divcl.cli.steps import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 LIGHT = textwrap.dedent("""
     import sys
-    from hf_divcl.cli import main
+    from hf_divcl.cli.main import main
     try:
         code = main(sys.argv[1:])
     except SystemExit as exit_:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hf_divcl.collator import ROW_ID_COLUMN, DivCLDataCollator, MegaBatchSelector
-from hf_divcl.window import DiversityWindow, measure_diversity
+from hf_divcl._common import ROW_ID_COLUMN
+from hf_divcl.batch_policy.selectors import MegaBatchSelector
+from hf_divcl.collator import DivCLDataCollator
+from hf_divcl.diversity.window import DiversityWindow, measure_diversity
 
 
 def test_row_ids_travel_next_to_the_model_inputs(tiny_model_dir):
@@ -24,9 +26,9 @@ def test_row_ids_travel_next_to_the_model_inputs(tiny_model_dir):
 def test_a_single_image_column_becomes_two_augmented_views(tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.augment import TwoViewAugment, to_model_inputs
-    from hf_divcl.data import fashion_mnist
-    from hf_divcl.vision import build_tiny_vit_sentence_transformer
+    from hf_divcl.data.images import fashion_mnist
+    from hf_divcl.models.augment import TwoViewAugment, to_model_inputs
+    from hf_divcl.models.vision import build_tiny_vit_sentence_transformer
 
     model = SentenceTransformer(build_tiny_vit_sentence_transformer(tmp_path), device="cpu")
     data = fashion_mnist("test", limit=4)
@@ -64,9 +66,10 @@ def test_mega_batch_selection_lands_in_the_window_far_more_often_than_random():
 def test_mega_batch_training_keeps_b_rows_per_step(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.callbacks import read_diversity_log
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.diversity.log import read_diversity_log
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     data = wordnet_pairs(kind="example", source="embedded").select(range(192)).select_columns(["anchor", "positive"])
     args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=1,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from hf_divcl.config import dataclass_parser, parse_with_config
-from hf_divcl.diagnose import DiagnoseConfig
+from hf_divcl.cli.diagnose import DiagnoseConfig
+from hf_divcl.cli.parser import dataclass_parser, parse_with_config
 
 
 def parse(argv):

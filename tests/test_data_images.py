@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_divcl.data import (
+from hf_divcl.data.images import (
     DIGITS_TRAIN_SIZE,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_ROOT,

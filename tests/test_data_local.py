@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from hf_divcl.data import load_local_dataset
+from hf_divcl.data.local import load_local_dataset
 
 
 def test_csv_columns_are_mapped_by_name(tmp_path):

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from hf_divcl.data import (
+from hf_divcl.data.wordnet import embedded_sample_path, synset_pairs, wordnet_pairs
+from hf_divcl.data.wordnet_files import (
     WORDNET_ROOT,
     WordNetSynset,
-    embedded_sample_path,
     iter_wordnet_synsets,
-    wordnet_pairs,
+    parse_gloss,
+    parse_synset_line,
 )
-from hf_divcl.data.wordnet import parse_gloss, parse_synset_line, synset_pairs
 
 # the licence header as in the real files: two spaces, a line number, the text, two trailing blanks
 HEADER = (

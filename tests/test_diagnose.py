@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from hf_divcl.cli import main
-from hf_divcl.diagnose import DiagnoseConfig, diagnose_embeddings, format_report, plot_report
+from hf_divcl.cli.diagnose import DiagnoseConfig, diagnose_embeddings, format_report, plot_report
+from hf_divcl.cli.main import main
 
 
 def synthetic_pairs(n=800, d=32, seed=0):
@@ -86,7 +86,7 @@ def test_cli_reports_missing_model_clearly(tmp_path, capsys):
 
 
 def test_cli_help_is_fast_and_lists_diagnose():
-    out = subprocess.run([sys.executable, "-m", "hf_divcl.cli", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "hf_divcl.cli.main", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "diagnose" in out
 
@@ -94,7 +94,7 @@ def test_cli_help_is_fast_and_lists_diagnose():
 @pytest.mark.slow
 def test_diagnose_real_minilm_on_embedded_wordnet(tmp_path):
     """The default model and data: exact gradients on real embeddings, bands hold for every anchor."""
-    from hf_divcl.diagnose import run_diagnose
+    from hf_divcl.cli.diagnose import run_diagnose
 
     cfg = DiagnoseConfig(max_pairs=400, batch_size=32, n_batches=8, output_json=str(tmp_path / "r.json"))
     rep = run_diagnose(cfg, progress=False)

@@ -14,26 +14,21 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from hf_divcl import metrics
-from hf_divcl.data import digits, wordnet_pairs, wordnet_split
-from hf_divcl.data.wordnet import split_key
-from hf_divcl.evaluation import (
-    RETRIEVAL_METRICS,
+from hf_divcl.data.images import digits
+from hf_divcl.data.wordnet import split_key, wordnet_pairs, wordnet_split
+from hf_divcl.diversity.metrics import batch_diversity
+from hf_divcl.evaluation.probes import (
     encode_images,
-    evaluate_text,
-    evaluate_vision,
     knn_accuracy,
     knn_accuracy_from_embeddings,
     knn_predict,
     linear_probe_accuracy,
     linear_probe_accuracy_from_embeddings,
-    read_word_pairs,
-    retrieval_metrics,
-    spearman,
-    word_similarity,
-    word_similarity_path,
 )
-from hf_divcl.spectral import batch_diversity
-from hf_divcl.vision import build_tiny_vit_sentence_transformer
+from hf_divcl.evaluation.retrieval import RETRIEVAL_METRICS, retrieval_metrics
+from hf_divcl.evaluation.tasks import evaluate_text, evaluate_vision
+from hf_divcl.evaluation.word_similarity import read_word_pairs, spearman, word_similarity, word_similarity_path
+from hf_divcl.models.vision import build_tiny_vit_sentence_transformer
 
 
 def build_char_bert(path: Path, letters: str = string.ascii_lowercase) -> str:
@@ -378,7 +373,7 @@ def test_embedding_similarity_metric_equals_cosine_and_spearman():
 
 @pytest.mark.slow
 def test_minilm_on_the_held_out_wordnet_split_and_word_similarity(example_test):
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.models.loading import load_sentence_transformer
 
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
     result = evaluate_text(model, example_test)

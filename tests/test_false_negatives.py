@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_divcl.losses import InfoNCELoss, contrastive_loss
-from hf_divcl.spectral import gradient_bands, infonce_loss
+from hf_divcl.diversity.bands import gradient_bands, infonce_loss
+from hf_divcl.losses.infonce import InfoNCELoss
+from hf_divcl.losses.maths import contrastive_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -326,13 +327,13 @@ def test_a_guide_that_cannot_be_used_is_refused_with_what_is_wrong(tiny_model_di
 
 
 def _pairs(n=48):
-    from hf_divcl.data import wordnet_pairs
+    from hf_divcl.data.wordnet import wordnet_pairs
 
     return wordnet_pairs(kind="example", source="embedded").select(range(n)).select_columns(["anchor", "positive"])
 
 
 def _args(tmp_path, **kw):
-    from hf_divcl.trainer import DivCLTrainingArguments
+    from hf_divcl.training.arguments import DivCLTrainingArguments
 
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3, window="none",
                 builder="random", max_steps=4, logging_steps=2, report_to=[], disable_tqdm=True,
@@ -346,8 +347,8 @@ def test_trainer_with_masking_trains_and_logs_the_masked_counts(tiny_model_dir, 
 
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.callbacks import read_diversity_log
-    from hf_divcl.trainer import DivCLTrainer
+    from hf_divcl.diversity.log import read_diversity_log
+    from hf_divcl.training.trainer import DivCLTrainer
 
     model = SentenceTransformer(tiny_model_dir, device="cpu")
     trainer = DivCLTrainer(model=model, args=_args(tmp_path, false_negatives="mask", false_negative_margin=0.02),
@@ -370,7 +371,7 @@ def test_trainer_masks_exactly_the_in_batch_duplicates(tiny_model_dir, tmp_path)
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.trainer import DivCLTrainer
+    from hf_divcl.training.trainer import DivCLTrainer
 
     pairs = _pairs()
     captions = [f"caption {i % 3}" for i in range(len(pairs))]  # 3 distinct positives: duplicates are certain
@@ -396,7 +397,8 @@ def test_trainer_masks_exactly_the_in_batch_duplicates(tiny_model_dir, tmp_path)
 def test_trainer_refuses_a_bad_margin_and_a_broken_guide_before_training(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     with pytest.raises(ValueError, match="false_negatives must be one of"):
         DivCLTrainingArguments(output_dir=str(tmp_path), false_negatives="drop")
@@ -422,7 +424,7 @@ def test_trainer_refuses_a_bad_margin_and_a_broken_guide_before_training(tiny_mo
 DIST = r'''
 import sys, torch
 import torch.distributed as dist
-from hf_divcl.losses import contrastive_loss
+from hf_divcl.losses.infonce import contrastive_loss
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 sys.path.insert(0, sys.argv[2])

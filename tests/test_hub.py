@@ -24,7 +24,14 @@ from pathlib import Path
 import hub_server as loopback
 import pytest
 
-from hf_divcl.hub import HubAuthError, HubUnreachableError, PushError, hub_token, push_to_hub, validate_repo_id
+from hf_divcl.publish.hub import (
+    HubAuthError,
+    HubUnreachableError,
+    PushError,
+    hub_token,
+    push_to_hub,
+    validate_repo_id,
+)
 
 hub_server = loopback.hub_server  # the loopback Hub fixtures, made visible to pytest in this module
 hub_client = loopback.hub_client
@@ -262,7 +269,7 @@ def test_refused_connection_is_clear_then_push_succeeds(hub_client, output_dir: 
 def test_transient_500_on_commit_is_retried(hub_client, output_dir: Path, caplog) -> None:
     server = hub_client.server
     server.fail(r"/commit/main$", times=2, status=500)
-    caplog.set_level(logging.WARNING, logger="hf_divcl.hub")
+    caplog.set_level(logging.WARNING, logger="hf_divcl.publish.hub")
     push_to_hub(output_dir, REPO, token=hub_client.token, endpoint=hub_client.endpoint, retries=3, **FAST)
     commits = server.requests_matching(r"/commit/main$", method="POST")
     assert [r.status for r in commits] == [500, 500, 200]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hf_divcl.bank import EmbeddingBank
-from hf_divcl.learnability import LearnabilitySelector, _gains, batch_losses, joint_select
-from hf_divcl.window import DiversityWindow, measure_diversity
+from hf_divcl.batch_policy.learnability import LearnabilitySelector, _gains, batch_losses, joint_select
+from hf_divcl.diversity.window import DiversityWindow, measure_diversity
 
 
 def _unit(k: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -148,7 +148,7 @@ def test_selector_refuses_a_reference_of_other_rows():
 def test_a_bank_never_updated_by_training_is_reported(caplog):
     sel = LearnabilitySelector(_bank(64, 8, 0), 8, 0.1, reference=_bank(64, 8, 5))
     rows = torch.arange(32)
-    with caplog.at_level(logging.WARNING, logger="hf_divcl.learnability"):
+    with caplog.at_level(logging.WARNING, logger="hf_divcl.batch_policy.learnability"):
         for _ in range(200):
             sel(rows)
     assert "was ever updated by training" in caplog.text
@@ -158,14 +158,14 @@ def test_a_bank_never_updated_by_training_is_reported(caplog):
 
 
 def _pairs(n: int):
-    from hf_divcl.data import wordnet_split
+    from hf_divcl.data.wordnet import wordnet_split
 
     return wordnet_split(kind="example", split="train", source="embedded").select_columns(
         ["anchor", "positive"]).select(range(n))
 
 
 def _args(tmp_path: Path, **kw):
-    from hf_divcl.trainer import DivCLTrainingArguments
+    from hf_divcl.training.arguments import DivCLTrainingArguments
 
     return DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=6,
                                   logging_steps=3, report_to=[], save_strategy="no", disable_tqdm=True,
@@ -176,7 +176,7 @@ def _args(tmp_path: Path, **kw):
 def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_rows(tiny_model_dir, tmp_path, builder):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.trainer import DivCLTrainer
+    from hf_divcl.training.trainer import DivCLTrainer
 
     trained: list[list[int]] = []
 
@@ -197,7 +197,7 @@ def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_ro
     logs = [r for r in trainer.state.log_history if "loss" in r]
     assert all(f"divcl/{builder}_selected" in r for r in logs)
     assert not trainer.model._forward_hooks  # the capture hook lives only while training
-    from hf_divcl.card import write_model_card
+    from hf_divcl.publish.card import write_model_card
 
     card = write_model_card(tmp_path / "out", base_model="tiny-bert", dataset="WordNet pairs",
                             train_rows=len(trainer.train_dataset)).read_text()
@@ -212,7 +212,7 @@ def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_ro
 
 
 def test_learnability_arguments_fail_early_with_what_to_do(tmp_path):
-    from hf_divcl.trainer import DivCLTrainingArguments
+    from hf_divcl.training.arguments import DivCLTrainingArguments
 
     with pytest.raises(ValueError, match="needs false_negative_guide"):
         _args(tmp_path, builder="learnability", learnability_reference="guide")
@@ -228,7 +228,7 @@ def test_learnability_arguments_fail_early_with_what_to_do(tmp_path):
 def test_a_reference_slice_too_large_for_the_data_is_refused(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.trainer import DivCLTrainer
+    from hf_divcl.training.trainer import DivCLTrainer
 
     with pytest.raises(ValueError, match="needs 30 held-out rows"):
         DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),

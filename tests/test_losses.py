@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_divcl.losses import InfoNCELoss, contrastive_loss, whiten
-from hf_divcl.spectral import _nt_xent, infonce_loss
+from hf_divcl.diversity.bands import _nt_xent, infonce_loss
+from hf_divcl.losses.infonce import InfoNCELoss
+from hf_divcl.losses.maths import contrastive_loss, whiten
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def test_bad_inputs_are_named():
 
 
 def test_infonce_loss_module_keeps_its_output_for_the_logger(tiny_model_dir):
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.models.loading import load_sentence_transformer
 
     model = load_sentence_transformer(tiny_model_dir, device="cpu")
     loss = InfoNCELoss(model, temperature=0.05)
@@ -120,7 +121,7 @@ def test_infonce_loss_module_keeps_its_output_for_the_logger(tiny_model_dir):
 DIST = r'''
 import sys, torch
 import torch.distributed as dist
-from hf_divcl.losses import contrastive_loss
+from hf_divcl.losses.infonce import contrastive_loss
 dist.init_process_group("gloo")
 rank, kind = dist.get_rank(), sys.argv[2]
 g = torch.Generator().manual_seed(0)

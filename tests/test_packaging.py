@@ -18,8 +18,8 @@ CHECK = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import hf_divcl
-    from hf_divcl.card import TEMPLATE_PATH, write_model_card
-    from hf_divcl.train import load_recipe_config
+    from hf_divcl.publish.card import TEMPLATE_PATH, write_model_card
+    from hf_divcl.cli.steps import load_recipe_config
 
     site = Path(sys.argv[1]).resolve()
     assert Path(hf_divcl.__file__).resolve().is_relative_to(site), hf_divcl.__file__

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_divcl.following import calibration_cost, plan_calibrations
-from hf_divcl.progress import ProgressCalibration, StepGain, calibrate_progress, decide, paired_interval
-from hf_divcl.window import calibrate_window
+from hf_divcl.batch_policy.calibration import calibrate_window
+from hf_divcl.batch_policy.follower import calibration_cost, plan_calibrations
+from hf_divcl.batch_policy.progress import ProgressCalibration, StepGain, calibrate_progress, decide, paired_interval
 
 
 def clustered(n=512, d=16, k=8, seed=0) -> torch.Tensor:
@@ -165,7 +165,7 @@ def test_calibrations_fit_the_budget_and_a_short_run_says_how_long_it_would_need
 
 
 def test_bad_calibration_arguments_are_refused_before_training():
-    from hf_divcl.trainer import DivCLTrainingArguments
+    from hf_divcl.training.arguments import DivCLTrainingArguments
 
     for kw, match in [({"calibration_budget": 2.0}, "calibration_budget"), ({"calibration_pairs": 1}, "pairs"),
                       ({"recalibrate_every": "weekly"}, "recalibrate_every"),

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_divcl.callbacks import read_diversity_log
-from hf_divcl.card import write_model_card
-from hf_divcl.data import wordnet_pairs
-from hf_divcl.following import CALIBRATIONS_FILE
-from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+from hf_divcl.batch_policy.follower import CALIBRATIONS_FILE
+from hf_divcl.data.wordnet import wordnet_pairs
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.publish.card import write_model_card
+from hf_divcl.training.arguments import DivCLTrainingArguments
+from hf_divcl.training.trainer import DivCLTrainer
 
 
 def pairs(n=160):

@@ -14,9 +14,10 @@ import pytest
 import torch
 import yaml
 
-from hf_divcl.callbacks import read_diversity_log
-from hf_divcl.data import wordnet_pairs
-from hf_divcl.train import load_recipe_config, main
+from hf_divcl.cli.recipe_config import load_recipe_config
+from hf_divcl.cli.steps import main
+from hf_divcl.data.wordnet import wordnet_pairs
+from hf_divcl.diversity.log import read_diversity_log
 
 ROOT = Path(__file__).resolve().parents[1]
 hub_server = loopback.hub_server
@@ -72,7 +73,7 @@ def test_vision_recipe_script_trains_a_tiny_vit_exactly_as_hf_divcl_train_does(t
 
 
 def test_clip_recipe_trains_image_text_pairs_via_the_cli(tmp_path):
-    from hf_divcl.cli import main as cli_main
+    from hf_divcl.cli.main import main as cli_main
 
     out = tmp_path / "clip"
     argv = ["train", "--config", str(ROOT / "recipes" / "clip_fashion_mnist.yaml"),
@@ -183,8 +184,9 @@ def test_short_run_under_two_processes_main_process_evaluates_and_reports_once(t
 def test_trainer_push_to_hub_uploads_model_card_plots_and_logs(hub_client, tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     data = wordnet_pairs(kind="example", source="embedded").select(range(96)).select_columns(["anchor", "positive"])
     model = SentenceTransformer(tiny_model_dir, device="cpu")

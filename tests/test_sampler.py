@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from hf_divcl.diversity.window import DiversityWindow
 from hf_divcl.sampler import DiversityWindowBatchSampler
-from hf_divcl.window import DiversityWindow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ from accelerate import Accelerator
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from hf_divcl.sampler import DiversityWindowBatchSampler
-from hf_divcl.window import DiversityWindow
+from hf_divcl.diversity.window import DiversityWindow
 
 acc = Accelerator(cpu=True)
 n = 300
@@ -221,8 +221,8 @@ def test_default_model_drop_in_trains_minilm_on_wordnet(tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.models.loading import load_sentence_transformer
 
     ds = wordnet_pairs("example", source="embedded", limit=256).select_columns(["anchor", "positive"])
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
@@ -276,7 +276,7 @@ def test_no_bank_and_no_default_model_asks_for_a_bank(tiny_model_dir, tmp_path):
 
 def test_auto_window_is_calibrated_on_the_real_positives(data):
     from hf_divcl.bank import EmbeddingBank
-    from hf_divcl.window import calibrate_window
+    from hf_divcl.batch_policy.calibration import calibrate_window
 
     ds, anchors = data
     gen = torch.Generator().manual_seed(1)

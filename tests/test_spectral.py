@@ -1,4 +1,4 @@
-"""Specification of hf_divcl.spectral: exact gradients, valid bands, diversity formulas, clear errors."""
+"""Specification of hf_divcl.diversity.metrics: exact gradients, valid bands, diversity formulas, clear errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_divcl.spectral import batch_diversity, gradient_bands, infonce_loss, participation_ratio
+from hf_divcl.diversity.bands import gradient_bands, infonce_loss
+from hf_divcl.diversity.metrics import batch_diversity, participation_ratio
 
 TAUS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 F64 = torch.float64

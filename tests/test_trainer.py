@@ -13,10 +13,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_divcl.callbacks import read_diversity_log
-from hf_divcl.data import wordnet_pairs
-from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
-from hf_divcl.validation import DatasetError
+from hf_divcl.data.validation import DatasetError
+from hf_divcl.data.wordnet import wordnet_pairs
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.training.arguments import DivCLTrainingArguments
+from hf_divcl.training.trainer import DivCLTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def pairs(n=160):
 
 def fixed_set_loss(model, ds, n=128) -> float:
     """InfoNCE (τ = 0.05) of the first n pairs as one batch: comparable before and after training."""
-    from hf_divcl.losses import contrastive_loss
+    from hf_divcl.losses.maths import contrastive_loss
 
     model.eval()
     with torch.no_grad():
@@ -220,7 +221,7 @@ def test_two_accelerate_processes_train_on_disjoint_rows_of_global_batches(tiny_
 
 @pytest.mark.slow
 def test_minilm_on_wordnet_pairs_loss_goes_down(tmp_path):
-    from hf_divcl.models import load_sentence_transformer
+    from hf_divcl.models.loading import load_sentence_transformer
 
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
     args = make_args(tmp_path, max_steps=8, per_device_train_batch_size=32, learning_rate=1e-4, logging_steps=4)
@@ -277,7 +278,7 @@ def test_on_infeasible_raise_from_the_arguments_reaches_the_planner(tiny_model_d
 def test_resume_refuses_changed_data_and_never_picks_an_earlier_runs_checkpoint(tiny_model_dir, tmp_path, caplog):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.checkpoints import DATA_FILE
+    from hf_divcl.training.checkpoints import DATA_FILE
 
     def trainer(data, **kw):
         args = make_args(tmp_path, **{"save_strategy": "steps", "save_steps": 2, **kw})
@@ -301,7 +302,7 @@ def test_resume_refuses_changed_data_and_never_picks_an_earlier_runs_checkpoint(
     # ... and when it does save, resume=True takes its own checkpoint, not the earlier run's newer one
     trainer(other, max_steps=2).train()
     resumed = trainer(other, max_steps=3)
-    with caplog.at_level("WARNING", logger="hf_divcl.checkpoints"):
+    with caplog.at_level("WARNING", logger="hf_divcl.training.checkpoints"):
         resumed.train(resume_from_checkpoint=True)
     assert "Ignoring checkpoint-4" in caplog.text and resumed.state.global_step == 3
     assert json.loads((out / "checkpoint-3" / DATA_FILE).read_text())["data_fingerprint"] == new_fp

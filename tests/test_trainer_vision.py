@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from datasets import Dataset, Features, Image
 from PIL import Image as PILImage
 
-from hf_divcl.callbacks import read_diversity_log
-from hf_divcl.data import class_descriptions, fashion_mnist, fashion_mnist_image_text
-from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
-from hf_divcl.validation import DatasetError
-from hf_divcl.vision import build_tiny_clip_sentence_transformer, build_tiny_vit_sentence_transformer
+from hf_divcl.data.images import class_descriptions, fashion_mnist, fashion_mnist_image_text
+from hf_divcl.data.validation import DatasetError
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.models.vision import build_tiny_clip_sentence_transformer, build_tiny_vit_sentence_transformer
+from hf_divcl.training.arguments import DivCLTrainingArguments
+from hf_divcl.training.trainer import DivCLTrainer
 
 
 def make_args(tmp_path, **kw):

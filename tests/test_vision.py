@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 
-from hf_divcl.data import FASHION_MNIST_ROOT, class_descriptions, digits
-from hf_divcl.vision import (
+from hf_divcl.data.images import FASHION_MNIST_ROOT, class_descriptions, digits
+from hf_divcl.models.vision import (
     build_tiny_clip_sentence_transformer,
     build_tiny_vit_sentence_transformer,
     image_processor_of,
@@ -87,7 +87,7 @@ def test_clip_tokenizer_is_character_level_and_offline(clip_dir):
 
 @pytest.mark.skipif(not __import__("os").path.isdir(FASHION_MNIST_ROOT), reason="needs dataset-fashion-mnist")
 def test_models_take_fashion_mnist_rows(vit_dir, clip_dir):
-    from hf_divcl.data import fashion_mnist_image_text
+    from hf_divcl.data.images import fashion_mnist_image_text
 
     rows = fashion_mnist_image_text("test", limit=6)
     clip = SentenceTransformer(clip_dir, device="cpu")

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_divcl.window import DiversityWindow, calibrate_window, measure_diversity
+from hf_divcl.batch_policy.calibration import calibrate_window
+from hf_divcl.diversity.window import DiversityWindow, measure_diversity
 
 
 def test_contains_and_distance():
@@ -37,7 +38,7 @@ def test_parse():
 
 def test_measure_diversity_matches_batch_diversity():
     x = torch.randn(5, 16, 8)
-    from hf_divcl.spectral import batch_diversity
+    from hf_divcl.diversity.metrics import batch_diversity
 
     assert torch.allclose(measure_diversity(x, "participation_ratio"), batch_diversity(x)["participation_ratio"])
 

@@ -1,42 +1,7 @@
-"""Data sets that work offline: WordNet pairs (Debian files or the embedded sample), local pair files, and images
-(Fashion-MNIST from Debian files, scikit-learn's digits)."""
+"""Data sets that work offline, and the checks rows pass before training.
 
-from .images import (
-    DIGITS_TRAIN_SIZE,
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_ROOT,
-    class_descriptions,
-    digits,
-    fashion_mnist,
-    fashion_mnist_image_text,
-    read_idx,
-)
-from .local import load_local_dataset, load_pair_file, validate_pairs
-from .wordnet import (
-    WORDNET_ROOT,
-    WordNetSynset,
-    embedded_sample_path,
-    iter_wordnet_synsets,
-    wordnet_pairs,
-    wordnet_split,
-)
-
-__all__ = [
-    "DIGITS_TRAIN_SIZE",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_ROOT",
-    "WORDNET_ROOT",
-    "WordNetSynset",
-    "class_descriptions",
-    "digits",
-    "embedded_sample_path",
-    "fashion_mnist",
-    "fashion_mnist_image_text",
-    "iter_wordnet_synsets",
-    "load_local_dataset",
-    "load_pair_file",
-    "read_idx",
-    "validate_pairs",
-    "wordnet_pairs",
-    "wordnet_split",
-]
+:mod:`.wordnet` (WordNet pairs from the Debian files or the embedded sample; file format in :mod:`.wordnet_files`),
+:mod:`.images` (Fashion-MNIST, scikit-learn digits), :mod:`.local` (CSV/TSV/JSONL/Parquet pair files);
+:mod:`.validation` names every bad row and column (helpers in :mod:`.columns`, :mod:`.truncation`). Out: a
+``datasets.Dataset`` of input columns.
+"""

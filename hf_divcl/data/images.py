@@ -8,7 +8,7 @@ and a ``label`` column (`datasets.ClassLabel`), so they feed the same collators 
   1,000 per class). The IDX files are parsed with numpy and checked (magic number, dimensions, length).
 - digits: scikit-learn's ``load_digits()`` (shipped inside scikit-learn): 1,797 images of 8×8 pixels, kept at
   8×8 (values 0..16 scaled to 0..255, ``round(v * 255 / 16)``); the image processors and
-  :func:`hf_divcl.augment.images_to_tensor` resize them. Split: the first [`DIGITS_TRAIN_SIZE`] rows are
+  :func:`hf_divcl.models.augment.images_to_tensor` resize them. Split: the first [`DIGITS_TRAIN_SIZE`] rows are
   ``train``, the other 297 are ``test`` (the rows cycle through the digits, so both splits are near balanced).
 
 Images are stored in the Arrow table as binary PGM (``P5``) bytes: building them is a numpy concatenation

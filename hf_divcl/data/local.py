@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..validation import DatasetError
+from .validation import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def load_pair_file(path: str | Path, anchor_column: str = "anchor",
     """Read ``(anchors, positives)`` from a local data file via `datasets` (Arrow-cached).
 
     Raises `FileNotFoundError` / `IsADirectoryError` / `ValueError` (extension) for the path, and
-    :class:`~hf_divcl.validation.DatasetError` (a `ValueError`) naming the line of a file that is not UTF-8, a
+    :class:`~hf_divcl.data.validation.DatasetError` (a `ValueError`) naming the line of a file that is not UTF-8, a
     broken JSON line, a CSV line with too many fields; `ValueError` naming row and column of a bad value.
     """
     path = Path(path)
@@ -182,8 +182,8 @@ def load_local_dataset(path: str | Path, columns: dict[str, str] | None = None, 
         split: the split `datasets` builds (local files give ``train``).
 
     A missing file or column raises an error naming it and listing the columns the file has; a file that cannot
-    be parsed raises :class:`~hf_divcl.validation.DatasetError` naming the line (see :func:`load_pair_file`).
-    Values are not checked here: :func:`~hf_divcl.validation.validate_training_dataset` (run by the trainer)
+    be parsed raises :class:`~hf_divcl.data.validation.DatasetError` naming the line (see :func:`load_pair_file`).
+    Values are not checked here: :func:`~hf_divcl.data.validation.validate_training_dataset` (run by the trainer)
     names bad rows.
     """
     import datasets

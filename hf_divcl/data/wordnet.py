@@ -28,18 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # imported names this module does not use are re-exported: every name importable from here before still is
-from .wordnet_files import (  # noqa: F401
-    _EXAMPLE_JOIN,
-    _EXAMPLE_START,
-    _MARKER,
-    _POS_FILES,
-    _SPACES,
-    _TRAILING_EXAMPLE,
-    WORDNET_ENV,
+from .wordnet_files import (
     WORDNET_ROOT,
     WordNetSynset,
-    _clean,
-    _data_files,
     _have_debian,
     _missing_error,
     _resolve_root,

@@ -30,39 +30,3 @@ Builders (chosen by name, class or instance):
 * ``cluster`` (TAS-Balanced-like) — k-means over the bank (torch; faiss with ``kmeans_backend="faiss"``); each batch
   mixes ``c`` clusters, with ``c`` chosen on the data so that batches land in the window.
 """
-
-from .base import BatchBuilder
-from .cluster import ClusterBuilder
-from .context import PlanContext
-from .dedupe import duplicate_groups, repair_duplicates
-from .greedy import GreedyBuilder
-from .plan import INFEASIBLE_ACTIONS, EpochPlan, plan_epoch
-from .pool import PoolBuilder
-from .random import RandomBuilder
-from .refine import refine_swaps, refine_target
-from .registry import BUILDERS, get_builder
-from .sketch import kmeans, make_sketch, sketch_mean_sq_cosine
-from .target import calibrate_target, target_sketch_mcos2
-
-__all__ = [
-    "BUILDERS",
-    "INFEASIBLE_ACTIONS",
-    "BatchBuilder",
-    "ClusterBuilder",
-    "EpochPlan",
-    "GreedyBuilder",
-    "PlanContext",
-    "PoolBuilder",
-    "RandomBuilder",
-    "calibrate_target",
-    "duplicate_groups",
-    "get_builder",
-    "kmeans",
-    "make_sketch",
-    "plan_epoch",
-    "refine_swaps",
-    "refine_target",
-    "repair_duplicates",
-    "sketch_mean_sq_cosine",
-    "target_sketch_mcos2",
-]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..window import DiversityWindow
+from ..diversity.window import DiversityWindow
 from .sketch import _chunks, make_sketch
 
 __all__ = ["PlanContext"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..window import DiversityWindow, measure_batches, measure_diversity
+from ..diversity.window import DiversityWindow, measure_batches, measure_diversity
 from .base import BatchBuilder
 from .context import PlanContext
 from .dedupe import repair_duplicates

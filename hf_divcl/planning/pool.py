@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..window import measure_batches
+from ..diversity.window import measure_batches
 from .base import BatchBuilder
 from .context import PlanContext
 

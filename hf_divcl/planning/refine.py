@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..window import measure_batches
+from ..diversity.window import measure_batches
 from .context import PlanContext
 from .sketch import _chunks
 from .target import calibrate_target, target_sketch_mcos2

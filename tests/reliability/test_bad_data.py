@@ -28,10 +28,12 @@ from PIL import Image
 from test_trainer import _rows, make_args  # tests/ is on sys.path (its conftest.py)
 from test_trainer_vision import make_args as vision_args
 
-from hf_divcl.data import fashion_mnist, load_local_dataset, load_pair_file
-from hf_divcl.evaluation import knn_accuracy_from_embeddings
-from hf_divcl.trainer import DivCLTrainer
-from hf_divcl.validation import DatasetError, truncation_report, validate_training_dataset
+from hf_divcl.data.images import fashion_mnist
+from hf_divcl.data.local import load_local_dataset, load_pair_file
+from hf_divcl.data.truncation import truncation_report
+from hf_divcl.data.validation import DatasetError, validate_training_dataset
+from hf_divcl.evaluation.probes import knn_accuracy_from_embeddings
+from hf_divcl.training.trainer import DivCLTrainer
 
 # -- helpers ------------------------------------------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ def tiny_model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def tiny_vit_dir(tmp_path_factory) -> str:
-    from hf_divcl.vision import build_tiny_vit_sentence_transformer
+    from hf_divcl.models.vision import build_tiny_vit_sentence_transformer
 
     return build_tiny_vit_sentence_transformer(tmp_path_factory.mktemp("vit"))
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from hf_divcl.callbacks import read_diversity_log
-from hf_divcl.checkpoints import checkpoint_problem
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.training.checkpoints import checkpoint_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "tests" / "divcl_run.py")

@@ -21,12 +21,12 @@ from test_card import fake_run
 from test_hub import REPO, full_text
 
 from hf_divcl.bank import EmbeddingBank
-from hf_divcl.card import write_model_card
-from hf_divcl.config import load_yaml_config
-from hf_divcl.diagnose import DiagnoseConfig
-from hf_divcl.hub import PushError, push_to_hub, select_files, validate_repo_id
-from hf_divcl.models import load_sentence_transformer
-from hf_divcl.train import load_recipe_config
+from hf_divcl.cli.diagnose import DiagnoseConfig
+from hf_divcl.cli.parser import load_yaml_config
+from hf_divcl.cli.recipe_config import load_recipe_config
+from hf_divcl.models.loading import load_sentence_transformer
+from hf_divcl.publish.card import write_model_card
+from hf_divcl.publish.hub import PushError, push_to_hub, select_files, validate_repo_id
 
 hub_server = loopback.hub_server
 hub_client = loopback.hub_client
@@ -120,7 +120,7 @@ def test_link_to_a_file_outside_the_output_folder_is_never_uploaded(hub_client, 
     (out / "inside.md").symlink_to(out / "README.md")  # a link within the folder is fine
     uploaded, skipped = select_files(out)
     assert "notes.md" in skipped and "notes.md" not in uploaded and "inside.md" in uploaded
-    caplog.set_level(logging.WARNING, logger="hf_divcl.hub")
+    caplog.set_level(logging.WARNING, logger="hf_divcl.publish.hub")
     push_to_hub(out, REPO, token=hub_client.token, endpoint=hub_client.endpoint)
     files = hub_client.server.repo_files(REPO)
     assert "notes.md" not in files and b"PRIVATE KEY" not in b"".join(files.values())
@@ -182,8 +182,9 @@ def test_hub_token_never_reaches_logs_cards_arguments_checkpoints_or_errors(hub_
                                                                            caplog, capfd):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.data import wordnet_pairs
-    from hf_divcl.trainer import DivCLTrainer, DivCLTrainingArguments
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
 
     caplog.set_level(logging.DEBUG)
     token = hub_client.token

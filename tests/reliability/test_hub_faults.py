@@ -14,7 +14,7 @@ import hub_server as loopback
 import pytest
 from test_hub import FAST, REPO, assert_no_token, closed_port_url, full_text, output_dir, tree_digest
 
-from hf_divcl.hub import HubAuthError, HubUnreachableError, PushError, push_to_hub
+from hf_divcl.publish.hub import HubAuthError, HubUnreachableError, PushError, push_to_hub
 
 hub_server = loopback.hub_server
 hub_client = loopback.hub_client

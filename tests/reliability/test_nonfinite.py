@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from hf_divcl.callbacks import read_diversity_log
-from hf_divcl.checkpoints import checkpoint_problem
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.training.checkpoints import checkpoint_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def test_nan_embedding_stops_the_run_naming_the_step_and_rows(tiny_model_dir, tm
     record = json.loads((out / "divcl_nonfinite.jsonl").read_text())
     bad = record["row_ids"][0]  # the row whose embedding was made NaN
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"hf_divcl.guards.NonFiniteLossError: Non-finite loss (nan) at step {step}; ")
+    assert last.startswith(f"hf_divcl.training.guards.NonFiniteLossError: Non-finite loss (nan) at step {step}; ")
     assert f"rows with NaN/Inf embeddings: [{bad}]" in last and "earlier checkpoints and logs are intact" in last
     assert f"the batch's rows: {record['row_ids']}" in last
     assert record["step"] == step and len(record["row_ids"]) == 16

@@ -63,7 +63,7 @@ def test_out_of_memory_mid_training_stops_with_advice_and_the_run_resumes(tiny_m
     run = subprocess.run([*script, "--oom-at-step", "5"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("hf_divcl.guards.OutOfMemoryAdvice: Out of memory at training step 5 ")
+    assert last.startswith("hf_divcl.training.guards.OutOfMemoryAdvice: Out of memory at training step 5 ")
     assert "can't allocate memory" in last and "Try: lower per_device_train_batch_size" in last
     assert f"The last complete checkpoint is '{out / 'checkpoint-4'}'" in last
     assert "resume_from_checkpoint=True" in last

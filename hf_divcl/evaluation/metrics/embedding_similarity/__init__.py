@@ -1,0 +1,1 @@
+"""The ``embedding_similarity`` `evaluate` metric: load it with ``hf_divcl.evaluation.metrics.load("embedding_similarity")``."""

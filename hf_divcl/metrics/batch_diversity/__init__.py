@@ -1,1 +1,0 @@
-"""The ``batch_diversity`` `evaluate` metric: load it with ``hf_divcl.metrics.load("batch_diversity")``."""

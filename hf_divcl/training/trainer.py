@@ -1,0 +1,404 @@
+"""``DivCLTrainer``: diversity-aware contrastive training by swapping one class (its arguments are in
+:mod:`hf_divcl.training.arguments`).
+
+    >>> trainer = DivCLTrainer(model=SentenceTransformer(...), args=DivCLTrainingArguments(output_dir="out"),
+    ...                        train_dataset=pairs)
+    >>> trainer.train()
+
+With no hf_divcl-specific argument this trains on random batches until a measured diversity window beats them
+(``window="progress"``, see :mod:`hf_divcl.batch_policy.follower`), with the project's InfoNCE on the global batch and full
+diversity logging. The data flow per run: dataset → (validated, row ids) → bank (reference encoding when a builder
+needs one, then updated from each step's embeddings, :mod:`hf_divcl.training.recorder`) → builder (:mod:`hf_divcl.planning`)
+→ :class:`~hf_divcl.sampler.DiversityWindowBatchSampler` → :class:`~hf_divcl.collator.DivCLDataCollator` (per-step
+selection with ``builder="learnability" | "hard"``) → model → loss → :class:`~hf_divcl.training.callbacks.DiversityLogger`
+→ run files (:mod:`hf_divcl.training.run_files`) → card → Hub. Checkpoints carry the bank and the epoch plan
+(:mod:`hf_divcl.training.checkpoints`), so ``resume_from_checkpoint`` continues the same plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import BatchSamplers
+from transformers import TrainerCallback
+
+from .._common import ROW_ID_COLUMN, banks_cache_dir, input_columns, world_size
+from ..bank import EmbeddingBank
+from ..batch_policy.decide import decide_batch_policy, prepare_training_rows
+from ..batch_policy.follower import CalibrationPlan, WindowFollower
+from ..batch_policy.learnability import LearnabilitySelector
+from ..batch_policy.selectors import MegaBatchSelector
+from ..collator import DivCLDataCollator
+from ..diversity.log import PREFIX, use_readable_console
+from ..diversity.window import DiversityWindow
+from ..losses.infonce import InfoNCELoss, check_false_negative_setup, load_guide_model
+from ..sampler import DiversityWindowBatchSampler
+from .arguments import DivCLTrainingArguments
+from .callbacks import DiversityLogger
+from .checkpoints import (
+    SavedState,
+    complete_checkpoints,
+    resolve_resume_checkpoint,
+    save_divcl_state,
+    start_run,
+    write_checkpoint_identity,
+)
+from .guards import OutOfMemoryAdvice, handle_nonfinite_loss, is_out_of_memory, out_of_memory_advice
+from .recorder import StepRecorder
+from .run_files import RunFiles
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DivCLTrainer", "DivCLTrainingArguments"]
+
+class _DivCLControl(TrainerCallback):
+    """Epoch-end bank maintenance and the learnable temperature's gradient across processes."""
+
+    def __init__(self, trainer: DivCLTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.flush_bank()
+        k = args.bank_refresh_epochs
+        if k and state.epoch is not None and round(state.epoch) % k == 0:
+            self.trainer.refresh_bank()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        loss = self.trainer.loss
+        p = getattr(loss, "log_temperature", None)
+        if isinstance(p, torch.nn.Parameter) and p.grad is not None and torch.distributed.is_available() \
+                and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= torch.distributed.get_world_size()
+
+
+class DivCLTrainer(SentenceTransformerTrainer):
+    """A :class:`SentenceTransformerTrainer` that trains on diversity-window batches and logs batch geometry.
+
+    Args (beyond those of :class:`SentenceTransformerTrainer`):
+        bank (:class:`~hf_divcl.bank.EmbeddingBank` or `(N, d)` tensor, *optional*): embeddings to plan from;
+            default: encode the first input column with the model being trained (cached on disk).
+        loss: default :class:`~hf_divcl.losses.infonce.InfoNCELoss` from the arguments; sentence-transformers losses
+            (MultipleNegativesRankingLoss, CachedMultipleNegativesRankingLoss, ...) work too — their embeddings
+            are captured by a forward hook for logging and the bank.
+    """
+
+    training_args_class = DivCLTrainingArguments
+    data_collator_class = DivCLDataCollator
+
+    def __init__(self, model=None, args: DivCLTrainingArguments | None = None, train_dataset=None,
+                 eval_dataset=None, loss=None, *, bank: EmbeddingBank | torch.Tensor | None = None, **kwargs) -> None:
+        if args is None:
+            args = DivCLTrainingArguments(output_dir="divcl_output")
+        if isinstance(args, SentenceTransformerTrainingArguments) and not isinstance(args, DivCLTrainingArguments):
+            # field by field: `to_dict()` would turn every `*_token` into the string "<HUB_TOKEN>" (even None)
+            args = DivCLTrainingArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)
+                                             if f.init and f.name in DivCLTrainingArguments.__dataclass_fields__})
+        self._user_bank = bank
+        self.bank: EmbeddingBank | None = None
+        self.divcl_sampler: DiversityWindowBatchSampler | None = None
+        self.saved = SavedState()  # the resumed checkpoint's hf_divcl state (set when one is loaded)
+        self.recorder = StepRecorder(self)
+        self._phase = "setup"
+        self.nonfinite_skipped = 0
+        self.probe_dataset = None
+        self.reference_dataset = None
+        self.selector: LearnabilitySelector | MegaBatchSelector | None = None
+        self.follower: WindowFollower | None = None
+        self.calibration_plan: CalibrationPlan | None = None
+        if train_dataset is not None:
+            train_dataset = prepare_training_rows(self, train_dataset, args, model=model,
+                                                  infonce=loss is None or isinstance(loss, InfoNCELoss))
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
+                         **kwargs)
+        self.args: DivCLTrainingArguments
+        log_file = os.path.join(args.output_dir, args.diversity_log_file) if args.diversity_log_file else None
+        window = args.parsed_window()
+        self.diversity = DiversityLogger(
+            metric=window.metric if isinstance(window, DiversityWindow) else "effective_rank",
+            log_bands=args.log_bands, log_file=log_file, collapse_threshold=args.collapse_threshold,
+            collapse_patience=args.collapse_patience, collapse_action=args.collapse_action,
+            is_main_process=self.is_world_process_zero())
+        self.add_callback(self.diversity)
+        self.add_callback(_DivCLControl(self))
+        self.add_callback(RunFiles(self))
+        use_readable_console(self.callback_handler, self.diversity.metric)  # one short console line per log
+        if self.calibration_plan is not None and self.calibration_plan.steps:
+            self.follower = WindowFollower(self, self.calibration_plan)
+            self.add_callback(self.follower)
+        self._check_false_negatives()
+
+    # -- data, collator, loss --------------------------------------------------------------------------------------
+
+    def get_data_collator(self, model, args, processing_class=None):
+        collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
+        if "image" in getattr(model, "modalities", ["text"]):
+            try:
+                from ..models.augment import TwoViewAugment, to_model_inputs
+            except ImportError as err:  # kornia is an optional extra
+                raise ImportError("Image training needs kornia: pip install 'hf_divcl[vision]'.") from err
+            from ..models.vision import processor_image_size
+
+            size = args.image_size or processor_image_size(model) or 224
+            collator.augment = TwoViewAugment(size, scale=(args.augment_scale_min, 1.0), jitter=args.augment_jitter,
+                                              seed=args.seed)
+            collator.to_inputs = lambda views: to_model_inputs(model, views)
+        return collator
+
+    def collate_rows(self, dataset, rows: list[int]) -> dict[str, Any]:
+        """Model inputs for rows of ``dataset``, collated as training batches are (no row ids: nothing is recorded)."""
+        batch = self.data_collator([{k: v for k, v in dataset[int(i)].items() if k != ROW_ID_COLUMN} for i in rows])
+        batch.pop("row_ids", None)
+        return self._prepare_inputs(batch)
+
+    def get_default_loss(self, model) -> torch.nn.Module:
+        a = self.args
+        guide = self.guide_model() if a.false_negatives == "mask" else None
+        return InfoNCELoss(model, temperature=a.temperature, learnable_temperature=a.learnable_temperature,
+                           loss_type=a.loss_type, symmetric=a.symmetric_loss,
+                           gather_across_devices=a.gather_across_devices, whitening=a.whitening,
+                           whitening_eps=a.whitening_eps, false_negatives=a.false_negatives,
+                           false_negative_margin=a.false_negative_margin, guide=guide)
+
+    def guide_model(self):
+        """The ``false_negative_guide`` SentenceTransformer (loaded once, on the model's device), or ``None``."""
+        if self.args.false_negative_guide is not None and getattr(self, "_guide", None) is None:
+            self._guide = load_guide_model(self.args.false_negative_guide, device=str(self.args.device))
+        return getattr(self, "_guide", None)
+
+    def _check_false_negatives(self) -> None:
+        """Before training: masking needs hf_divcl's loss, and a guide must encode a few rows of every column."""
+        check_false_negative_setup(self.loss, self.args.false_negatives, self.train_dataset, self._input_columns)
+
+    def _input_columns(self, dataset) -> list[str]:
+        return input_columns(dataset.column_names, self.data_collator.valid_label_columns)
+
+    def bank_columns(self, dataset) -> list[str]:
+        """Anchor and positive columns (view 0 plans batches; view 1 gives calibration its real positives)."""
+        return self._input_columns(dataset)[:2]
+
+    # -- bank ------------------------------------------------------------------------------------------------------
+
+    def build_bank(self, dataset) -> EmbeddingBank:
+        """The bank the sampler plans from: a checkpoint's, the user's, or a (cached) reference encoding."""
+        bank = self.saved.bank()
+        if bank is not None:
+            return bank
+        if self._user_bank is not None:
+            return EmbeddingBank.from_user(self._user_bank, len(dataset))
+        t0 = time.perf_counter()
+        bank = self.encode_bank(self.model, dataset)
+        self.model.train()
+        logger.info("bank: %s (%.1f s)", bank, time.perf_counter() - t0)
+        self.bank_seconds = time.perf_counter() - t0
+        return bank
+
+    def encode_bank(self, model, dataset) -> EmbeddingBank:
+        """The bank columns of ``dataset`` encoded by ``model`` (cached on disk by model and data fingerprints)."""
+        columns = self.bank_columns(dataset)
+        return EmbeddingBank.from_reference(
+            model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
+            cache_dir=self.args.bank_cache_dir or banks_cache_dir(), show_progress_bar=not self.args.disable_tqdm,
+            data_fingerprint_=f"{dataset._fingerprint}-{'-'.join(columns)}")
+
+    def flush_bank(self) -> None:
+        """Write the buffered training-step embeddings into the bank (one host transfer per flush)."""
+        self.recorder.flush(self.bank, self.state.global_step)
+
+    def refresh_bank(self) -> None:
+        if self.bank is None or self.train_dataset is None:
+            return
+        columns = self.bank_columns(self.train_dataset)[:self.bank.num_views]
+        self.bank.refresh(self.model, [list(self.train_dataset[c]) for c in columns], step=self.state.global_step,
+                          batch_size=self.args.bank_encode_batch_size, show_progress_bar=not self.args.disable_tqdm)
+        self.model.train()
+
+    # -- batch policy and sampler ----------------------------------------------------------------------------------
+
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
+        if ROW_ID_COLUMN not in getattr(dataset, "column_names", []):  # evaluation data: the usual sampler
+            return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        if self.args.batch_sampler != BatchSamplers.BATCH_SAMPLER:
+            logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
+                           "logs the batch geometry.", self.args.batch_sampler)
+            return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        policy = decide_batch_policy(self, dataset, batch_size, seed)
+        a = self.args
+        sampler = DiversityWindowBatchSampler(
+            dataset, batch_size=batch_size * policy.factor, drop_last=drop_last,
+            valid_label_columns=valid_label_columns, generator=generator, seed=seed, bank=self.bank,
+            window=policy.window, builder=policy.builder, builder_kwargs=policy.builder_kwargs,
+            temperature=a.temperature, processes=self.processes(), on_infeasible=a.on_infeasible, dedupe=a.dedupe)
+        state = self.saved.sampler()
+        if state is not None:
+            sampler.load_state_dict(state, skip=False)
+        self.divcl_sampler = sampler
+        return sampler
+
+    def window_builder(self) -> str:
+        """The builder that plans window batches (``greedy`` when the arguments say ``random``)."""
+        return self.args.builder if self.args.builder != "random" else "greedy"
+
+    def processes(self) -> int:
+        """Processes whose batches form one global batch (1 without ``gather_across_devices``)."""
+        return world_size() if self.args.gather_across_devices else 1
+
+    def global_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size * self.processes()
+
+    def row_groups(self) -> torch.Tensor:
+        """``(N,)`` duplicate group of every training row (for ``false_negatives="duplicates"``), computed once."""
+        if getattr(self, "_row_groups", None) is None:
+            groups = self.divcl_sampler.row_groups() if self.divcl_sampler is not None else None
+            self._row_groups = groups if groups is not None else torch.arange(len(self.train_dataset))
+        return self._row_groups
+
+    # -- the step --------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        row_ids = inputs.pop("row_ids", None)
+        ours = isinstance(self.loss, InfoNCELoss)
+        track = row_ids is not None and self.model.training
+        if track and not ours:
+            self.recorder.start()
+        if row_ids is not None and ours and self.loss.false_negatives == "duplicates":
+            self.loss.batch_groups = self.row_groups()[row_ids.cpu()]
+        try:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            captured = self.recorder.stop()
+        loss = result[0] if return_outputs else result
+        # one host sync per step, as the Trainer's own logging_nan_inf_filter already does
+        if track and not bool(torch.isfinite(loss.detach()).all()):
+            zero = handle_nonfinite_loss(self, model, loss, row_ids, captured)
+            return (zero, result[1]) if return_outputs else zero
+        if track:
+            self.recorder.record(row_ids, captured)
+        return result
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        extra = [p for p in self.loss.parameters() if p.requires_grad] if isinstance(self.loss, torch.nn.Module) \
+            else []
+        known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        extra = [p for p in extra if id(p) not in known]
+        if extra:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+    # -- logs ------------------------------------------------------------------------------------------------------
+
+    def selection_seconds(self) -> float:
+        s = self.divcl_sampler.plan_seconds if self.divcl_sampler is not None else 0.0
+        return s + getattr(self.data_collator, "selection_seconds", 0.0)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and "eval_loss" not in logs:
+            self.flush_bank()
+            logs = {**logs, **self.diversity.summary(step=self.state.global_step, bank=self.bank,
+                                                     selection_seconds=self.selection_seconds()),
+                    PREFIX + "nonfinite_skipped": float(self.nonfinite_skipped)}
+            if isinstance(self.selector, LearnabilitySelector):
+                logs.update({PREFIX + k: v for k, v in self.selector.summary().items()})
+            elif self.args.window == "progress":
+                logs[PREFIX + "window_active"] = float(self.diversity.window is not None)
+                logs[PREFIX + "calibration_seconds"] = self.follower.seconds if self.follower is not None else 0.0
+        super().log(logs, start_time)
+        if any(k.startswith(PREFIX) for k in logs):
+            self.diversity.write({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
+
+    # -- train, checkpoints, Hub -----------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """:meth:`Trainer.train`, resuming from the newest *complete* checkpoint (a half-written one is set
+        aside, see :mod:`hf_divcl.training.checkpoints`) and turning out-of-memory failures into advice."""
+        resume = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint,
+                                           set_aside=self.is_world_process_zero())
+        # refuses a checkpoint trained on other data; records this run's id so a later resume never picks another's
+        self._run_id = start_run(self.args.output_dir, resume, self._data_identity(),
+                                 write=self.is_world_process_zero())
+        self.recorder.attach(self.model)
+        try:
+            return super().train(resume_from_checkpoint=resume, trial=trial, **kwargs)
+        except Exception as err:
+            if isinstance(err, OutOfMemoryAdvice) or not is_out_of_memory(err):
+                raise
+            complete, _ = complete_checkpoints(self.args.output_dir)
+            raise out_of_memory_advice(err, phase=self._phase, step=self.state.global_step,
+                                       checkpoint=str(complete[-1]) if complete else None) from err
+        finally:
+            self.recorder.detach()
+
+    _run_id: str | None = None
+
+    def _data_identity(self) -> dict[str, Any]:
+        """What a checkpoint records about its training data (compared on resume, see :mod:`hf_divcl.training.checkpoints`)."""
+        ds = self.train_dataset
+        return {"data_fingerprint": getattr(ds, "_fingerprint", None),
+                "rows": len(ds) if hasattr(ds, "__len__") else None,
+                "columns": [c for c in getattr(ds, "column_names", None) or [] if c != ROW_ID_COLUMN]}
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # hf_divcl's state goes first: trainer_state.json, written last by the Trainer, marks the checkpoint complete
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.flush_bank()
+        if self.args.should_save and self._run_id is not None:
+            write_checkpoint_identity(folder, self._run_id, self._data_identity())
+        if self.args.should_save and self.divcl_sampler is not None:
+            window = self.diversity.window
+            save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
+                             window=window.to_dict() if window is not None else None,
+                             progress=self.follower.state_dict() if self.follower is not None else None,
+                             bank=self.bank)
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, checkpoint_path, *args, **kwargs) -> None:
+        self.saved = SavedState(checkpoint_path)
+        return super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save as sentence-transformers does, but the pickled ``training_args.bin`` never holds the Hub token."""
+        token = self.args.hub_token
+        self.args.hub_token = None if token is None else "<HUB_TOKEN>"
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.args.hub_token = token
+
+    def push_to_hub(self, repo_id: str | None = None, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload model trained with diversity-window batches (hf_divcl)",
+                    endpoint: str | None = None, dataset_description: str | None = None, **kwargs) -> str:
+        """Save the model, write ``training_args.json`` and the model card (with both plots) into ``output_dir``
+        and upload it with :func:`hf_divcl.publish.hub.push_to_hub` (retries, no pickles, token never written);
+        ``revision``, ``retries``, ``backoff`` and ``timeout`` are passed on to it.
+
+        Returns the commit URL. A failed upload leaves ``output_dir`` as it was; call again to retry.
+        """
+        from ..publish.card import write_model_card
+        from ..publish.hub import push_to_hub as _push
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("push_to_hub needs a repo id: pass repo_id='namespace/name' or set hub_model_id.")
+        out = Path(self.args.output_dir)
+        self.save_model(str(out))
+        if not self.is_world_process_zero():
+            return ""
+        (out / "training_args.json").write_text(self.args.to_json_string())  # token fields are masked
+        if (out / "diversity_log.jsonl").is_file():
+            card_data = getattr(self.model, "model_card_data", None)
+            base = getattr(card_data, "base_model", None) or "a sentence-transformers model"
+            n = len(self.train_dataset) if self.train_dataset is not None else 0
+            write_model_card(out, model=self.model, base_model=base, train_rows=n, repo_id=repo_id,
+                             dataset=dataset_description or f"the training set ({n} rows)")
+        return _push(out, repo_id, token=token or self.args.hub_token,
+                     private=bool(self.args.hub_private_repo if private is None else private), endpoint=endpoint,
+                     commit_message=commit_message,
+                     **{k: v for k, v in kwargs.items() if k in ("revision", "retries", "backoff", "timeout")})
