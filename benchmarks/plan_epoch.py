@@ -87,9 +87,8 @@ def child(args) -> dict:
         n_batches = sum(1 for _ in sampler)
         res = {"n_batches": n_batches, "in_window_fraction": None}
     else:
-        from hf_divcl.builders import plan_epoch
-
         from hf_divcl.diversity.window import DiversityWindow
+        from hf_divcl.planning.plan import plan_epoch
 
         window = DiversityWindow(args.low, args.high) if args.builder != "random" else None
         plan = plan_epoch(bank, args.batch_size, builder=args.builder, window=window, seed=0,

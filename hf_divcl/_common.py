@@ -1,4 +1,5 @@
-"""Small helpers several modules share (private): the cache root and atomic file writes."""
+"""Facts and small helpers several packages share, each defined once: run-file names, seeds, the step count, the
+cache root, atomic writes, resource paths."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "DIVERSITY_LOG_FILE",
+    "HOLD_OUT_SEED",
     "ROW_ID_COLUMN",
     "RUN_INFO_FILE",
     "WINDOW_FILE",
@@ -15,8 +18,10 @@ __all__ = [
     "hold_out",
     "input_columns",
     "is_image_feature",
+    "mix_seed",
     "packaged_recipes",
     "resource_path",
+    "total_training_steps",
     "world_size",
 ]
 
@@ -27,6 +32,27 @@ WINDOW_FILE = "divcl_window.json"
 """The batch policy in force: the window (or the decision to keep random batches) and why."""
 RUN_INFO_FILE = "divcl_run.json"
 """The run's loss, processes, bank, false-negative masking and per-step selection."""
+DIVERSITY_LOG_FILE = "diversity_log.jsonl"
+"""The default name of the per-logging-step diversity log (``DivCLTrainingArguments.diversity_log_file``)."""
+
+HOLD_OUT_SEED = 7919
+"""Offset of the seed that draws held-out rows (the progress probe, the learnability reference): fixed, so the split
+does not move with anything else the run's seed drives."""
+
+
+def mix_seed(seed: int, k: int) -> int:
+    """One seed per ``(seed, k)`` pair (``k``: an epoch, a step, a call), the same on every process."""
+    return int(seed) * 1_000_003 + int(k)
+
+
+def total_training_steps(args, rows: int, global_batch: int) -> int:
+    """Optimizer steps of a run on ``rows`` rows: ``args.max_steps`` when set, else epochs × steps per epoch (the
+    Trainer's count, before the data loader exists)."""
+    import math
+
+    ga = max(1, args.gradient_accumulation_steps)
+    per_epoch = max(1, math.ceil(max(rows, 1) / global_batch) // ga)
+    return int(args.max_steps) if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * per_epoch))
 
 
 def hold_out(dataset, rows: int, seed: int):

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from ._common import banks_cache_dir, is_image_feature, world_size
+from ._common import banks_cache_dir, is_image_feature, mix_seed, world_size
 from .batch_policy.calibration import calibrate_window
 from .diversity.window import DiversityWindow
 from .planning.base import BatchBuilder
@@ -306,7 +306,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         groups = self.groups()
         # the rows left are whole global batches plus, without drop_last, the plan's partial last one
         sub = plan_epoch(emb, self.global_batch_size, builder=self.builder, window=window, seed=self.seed,
-                         epoch=self.epoch * 1_000_003 + cut, drop_last=False,
+                         epoch=mix_seed(self.epoch, cut), drop_last=False,
                          groups=groups[rest] if groups is not None else None, on_infeasible=self.on_infeasible,
                          **(self.builder_kwargs if self.builder != "random" else {}))
         batches = list(plan.batches[:cut]) + [rest[b] for b in sub.batches]

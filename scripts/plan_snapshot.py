@@ -6,9 +6,9 @@
 import sys
 
 import torch
-from hf_divcl.builders import plan_epoch
 
 from hf_divcl.diversity.window import DiversityWindow
+from hf_divcl.planning.plan import plan_epoch
 
 out = {}
 for n, b in [(700, 16), (1500, 32)]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_divcl.builders import BUILDERS, ClusterBuilder, duplicate_groups, get_builder, plan_epoch
 
 from hf_divcl.diversity.window import DiversityWindow
+from hf_divcl.planning.cluster import ClusterBuilder
+from hf_divcl.planning.dedupe import duplicate_groups
+from hf_divcl.planning.plan import plan_epoch
+from hf_divcl.planning.registry import BUILDERS, get_builder
 
 ALL = sorted(BUILDERS)
 
@@ -198,9 +201,9 @@ def test_measure_batches_equals_measuring_the_gathered_batches(bank):
 
 
 def test_greedy_checkpoints_add_up_to_the_exact_mean_squared_cosine(bank):
-    from hf_divcl.builders import GreedyBuilder, PlanContext
-
     from hf_divcl.diversity.window import measure_batches
+    from hf_divcl.planning.context import PlanContext
+    from hf_divcl.planning.greedy import GreedyBuilder
 
     rows = torch.arange(bank.shape[0])
     ctx = PlanContext(bank.half(), rows, 32, None, torch.Generator().manual_seed(0))
@@ -211,7 +214,7 @@ def test_greedy_checkpoints_add_up_to_the_exact_mean_squared_cosine(bank):
 
 
 def test_kmeans_fitted_on_a_sample_labels_every_row_deterministically():
-    from hf_divcl.builders import kmeans
+    from hf_divcl.planning.sketch import kmeans
 
     x = F.normalize(clustered(n=5000, d=16, k=4, spread=0.1, seed=3), dim=-1)
     a = kmeans(x, 4, torch.Generator().manual_seed(0), iters=10, per_cluster=256)

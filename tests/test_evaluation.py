@@ -13,10 +13,10 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from hf_divcl import metrics
 from hf_divcl.data.images import digits
 from hf_divcl.data.wordnet import split_key, wordnet_pairs, wordnet_split
 from hf_divcl.diversity.metrics import batch_diversity
+from hf_divcl.evaluation import metrics
 from hf_divcl.evaluation.probes import (
     encode_images,
     knn_accuracy,

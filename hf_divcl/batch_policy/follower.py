@@ -28,7 +28,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
-from .._common import hold_out
+from .._common import HOLD_OUT_SEED, hold_out, mix_seed, total_training_steps
 from ..diversity.levels import parse_level
 from ..losses.infonce import InfoNCELoss
 from .progress import ProgressCalibration, StepGain, calibrate_progress, default_progress_levels
@@ -40,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CALIBRATIONS_FILE", "CalibrationPlan", "WindowFollower", "calibration_sample", "plan_calibrations",
            "probe_losses", "rows_loss", "schedule_progress"]
-
-PROBE_SEED = 7919  # the probe rows are drawn with seed + PROBE_SEED
 
 CALIBRATIONS_FILE = "divcl_calibrations.jsonl"
 MIN_PAIRS, MAX_PAIRS = 3, 8
@@ -134,7 +132,7 @@ def schedule_progress(dataset, args, global_batch: int):
     probe = args.calibration_probe_rows or max(2, min(2 * global_batch, n // 20))
     rest = n - probe
     steps_per_epoch = max(1, math.ceil(max(rest, 1) / global_batch) // ga)
-    total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    total = total_training_steps(args, rest, global_batch)
     every = args.recalibrate_every
     plan = plan_calibrations(
         total_steps=total, steps_per_epoch=steps_per_epoch, batch_size=global_batch, train_rows=max(rest, 0),
@@ -149,7 +147,7 @@ def schedule_progress(dataset, args, global_batch: int):
     if not plan.steps:
         logger.warning("window='progress': %s.", plan.reason)
         return dataset, None, plan
-    dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + PROBE_SEED)
+    dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + HOLD_OUT_SEED)
     logger.info("window='progress': %d probe rows held out; calibrations at steps %s with %d pairs per level "
                 "(%.1f batch equivalents each, %s)", probe, plan.steps, plan.n_pairs, plan.cost_per_calibration,
                 plan.reason)
@@ -306,7 +304,7 @@ class WindowFollower(TrainerCallback):
                   "confidence": a.calibration_confidence, "step": step}
         try:
             with _ProbeEnv(t):
-                rows, anchors = calibration_sample(t, self.plan.sample_rows, seed=a.seed * 1_000_003 + step)
+                rows, anchors = calibration_sample(t, self.plan.sample_rows, seed=mix_seed(a.seed, step))
                 self.passes["encoded_rows"] += len(rows)
                 gain = StepGain([p for p in t.model.parameters() if p.requires_grad],
                                 lambda idx: rows_loss(t, rows[idx]), lambda: probe_losses(t), a.learning_rate,
@@ -314,7 +312,7 @@ class WindowFollower(TrainerCallback):
                                 estimate=a.calibration_estimate)
                 cal = calibrate_progress(anchors, B, a.temperature, gain, levels=self.plan.levels,
                                          n_pairs=self.plan.n_pairs, confidence=a.calibration_confidence,
-                                         seed=a.seed * 1_000_003 + step, estimate=a.calibration_estimate, step=step)
+                                         seed=mix_seed(a.seed, step), estimate=a.calibration_estimate, step=step)
                 self.passes["backward"] += gain.backward_passes
                 self.passes["probe_forward"] += gain.probe_forward_passes
                 cal.cost.update({"backward_passes": float(gain.backward_passes),

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._common import hold_out
+from .._common import HOLD_OUT_SEED, hold_out, mix_seed, total_training_steps
 from ..diversity.window import DiversityWindow, measure_diversity
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LearnabilitySelector", "batch_losses", "build_reference_bank", "hold_out_reference_rows", "joint_select"]
 
-REFERENCE_SEED = 7919
 """Seed of the reference's held-out rows and its fine-tune: fixed, so every training seed of a run compares against
 the same reference (a property of the data, cached on disk with its bank)."""
 
@@ -171,7 +169,7 @@ class LearnabilitySelector:
 
     def _generator(self, row_ids: torch.Tensor) -> torch.Generator:
         mix = int((row_ids.double() * torch.arange(1, row_ids.numel() + 1).double().sqrt()).sum().item() * 1e3)
-        return torch.Generator().manual_seed((int(self.seed) * 1_000_003 + mix) % (2 ** 63 - 1))
+        return torch.Generator().manual_seed(mix_seed(self.seed, mix) % (2 ** 63 - 1))
 
     def __call__(self, row_ids: torch.Tensor) -> torch.Tensor:
         if row_ids.numel() <= self.batch_size:
@@ -235,7 +233,7 @@ class LearnabilitySelector:
 def hold_out_reference_rows(dataset, args: DivCLTrainingArguments, global_batch: int):
     """Split off the rows the held-out reference is fine-tuned on; the run never trains on them.
 
-    Returns ``(training rows, reference rows)`` as datasets (fixed split, see :data:`REFERENCE_SEED`)."""
+    Returns ``(training rows, reference rows)`` as datasets (fixed split, see :data:`HOLD_OUT_SEED`)."""
     n = len(dataset)
     rows = args.learnability_reference_rows or min(2000, max(4 * global_batch, n // 20))
     if rows < 2 or n - rows < 2 * global_batch:
@@ -243,7 +241,7 @@ def hold_out_reference_rows(dataset, args: DivCLTrainingArguments, global_batch:
                          f"{2 * global_batch} rows left to train on, but the data set has {n} rows. Set "
                          "learnability_reference_rows lower, pass a reference model path, or use builder='hard'.")
     logger.info("builder='learnability': %d rows held out to fine-tune the reference model", rows)
-    return hold_out(dataset, rows, REFERENCE_SEED)
+    return hold_out(dataset, rows, HOLD_OUT_SEED)
 
 
 def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -274,7 +272,7 @@ def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm))
     b = min(trainer.global_batch_size(), len(data))
-    gen = torch.Generator().manual_seed(REFERENCE_SEED)
+    gen = torch.Generator().manual_seed(HOLD_OUT_SEED)
     order: list[int] = []
     bar = None
     if not a.disable_tqdm:
@@ -282,7 +280,7 @@ def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
 
         bar = tqdm(total=steps, desc="fine-tuning the learnability reference", leave=False)
     with _ProbeEnv(trainer):
-        torch.manual_seed(REFERENCE_SEED)
+        torch.manual_seed(HOLD_OUT_SEED)
         ref.train()
         for _ in range(steps):
             if len(order) < b:
@@ -305,14 +303,6 @@ def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
     return ref
 
 
-def _total_steps(trainer: DivCLTrainer, train_rows: int) -> int:
-    a = trainer.args
-    if a.max_steps and a.max_steps > 0:
-        return int(a.max_steps)
-    per_epoch = max(1, math.ceil(train_rows / trainer.global_batch_size()) // max(1, a.gradient_accumulation_steps))
-    return max(1, math.ceil(a.num_train_epochs * per_epoch))
-
-
 def build_reference_bank(trainer: DivCLTrainer, dataset) -> EmbeddingBank:
     """The reference side of learnability: the training rows encoded by the reference model (cached on disk by
     model and data fingerprints, like the learner's bank)."""
@@ -322,7 +312,7 @@ def build_reference_bank(trainer: DivCLTrainer, dataset) -> EmbeddingBank:
     a = trainer.args
     t0 = time.perf_counter()
     if a.learnability_reference == "held_out":
-        steps = a.learnability_reference_steps or max(10, round(0.2 * _total_steps(trainer, len(dataset))))
+        steps = a.learnability_reference_steps or max(10, round(0.2 * total_training_steps(a, len(dataset), trainer.global_batch_size())))
         trainer.reference_steps = steps
         model = train_reference_model(trainer, steps)
     elif a.learnability_reference == "guide":

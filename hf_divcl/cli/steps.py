@@ -170,9 +170,11 @@ def finish_run(trainer, cfg: RecipeConfig, *, base: str, description: str, train
                                "before": before, "after": after, "steps": trainer.state.global_step,
                                "seconds": time.perf_counter() - started}
     out = Path(args.output_dir)
+    summary["diversity_log"] = args.diversity_log_file or None
     (out / "divcl_summary.json").write_text(json.dumps(summary, indent=2))
     (out / "training_args.json").write_text(args.to_json_string())
-    if cfg.write_card and not (out / "diversity_log.jsonl").is_file():
+    log = args.diversity_log_file
+    if cfg.write_card and not (log and (out / log).is_file()):
         logger.warning("No diversity log in %s (logging_strategy=%r, diversity_log_file=%r): the model card is "
                        "skipped. Keep logging on to get the card.", out,
                        getattr(args.logging_strategy, "value", args.logging_strategy),
@@ -186,26 +188,27 @@ def finish_run(trainer, cfg: RecipeConfig, *, base: str, description: str, train
         card = write_model_card(out, model=model, base_model=base, dataset=description, train_rows=len(train),
                                 repo_id=cfg.push_repo_id, evaluation=evaluation, usage_inputs=usage,
                                 evaluation_note=f"Held-out set: {len(test)} rows of {description} (never trained "
-                                "on).")
+                                "on).", log_file=log)
         summary["card"] = str(card)
     if cfg.push_repo_id:
         from ..publish.hub import push_to_hub
 
-        summary["pushed"] = push_to_hub(out, cfg.push_repo_id, endpoint=cfg.hub_endpoint)
+        summary["pushed"] = push_to_hub(out, cfg.push_repo_id, endpoint=cfg.hub_endpoint,
+                                        **({"log_file": log} if log else {}))
     return summary
 
 
 _BOOKKEEPING = ("_seconds", "_pairs", "_skipped", "_size", "knn_k")  # evaluation keys that are not quality
 
 
-def _batches_line(out: Path) -> str | None:
+def _batches_line(out: Path, log_file: str | None) -> str | None:
     """What the run's batches were: the window and the share of logged training batches inside it."""
     from ..diversity.log import read_diversity_log
 
     info = json.loads((out / WINDOW_FILE).read_text()) if (out / WINDOW_FILE).is_file() else {}
     window = info.get("window") or {}
-    log = out / "diversity_log.jsonl"
-    fractions = [r["divcl/in_window_fraction"] for r in (read_diversity_log(log) if log.is_file() else [])
+    log = out / log_file if log_file else None
+    fractions = [r["divcl/in_window_fraction"] for r in (read_diversity_log(log) if log and log.is_file() else [])
                  if isinstance(r.get("divcl/in_window_fraction"), (int, float))]
     if window.get("low") is None:
         return f"batches: {info['decision']} ({info.get('reason', '')})" if info.get("decision") else None
@@ -219,7 +222,8 @@ def _batches_line(out: Path) -> str | None:
 def report(summary: dict[str, Any], output_dir: str) -> None:
     """The console summary: data, batches, held-out quality before → after, what was written where."""
     print(f"data: {summary['data']} ({summary['train_rows']} training rows, {summary['eval_rows']} held out)")
-    line = _batches_line(Path(output_dir))
+    log_file = summary.get("diversity_log")
+    line = _batches_line(Path(output_dir), log_file)
     if line:
         print(line)
     quality = [k for k in summary.get("after", {}) if not k.endswith(_BOOKKEEPING) and k != "seconds"]
@@ -229,7 +233,7 @@ def report(summary: dict[str, Any], output_dir: str) -> None:
             b, a = summary["before"].get(key), summary["after"][key]
             print(f"  {key:28s} {'–' if b is None else f'{b:.4g}':>8} → {a:.4g}")
     written = ["model", *(["card"] if "card" in summary else []),
-               *(["diversity log"] if Path(output_dir, "diversity_log.jsonl").is_file() else [])]
+               *(["diversity log"] if log_file and Path(output_dir, log_file).is_file() else [])]
     print(f"done in {summary['seconds']:.0f} s: {', '.join(written)} in {output_dir}")
 
 

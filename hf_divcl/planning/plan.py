@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .._common import mix_seed
 from ..diversity.window import DiversityWindow, measure_batches, measure_diversity
 from .base import BatchBuilder
 from .context import PlanContext
@@ -177,7 +178,7 @@ def plan_epoch(
     b_obj = get_builder(builder, **builder_kwargs)
     if window is None and b_obj.requires_window:
         raise ValueError(f"The {b_obj.name!r} builder needs a DiversityWindow (or use builder='random').")
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
 
     n_full = n // batch_size
     perm = torch.randperm(n, generator=gen)

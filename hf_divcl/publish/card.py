@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .._common import RUN_INFO_FILE, WINDOW_FILE, atomic_write_text, resource_path
+from .._common import DIVERSITY_LOG_FILE, RUN_INFO_FILE, WINDOW_FILE, atomic_write_text, resource_path
 from ..diversity.log import PREFIX, read_diversity_log
 from .plots import pyplot, save_figure
 
@@ -198,10 +198,10 @@ def _selection_context(records: Sequence[dict], run: dict[str, Any], info: dict[
 def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dataset: str, train_rows: int,
                      repo_id: str | None = None, evaluation: dict[str, tuple[float | None, float | None]] | None = None,
                      evaluation_note: str = "", usage_inputs: Sequence[str] | None = None,
-                     template_path: str | Path | None = None) -> Path:
+                     template_path: str | Path | None = None, log_file: str = DIVERSITY_LOG_FILE) -> Path:
     """Write ``README.md``, ``diversity_trajectory.png`` and ``gradient_bands.png`` into ``output_dir``.
 
-    Reads ``diversity_log.jsonl``, ``divcl_window.json``, ``divcl_calibration.json`` (when the window was
+    Reads the diversity log (``log_file``, the run's ``diversity_log_file``), ``divcl_window.json``, ``divcl_calibration.json`` (when the window was
     calibrated) and ``training_args.json`` / ``trainer_state.json`` when present. ``evaluation`` maps a metric name
     to ``(before, after)``.
     """
@@ -212,7 +212,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     if not template.is_file():  # checked first: a missing template must not leave a half-written card folder
         raise FileNotFoundError(f"Model card template {str(template)!r} not found; pass template_path= or set "
                                 "HF_DIVCL_CARD_TEMPLATE.")
-    log_path = out / "diversity_log.jsonl"
+    log_path = out / log_file
     if not log_path.is_file():
         raise FileNotFoundError(f"{str(log_path)!r} is missing: write_model_card needs the diversity log of a "
                                 "DivCLTrainer run in output_dir.")

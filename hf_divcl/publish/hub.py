@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .._common import DIVERSITY_LOG_FILE
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -42,8 +44,6 @@ __all__ = [
 ]
 
 REPO_ID_MAX_LENGTH = 96
-DIVERSITY_LOG = "diversity_log.jsonl"
-DIVERSITY_PARQUET = "diversity_log.parquet"
 # Pickles (unsafe to load: training_args.bin, pytorch_model.bin, optimizer.pt, rng_state.pth, ...) and local-only
 # state. Safetensors weights, tokenizer files, JSON, PNG, Markdown and logs are uploaded.
 EXCLUDED_FILES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "optimizer.*",
@@ -259,7 +259,7 @@ def _describe(err: BaseException, token: str | None) -> str:
 def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False,
                 endpoint: str | None = None, commit_message: str = "Upload diversity-window model (hf_divcl)",
                 revision: str | None = None, retries: int = 3, backoff: float = 1.0,
-                timeout: float | None = 60.0) -> str:
+                timeout: float | None = 60.0, log_file: str = DIVERSITY_LOG_FILE) -> str:
     """Upload a training output folder to the model repo ``repo_id`` (created if missing) and return the commit URL.
 
     Args:
@@ -307,19 +307,20 @@ def push_to_hub(output_dir: str | os.PathLike, repo_id: str, *, token: str | Non
     where = api.endpoint
     with tempfile.TemporaryDirectory(prefix="hf_divcl_push_") as staging, _request_timeout(timeout):
         sources = {rel: root / rel for rel in uploaded}
-        if DIVERSITY_LOG in sources:
-            parquet = Path(staging) / DIVERSITY_PARQUET
+        if log_file in sources:  # the log also as Parquet, for the Hub's dataset viewer and pandas
+            parquet_name = str(Path(log_file).with_suffix(".parquet"))
+            parquet = Path(staging) / Path(parquet_name).name
             try:
-                n = _jsonl_to_parquet(sources[DIVERSITY_LOG], parquet)
+                n = _jsonl_to_parquet(sources[log_file], parquet)
             except ImportError:
                 n = 0
-                logger.warning("pyarrow is not installed: %s is uploaded without its Parquet copy.", DIVERSITY_LOG)
+                logger.warning("pyarrow is not installed: %s is uploaded without its Parquet copy.", log_file)
             except Exception as err:  # a log that Arrow cannot type must not block the push
                 n = 0
-                logger.warning("Could not convert %s to Parquet (%s); uploading the JSONL only.", DIVERSITY_LOG,
+                logger.warning("Could not convert %s to Parquet (%s); uploading the JSONL only.", log_file,
                                _describe(err, tok))
             if n:
-                sources[DIVERSITY_PARQUET] = parquet  # replaces a stale copy from the folder, if any
+                sources[parquet_name] = parquet  # replaces a stale copy from the folder, if any
         leaking = [rel for rel, path in sorted(sources.items())
                    if path.stat().st_size <= _SCAN_LIMIT and tok.encode() in path.read_bytes()]
         if leaking:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from .._common import world_size
+from .._common import DIVERSITY_LOG_FILE, world_size
 from ..batch_policy.selectors import SELECTORS
 from ..diversity.window import DiversityWindow
 
@@ -135,7 +135,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "margin masks more."})
     log_bands: bool = field(default=True, metadata={
         "help": "Log exact per-anchor gradient norms and their spectral bands at every logging step."})
-    diversity_log_file: str = field(default="diversity_log.jsonl", metadata={
+    diversity_log_file: str = field(default=DIVERSITY_LOG_FILE, metadata={
         "help": "JSON-lines log of every logging step, in output_dir ('' to disable)."})
     collapse_threshold: float = field(default=1.5, metadata={
         "help": "Collapse alarm: effective rank of the training batch below this value counts as collapsed "

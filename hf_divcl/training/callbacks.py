@@ -26,6 +26,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
+from .._common import DIVERSITY_LOG_FILE
 from ..diversity.bands import gradient_bands
 
 # imported names this module does not use are re-exported: every name importable from here before still is
@@ -248,7 +249,7 @@ class DiversityCallback(DiversityLogger):
         collapse_threshold, collapse_patience, collapse_action, log_bands: as in :class:`DiversityLogger`.
     """
 
-    def __init__(self, *, temperature: float = 0.05, window: Any = None, log_file: str | None = "diversity_log.jsonl",
+    def __init__(self, *, temperature: float = 0.05, window: Any = None, log_file: str | None = DIVERSITY_LOG_FILE,
                  plots: bool = True, log_bands: bool = True, collapse_threshold: float = 1.5,
                  collapse_patience: int = 20, collapse_action: str = "warn") -> None:
         from ..diversity.window import DiversityWindow

@@ -392,13 +392,14 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if not self.is_world_process_zero():
             return ""
         (out / "training_args.json").write_text(self.args.to_json_string())  # token fields are masked
-        if (out / "diversity_log.jsonl").is_file():
+        log = self.args.diversity_log_file
+        if log and (out / log).is_file():
             card_data = getattr(self.model, "model_card_data", None)
             base = getattr(card_data, "base_model", None) or "a sentence-transformers model"
             n = len(self.train_dataset) if self.train_dataset is not None else 0
             write_model_card(out, model=self.model, base_model=base, train_rows=n, repo_id=repo_id,
-                             dataset=dataset_description or f"the training set ({n} rows)")
+                             dataset=dataset_description or f"the training set ({n} rows)", log_file=log)
         return _push(out, repo_id, token=token or self.args.hub_token,
                      private=bool(self.args.hub_private_repo if private is None else private), endpoint=endpoint,
-                     commit_message=commit_message,
+                     commit_message=commit_message, **({"log_file": log} if log else {}),
                      **{k: v for k, v in kwargs.items() if k in ("revision", "retries", "backoff", "timeout")})
