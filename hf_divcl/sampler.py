@@ -278,6 +278,11 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             self._yielded = 0
         super().set_epoch(epoch)
 
+    def set_bank(self, bank) -> None:
+        """Plan from ``bank`` (an :class:`~hf_divcl.bank.EmbeddingBank`) from the next plan or re-plan on: a run that
+        started on random batches without one gets it when a window is chosen."""
+        self._bank = bank
+
     def set_policy(self, builder: str, window: DiversityWindow | None) -> None:
         """Change the builder and window used from the next plan on (see :meth:`replan` for the current epoch)."""
         if builder != "random" and window is None:
@@ -293,8 +298,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         """
         plan = self.plan()
         cut = max(0, min(int(from_global_batch), len(plan.batches)))
-        if self._yielded_global() > cut:
-            raise RuntimeError(f"Cannot re-plan from global batch {cut}: {self._yielded_global()} were already handed "
+        if self.yielded_global() > cut:
+            raise RuntimeError(f"Cannot re-plan from global batch {cut}: {self.yielded_global()} were already handed "
                                "to the data loader.")
         if len(plan.batches) - cut < 2:  # nothing left to re-arrange
             return plan
@@ -322,7 +327,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._plan = (self._plan[0], new)
         return new
 
-    def _yielded_global(self) -> int:
+    def yielded_global(self) -> int:
         """Global batches of the current epoch handed out so far (a started one counts)."""
         return -(-getattr(self, "_yielded", 0) // self.processes)
 

@@ -34,12 +34,21 @@ from ..losses.infonce import InfoNCELoss
 from .progress import ProgressCalibration, StepGain, calibrate_progress, default_progress_levels
 
 if TYPE_CHECKING:
-    from ..training.trainer import DivCLTrainer
+    from .host import PolicyHost
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATIONS_FILE", "CalibrationPlan", "WindowFollower", "calibration_sample", "plan_calibrations",
-           "probe_losses", "rows_loss", "schedule_progress"]
+__all__ = [
+    "CALIBRATIONS_FILE",
+    "CalibrationPlan",
+    "ProbeEnv",
+    "WindowFollower",
+    "calibration_sample",
+    "plan_calibrations",
+    "probe_losses",
+    "rows_loss",
+    "schedule_progress",
+]
 
 CALIBRATIONS_FILE = "divcl_calibrations.jsonl"
 MIN_PAIRS, MAX_PAIRS = 3, 8
@@ -156,7 +165,7 @@ def schedule_progress(dataset, args, global_batch: int):
 
 # -- what a calibration measures on the trainer's model -------------------------------------------------------------
 
-def calibration_sample(trainer: DivCLTrainer, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def calibration_sample(trainer: PolicyHost, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``size`` seeded training rows ``(S,)`` and their anchor embeddings ``(S, d)`` under the current model."""
     n = len(trainer.train_dataset)
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(size, n)].sort().values
@@ -168,7 +177,7 @@ def calibration_sample(trainer: DivCLTrainer, size: int, seed: int) -> tuple[tor
     return rows, emb.float().cpu()
 
 
-def rows_loss(trainer: DivCLTrainer, rows: torch.Tensor | list[int], dataset=None) -> torch.Tensor:
+def rows_loss(trainer: PolicyHost, rows: torch.Tensor | list[int], dataset=None) -> torch.Tensor:
     """The training loss on rows of ``dataset`` (default: the training set) as one batch — no step, nothing
     logged, recorded or gathered beyond what the loss itself does."""
     dataset = trainer.train_dataset if dataset is None else dataset
@@ -179,17 +188,17 @@ def rows_loss(trainer: DivCLTrainer, rows: torch.Tensor | list[int], dataset=Non
     return loss
 
 
-def probe_losses(trainer: DivCLTrainer) -> list[torch.Tensor]:
+def probe_losses(trainer: PolicyHost) -> list[torch.Tensor]:
     """The loss on each global-batch-sized chunk of the held-out probe set."""
     n, b = len(trainer.probe_dataset), trainer.global_batch_size()
     starts = range(0, n - b + 1, b) if n >= b else [0]
     return [rows_loss(trainer, list(range(s, min(s + b, n))), trainer.probe_dataset) for s in starts]
 
 
-class _ProbeEnv(contextlib.AbstractContextManager):
+class ProbeEnv(contextlib.AbstractContextManager):
     """Model in eval mode, RNG untouched, no cross-process gather, no step recording — restored on exit."""
 
-    def __init__(self, trainer: DivCLTrainer) -> None:
+    def __init__(self, trainer: PolicyHost) -> None:
         self.t = trainer
 
     def __enter__(self):
@@ -223,7 +232,7 @@ class _ProbeEnv(contextlib.AbstractContextManager):
 class WindowFollower(TrainerCallback):
     """Runs the scheduled progress calibrations of a :class:`DivCLTrainer` and applies their decisions."""
 
-    def __init__(self, trainer: DivCLTrainer, plan: CalibrationPlan) -> None:
+    def __init__(self, trainer: PolicyHost, plan: CalibrationPlan) -> None:
         self.trainer = trainer
         self.plan = plan
         self.history: list[dict[str, Any]] = []
@@ -279,7 +288,7 @@ class WindowFollower(TrainerCallback):
         payload: list[Any] = [None, None]
         if t.is_world_process_zero():
             cal = self._measure(step)
-            payload = [cal.to_dict(), sampler._yielded_global() if (replan and sampler is not None) else None]
+            payload = [cal.to_dict(), sampler.yielded_global() if (replan and sampler is not None) else None]
         if t.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(payload, src=0)
         cal = ProgressCalibration.from_dict(payload[0])
@@ -303,7 +312,7 @@ class WindowFollower(TrainerCallback):
         common = {"temperature": a.temperature, "batch_size": B, "estimate": a.calibration_estimate,
                   "confidence": a.calibration_confidence, "step": step}
         try:
-            with _ProbeEnv(t):
+            with ProbeEnv(t):
                 rows, anchors = calibration_sample(t, self.plan.sample_rows, seed=mix_seed(a.seed, step))
                 self.passes["encoded_rows"] += len(rows)
                 gain = StepGain([p for p in t.model.parameters() if p.requires_grad],
@@ -326,25 +335,7 @@ class WindowFollower(TrainerCallback):
             return ProgressCalibration("random", None, None, f"calibration failed: {err}", **common)
 
     def apply(self, cal: ProgressCalibration, cut: int | None = None) -> None:
-        """Use a calibration's decision: the window with the builder (encoding the bank if random batches never
-        needed one), or random batches; with ``cut``, re-plan the current epoch from that global batch on (earlier
-        ones were already handed out)."""
-        from ..training.run_files import write_window_file
-
-        t = self.trainer
-        sampler = t.divcl_sampler
-        if sampler is None:
-            return
-        if cal.decision == "window" and cal.window is not None:
-            if t.bank is None:
-                t._phase = "bank"
-                t.bank = t.build_bank(t.train_dataset)
-                t._phase = "training"
-                sampler._bank = t.bank
-            sampler.set_policy(t.window_builder(), cal.window)
-        else:
-            sampler.set_policy("random", None)
-        t.diversity.window = cal.window if cal.decision == "window" else None
-        if cut is not None:
-            sampler.replan(cut)
-        write_window_file(t)
+        """Use a calibration's decision: the trainer switches to the window (with the builder, encoding the bank if
+        random batches never needed one) or to random batches; with ``cut``, the current epoch is re-planned from
+        that global batch on (earlier ones were already handed out)."""
+        self.trainer.apply_window(cal.window if cal.decision == "window" else None, cut=cut)

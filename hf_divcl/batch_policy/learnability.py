@@ -27,10 +27,9 @@ learnability *within* the window.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -41,8 +40,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..bank import EmbeddingBank
-    from ..training.arguments import DivCLTrainingArguments
-    from ..training.trainer import DivCLTrainer
+    from .host import PolicyArguments, PolicyHost
 
 __all__ = ["LearnabilitySelector", "batch_losses", "build_reference_bank", "hold_out_reference_rows", "joint_select"]
 
@@ -230,7 +228,7 @@ class LearnabilitySelector:
 # the reference model (builder="learnability")
 
 
-def hold_out_reference_rows(dataset, args: DivCLTrainingArguments, global_batch: int):
+def hold_out_reference_rows(dataset, args: PolicyArguments, global_batch: int):
     """Split off the rows the held-out reference is fine-tuned on; the run never trains on them.
 
     Returns ``(training rows, reference rows)`` as datasets (fixed split, see :data:`HOLD_OUT_SEED`)."""
@@ -244,34 +242,22 @@ def hold_out_reference_rows(dataset, args: DivCLTrainingArguments, global_batch:
     return hold_out(dataset, rows, HOLD_OUT_SEED)
 
 
-def _copy_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy without forward hooks (the trainer's embedding capture must not follow the copy)."""
-    saved = {m: m._forward_hooks for m in model.modules() if m._forward_hooks}
-    try:
-        for m in saved:
-            m._forward_hooks = type(m._forward_hooks)()
-        return copy.deepcopy(model)
-    finally:
-        for m, hooks in saved.items():
-            m._forward_hooks = hooks
-
-
-def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
-    """Fine-tune a copy of the starting model on ``trainer.reference_dataset`` with the run's loss, learning rate and
+def train_reference_model(host: PolicyHost, steps: int) -> torch.nn.Module:
+    """Fine-tune a copy of the starting model on ``host.reference_dataset`` with the run's loss, learning rate and
     global batch size, for ``steps`` AdamW steps on random batches. The run's RNG and augmentation state are left
     as they were, so the training run itself is the same as without a reference."""
     from ..losses.infonce import InfoNCELoss
-    from .follower import _ProbeEnv
+    from .follower import ProbeEnv
 
-    a, data = trainer.args, trainer.reference_dataset
-    ref = _copy_model(trainer.model)
+    a, data = host.args, host.reference_dataset
+    ref = host.model_copy()
     loss_fn = InfoNCELoss(ref, temperature=a.temperature, loss_type=a.loss_type, symmetric=a.symmetric_loss,
                           gather_across_devices=False)
     params = [p for p in ref.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=a.weight_decay)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm))
-    b = min(trainer.global_batch_size(), len(data))
+    b = min(host.global_batch_size(), len(data))
     gen = torch.Generator().manual_seed(HOLD_OUT_SEED)
     order: list[int] = []
     bar = None
@@ -279,14 +265,14 @@ def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="fine-tuning the learnability reference", leave=False)
-    with _ProbeEnv(trainer):
+    with ProbeEnv(host):
         torch.manual_seed(HOLD_OUT_SEED)
         ref.train()
         for _ in range(steps):
             if len(order) < b:
                 order = torch.randperm(len(data), generator=gen).tolist()
             rows, order = order[:b], order[b:]
-            features, labels = trainer.collect_features(trainer.collate_rows(data, rows))
+            features, labels = host.collect_features(host.collate_rows(data, rows))
             loss = loss_fn(features, labels)
             if not torch.isfinite(loss):
                 raise ValueError(f"The learnability reference's fine-tune hit a non-finite loss ({loss.item()}); "
@@ -303,37 +289,45 @@ def train_reference_model(trainer: DivCLTrainer, steps: int) -> torch.nn.Module:
     return ref
 
 
-def build_reference_bank(trainer: DivCLTrainer, dataset) -> EmbeddingBank:
+class ReferenceBank(NamedTuple):
+    """The reference side of learnability and what it cost: ``steps`` of the held-out fine-tune (``None`` for a given
+    reference model), ``seconds`` of wall-clock for the fine-tune and the encoding."""
+
+    bank: EmbeddingBank
+    steps: int | None
+    seconds: float
+
+
+def build_reference_bank(host: PolicyHost, dataset) -> ReferenceBank:
     """The reference side of learnability: the training rows encoded by the reference model (cached on disk by
     model and data fingerprints, like the learner's bank)."""
     from sentence_transformers import SentenceTransformer
 
-
-    a = trainer.args
+    a = host.args
+    steps = None
     t0 = time.perf_counter()
     if a.learnability_reference == "held_out":
-        steps = a.learnability_reference_steps or max(10, round(0.2 * total_training_steps(a, len(dataset), trainer.global_batch_size())))
-        trainer.reference_steps = steps
-        model = train_reference_model(trainer, steps)
+        run_steps = total_training_steps(a, len(dataset), host.global_batch_size())
+        steps = a.learnability_reference_steps or max(10, round(0.2 * run_steps))
+        model = train_reference_model(host, steps)
     elif a.learnability_reference == "guide":
-        model = trainer.guide_model()
+        model = host.guide_model()
     else:
         try:
             model = SentenceTransformer(a.learnability_reference, device=str(a.device))
         except Exception as err:
             raise ValueError(f"Cannot load the learnability reference from {a.learnability_reference!r} "
                              f"({type(err).__name__}: {err}).") from err
-    if set(getattr(model, "modalities", ["text"])) != set(getattr(trainer.model, "modalities", ["text"])):
+    if set(getattr(model, "modalities", ["text"])) != set(getattr(host.model, "modalities", ["text"])):
         raise ValueError(f"The learnability reference reads {getattr(model, 'modalities', ['text'])} but the model "
-                         f"trained reads {getattr(trainer.model, 'modalities', ['text'])}; give a reference of the "
+                         f"trained reads {getattr(host.model, 'modalities', ['text'])}; give a reference of the "
                          "same modality.")
     was_training = model.training
     model.eval()
     try:
-        bank = trainer.encode_bank(model, dataset)
+        bank = host.encode_bank(model, dataset)
     finally:
         model.train(was_training)
-    trainer.reference_seconds = time.perf_counter() - t0
-    logger.info("learnability reference (%s): %s (%.1f s)", a.learnability_reference, bank,
-                trainer.reference_seconds)
-    return bank
+    seconds = time.perf_counter() - t0
+    logger.info("learnability reference (%s): %s (%.1f s)", a.learnability_reference, bank, seconds)
+    return ReferenceBank(bank, steps, seconds)

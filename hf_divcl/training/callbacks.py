@@ -13,7 +13,6 @@ from here.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+from transformers.trainer_callback import DefaultFlowCallback
 
 from .._common import DIVERSITY_LOG_FILE
 from ..diversity.bands import gradient_bands
@@ -273,20 +272,27 @@ class DiversityCallback(DiversityLogger):
 
     # -- wiring ----------------------------------------------------------------------------------------------
 
+    def attach(self, trainer) -> DiversityCallback:
+        """Add this callback to ``trainer`` where every ``report_to`` integration sees the ``divcl/*`` keys: right
+        after the Trainer's ``DefaultFlowCallback`` (the integrations come before callbacks added later, and the
+        Trainer hands ``on_log`` to callbacks in order); the console then prints one short line per log.
+
+            >>> DiversityCallback(temperature=1 / loss.scale).attach(trainer)
+        """
+        callbacks = trainer.callback_handler.callbacks
+        if self in callbacks:
+            callbacks.remove(self)
+        first = [i for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)]
+        callbacks.insert(first[0] + 1 if first else 0, self)
+        use_readable_console(trainer.callback_handler, self.metric)
+        self._attached = True
+        return self
+
     def on_init_end(self, args, state, control, **kwargs):
-        # The Trainer hands `on_log` to callbacks in order and the `report_to` integrations come before the user's
-        # callbacks, so they would never see the divcl/* keys. Move this callback right after DefaultFlowCallback:
-        # the caller of this event is the Trainer's CallbackHandler (`call_event`), read from the calling frame.
-        frame = inspect.currentframe()
-        handler = frame.f_back.f_locals.get("self") if frame is not None and frame.f_back is not None else None
-        if isinstance(handler, CallbackHandler) and self in handler.callbacks:
-            handler.callbacks.remove(self)
-            first = [i for i, cb in enumerate(handler.callbacks) if isinstance(cb, DefaultFlowCallback)]
-            handler.callbacks.insert(first[0] + 1 if first else 0, self)
-            use_readable_console(handler, self.metric)
-        else:
-            logger.warning("DiversityCallback could not place itself before the report_to integrations; the divcl/* "
-                           "keys still reach diversity_log.jsonl and state.log_history.")
+        if not getattr(self, "_attached", False):
+            logger.warning("DiversityCallback was passed in callbacks=[...]: the report_to integrations run before it "
+                           "and will not see the divcl/* keys (diversity_log.jsonl and state.log_history still get "
+                           "them). Use DiversityCallback(...).attach(trainer) after building the trainer instead.")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.is_main_process = state.is_world_process_zero

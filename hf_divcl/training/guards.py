@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .trainer import DivCLTrainer
+    from .host import TrainerHost
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def out_of_memory_advice(err: BaseException, *, phase: str, step: int, checkpoin
     return OutOfMemoryAdvice(f"Out of memory {where} ({first}). Try: {tips}. {resume}")
 
 
-def handle_nonfinite_loss(trainer: DivCLTrainer, model: torch.nn.Module, loss: torch.Tensor, row_ids: torch.Tensor,
+def handle_nonfinite_loss(trainer: TrainerHost, model: torch.nn.Module, loss: torch.Tensor, row_ids: torch.Tensor,
                           captured: list[torch.Tensor] | None) -> torch.Tensor:
     """A NaN/Inf training loss: record the batch's rows (and those with NaN/Inf embeddings) in
     ``divcl_nonfinite.jsonl``, then raise :class:`NonFiniteLossError` (``nonfinite_action="stop"``, or too many

@@ -8,6 +8,7 @@ model never carries a reference to the trainer afterwards (copies, pickling, mem
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from ..losses.infonce import InfoNCELoss
 
 if TYPE_CHECKING:
     from ..bank import EmbeddingBank
-    from .trainer import DivCLTrainer
+    from .host import TrainerHost
 
 __all__ = ["StepRecorder"]
 
@@ -32,17 +33,30 @@ class StepRecorder:
     epoch end and checkpoint time).
     """
 
-    def __init__(self, trainer: DivCLTrainer) -> None:
+    def __init__(self, trainer: TrainerHost) -> None:
         self.trainer = trainer
         self._capture: list[torch.Tensor] | None = None
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._hook = None
+        self._model = None
 
     # -- the forward hook (losses other than InfoNCELoss) --------------------------------------------------------
 
     def attach(self, model: torch.nn.Module) -> None:
         self.detach()
+        self._model = model
         self._hook = model.register_forward_hook(self._on_forward)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Detach the capture hook for the ``with`` block (e.g. while the model is copied), then attach it again."""
+        model = self._model
+        self.detach()
+        try:
+            yield
+        finally:
+            if model is not None:
+                self.attach(model)
 
     def detach(self) -> None:
         if self._hook is not None:

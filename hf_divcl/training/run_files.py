@@ -21,7 +21,7 @@ from ..batch_policy.selectors import SELECTORS
 from ..losses.infonce import InfoNCELoss
 
 if TYPE_CHECKING:
-    from .trainer import DivCLTrainer
+    from .host import TrainerHost
 
 __all__ = ["RunFiles", "selection_info", "write_run_file", "write_window_file"]
 
@@ -29,7 +29,7 @@ __all__ = ["RunFiles", "selection_info", "write_run_file", "write_window_file"]
 class RunFiles(TrainerCallback):
     """Writes ``divcl_window.json`` and ``divcl_run.json`` when training begins (once the sampler is built)."""
 
-    def __init__(self, trainer: DivCLTrainer) -> None:
+    def __init__(self, trainer: TrainerHost) -> None:
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -38,7 +38,7 @@ class RunFiles(TrainerCallback):
             write_run_file(self.trainer)
 
 
-def selection_info(trainer: DivCLTrainer) -> dict[str, Any]:
+def selection_info(trainer: TrainerHost) -> dict[str, Any]:
     """How per-step selection chose batches (``builder="learnability" | "hard"``), for the run file and the card."""
     a, sel, sampler = trainer.args, trainer.selector, trainer.divcl_sampler
     ref = a.learnability_reference if sel.reference is not None else None
@@ -49,7 +49,7 @@ def selection_info(trainer: DivCLTrainer) -> dict[str, Any]:
             "reference_steps": getattr(trainer, "reference_steps", None), "within_window": sel.window is not None}
 
 
-def write_run_file(trainer: DivCLTrainer) -> None:
+def write_run_file(trainer: TrainerHost) -> None:
     """``divcl_run.json``: the loss, processes, bank, false-negative masking and batch selection of the run."""
     if not trainer.is_world_process_zero():
         return
@@ -67,7 +67,7 @@ def write_run_file(trainer: DivCLTrainer) -> None:
     atomic_write_text(Path(a.output_dir, RUN_INFO_FILE), json.dumps(run, indent=2))
 
 
-def write_window_file(trainer: DivCLTrainer) -> None:
+def write_window_file(trainer: TrainerHost) -> None:
     """``divcl_window.json``: the window in force (or the decision to keep random batches, and why); nothing for a
     fixed-policy run without a window."""
     if not trainer.is_world_process_zero():

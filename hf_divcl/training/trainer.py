@@ -17,6 +17,7 @@ selection with ``builder="learnability" | "hard"``) → model → loss → :clas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -52,7 +53,7 @@ from .checkpoints import (
 )
 from .guards import OutOfMemoryAdvice, handle_nonfinite_loss, is_out_of_memory, out_of_memory_advice
 from .recorder import StepRecorder
-from .run_files import RunFiles
+from .run_files import RunFiles, write_window_file
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             # field by field: `to_dict()` would turn every `*_token` into the string "<HUB_TOKEN>" (even None)
             args = DivCLTrainingArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)
                                              if f.init and f.name in DivCLTrainingArguments.__dataclass_fields__})
-        self._user_bank = bank
+        self.user_bank = bank  # given by the user; else built when the policy needs one
         self.bank: EmbeddingBank | None = None
         self.divcl_sampler: DiversityWindowBatchSampler | None = None
         self.saved = SavedState()  # the resumed checkpoint's hf_divcl state (set when one is loaded)
@@ -113,9 +114,13 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.selector: LearnabilitySelector | MegaBatchSelector | None = None
         self.follower: WindowFollower | None = None
         self.calibration_plan: CalibrationPlan | None = None
+        self.reference_steps: int | None = None
+        self.reference_seconds = 0.0
         if train_dataset is not None:
-            train_dataset = prepare_training_rows(self, train_dataset, args, model=model,
-                                                  infonce=loss is None or isinstance(loss, InfoNCELoss))
+            rows = prepare_training_rows(train_dataset, args, model=model,
+                                         infonce=loss is None or isinstance(loss, InfoNCELoss))
+            train_dataset, self.probe_dataset = rows.dataset, rows.probe_dataset
+            self.reference_dataset, self.calibration_plan = rows.reference_dataset, rows.calibration_plan
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
                          **kwargs)
         self.args: DivCLTrainingArguments
@@ -191,8 +196,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         bank = self.saved.bank()
         if bank is not None:
             return bank
-        if self._user_bank is not None:
-            return EmbeddingBank.from_user(self._user_bank, len(dataset))
+        if self.user_bank is not None:
+            return EmbeddingBank.from_user(self.user_bank, len(dataset))
         t0 = time.perf_counter()
         bank = self.encode_bank(self.model, dataset)
         self.model.train()
@@ -229,7 +234,15 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        self._phase = "bank"
         policy = decide_batch_policy(self, dataset, batch_size, seed)
+        self._phase = "training"
+        self.bank, self.selector = policy.bank, policy.selector
+        if policy.reference is not None:
+            self.reference_steps, self.reference_seconds = policy.reference.steps, policy.reference.seconds
+        # the collator is built in __init__, before the bank exists: the selector is wired in here
+        self.data_collator.select = policy.selector
+        self.diversity.window = policy.logged_window
         a = self.args
         sampler = DiversityWindowBatchSampler(
             dataset, batch_size=batch_size * policy.factor, drop_last=drop_last,
@@ -241,6 +254,32 @@ class DivCLTrainer(SentenceTransformerTrainer):
             sampler.load_state_dict(state, skip=False)
         self.divcl_sampler = sampler
         return sampler
+
+    def apply_window(self, window: DiversityWindow | None, cut: int | None = None) -> None:
+        """Switch the running sampler to ``window`` (with :meth:`window_builder`; the bank is encoded if random
+        batches never needed one) or, with ``None``, to random batches; with ``cut``, re-plan the current epoch from
+        that global batch on. The window file is rewritten."""
+        sampler = self.divcl_sampler
+        if sampler is None:
+            return
+        if window is not None:
+            if self.bank is None:
+                self._phase = "bank"
+                self.bank = self.build_bank(self.train_dataset)
+                self._phase = "training"
+                sampler.set_bank(self.bank)
+            sampler.set_policy(self.window_builder(), window)
+        else:
+            sampler.set_policy("random", None)
+        self.diversity.window = window
+        if cut is not None:
+            sampler.replan(cut)
+        write_window_file(self)
+
+    def model_copy(self) -> torch.nn.Module:
+        """A deep copy of the model being trained, without the step recorder's embedding capture."""
+        with self.recorder.paused():
+            return copy.deepcopy(self.model)
 
     def window_builder(self) -> str:
         """The builder that plans window batches (``greedy`` when the arguments say ``random``)."""
