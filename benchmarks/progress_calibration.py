@@ -48,7 +48,7 @@ def main() -> None:
     import torch
     from scipy.stats import pearsonr, spearmanr
 
-    from hf_divcl.batch_policy.follower import _ProbeEnv, calibration_sample, probe_losses, rows_loss
+    from hf_divcl.batch_policy.follower import ProbeEnv, calibration_sample, probe_losses, rows_loss
     from hf_divcl.batch_policy.progress import StepGain, calibrate_progress, decide
     from hf_divcl.data.wordnet import wordnet_split
     from hf_divcl.models.loading import load_sentence_transformer
@@ -69,7 +69,7 @@ def main() -> None:
             trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
             plan = trainer.calibration_plan
             record: list[dict] = []
-            with _ProbeEnv(trainer):
+            with ProbeEnv(trainer):
                 rows, anchors = calibration_sample(trainer, plan.sample_rows, seed=0)
                 params = [p for p in trainer.model.parameters() if p.requires_grad]
 

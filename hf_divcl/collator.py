@@ -30,7 +30,8 @@ class DivCLDataCollator(SentenceTransformerDataCollator):
 
     Args:
         preprocess_fn: ``model.preprocess``.
-        augment: callable ``images -> (view_1, view_2)`` (e.g. :class:`hf_divcl.models.augment.TwoViewAugment`); used when a
+        augment: callable ``images -> (view_1, view_2)`` (e.g. :class:`hf_divcl.models.augment.TwoViewAugment`); used
+        when a
             batch has a single image column, which then becomes the two columns ``view_1`` / ``view_2``.
         to_inputs: callable ``(views (n, 3, S, S) float in [0, 1]) -> dict`` of model inputs (``pixel_values``);
             defaults to ``preprocess_fn`` on the list of view tensors.

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":
-    from hf_divcl.cli.steps import main
+    from hf_divcl.cli.steps import run_cli as main
 
     steps = runpy.run_path(str(Path(__file__).with_name("vision_fashion_mnist.py")))["run"]
     sys.exit(main(default_config=Path(__file__).with_suffix(".yaml"), run=steps))

@@ -61,6 +61,6 @@ def run(cfg, args) -> dict:
 
 
 if __name__ == "__main__":
-    from hf_divcl.cli.steps import main
+    from hf_divcl.cli.steps import run_cli as main
 
     sys.exit(main(default_config=CONFIG, run=run))

@@ -1,6 +1,7 @@
 """Every benchmark script runs in its --smoke configuration, so none can rot (timings are not checked here)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -60,9 +61,39 @@ def test_window_location_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_plan_epoch_smoke(tmp_path):
+    """--smoke plans N = 2000 rows (d = 32, B = 64) with every builder, the window placed below random batches'
+    diversity (random mean − 2σ … − 0.5σ): each row is complete and finite, and the builders that aim at the window
+    land in it more often than random batches do."""
     out = tmp_path / "p.json"
-    run("plan_epoch.py", "--sizes", "10000", "--output", str(out))
-    assert json.loads(out.read_text())
+    run("plan_epoch.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert (res["benchmark"], res["batch_size"], res["dim"]) == ("plan_epoch", 64, 32)
+    assert len(res["load_average_at_start"]) == len(res["load_average_at_end"]) == 3
+    rows = {r["builder_name"]: r for r in res["rows"]}
+    assert [r["builder_name"] for r in res["rows"]] == ["random", "greedy", "pool", "cluster", "no_duplicates"]
+    n, b, bank_mb = 2000, 64, 2000 * 32 * 2 / 2**20  # float16 bank
+    for name, row in rows.items():
+        assert "error" not in row, (name, row.get("error"))
+        assert row["n"] == n and row["n_batches"] == -(-n // b), name  # the partial last batch is kept
+        assert 0 < row["seconds"] < 300 and row["bank_mb"] == pytest.approx(bank_mb), name
+        assert math.isfinite(row["extra_mb"]) and row["extra_mb"] >= 0 and row["peak_rss_mb"] >= row["rss_before_mb"]
+        assert row["extra_over_bank"] == pytest.approx(row["extra_mb"] / bank_mb), name
+        assert row["memory_method"].startswith(("VmHWM", "ru_maxrss")), name
+        low, high = row["window"]
+        assert math.isfinite(low) and low < high and row["window"] == rows["random"]["window"], name
+    assert rows["no_duplicates"]["in_window_fraction"] is None  # sentence-transformers' sampler sees no window
+    planned = {name: row for name, row in rows.items() if name != "no_duplicates"}
+    for name, row in planned.items():
+        assert row["builder"] == name and row["metric"] == "effective_rank", name
+        assert 0 < row["metric_mean"] <= 32 and math.isfinite(row["metric_std"]) and row["metric_std"] >= 0, name
+        assert 0 <= row["in_window_fraction"] <= 1, name
+        assert (row["achievable"] is None) == (name == "random"), name
+    mean, std = planned["random"]["metric_mean"], planned["random"]["metric_std"]
+    assert rows["random"]["window"] == pytest.approx([mean - 2 * std, mean - 0.5 * std], rel=1e-4)
+    for name in ("greedy", "pool", "cluster"):
+        low, high = planned[name]["achievable"]
+        assert low <= rows[name]["window"][0] and rows[name]["window"][1] <= high, name  # the window is reachable
+        assert planned[name]["in_window_fraction"] > planned["random"]["in_window_fraction"], name
 
 
 @pytest.mark.slow

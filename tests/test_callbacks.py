@@ -88,7 +88,8 @@ def test_a_callback_passed_in_the_constructor_says_how_to_reach_report_to(tiny_m
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     model = SentenceTransformer(tiny_model_dir, device="cpu")
-    ds = Dataset.from_dict({"anchor": [f"word {i}" for i in range(40)], "positive": [f"meaning {i}" for i in range(40)]})
+    ds = Dataset.from_dict({"anchor": [f"word {i}" for i in range(40)],
+                            "positive": [f"meaning {i}" for i in range(40)]})
     args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), report_to=["tensorboard"],
                                                 use_cpu=True)
     cb = DiversityCallback(plots=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hf_divcl.cli.main import make_parser
 from hf_divcl.cli.recipe_config import _parse_cli
-from hf_divcl.cli.steps import main
+from hf_divcl.cli.steps import run_cli as main
 
 ROOT = Path(__file__).resolve().parents[1]
 

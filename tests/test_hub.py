@@ -192,7 +192,8 @@ def test_push_then_load_gives_identical_embeddings(hub_client, output_dir: Path,
     assert rows == LOG_ROWS
 
     # the token went only in Authorization headers: not in paths, bodies, other headers, files, logs
-    assert all(r.authorized for r in server.requests if r.method != "PUT")
+    api_requests = [r for r in server.requests if r.method != "PUT"]  # PUTs go to the LFS upload URLs, tokenless
+    assert api_requests and all(r.authorized is True for r in api_requests)
     assert_no_token(server.transcript(), token)
     assert not any(token.encode() in data for data in files.values())
     assert_no_token(caplog.text, token)
@@ -375,7 +376,10 @@ def test_token_from_environment_is_used_and_never_leaked(hub_client, output_dir:
     monkeypatch.setenv("HF_TOKEN", hub_client.token)
     push_to_hub(output_dir, REPO, endpoint=hub_client.endpoint)
     server = hub_client.server
-    assert all(r.authorized for r in server.requests if r.method != "PUT")
+    api_requests = [r for r in server.requests if r.method != "PUT"]  # PUTs go to the LFS upload URLs, tokenless
+    assert api_requests, "the push made no API request"
+    assert all(r.authorized is True for r in api_requests)  # each carried the token from HF_TOKEN
+    assert server.repo_exists(REPO) and server.commits(REPO)
     assert_no_token(server.transcript() + caplog.text, hub_client.token)
 
 

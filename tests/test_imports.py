@@ -34,4 +34,4 @@ def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'DivCLTrainr'"):
         hf_divcl.DivCLTrainr  # noqa: B018
     with pytest.raises(ImportError):
-        from hf_divcl import DivCLTrainr
+        from hf_divcl import DivCLTrainr  # noqa: F401

@@ -19,7 +19,7 @@ CHECK = textwrap.dedent("""
     from pathlib import Path
     import hf_divcl
     from hf_divcl.publish.card import TEMPLATE_PATH, write_model_card
-    from hf_divcl.cli.steps import load_recipe_config
+    from hf_divcl.cli.recipe_config import load_recipe_config
 
     site = Path(sys.argv[1]).resolve()
     assert Path(hf_divcl.__file__).resolve().is_relative_to(site), hf_divcl.__file__

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from hf_divcl.cli.recipe_config import load_recipe_config
-from hf_divcl.cli.steps import main
+from hf_divcl.cli.steps import run_cli as main
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
 

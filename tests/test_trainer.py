@@ -1,4 +1,8 @@
-"""DivCLTrainer: the default run, logging, other losses, bad input, collapse alarm, kill + resume, 2 processes."""
+"""DivCLTrainer with a fixed window: a gradient-window (window="auto") run, logging, other losses, bad input,
+collapse alarm, kill + resume, 2 processes.
+
+These runs set window="auto" (the gradient-magnitude window, calibrated once at the start) so that a window is in
+force from the first step; the default run (window="progress") is tested in tests/test_progress_trainer.py."""
 
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ def fixed_set_loss(model, ds, n=128) -> float:
 
 
 def make_args(tmp_path, **kw):
+    """Small-run arguments with window="auto" (not the default "progress"): the batches aim at a window at once."""
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3, window="auto",
                 logging_steps=2, report_to=[], disable_tqdm=True, collapse_threshold=0,
                 bank_cache_dir=str(tmp_path / "cache"), save_strategy="no")
@@ -54,6 +59,8 @@ def make_args(tmp_path, **kw):
 
 
 def test_gradient_window_trainer_trains_with_window_batches_and_logs_everything(tiny_model_dir, tmp_path):
+    """A window="auto" run (gradient-calibrated window, Greedy builder): it learns, logs every diversity and band
+    key, plans its batches in the window and saves a model that reloads identically."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(tiny_model_dir, device="cpu")

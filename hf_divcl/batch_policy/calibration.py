@@ -18,6 +18,7 @@ import torch
 from ..diversity.bands import gradient_bands
 from ..diversity.levels import SweepLevel, default_levels, draw_level, parse_level
 from ..diversity.window import METRICS, DiversityWindow, measure_diversity
+from .progress import calibrate_progress
 
 __all__ = ["CalibrationResult", "calibrate_window"]
 
@@ -88,9 +89,12 @@ def calibrate_window(
     """Choose a diversity window: around the largest InfoNCE gradient (``method="gradient"``, the paper's
     proposal) or where one step buys the most held-out progress over random batches (``method="progress"``).
 
-    ``method="progress"`` needs ``gain(rows) → float`` (e.g. :class:`hf_divcl.batch_policy.progress.StepGain`) and returns a
-    :class:`hf_divcl.batch_policy.progress.ProgressCalibration`, whose decision may be ``"random"`` (no level beat random
-    batches with ``confidence``); see :func:`hf_divcl.batch_policy.progress.calibrate_progress`. The gradient method returns a
+    ``method="progress"`` needs ``gain(rows) → float`` (e.g. :class:`hf_divcl.batch_policy.progress.StepGain`) and
+    returns a
+    :class:`hf_divcl.batch_policy.progress.ProgressCalibration`, whose decision may be ``"random"`` (no level beat
+    random
+    batches with ``confidence``); see :func:`hf_divcl.batch_policy.progress.calibrate_progress`. The gradient method
+    returns a
     :class:`CalibrationResult`. On real data the largest gradient is often not the most progress: prefer
     ``"progress"`` for training.
 
@@ -107,14 +111,14 @@ def calibrate_window(
         seed (`int`): seed of the batch draws.
         max_rows (`int`): calibrate on a seeded subset of at most this many rows.
         method (`str`): ``"gradient"`` or ``"progress"``.
-        gain, n_pairs, confidence: ``method="progress"`` only (see :func:`hf_divcl.batch_policy.progress.calibrate_progress`).
+        gain, n_pairs, confidence: ``method="progress"`` only (see
+        :func:`hf_divcl.batch_policy.progress.calibrate_progress`).
     """
     if method == "progress":
-        from ..batch_policy.progress import calibrate_progress
-
         if gain is None:
             raise ValueError("method='progress' needs gain(rows) -> float, the held-out improvement one step on a "
-                             "batch buys (e.g. hf_divcl.batch_policy.progress.StepGain); DivCLTrainer builds it for you.")
+                             "batch buys (e.g. hf_divcl.batch_policy.progress.StepGain); DivCLTrainer builds it "
+                             "for you.")
         return calibrate_progress(anchors[:max_rows], batch_size, temperature, gain, levels=levels,
                                   n_pairs=n_pairs, metric=metric, confidence=confidence, seed=seed)
     if method != "gradient":

@@ -75,7 +75,8 @@ class BatchPolicy(NamedTuple):
 
     ``builder`` and ``window`` plan each sampler batch of ``factor`` × B rows (``factor > 1``: ``selector`` keeps B
     of them in the collator); ``builder_kwargs`` go to the builder; ``bank`` is the embedding bank (``None`` when
-    nothing reads embeddings); ``logged_window`` is the window whose hit rate the diversity log reports; ``reference`` the learnability
+    nothing reads embeddings); ``logged_window`` is the window whose hit rate the diversity log reports;
+    ``reference`` the learnability
     reference bank and its cost."""
 
     builder: str

@@ -2,7 +2,8 @@
 
 :class:`DivCLTrainer` with ``window="progress"`` (the default) starts on random batches and calibrates at the
 steps that :func:`plan_calibrations` schedules — at the start, early (``recalibrate_early`` of the run) and at
-every epoch start, as far as ``calibration_budget`` affords — with :func:`hf_divcl.batch_policy.progress.calibrate_progress`.
+every epoch start, as far as ``calibration_budget`` affords — with
+:func:`hf_divcl.batch_policy.progress.calibrate_progress`.
 Each calibration either places a window (the builder then plans the rest of the epoch inside it) or keeps random
 batches, with the reason. :class:`WindowFollower` runs them from Trainer callbacks; the trajectory of decisions
 goes to ``divcl_calibrations.jsonl``, the Trainer logs, the checkpoint and the card.

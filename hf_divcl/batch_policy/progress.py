@@ -1,10 +1,12 @@
 """Progress calibration: place the diversity window where one optimizer step buys the most held-out improvement.
 
-The gradient-magnitude calibration (:func:`hf_divcl.diversity.window.calibrate_window` with ``method="gradient"``) puts the
+The gradient-magnitude calibration (:func:`hf_divcl.diversity.window.calibrate_window` with ``method="gradient"``)
+puts the
 window where the InfoNCE gradient is largest. A large gradient is not progress: on real data the level that trains
 best is often elsewhere and moves with τ. This module measures progress directly.
 
-For each candidate diversity level (tight neighbourhoods … spread out, :mod:`hf_divcl.diversity.levels`) it draws ``n_pairs``
+For each candidate diversity level (tight neighbourhoods … spread out, :mod:`hf_divcl.diversity.levels`) it draws
+``n_pairs``
 batches, each *paired* with a random batch drawn from the same generator, and scores every batch by the held-out
 improvement one step on it buys (:class:`StepGain`): the drop of the contrastive loss on a fixed probe set that is
 never trained on. Either measured exactly (``"lookahead"``: take the step, evaluate the probe, restore the weights

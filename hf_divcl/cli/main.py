@@ -41,7 +41,7 @@ def _calibrate(args: argparse.Namespace, cfg) -> int:
 
 
 def _train(args: argparse.Namespace, cfg=None) -> int:
-    from .steps import main as train_main
+    from .steps import run_cli as train_main
 
     return train_main(args.rest)
 
@@ -101,7 +101,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # recipe keys are free-form (--any_config_key value): hand them over untouched
-        from .steps import main as train_main
+        from .steps import run_cli as train_main
 
         return train_main(argv[1:])
     parser = make_parser()

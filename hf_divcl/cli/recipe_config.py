@@ -275,7 +275,7 @@ def help_text(all_keys: bool = False) -> str:
     """``hf-divcl train --help``: the recipe and diversity-window keys with their help and defaults, read without
     importing transformers; ``--help-all`` adds every TrainingArguments key (imports transformers)."""
     recipe = [(f.name, f.metadata.get("help", ""), repr(f.default)) for f in dataclasses.fields(RecipeConfig)]
-    divcl = _source_fields(Path(__file__).with_name("training_args.py"), "DivCLTrainingArguments")
+    divcl = _source_fields(Path(__file__).parents[1] / "training" / "arguments.py", "DivCLTrainingArguments")
     import textwrap
 
     from .._common import packaged_recipes

@@ -22,13 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from .._common import WINDOW_FILE
-from .recipe_config import RecipeConfig, load_recipe_config, parse_recipe_args
+from .recipe_config import RecipeConfig, parse_recipe_args
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RecipeConfig", "evaluate_model", "finish_run", "is_main_process", "load_data", "load_images",
-           "load_model", "load_recipe_config", "load_text_pairs", "main", "parse_recipe_args", "reset_card_scores",
-           "run_recipe"]
+__all__ = [
+    "evaluate_model",
+    "finish_run",
+    "is_main_process",
+    "load_data",
+    "load_images",
+    "load_model",
+    "load_text_pairs",
+    "reset_card_scores",
+    "run_cli",
+    "run_recipe",
+]
 
 TINY_IMAGE_SIZE = 28  # tiny-vit / tiny-clip input side when image_size is not set
 
@@ -237,7 +246,7 @@ def report(summary: dict[str, Any], output_dir: str) -> None:
     print(f"done in {summary['seconds']:.0f} s: {', '.join(written)} in {output_dir}")
 
 
-def main(argv: list[str] | None = None, default_config: str | os.PathLike | None = None,
+def run_cli(argv: list[str] | None = None, default_config: str | os.PathLike | None = None,
          run: Callable[[RecipeConfig, Any], dict[str, Any]] = run_recipe) -> int:
     """Entry point of ``hf-divcl train`` and of the recipe scripts (``run``: the script's steps): parse, run,
     report. Bad settings or data are one ``error:`` line and exit code 2."""

@@ -24,7 +24,7 @@ from .truncation import truncation_report
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DatasetError", "input_columns", "truncation_report", "validate_training_dataset"]
+__all__ = ["DatasetError", "model_columns", "validate_training_dataset"]
 
 RESERVED = ("return_loss", "dataset_name")
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
@@ -38,7 +38,7 @@ class DatasetError(ValueError):
     """A training data set that cannot be trained on as it is; the message names the row, column and fix."""
 
 
-def input_columns(dataset, label_columns: list[str] | tuple[str, ...], ignore: tuple[str, ...] = ()) -> list[str]:
+def model_columns(dataset, label_columns: list[str] | tuple[str, ...], ignore: tuple[str, ...] = ()) -> list[str]:
     """Columns the model will see, in order (labels and bookkeeping columns excluded)."""
     return [c for c in dataset.column_names if c not in label_columns and c not in ignore]
 
@@ -304,7 +304,7 @@ def validate_training_dataset(dataset, *, label_columns: list[str] | tuple[str, 
     if bad := sorted(set(dataset.column_names) & set(RESERVED)):
         raise DatasetError(f"Column name(s) {bad} are reserved by sentence-transformers; rename them, e.g. "
                            f"dataset.rename_column({bad[0]!r}, 'source').")
-    cols = input_columns(dataset, label_columns, ignore)
+    cols = model_columns(dataset, label_columns, ignore)
     if not cols:
         raise DatasetError(f"The data set has no input columns (columns: {dataset.column_names}); label columns "
                            f"({list(label_columns)}) are not inputs. Add the text or image columns to train on.")

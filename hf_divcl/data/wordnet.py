@@ -29,14 +29,11 @@ from typing import TYPE_CHECKING
 
 # imported names this module does not use are re-exported: every name importable from here before still is
 from .wordnet_files import (
-    WORDNET_ROOT,
     WordNetSynset,
     _have_debian,
     _missing_error,
     _resolve_root,
     iter_wordnet_synsets,
-    parse_gloss,
-    parse_synset_line,
 )
 
 if TYPE_CHECKING:
@@ -44,17 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "WORDNET_ROOT",
-    "WordNetSynset",
-    "embedded_sample_path",
-    "iter_wordnet_synsets",
-    "parse_gloss",
-    "parse_synset_line",
-    "split_key",
-    "wordnet_pairs",
-    "wordnet_split",
-]
+__all__ = ["embedded_sample_path", "split_key", "wordnet_pairs", "wordnet_split"]
 
 KINDS = ("example", "lemma", "both")
 SOURCES = ("auto", "debian", "embedded")

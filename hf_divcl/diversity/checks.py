@@ -1,7 +1,8 @@
 """Input checks shared by the diversity measures and the gradient bands: embeddings (shape, dtype, NaN/Inf,
 zero rows — each error names the first bad row), the temperature, and row normalisation.
 
-Kept apart so :mod:`hf_divcl.diversity.metrics` and :mod:`hf_divcl.diversity.bands` refuse bad input with the same messages.
+Kept apart so :mod:`hf_divcl.diversity.metrics` and :mod:`hf_divcl.diversity.bands` refuse bad input with the same
+messages.
 """
 
 from __future__ import annotations

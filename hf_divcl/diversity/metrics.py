@@ -20,21 +20,9 @@ from __future__ import annotations
 import torch
 
 # imported names this module does not use are re-exported: every name importable from here before still is
-from .bands import (
-    GradientBands,
-    gradient_bands,
-    infonce_loss,
-)
 from .checks import _check_embeddings, _float_dtype, _normalize
 
-__all__ = [
-    "DIVERSITY_METRICS",
-    "GradientBands",
-    "batch_diversity",
-    "gradient_bands",
-    "infonce_loss",
-    "participation_ratio",
-]
+__all__ = ["DIVERSITY_METRICS", "batch_diversity", "participation_ratio"]
 
 DIVERSITY_METRICS = ("effective_rank", "participation_ratio", "lambda_max", "mean_cosine", "mean_sq_cosine")
 """The batch-diversity measures :func:`batch_diversity` returns (one value per batch each)."""

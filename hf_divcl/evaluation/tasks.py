@@ -14,7 +14,8 @@
 Every function takes a ``SentenceTransformer``; the ``*_from_embeddings`` variants take precomputed embeddings.
 
 This module holds :func:`evaluate_text` and :func:`evaluate_vision` and re-exports every evaluation: the
-retrieval lives in :mod:`hf_divcl.evaluation.retrieval`, word similarity in :mod:`hf_divcl.evaluation.word_similarity`, k-NN
+retrieval lives in :mod:`hf_divcl.evaluation.retrieval`, word similarity in
+:mod:`hf_divcl.evaluation.word_similarity`, k-NN
 and the linear probe in :mod:`hf_divcl.evaluation.probes`.
 """
 
@@ -27,20 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from .probes import (
     encode_images,
-    knn_accuracy,
     knn_accuracy_from_embeddings,
-    knn_predict,
-    linear_probe_accuracy,
     linear_probe_accuracy_from_embeddings,
 )
-from .retrieval import RETRIEVAL_METRICS, retrieval_metrics
+from .retrieval import retrieval_metrics
 from .word_similarity import (
-    GENSIM_REQUIREMENT,
-    WORD_SIMILARITY_FILES,
-    read_word_pairs,
-    spearman,
     word_similarity,
-    word_similarity_path,
 )
 
 if TYPE_CHECKING:
@@ -49,24 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "GENSIM_REQUIREMENT",
-    "RETRIEVAL_METRICS",
-    "WORD_SIMILARITY_FILES",
-    "encode_images",
-    "evaluate_text",
-    "evaluate_vision",
-    "knn_accuracy",
-    "knn_accuracy_from_embeddings",
-    "knn_predict",
-    "linear_probe_accuracy",
-    "linear_probe_accuracy_from_embeddings",
-    "read_word_pairs",
-    "retrieval_metrics",
-    "spearman",
-    "word_similarity",
-    "word_similarity_path",
-]
+__all__ = ["evaluate_text", "evaluate_vision"]
 
 
 def _column(data: datasets.Dataset | Mapping[str, Any], column: str, what: str) -> list:

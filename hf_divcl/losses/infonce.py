@@ -25,23 +25,13 @@ from torch import nn
 
 from .false_negatives import (
     _check_false_negatives,
-    false_negative_mask,
 )
-from .gather import _dist_ready, gather_with_grad
+from .gather import _dist_ready
 
 # imported names this module does not use are re-exported: every name importable from here before still is
-from .maths import LOSS_TYPES, ContrastiveOutput, contrastive_loss, whiten
+from .maths import LOSS_TYPES, ContrastiveOutput, contrastive_loss
 
-__all__ = [
-    "ContrastiveOutput",
-    "InfoNCELoss",
-    "check_false_negative_setup",
-    "contrastive_loss",
-    "false_negative_mask",
-    "gather_with_grad",
-    "load_guide_model",
-    "whiten",
-]
+__all__ = ["InfoNCELoss", "check_false_negative_setup", "load_guide_model"]
 
 logger = logging.getLogger(__name__)
 

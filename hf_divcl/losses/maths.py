@@ -79,7 +79,8 @@ class ContrastiveOutput:
 
     def inbatch_negative_mask(self) -> torch.Tensor | None:
         """`(N, N)` True = kept: each anchor against the global batch's positives — the in-batch negatives of
-        :func:`~hf_divcl.diversity.metrics.gradient_bands` (diagonal: the anchor's own positive). ``None`` without masking."""
+        :func:`~hf_divcl.diversity.metrics.gradient_bands` (diagonal: the anchor's own positive). ``None`` without
+        masking."""
         if self.negative_mask is None:
             return None
         n = self.anchors.shape[0]
@@ -122,7 +123,8 @@ def contrastive_loss(
         whitening: ZCA-whiten the global batch (anchors, positives, negatives together) before normalising.
         gather: use every process's rows as candidates (with gradient) when ``torch.distributed`` is running.
         false_negatives: ``"none"`` or ``"mask"``: remove from each query's softmax the negatives whose reference
-            similarity reaches the positive's minus ``false_negative_margin`` (see :mod:`hf_divcl.losses.false_negatives` and
+            similarity reaches the positive's minus ``false_negative_margin`` (see
+            :mod:`hf_divcl.losses.false_negatives` and
             :func:`false_negative_mask`); the counts are in ``masked_stats``.
         false_negative_margin: the margin (cosine units; default 0: mask what the reference ranks above the positive).
         reference: the reference view, one ``(n, d_r)`` tensor per column (anchors, positives, negatives) of this

@@ -17,7 +17,8 @@ __all__ = ["calibrate_target", "target_sketch_mcos2"]
 def calibrate_target(ctx: PlanContext, n_rows: int = 20_000, n_batches: int = 12) -> dict[str, Any]:
     """Measure on the data how the window metric relates to the sketch's mean cos², and the achievable range.
 
-    Draws batches from tight neighbourhoods to spread-out sets (see :mod:`hf_divcl.diversity.levels`) on a sample of rows.
+    Draws batches from tight neighbourhoods to spread-out sets (see :mod:`hf_divcl.diversity.levels`) on a sample of
+    rows.
     Returns ``{"achievable": (lo, hi), "metric": tensor, "sketch_mcos2": tensor}``.
     """
     if ctx.calibration:

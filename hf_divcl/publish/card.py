@@ -201,7 +201,8 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
                      template_path: str | Path | None = None, log_file: str = DIVERSITY_LOG_FILE) -> Path:
     """Write ``README.md``, ``diversity_trajectory.png`` and ``gradient_bands.png`` into ``output_dir``.
 
-    Reads the diversity log (``log_file``, the run's ``diversity_log_file``), ``divcl_window.json``, ``divcl_calibration.json`` (when the window was
+    Reads the diversity log (``log_file``, the run's ``diversity_log_file``), ``divcl_window.json``,
+    ``divcl_calibration.json`` (when the window was
     calibrated) and ``training_args.json`` / ``trainer_state.json`` when present. ``evaluation`` maps a metric name
     to ``(before, after)``.
     """

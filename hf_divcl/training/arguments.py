@@ -1,16 +1,8 @@
 """``DivCLTrainingArguments``: sentence-transformers' training arguments plus the diversity-window options.
 
-Every option has a default and help text, and works from Python, YAML recipes and the command line. By group:
-
-* **batch policy** — ``window`` (``progress`` default, ``auto``, ``none``, ``low:high``), the progress calibration
-  (``calibration_*``, ``recalibrate_*``), ``builder`` / ``builder_kwargs``, ``on_infeasible``, ``dedupe``,
-  ``mega_batch_factor``; the per-step selectors (``builder="learnability" | "hard"``, ``learnability_*``);
-* **bank** — ``bank_source``, ``bank_refresh_epochs``, ``bank_cache_dir``, ``bank_encode_batch_size``;
-* **loss** — ``temperature``, ``learnable_temperature``, ``loss_type``, ``symmetric_loss``,
-  ``gather_across_devices``, ``whitening``, ``false_negatives`` / ``false_negative_margin`` /
-  ``false_negative_guide``;
-* **logs and safety** — ``log_bands``, ``diversity_log_file``, ``collapse_*``, ``nonfinite_*``, ``logging_steps``;
-* **images** — ``image_size``, ``augment_scale_min``, ``augment_jitter``.
+Every option has a default and help text, and works from Python, YAML recipes and the command line. The options come
+in groups (batch policy: the window, the builder, the per-step selectors; bank; loss; logs and safety; images); the
+class docstring documents each one, group by group, in field order.
 """
 
 from __future__ import annotations
@@ -30,14 +22,135 @@ from ..diversity.window import DiversityWindow
 
 __all__ = ["BANK_SOURCES", "DivCLTrainingArguments"]
 
-"""Builders that select each step's batch from a super-batch (mega-batch path) instead of planning the epoch."""
 BANK_SOURCES = ("training", "reference")
+"""Where the bank's embeddings come from (``bank_source``): the training steps' own, or the starting model's."""
 
 
 @dataclass
 class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
-    """sentence-transformers training arguments plus the diversity-window options (all with defaults)."""
+    r"""
+    Configuration class for [`DivCLTrainer`]: sentence-transformers' training arguments plus the diversity-window
+    options, all with defaults.
 
+    Only the options specific to hf_divcl are listed here; every
+    [`~sentence_transformers.SentenceTransformerTrainingArguments`] option works too. With
+    [`~transformers.HfArgumentParser`] (``hf-divcl train``, the recipes) each one is a command-line flag and a YAML key.
+    Options marked *experimental* have no benchmark behind them yet.
+
+    Parameters:
+        > Batch policy: the window
+
+        window (`str`, *optional*, defaults to `"progress"`):
+            `"progress"` (a window only where it beats random batches), `"auto"`, `"[metric:]low:high"`, `"none"`.
+        window_keep_fraction (`float`, *optional*, defaults to `0.9`):
+            `window="auto"`: keep the levels whose mean gradient norm reaches this fraction of the peak.
+        calibration_budget (`float`, *optional*, defaults to `0.05`):
+            `window="progress"`: the calibrations' cost cap, as a fraction of the run's training batches.
+        calibration_pairs (`int` or `None`, *optional*, defaults to `None`):
+            `window="progress"`: scored batches per level, each paired with a random one (default: 3 to 8).
+        calibration_levels (`str` or `None`, *optional*, defaults to `None`):
+            `window="progress"`: comma-separated candidate levels, e.g. `"local:64,local:256,spread:4"`.
+        calibration_estimate (`str`, *optional*, defaults to `"first_order"`):
+            `window="progress"`: how a step's gain is estimated, `"first_order"` or `"lookahead"` (step, restore).
+        calibration_confidence (`float`, *optional*, defaults to `0.9`):
+            `window="progress"`: a level wins only if this two-sided interval of its gain lies above 0.
+        calibration_probe_rows (`int`, *optional*, defaults to `0`):
+            `window="progress"`: training rows held out as the probe set (0: 2 × the global batch, ≤ 5 % of rows).
+        calibration_sample_rows (`int`, *optional*, defaults to `0`):
+            `window="progress"`: rows encoded per calibration for candidate batches (0: 8 × the global batch).
+        recalibrate_every (`str`, *optional*, defaults to `"epoch"`):
+            `window="progress"`: re-calibrate every epoch (`"epoch"`), every N steps (`"N"`) or never (`"none"`).
+        recalibrate_early (`float`, *optional*, defaults to `0.1`):
+            `window="progress"`: also re-calibrate after this fraction of the steps (0: not).
+
+        > Batch policy: the builder
+
+        builder (`str`, *optional*, defaults to `"greedy"`):
+            `"greedy"`, `"pool"`, `"cluster"`, `"random"` plan the epoch; `"learnability"`, `"hard"` select per step.
+        builder_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            The builder's options as a dict or JSON, e.g. `{"m": 64}` (greedy) or `{"p": 3}` (pool).
+        on_infeasible (`str`, *optional*, defaults to `"closest"`):
+            A window out of reach: `"closest"` (warn, aim as close as possible) or `"raise"` (alias `"error"`).
+        dedupe (`bool`, *optional*, defaults to `True`):
+            Keep rows with identical text (or identical image bytes) out of the same batch.
+        mega_batch_factor (`int`, *optional*, defaults to `1`):
+            M > 1: draw M × B random rows per step, keep the B that fit the window best (selectors: M = 4).
+
+        > Batch policy: the per-step selectors
+
+        learnability_reference (`str`, *optional*, defaults to `"held_out"`):
+            `builder="learnability"`: the reference model, `"held_out"`, `"guide"` or a SentenceTransformer path.
+        learnability_reference_rows (`int`, *optional*, defaults to `0`):
+            `"held_out"` reference: training rows held out for it (0: 5 %, ≥ 4 global batches, ≤ 2000).
+        learnability_reference_steps (`int`, *optional*, defaults to `0`):
+            `"held_out"` reference: optimizer steps of its fine-tune (0: 20 % of the run's, at least 10).
+        learnability_chunks (`int`, *optional*, defaults to `4`):
+            `builder="learnability"` / `"hard"`: chunks per batch, each scored given the rows chosen before it.
+
+        > Bank
+
+        bank_source (`str`, *optional*, defaults to `"training"`):
+            `"training"` (updated from the training steps' embeddings) or `"reference"` (the starting model's).
+        bank_refresh_epochs (`int`, *optional*, defaults to `0`):
+            Re-encode the whole data set every k epochs (0: never); *experimental*.
+        bank_cache_dir (`str` or `None`, *optional*, defaults to `None`):
+            Cache of reference encodings (default: `$HF_DIVCL_CACHE` or `~/.cache/hf_divcl/banks`).
+        bank_encode_batch_size (`int`, *optional*, defaults to `64`):
+            Batch size of the reference encoding.
+
+        > Loss
+
+        temperature (`float`, *optional*, defaults to `0.05`):
+            InfoNCE temperature τ (logits = cos/τ); 0.05 is MultipleNegativesRankingLoss's scale 20.
+        learnable_temperature (`bool`, *optional*, defaults to `False`):
+            Learn log τ (clamped to [0.01, 1]); *experimental*.
+        loss_type (`str`, *optional*, defaults to `"infonce"`):
+            `"infonce"` (anchor → positives and hard negatives) or `"nt_xent"` (SimCLR, 2N views).
+        symmetric_loss (`bool`, *optional*, defaults to `False`):
+            InfoNCE in both directions (CLIP-style).
+        gather_across_devices (`bool`, *optional*, defaults to `True`):
+            Negatives from every process, with gradient: the loss and the window see the global batch.
+        whitening (`bool`, *optional*, defaults to `False`):
+            ZCA-whiten each global batch before the loss.
+        whitening_eps (`float`, *optional*, defaults to `0.05`):
+            Whitening shrinkage, relative to the mean variance.
+        false_negatives (`str`, *optional*, defaults to `"none"`):
+            `"mask"` (GISTEmbed's rule), `"duplicates"` (identical anchor or positive only) or `"none"`.
+        false_negative_margin (`float`, *optional*, defaults to `0.0`):
+            `"mask"`: mask a negative when ref(anchor, negative) ≥ ref(anchor, positive) − margin.
+        false_negative_guide (`str` or `None`, *optional*, defaults to `None`):
+            `"mask"`: a SentenceTransformer folder whose embeddings decide the mask; *experimental*.
+
+        > Logs and safety
+
+        log_bands (`bool`, *optional*, defaults to `True`):
+            Log exact per-anchor gradient norms and their spectral bands at every logging step.
+        diversity_log_file (`str`, *optional*, defaults to `"diversity_log.jsonl"`):
+            JSON-lines log of every logging step, in `output_dir` (`""` disables it).
+        collapse_threshold (`float`, *optional*, defaults to `1.5`):
+            A batch whose effective rank is below this counts as collapsed (0 disables the alarm).
+        collapse_patience (`int`, *optional*, defaults to `20`):
+            Collapsed steps in a row that raise the alarm.
+        collapse_action (`str`, *optional*, defaults to `"warn"`):
+            `"warn"` or `"stop"` (finish the current step, save, and end training).
+        nonfinite_action (`str`, *optional*, defaults to `"stop"`):
+            A NaN/Inf loss: `"stop"` (raise, naming the step and rows) or `"skip"` (a zero gradient, logged).
+        nonfinite_max_skips (`int`, *optional*, defaults to `10`):
+            `nonfinite_action="skip"`: stop anyway after this many skipped batches.
+        logging_steps (`float`, *optional*, defaults to `10`):
+            Log loss, diversity and bands every N steps; a float < 1 is a fraction of the total steps.
+
+        > Images
+
+        image_size (`int` or `None`, *optional*, defaults to `None`):
+            Side of augmented image views (default: the model's image processor size).
+        augment_scale_min (`float`, *optional*, defaults to `0.3`):
+            Smallest random-resized-crop area fraction.
+        augment_jitter (`float`, *optional*, defaults to `0.4`):
+            Brightness/contrast jitter strength.
+    """
+
+    # batch policy: the window
     window: str = field(default="progress", metadata={
         "help": "Diversity window: 'progress' (default: start on random batches; a window only where measured "
                 "held-out progress per step beats random batches with confidence, re-measured as the model moves), "
@@ -72,6 +185,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "after the early one ('none')."})
     recalibrate_early: float = field(default=0.1, metadata={
         "help": "'progress' window: also re-calibrate after this fraction of the steps (0: not)."})
+
+    # batch policy: the builder
     builder: str = field(default="greedy", metadata={
         "help": "Batch builder: greedy (Greedy-m), pool (Pool-P), cluster (k-means mix) or random, aiming at the "
                 "window; or a per-step selector from a super-batch of mega_batch_factor × B random rows: "
@@ -80,6 +195,17 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "choices": ["greedy", "pool", "cluster", "random", "learnability", "hard"]})
     builder_kwargs: dict | str | None = field(default=None, metadata={
         "help": "Builder options as a dict or JSON, e.g. '{\"m\": 64}' (greedy) or '{\"p\": 3}' (pool)."})
+    on_infeasible: str = field(default="closest", metadata={
+        "help": "When the window is out of reach on this data: 'closest' (warn, aim as close as possible) or "
+                "'raise' (alias 'error': stop with the measured range).", "choices": ["closest", "raise", "error"]})
+    dedupe: bool = field(default=True, metadata={
+        "help": "Keep rows with identical text (or identical image bytes) out of the same batch."})
+    mega_batch_factor: int = field(default=1, metadata={
+        "help": "Mega-batch mode (M > 1): the sampler draws M×B random rows per step and the collator keeps the B "
+                "whose bank embeddings best fit the window (or, with builder='learnability'/'hard', the most "
+                "learnable / hardest; those default to M = 4); one epoch then trains on 1/M of the rows."})
+
+    # batch policy: per-step selectors
     learnability_reference: str = field(default="held_out", metadata={
         "help": "builder='learnability': the reference model. 'held_out' (a copy of the starting model fine-tuned "
                 "briefly on a held-out slice of the training rows, never trained on by the run), 'guide' (the "
@@ -93,24 +219,25 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     learnability_chunks: int = field(default=4, metadata={
         "help": "builder='learnability'/'hard': chunks per batch; each chunk is scored given the rows chosen "
                 "before it."})
-    on_infeasible: str = field(default="closest", metadata={
-        "help": "When the window is out of reach on this data: 'closest' (warn, aim as close as possible) or "
-                "'raise' (alias 'error': stop with the measured range).", "choices": ["closest", "raise", "error"]})
-    dedupe: bool = field(default=True, metadata={
-        "help": "Keep rows with identical text (or identical image bytes) out of the same batch."})
+
+    # bank
     bank_source: str = field(default="training", metadata={
         "help": "'training': encode once with the starting model, then update each row from the training steps' "
                 "own embeddings (no extra forward passes); 'reference': keep the starting model's encoding.",
         "choices": list(BANK_SOURCES)})
     bank_refresh_epochs: int = field(default=0, metadata={
-        "help": "Re-encode the whole data set every k epochs (0: never)."})
+        "help": "Re-encode the whole data set every k epochs (0: never)."
+                " (experimental: no benchmark supports it yet)"})
     bank_cache_dir: str | None = field(default=None, metadata={
         "help": "Cache of reference encodings keyed by model and data fingerprints (default: "
                 "$HF_DIVCL_CACHE or ~/.cache/hf_divcl/banks)."})
     bank_encode_batch_size: int = field(default=64, metadata={"help": "Batch size of the reference encoding."})
+
+    # loss
     temperature: float = field(default=0.05, metadata={
         "help": "InfoNCE temperature τ (logits = cos/τ); 0.05 equals MultipleNegativesRankingLoss's scale 20."})
-    learnable_temperature: bool = field(default=False, metadata={"help": "Learn log τ (clamped to [0.01, 1])."})
+    learnable_temperature: bool = field(default=False, metadata={
+        "help": "Learn log τ (clamped to [0.01, 1]). (experimental: no benchmark supports it yet)"})
     loss_type: str = field(default="infonce", metadata={
         "help": "'infonce' (anchor → positives, + hard-negative columns) or 'nt_xent' (SimCLR, 2N views).",
         "choices": ["infonce", "nt_xent"]})
@@ -125,14 +252,16 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "own embeddings, detached, or false_negative_guide); 'duplicates': remove only the certain ones, "
                 "in-batch rows with an identical anchor or positive (e.g. the same caption); 'none': keep all.",
         "choices": ["none", "mask", "duplicates"]})
-    false_negative_guide: str | None = field(default=None, metadata={
-        "help": "false_negatives='mask': path of a SentenceTransformer whose embeddings decide what is masked "
-                "(GISTEmbed's guide; checked on a few rows before training). Default: the model's own embeddings, "
-                "detached."})
     false_negative_margin: float = field(default=0.0, metadata={
         "help": "false_negatives='mask': a negative is masked when ref(anchor, negative) ≥ ref(anchor, positive) − "
                 "margin (cosine units, in [-2, 2]); 0 masks those the reference ranks above the positive, a larger "
                 "margin masks more."})
+    false_negative_guide: str | None = field(default=None, metadata={
+        "help": "false_negatives='mask': path of a SentenceTransformer whose embeddings decide what is masked "
+                "(GISTEmbed's guide; checked on a few rows before training). Default: the model's own embeddings, "
+                "detached. (experimental: no benchmark supports it yet)"})
+
+    # logs and safety
     log_bands: bool = field(default=True, metadata={
         "help": "Log exact per-anchor gradient norms and their spectral bands at every logging step."})
     diversity_log_file: str = field(default=DIVERSITY_LOG_FILE, metadata={
@@ -149,17 +278,15 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "divcl_nonfinite.jsonl).", "choices": ["stop", "skip"]})
     nonfinite_max_skips: int = field(default=10, metadata={
         "help": "With nonfinite_action='skip': stop anyway after this many skipped batches."})
-    mega_batch_factor: int = field(default=1, metadata={
-        "help": "Mega-batch mode (M > 1): the sampler draws M×B random rows per step and the collator keeps the B "
-                "whose bank embeddings best fit the window (or, with builder='learnability'/'hard', the most "
-                "learnable / hardest; those default to M = 4); one epoch then trains on 1/M of the rows."})
+    logging_steps: float = field(default=10, metadata={
+        "help": "Log (loss, diversity, bands) every N steps; a float < 1 is a fraction of the total steps."})
+
+    # images
     image_size: int | None = field(default=None, metadata={
         "help": "Side of augmented image views (default: the model's image processor size); recipes also build "
                 "the tiny-vit / tiny-clip encoders for it (default 28)."})
     augment_scale_min: float = field(default=0.3, metadata={"help": "Smallest random-resized-crop area fraction."})
     augment_jitter: float = field(default=0.4, metadata={"help": "Brightness/contrast jitter strength."})
-    logging_steps: float = field(default=10, metadata={
-        "help": "Log (loss, diversity, bands) every N steps; a float < 1 is a fraction of the total steps."})
 
     def __post_init__(self) -> None:
         if world_size() > 1 and not self.use_cpu and not torch.cuda.is_available() \

@@ -31,7 +31,6 @@ from ..diversity.bands import gradient_bands
 # imported names this module does not use are re-exported: every name importable from here before still is
 from ..diversity.log import (
     PREFIX,
-    format_log_line,
     read_diversity_log,
     use_readable_console,
 )
@@ -39,8 +38,7 @@ from ..diversity.metrics import DIVERSITY_METRICS, batch_diversity
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "CollapseError", "DiversityCallback", "DiversityLogger", "format_log_line", "read_diversity_log",
-           "use_readable_console"]
+__all__ = ["CollapseError", "DiversityCallback", "DiversityLogger"]
 
 _STEP_METRICS = DIVERSITY_METRICS
 

@@ -6,11 +6,14 @@
     >>> trainer.train()
 
 With no hf_divcl-specific argument this trains on random batches until a measured diversity window beats them
-(``window="progress"``, see :mod:`hf_divcl.batch_policy.follower`), with the project's InfoNCE on the global batch and full
+(``window="progress"``, see :mod:`hf_divcl.batch_policy.follower`), with the project's InfoNCE on the global batch
+and full
 diversity logging. The data flow per run: dataset → (validated, row ids) → bank (reference encoding when a builder
-needs one, then updated from each step's embeddings, :mod:`hf_divcl.training.recorder`) → builder (:mod:`hf_divcl.planning`)
+needs one, then updated from each step's embeddings, :mod:`hf_divcl.training.recorder`) → builder
+(:mod:`hf_divcl.planning`)
 → :class:`~hf_divcl.sampler.DiversityWindowBatchSampler` → :class:`~hf_divcl.collator.DivCLDataCollator` (per-step
-selection with ``builder="learnability" | "hard"``) → model → loss → :class:`~hf_divcl.training.callbacks.DiversityLogger`
+selection with ``builder="learnability" | "hard"``) → model → loss →
+:class:`~hf_divcl.training.callbacks.DiversityLogger`
 → run files (:mod:`hf_divcl.training.run_files`) → card → Hub. Checkpoints carry the bank and the epoch plan
 (:mod:`hf_divcl.training.checkpoints`), so ``resume_from_checkpoint`` continues the same plan.
 """
@@ -57,7 +60,7 @@ from .run_files import RunFiles, write_window_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DivCLTrainer", "DivCLTrainingArguments"]
+__all__ = ["DivCLTrainer"]
 
 class _DivCLControl(TrainerCallback):
     """Epoch-end bank maintenance and the learnable temperature's gradient across processes."""
@@ -378,7 +381,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
     _run_id: str | None = None
 
     def _data_identity(self) -> dict[str, Any]:
-        """What a checkpoint records about its training data (compared on resume, see :mod:`hf_divcl.training.checkpoints`)."""
+        """What a checkpoint records about its training data (compared on resume, see
+        :mod:`hf_divcl.training.checkpoints`)."""
         ds = self.train_dataset
         return {"data_fingerprint": getattr(ds, "_fingerprint", None),
                 "rows": len(ds) if hasattr(ds, "__len__") else None,

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import evaluate
 
-__all__ = ["METRICS", "load", "metric_path"]
+__all__ = ["METRIC_MODULES", "load", "metric_path"]
 
-METRICS = ("batch_diversity", "embedding_similarity")
+METRIC_MODULES = ("batch_diversity", "embedding_similarity")
 """Names of the metric modules in this folder."""
 
 
 def metric_path(name: str) -> str:
     """Folder of the metric module ``name`` (pass it to ``evaluate.load``)."""
-    if name not in METRICS:
-        raise ValueError(f"Unknown hf_divcl metric {name!r}; available: {', '.join(METRICS)}.")
+    if name not in METRIC_MODULES:
+        raise ValueError(f"Unknown hf_divcl metric {name!r}; available: {', '.join(METRIC_MODULES)}.")
     return str(Path(__file__).resolve().parent / name)
 
 

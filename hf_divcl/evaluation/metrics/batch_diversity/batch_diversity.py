@@ -1,7 +1,8 @@
 """Batch diversity of a set of embeddings as an `evaluate` metric (loadable offline by path).
 
 All rows added with ``add``/``add_batch``/``compute`` form ONE batch ``(B, d)``; the numbers are those of
-``hf_divcl.diversity.metrics.batch_diversity`` on that batch in float64. Keep one import per line: `evaluate` parses them.
+``hf_divcl.diversity.metrics.batch_diversity`` on that batch in float64. Keep one import per line: `evaluate` parses
+them.
 """
 
 import datasets

@@ -1,1 +1,2 @@
-"""The ``embedding_similarity`` `evaluate` metric: load it with ``hf_divcl.evaluation.metrics.load("embedding_similarity")``."""
+"""The ``embedding_similarity`` `evaluate` metric: load it with
+``hf_divcl.evaluation.metrics.load("embedding_similarity")``."""
