@@ -3,11 +3,11 @@
 import pytest
 
 from hf_divcl.cli.diagnose import DiagnoseConfig
-from hf_divcl.cli.parser import dataclass_parser, parse_with_config
+from hf_divcl.cli.parser import config_parser, parse_config
 
 
 def parse(argv):
-    (cfg,) = parse_with_config(dataclass_parser(DiagnoseConfig), [DiagnoseConfig], argv)
+    (cfg,) = parse_config(config_parser(DiagnoseConfig), [DiagnoseConfig], argv)
     return cfg
 
 
@@ -27,7 +27,7 @@ def test_list_and_optional_flags():
 def test_unknown_yaml_key_fails_with_valid_keys(tmp_path):
     cfg_file = tmp_path / "d.yaml"
     cfg_file.write_text("batch_sise: 16\n")
-    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['batch_sise'\].*batch_size"):
+    with pytest.raises(ValueError, match=r"d.yaml: unknown key 'batch_sise'. Did you mean 'batch_size'"):
         parse(["--config", str(cfg_file)])
 
 

@@ -1,7 +1,7 @@
-"""The ``hf-divcl`` command line: ``hf-divcl {diagnose,calibrate,train} [--config x.yaml] [--flags]``.
+"""The ``hf-divcl`` command line: ``hf-divcl {train,diagnose,calibrate,push} [--config x.yaml] [--flags]``.
 
-Heavy libraries (torch, transformers) are imported only inside the command that needs them, so ``--help``
-answers instantly.
+Every command parses its options the same way (:mod:`hf_divcl.cli.parser`: a config dataclass, YAML underneath the
+flags). Heavy libraries (torch, sentence-transformers) are imported only inside the command that needs them.
 """
 
 from __future__ import annotations
@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from .parser import add_config_option, parse_with_config
+from .._common import DIVERSITY_LOG_FILE
+from .parser import config_parser, parse_config
 
-__all__ = ["main"]
+__all__ = ["PushConfig", "command_parser", "main", "make_parser"]
 
 
 def _diagnose(args: argparse.Namespace, cfg) -> int:
@@ -40,80 +44,93 @@ def _calibrate(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace, cfg=None) -> int:
-    from .steps import run_cli as train_main
+@dataclass
+class PushConfig:
+    """``hf-divcl push``: upload a trained output folder (weights, tokenizer, card, plots, diversity log as JSONL and
+    Parquet, training arguments) to the Hub. The token comes from ``HF_TOKEN`` or ``hf auth login``, never from the
+    command line."""
 
-    return train_main(args.rest)
+    output_dir: str = field(default="", metadata={"help": "Folder written by a DivCLTrainer run or a recipe "
+                                                          "(also the first positional argument)."})
+    repo_id: str = field(default="", metadata={"help": "namespace/name on the Hub (also the second positional "
+                                                       "argument)."})
+    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
+    endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT or "
+                                                                 "huggingface.co)."})
+    message: str = field(default="Upload model trained with diversity-window batches (hf_divcl)",
+                         metadata={"help": "Commit message."})
+    diversity_log_file: str = field(default=DIVERSITY_LOG_FILE, metadata={
+        "help": "The run's diversity log in output_dir (also uploaded as Parquet)."})
+
+    def __post_init__(self) -> None:
+        if not self.output_dir or not self.repo_id:
+            raise ValueError("push needs the output folder and the repo id: hf-divcl push OUTPUT_DIR NAMESPACE/NAME "
+                             "(or --output_dir / --repo_id, or both keys in --config).")
 
 
-def _push(args: argparse.Namespace, cfg=None) -> int:
+def _push(args: argparse.Namespace, cfg: PushConfig) -> int:
     from ..publish.hub import push_to_hub
 
-    url = push_to_hub(args.output_dir, args.repo_id, private=args.private, endpoint=args.endpoint,
-                      commit_message=args.message)
-    print(f"pushed {args.output_dir} to {url}")
+    url = push_to_hub(cfg.output_dir, cfg.repo_id, private=cfg.private, endpoint=cfg.endpoint,
+                      commit_message=cfg.message, log_file=cfg.diversity_log_file)
+    print(f"pushed {cfg.output_dir} to {url}")
     return 0
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """The ``hf-divcl`` parser; ``diagnose`` and ``calibrate`` are ``HfArgumentParser`` s over their config
-    dataclasses (``parser.configs``: command → (config class, its parser))."""
-    from transformers import HfArgumentParser
-
+def _config_classes() -> dict[str, tuple[type, Callable[[argparse.Namespace, Any], int], str]]:
     from .calibrate import CalibrateConfig
     from .diagnose import DiagnoseConfig
 
+    return {
+        "diagnose": (DiagnoseConfig, _diagnose, "Embed random and diversity-controlled batches with a model and "
+                     "report diversity, measured vs. predicted gradient norms and the gradient-vs-diversity curve."),
+        "calibrate": (CalibrateConfig, _calibrate, "Choose the diversity window around the batch diversity that "
+                      "maximises the InfoNCE gradient for a model, data set, batch size and temperature."),
+        "push": (PushConfig, _push, PushConfig.__doc__.split("\n\n")[0].replace("\n    ", " ")),
+    }
+
+
+def command_parser(command: str):
+    """The parser of one command (``diagnose``, ``calibrate``, ``push``): an ``HfArgumentParser`` over its config
+    dataclass with ``--config`` (:func:`hf_divcl.cli.parser.config_parser`) and ``--quiet``."""
+    cls, _, about = _config_classes()[command]
+    parser = config_parser(cls, prog=f"hf-divcl {command}", description=about)
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    return parser
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The ``hf-divcl`` parser: ``--log-level`` and the command; the command's own options go to its parser
+    (:func:`command_parser`; ``train``: :func:`hf_divcl.cli.recipe_config.parse_recipe_args`)."""
     parser = argparse.ArgumentParser(prog="hf-divcl", description="Diversity-window batches for contrastive "
-                                     "encoders: measure batch diversity and InfoNCE gradient bands.")
+                                     "encoders: measure batch diversity and InfoNCE gradient bands, train, publish.",
+                                     allow_abbrev=False)
     parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
-    parser.configs = {}
-    for name, cls, func, about in (
-            ("diagnose", DiagnoseConfig, _diagnose, "Embed random and diversity-controlled batches with a model "
-             "and report diversity, measured vs. predicted gradient norms and the gradient-vs-diversity curve."),
-            ("calibrate", CalibrateConfig, _calibrate, "Choose the diversity window around the batch diversity that "
-             "maximises the InfoNCE gradient for a model, data set, batch size and temperature.")):
-        p = sub.add_parser(name, dataclass_types=[cls], allow_abbrev=False, help=about)
-        add_config_option(p)
-        p.add_argument("--quiet", action="store_true", help="No progress bars.")
-        p.set_defaults(func=func)
-        parser.configs[name] = (cls, p)
-    p = sub.add_parser("train", dataclass_types=[], add_help=False,
-                       help="Run a recipe: train with diversity-window batches, evaluate, write the model card "
-                       "(and push). `hf-divcl train --config recipes/text_wordnet.yaml "
-                       "--max_steps 20`; `hf-divcl train --help` lists the keys.")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_train)
-    p = sub.add_parser("push", dataclass_types=[],
-                       help="Upload a trained output folder (weights, tokenizer, card, plots, diversity log "
-                       "as JSONL and Parquet, training arguments) to the Hub. The token comes from HF_TOKEN or "
-                       "`huggingface-cli login`, never from the command line.")
-    p.add_argument("output_dir", help="Folder written by a DivCLTrainer run or a recipe.")
-    p.add_argument("repo_id", help="namespace/name on the Hub.")
-    p.add_argument("--private", action="store_true", help="Create the repo as private.")
-    p.add_argument("--endpoint", default=None, help="Hub endpoint (default: HF_ENDPOINT or huggingface.co).")
-    p.add_argument("--message", default="Upload model trained with diversity-window batches (hf_divcl)",
-                   help="Commit message.")
-    p.set_defaults(func=_push)
+    parser.add_argument("command", choices=["train", "diagnose", "calibrate", "push"],
+                        help="train: run a recipe (`hf-divcl train --help` lists its keys); diagnose, calibrate: "
+                        "measure a model's batches; push: upload an output folder. `hf-divcl COMMAND --help`.")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the command's options")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:  # recipe keys are free-form (--any_config_key value): hand them over untouched
-        from .steps import run_cli as train_main
+    args = make_parser().parse_args(argv)
+    if args.command == "train":  # the recipe's own entry point parses, reports errors and sets up logging
+        from .steps import run_cli
 
-        return train_main(argv[1:])
-    parser = make_parser()
-    args = parser.parse_args(argv)
+        return run_cli(args.options)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")
+    cls, func, _ = _config_classes()[args.command]
+    parser = command_parser(args.command)
+    options = list(args.options)
+    if args.command == "push" and len(options) >= 2 and not any(o.startswith("-") for o in options[:2]):
+        options = ["--output_dir", options[0], "--repo_id", options[1], *options[2:]]  # hf-divcl push OUT REPO
     try:
-        cfg = None
-        if args.command in parser.configs:  # again, with the --config YAML underneath the flags
-            cls, sub = parser.configs[args.command]
-            (cfg,) = parse_with_config(sub, [cls], argv[argv.index(args.command) + 1:])
-        return args.func(args, cfg)
+        (cfg,) = parse_config(parser, [cls], options)
+        args.quiet = parser.parse_known_args(options)[0].quiet
+        return func(args, cfg)
     except (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError) as err:
         print(f"hf-divcl {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,56 +1,151 @@
-"""Dataclass configurations usable from Python, YAML and the command line — one argument system.
+"""One argument system for every ``hf-divcl`` command and recipe: transformers' ``HfArgumentParser`` over config
+dataclasses, a safe YAML file (``--config``) underneath the flags.
 
-Every configuration in hf_divcl is a ``@dataclass`` whose fields carry ``metadata={"help": ...}`` (and ``"choices"``
-where the values are few). transformers' ``HfArgumentParser`` turns such classes into command-line options
-(``--batch-size 64`` or ``--batch_size 64``, lists as ``--temperatures 0.05 0.1``); :func:`parse_with_config` puts a
-YAML file (``--config x.yaml``) underneath the command line: YAML sets values, explicit flags override them,
-unknown keys fail with the list of valid ones. YAML is read with ``yaml.safe_load`` (no object construction).
-The recipes (``hf-divcl train``, ``recipes/*.py``) read their two classes the same way, see
-:mod:`hf_divcl.cli.recipe_config`.
+Every configuration is a ``@dataclass`` whose fields carry ``metadata={"help": ...}`` (and ``"choices"`` where the
+values are few). :func:`config_parser` turns such classes into command-line options (``--batch-size 64`` or
+``--batch_size 64``, lists as ``--temperatures 0.05 0.1``, ``--key none`` unsets an optional field);
+:func:`parse_config` reads the values in this order, later ones winning: dataclass defaults, the caller's defaults,
+the YAML file, Python overrides, the command line. Unknown keys (with suggestions) and wrong types fail before
+anything runs, as one ``ValueError`` that names the file or the flag to blame. YAML is read with ``yaml.safe_load``
+(no object construction).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+import difflib
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["add_config_option", "dataclass_parser", "load_yaml_config", "parse_with_config", "read_yaml_mapping",
+__all__ = ["MAX_CONFIG_NODES", "config_parser", "field_types", "parse_config", "read_yaml_mapping",
            "safe_load_yaml"]
 
+MAX_CONFIG_NODES = 10_000
+_NONE = ("none", "null")
+_UNSET = object()  # not a string: argparse converts string defaults with the option's type
 
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="YAML file of field: value; command-line flags override it.")
 
-
-def dataclass_parser(*classes: type, **kwargs):
-    """An ``HfArgumentParser`` for ``classes`` with a ``--config`` option (YAML underneath the flags)."""
+def config_parser(*classes: type, add_help: bool = True, **kwargs):
+    """An ``HfArgumentParser`` over ``classes`` with ``--config PATH``; errors raise ``argparse.ArgumentError``
+    instead of exiting (:func:`parse_config` turns them into one line), abbreviations are off, and every optional
+    field accepts ``none`` / ``null`` for ``None``."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(classes, allow_abbrev=False, **kwargs)
-    add_config_option(parser)
+    optional = {name for name, tp in field_types(classes).items() if type(None) in typing.get_args(tp)}
+
+    class _Parser(HfArgumentParser):
+        def add_argument(self, *args, **kw):
+            dest = kw.get("dest", args[0].lstrip("-").replace("-", "_") if args else None)
+            if dest in optional and "type" in kw:
+                kw["type"] = _none_or(kw["type"])
+            return super().add_argument(*args, **kw)
+
+    parser = _Parser(classes, add_help=add_help, allow_abbrev=False, exit_on_error=False, **kwargs)
+    parser.add_argument("--config", default=None,
+                        help="YAML file of key: value (or a packaged recipe's name); flags override it.")
     return parser
 
 
-def parse_with_config(parser, classes: Sequence[type], argv: Sequence[str]) -> tuple[Any, ...]:
-    """The dataclass instances for ``argv``: dataclass defaults < the ``--config`` YAML < explicit flags."""
-    known, _ = parser.parse_known_args(list(argv))
-    if getattr(known, "config", None):
-        values: dict[str, Any] = {}
-        names = {f.name for cls in classes for f in dataclasses.fields(cls)}
-        for cls in classes:
-            values.update(load_yaml_config(known.config, cls, extra=names))
-        parser.set_defaults(**values)
-    namespace = parser.parse_args(list(argv))
-    return tuple(cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init})
+def _none_or(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in _NONE else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "str")  # argparse names the type in its errors
+    return parse
+
+
+def field_types(classes: Sequence[type]) -> dict[str, Any]:
+    """``{field name: type hint}`` of every init field of ``classes``."""
+    out: dict[str, Any] = {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        out.update({f.name: hints.get(f.name) for f in dataclasses.fields(cls) if f.init})
+    return out
+
+
+def parse_config(parser, classes: Sequence[type], argv: Sequence[str], *, config: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
+                 find_config: Callable[[Path], Path] | None = None) -> tuple[Any, ...]:
+    """The dataclass instances of ``classes`` for ``argv``: dataclass defaults < ``defaults`` < the YAML file
+    (``--config`` in ``argv``, else ``config``; located by ``find_config``) < ``overrides`` < the flags in ``argv``.
+
+    Only the flags go through argparse's conversions; YAML and Python values keep their types (checked against the
+    fields'). Raises ``ValueError`` (one line, blaming the file or the flag) for unknown keys, wrong types and bad
+    flags, ``FileNotFoundError`` for a missing config file."""
+    argv = list(argv)
+    types_ = field_types(classes)
+    parser.set_defaults(**dict.fromkeys([*types_, "config"], _UNSET))  # tells the given flags from the rest
+    try:
+        given, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ValueError(f"command line ({err.argument_name}): {err.message}.") from None
+    given = {k: v for k, v in vars(given).items() if v is not _UNSET}
+    if rest:
+        flag = next((r for r in rest if r.startswith("--")), rest[0])
+        key = flag[2:].partition("=")[0].replace("-", "_")
+        if not flag.startswith("--") or key in types_:
+            raise ValueError(f"command line: unexpected argument {flag!r}; use --config PATH and --key value.")
+        raise unknown_key(key, list(types_), f"command line (--{key})")
+    path = given.pop("config", None) or config
+    values = dict(defaults or {})
+    if path is not None:
+        path = (find_config or Path)(Path(path))
+        values.update(_checked(read_yaml_mapping(path), types_, str(path)))
+    for key, value in (overrides or {}).items():
+        values.update(_checked({key: value}, types_, f"command line (--{key})"))
+    values.update({k: v for k, v in given.items() if k in types_})
+    return tuple(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
                  for cls in classes)
 
 
-MAX_CONFIG_NODES = 10_000
+def unknown_key(key: str, keys: list[str], where: str) -> ValueError:
+    """The error for a key no configuration class has, with the closest valid ones."""
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"{where}: unknown key {key!r}.{hint} `--help` lists the keys.")
+
+
+def _checked(values: dict[str, Any], types_: dict[str, Any], where: str) -> dict[str, Any]:
+    out = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "config":
+            raise ValueError(f"{where}: 'config' cannot be set inside a config file.")
+        if key not in types_:
+            raise unknown_key(key, list(types_), where)
+        out[key] = _check_value(key, value, types_[key], where)
+    return out
+
+
+def _simple_types(tp: Any) -> tuple[Any, ...]:
+    """The non-None members of a (possibly Optional / Union) field type."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return tuple(a for a in typing.get_args(tp) if a is not type(None))
+    return (tp,)
+
+
+def _check_value(key: str, value: Any, tp: Any, source: str) -> Any:
+    """A YAML / Python value for field ``key``, checked against its type (complex types — lists, dicts, enums — are
+    checked by the configuration classes themselves). YAML 1.1 reads ``no``/``yes`` as booleans: they go back to
+    strings for string fields (``save_strategy: no``)."""
+    allowed = _simple_types(tp)
+    if isinstance(value, bool) and bool not in allowed and str in allowed:
+        return "yes" if value else "no"
+    simple = [a for a in allowed if a in (bool, int, float, str)]
+    if value is None or not simple or len(simple) < len(allowed):
+        return value
+    ok = any((isinstance(value, a) and not (a is int and isinstance(value, bool))) or
+             (a is float and isinstance(value, int) and not isinstance(value, bool)) for a in simple)
+    if not ok:
+        names = " or ".join(a.__name__ for a in simple)
+        raise ValueError(f"{source}: key {key!r} must be {names}, got {value!r} ({type(value).__name__}).")
+    return value
 
 
 def safe_load_yaml(text: str, source: str) -> Any:
@@ -85,14 +180,3 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"Config file {str(path)!r} must hold a mapping of key: value, got {type(data).__name__}.")
     return data
-
-
-def load_yaml_config(path: str | Path, cls: type, extra: set[str] | None = None) -> dict[str, Any]:
-    """Read a YAML mapping of field values for ``cls`` (keys in ``extra`` belong to another class read from the same
-    file and are left out); unknown keys raise with the valid ones listed."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    data = {str(k).replace("-", "_"): v for k, v in read_yaml_mapping(path).items()}
-    unknown = sorted(set(data) - names - (extra or set()))
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {str(path)!r}; valid keys for {cls.__name__}: {sorted(names)}.")
-    return {k: v for k, v in data.items() if k in names}

@@ -22,7 +22,7 @@ from test_hub import REPO, full_text
 
 from hf_divcl.bank import EmbeddingBank
 from hf_divcl.cli.diagnose import DiagnoseConfig
-from hf_divcl.cli.parser import load_yaml_config
+from hf_divcl.cli.parser import config_parser, parse_config
 from hf_divcl.cli.recipe_config import load_recipe_config
 from hf_divcl.models.loading import load_sentence_transformer
 from hf_divcl.publish.card import write_model_card
@@ -92,7 +92,10 @@ def test_configs_are_parsed_as_plain_data_only(payload, loader, tmp_path):
     cfg.write_text(PAYLOADS[payload].format(marker=marker))
     match = "expands to more than" if payload == "billion_laughs" else "not valid plain YAML"
     with pytest.raises(ValueError, match=match):
-        load_recipe_config(cfg) if loader == "recipe" else load_yaml_config(cfg, DiagnoseConfig)
+        if loader == "recipe":
+            load_recipe_config(cfg)
+        else:
+            parse_config(config_parser(DiagnoseConfig), [DiagnoseConfig], ["--config", str(cfg)])
     assert not marker.exists()
 
 
