@@ -1,7 +1,7 @@
 """Build hook (everything else is in pyproject.toml): ship the model-card template (``model_cards/*.jinja``) and
 the recipe configs (``recipes/*.yaml``) inside the package as ``hf_divcl/_resources/<folder>/``, so an installed
 wheel can write model cards and run the packaged recipes. In a checkout (and an editable install) the top-level
-folders stay the only copy; :mod:`hf_divcl.resources` finds either.
+folders stay the only copy; ``hf_divcl._common.resource_path`` finds either.
 """
 
 from pathlib import Path

@@ -9,7 +9,9 @@ from hf_divcl.diversity.log import format_log_line, read_diversity_log
 from hf_divcl.training.callbacks import DiversityCallback
 
 
-def plain_trainer(tiny_model_dir, tmp_path, callback, **kw):
+def plain_trainer(tiny_model_dir, tmp_path, callback, attach=True, **kw):
+    """An unchanged SentenceTransformerTrainer with ``callback`` attached (``attach=False``: passed in its
+    constructor instead)."""
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
@@ -24,8 +26,10 @@ def plain_trainer(tiny_model_dir, tmp_path, callback, **kw):
         "output_dir": str(tmp_path / "out"), "max_steps": 5, "per_device_train_batch_size": 8, "learning_rate": 1e-3,
         "logging_steps": 2, "report_to": [], "save_strategy": "no", "use_cpu": True, "disable_tqdm": True, **kw})
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                                         loss=MultipleNegativesRankingLoss(model))
-    callback.attach(trainer)
+                                         loss=MultipleNegativesRankingLoss(model),
+                                         callbacks=None if attach else [callback])
+    if attach:
+        callback.attach(trainer)
     return trainer
 
 
@@ -80,22 +84,9 @@ def test_bad_options_are_named():
 
 
 def test_a_callback_passed_in_the_constructor_says_how_to_reach_report_to(tiny_model_dir, tmp_path, caplog):
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-    model = SentenceTransformer(tiny_model_dir, device="cpu")
-    ds = Dataset.from_dict({"anchor": [f"word {i}" for i in range(40)],
-                            "positive": [f"meaning {i}" for i in range(40)]})
-    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "out"), report_to=["tensorboard"],
-                                                use_cpu=True)
     cb = DiversityCallback(plots=False)
     with caplog.at_level("WARNING", logger="hf_divcl.training.callbacks"):
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
-                                             loss=MultipleNegativesRankingLoss(model), callbacks=[cb])
+        trainer = plain_trainer(tiny_model_dir, tmp_path, cb, attach=False, report_to=["tensorboard"])
     assert "attach(trainer)" in caplog.text
     names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
     assert names.index("DiversityCallback") > names.index("TensorBoardCallback")  # where the Trainer put it

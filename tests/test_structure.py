@@ -256,35 +256,20 @@ def hf_divcl_source() -> Package:
     return pkg
 
 
-def test_every_hf_divcl_import_names_a_module_that_exists(hf_divcl_source):
-    found = missing_modules(hf_divcl_source)
-    assert not found, "imports of hf_divcl modules that do not exist:\n" + "\n".join(found)
+STRUCTURE_RULES = {
+    "every hf_divcl import names a module that exists": missing_modules,
+    "the import graph has no cycles (imports inside functions and under TYPE_CHECKING count)": cycles,
+    f"every module belongs to a layer ({', '.join(LAYERS)})": strays,
+    f"dependencies point down the layers ({', '.join(LAYERS)})": upward_imports,
+    "every public name has one home (no re-exports; the façade points at the definer)": homeless_names,
+    "no two modules define the same public name": names_public_twice,
+}
 
 
-def test_the_import_graph_has_no_cycles(hf_divcl_source):
-    found = cycles(hf_divcl_source)
-    assert not found, "import cycles (imports inside functions and under TYPE_CHECKING count):\n" + "\n".join(found)
-
-
-def test_every_module_belongs_to_a_layer(hf_divcl_source):
-    found = strays(hf_divcl_source)
-    assert not found, f"modules outside the layers ({', '.join(LAYERS)}):\n" + "\n".join(found)
-
-
-def test_dependencies_point_down_the_layers(hf_divcl_source):
-    found = upward_imports(hf_divcl_source)
-    assert not found, f"imports from a later layer (order: {', '.join(LAYERS)}):\n" + "\n".join(found)
-
-
-def test_every_public_name_has_one_home(hf_divcl_source):
-    found = homeless_names(hf_divcl_source)
-    assert not found, "public names without exactly one home:\n" + "\n".join(found)
-
-
-def test_no_two_modules_define_the_same_public_name(hf_divcl_source):
-    """Two public objects with one name are a duplicate or a trap (``from x import name`` picks one by accident)."""
-    found = names_public_twice(hf_divcl_source)
-    assert not found, "public names defined in more than one module:\n" + "\n".join(found)
+@pytest.mark.parametrize("rule", list(STRUCTURE_RULES))
+def test_the_package_keeps_its_structure_rules(rule, hf_divcl_source):
+    found = STRUCTURE_RULES[rule](hf_divcl_source)
+    assert not found, f"{rule} — broken by:\n" + "\n".join(found)
 
 
 def test_the_structure_checks_see_what_they_must_refuse(tmp_path):

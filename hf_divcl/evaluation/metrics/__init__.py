@@ -1,6 +1,6 @@
 """`evaluate` metric modules shipped inside hf_divcl, loadable offline by path.
 
-Each metric lives in ``hf_divcl/metrics/<name>/<name>.py`` (the layout ``evaluate.load(folder)`` expects):
+Each metric lives in ``hf_divcl/evaluation/metrics/<name>/<name>.py`` (the layout ``evaluate.load(folder)`` expects):
 
 - ``batch_diversity``: effective rank, participation ratio, lambda_max, mean (squared) cosine of one batch of
   embeddings (:func:`hf_divcl.diversity.metrics.batch_diversity`);
@@ -37,7 +37,7 @@ def load(name: str, **kwargs: Any) -> evaluate.EvaluationModule:
     Example:
 
     ```python
-    >>> from hf_divcl import metrics
+    >>> from hf_divcl.evaluation import metrics
     >>> metrics.load("batch_diversity").compute(embeddings=[[1.0, 0.0], [0.0, 1.0]])["effective_rank"]
     2.0
     ```
