@@ -39,14 +39,12 @@ _LAZY: dict[str, str] = {
     "push_to_hub": "publish.hub",
     "DiversityWindowBatchSampler": "sampler",
     "DivCLTrainingArguments": "training.arguments",
-    "CollapseError": "training.callbacks",
     "DiversityCallback": "training.callbacks",
     "DiversityLogger": "training.callbacks",
     "DivCLTrainer": "training.trainer",
 }
 
 __all__ = [
-    "CollapseError",
     "DatasetError",
     "DivCLDataCollator",
     "DivCLTrainer",
@@ -94,7 +92,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .publish.hub import push_to_hub
     from .sampler import DiversityWindowBatchSampler
     from .training.arguments import DivCLTrainingArguments
-    from .training.callbacks import CollapseError, DiversityCallback, DiversityLogger
+    from .training.callbacks import DiversityCallback, DiversityLogger
     from .training.trainer import DivCLTrainer
 
 

@@ -256,6 +256,13 @@ def hf_divcl_source() -> Package:
     return pkg
 
 
+def private_imports(pkg: Package) -> list[str]:
+    """Imports of another module's ``_private`` names (a module's underscore names are its own business)."""
+    return [f"  {imp}" for name in pkg.modules for imp in pkg.imports(name)
+            if imp.target not in (None, name) and any(n.startswith("_") and not n.startswith("__") for n in imp.names)
+            and not any(f"{imp.target}.{n}" in pkg.modules for n in imp.names)]
+
+
 STRUCTURE_RULES = {
     "every hf_divcl import names a module that exists": missing_modules,
     "the import graph has no cycles (imports inside functions and under TYPE_CHECKING count)": cycles,
@@ -263,6 +270,7 @@ STRUCTURE_RULES = {
     f"dependencies point down the layers ({', '.join(LAYERS)})": upward_imports,
     "every public name has one home (no re-exports; the façade points at the definer)": homeless_names,
     "no two modules define the same public name": names_public_twice,
+    "no module imports another's _private names": private_imports,
 }
 
 
@@ -275,7 +283,8 @@ def test_the_package_keeps_its_structure_rules(rule, hf_divcl_source):
 def test_the_structure_checks_see_what_they_must_refuse(tmp_path):
     """On a small package with every fault, each check fails and names it: a cycle closed by a TYPE_CHECKING
     import, imports inside functions, a relative import up a layer, an import of the façade, a re-export (which the
-    façade then points at), a stray module, a missing module, a name public in two modules."""
+    façade then points at), a stray module, a missing module, a name public in two modules, an import of another
+    module's private name."""
     files = {
         "__init__.py": '_LAZY: dict[str, str] = {"A": "training.b"}\n__all__ = ["A", "__version__"]\n'
                        "if False:\n    from .training.b import A\n",
@@ -285,7 +294,8 @@ def test_the_structure_checks_see_what_they_must_refuse(tmp_path):
         "training/__init__.py": "",
         "training/b.py": "from ..diversity.a import A\n__all__ = ['A', 'B']\n\ndef f():\n"
                          "    from hf_divcl.diversity import a\n    import hf_divcl.gone\nclass B: ...\n",
-        "training/c.py": "__all__ = ['C']\nC = 2\n\ndef g():\n    from hf_divcl import A\n",
+        "training/c.py": "__all__ = ['C']\nC = 2\n\ndef g():\n    from hf_divcl import A\n"
+                         "from ..diversity.a import _hidden\n",
         "extra.py": "",
     }
     for rel, text in files.items():
@@ -307,6 +317,7 @@ def test_the_structure_checks_see_what_they_must_refuse(tmp_path):
         "  the façade loads 'A' from hf_divcl.training.b, which does not define it "
         "(public in: ['hf_divcl.diversity.a'])"]
     assert names_public_twice(pkg) == ["  'C' is public in 2 modules: hf_divcl.diversity.a, hf_divcl.training.c"]
+    assert private_imports(pkg) == ["  hf_divcl.training.c:6 `from ..diversity.a import _hidden`"]
 
 
 def test_the_training_arguments_docstring_documents_every_option_in_field_order():

@@ -13,13 +13,13 @@ from typing import Any
 _SHOW_ROWS = 10
 
 
-def _rows(rows: list[int]) -> str:
+def format_rows(rows: list[int]) -> str:
     """``[3, 8, 12]`` → ``"3, 8, 12"``; long lists end with ``", ... (N in all)"``."""
     shown = ", ".join(str(r) for r in rows[:_SHOW_ROWS])
     return shown + (f", ... ({len(rows)} in all)" if len(rows) > _SHOW_ROWS else "")
 
 
-def _feature_kind(feature: Any) -> str:
+def feature_kind(feature: Any) -> str:
     name = type(feature).__name__
     if name == "Image":
         return "image"
@@ -41,7 +41,7 @@ def _feature_kind(feature: Any) -> str:
     return f"other ({dtype or name})"
 
 
-def _column(dataset, name: str):
+def column_values(dataset, name: str):
     """The column as one Arrow array in the row order the caller sees (the indices mapping applied)."""
     import pyarrow as pa
 
@@ -52,14 +52,14 @@ def _column(dataset, name: str):
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _first(mask) -> int | None:
+def first_true(mask) -> int | None:
     import pyarrow.compute as pc
 
     idx = pc.index(mask.fill_null(False) if mask.null_count else mask, True).as_py()
     return None if idx < 0 else idx
 
 
-def _all_rows(mask) -> list[int]:
+def true_rows(mask) -> list[int]:
     import numpy as np
 
     return np.flatnonzero(mask.fill_null(False).to_numpy(zero_copy_only=False)).tolist()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .columns import _all_rows, _column, _feature_kind, _rows
+from .columns import column_values, feature_kind, format_rows, true_rows
 
 logger = logging.getLogger("hf_divcl.data.validation")  # the documented logger of the data-set warnings
 
@@ -35,10 +35,10 @@ def truncation_report(dataset, columns: list[str], model) -> dict[str, list[int]
         special = 2
     out: dict[str, list[int]] = {}
     for column in columns:
-        if _feature_kind(dataset.features[column]) != "text":
+        if feature_kind(dataset.features[column]) != "text":
             continue
-        col = _column(dataset, column)
-        candidates = _all_rows(pc.greater(pc.multiply(pc.binary_length(col), 2), max_len - special - 1))
+        col = column_values(dataset, column)
+        candidates = true_rows(pc.greater(pc.multiply(pc.binary_length(col), 2), max_len - special - 1))
         lengths = np.zeros(len(candidates), dtype=np.int64)
         for start in range(0, len(candidates), 4096):
             chunk = candidates[start:start + 4096]
@@ -59,5 +59,5 @@ def truncation_report(dataset, columns: list[str], model) -> dict[str, list[int]
             logger.warning("Column %r: %d of %d rows are longer than the model's max_seq_length of %d tokens and will "
                            "be truncated (rows %s; longest: row %d with %d tokens). Raise model.max_seq_length if "
                            "the model allows it, or split the long texts.", column, len(rows), len(dataset), max_len,
-                           _rows(rows), candidates[worst], int(lengths[worst]))
+                           format_rows(rows), candidates[worst], int(lengths[worst]))
     return out

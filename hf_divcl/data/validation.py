@@ -9,7 +9,7 @@ warning (``logging`` at WARNING level, counts and rows named) is listed case by 
 ``docs/reliability_bad_data.md``.
 
 The helpers that read the data set's columns live in :mod:`hf_divcl.data.columns` and the truncation report
-in :mod:`hf_divcl.data.truncation`; both stay importable from here.
+in :mod:`hf_divcl.data.truncation`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import io
 import logging
 import math
 
-# imported names this module does not use are re-exported: every name importable from here before still is
-from .columns import _all_rows, _column, _feature_kind, _first, _rows
+from .columns import column_values, feature_kind, first_true, format_rows, true_rows
 from .truncation import truncation_report
 
 logger = logging.getLogger(__name__)
@@ -67,10 +66,10 @@ def _check_text(col, column: str) -> None:
     import pyarrow.compute as pc
 
     if col.null_count:
-        row = _first(pc.is_null(col))
+        row = first_true(pc.is_null(col))
         raise DatasetError(f"Row {row}, column {column!r} is missing (None). Every input must be a non-empty text: "
                            f"fill or drop that row (e.g. dataset.filter(lambda r: r[{column!r}] is not None)).")
-    row = _first(pc.match_substring_regex(col, _INVISIBLE))
+    row = first_true(pc.match_substring_regex(col, _INVISIBLE))
     if row is not None:
         value = col[row].as_py()
         if not value.strip():
@@ -80,7 +79,7 @@ def _check_text(col, column: str) -> None:
                            "control, zero-width or other format characters); the tokenizer drops them, leaving an "
                            "empty text. Fill or drop that row.")
     at = pc.find_substring(col, "\x00")
-    row = _first(pc.greater_equal(at, 0))
+    row = first_true(pc.greater_equal(at, 0))
     if row is not None:
         value = col[row].as_py()
         raise DatasetError(f"Row {row}, column {column!r} contains a NUL character at position {at[row].as_py()} "
@@ -91,17 +90,17 @@ def _check_text(col, column: str) -> None:
         raise DatasetError(f"Column {column!r} holds text that looks like image file paths (row 0: "
                            f"{col[0].as_py()!r}); as text the model would read the path, not the image. Load the "
                            f"images: dataset.cast_column({column!r}, datasets.Image()).")
-    mangled = _all_rows(pc.match_substring(col, "\ufffd"))
+    mangled = true_rows(pc.match_substring(col, "\ufffd"))
     if mangled:
         logger.warning("Column %r: %d row(s) contain U+FFFD replacement characters (rows %s), a sign the text was "
                        "decoded with errors='replace' from another encoding; they are trained on as they are. "
-                       "Re-read the source with its real encoding.", column, len(mangled), _rows(mangled))
+                       "Re-read the source with its real encoding.", column, len(mangled), format_rows(mangled))
 
 
 def _check_binary(dataset, column: str) -> None:
     import pyarrow as pa
 
-    col = _column(dataset, column)
+    col = column_values(dataset, column)
     as_text = pa.Array.from_buffers(pa.large_string() if pa.types.is_large_binary(col.type) else pa.string(),
                                     len(col), col.buffers(), null_count=col.null_count, offset=col.offset)
     try:
@@ -123,9 +122,9 @@ def _check_json(dataset, column: str) -> None:
     """A `datasets.Json` column (a JSON file whose column mixes types): name the first row that is not a string."""
     import pyarrow.compute as pc
 
-    col = _column(dataset, column)
+    col = column_values(dataset, column)
     storage = col.storage if hasattr(col, "storage") else col
-    row = _first(pc.invert(pc.starts_with(storage.cast("string"), '"')))
+    row = first_true(pc.invert(pc.starts_with(storage.cast("string"), '"')))
     if row is None:
         return
     value = dataset[row][column]
@@ -156,7 +155,7 @@ def _check_images(dataset, column: str, image_size: int | None, max_pixels: int)
     from PIL import Image
 
     animated: list[int] = []
-    for row, cell in enumerate(_column(dataset, column).to_pylist()):
+    for row, cell in enumerate(column_values(dataset, column).to_pylist()):
         raw, path = (cell or {}).get("bytes"), (cell or {}).get("path")
         if raw is None and not path:
             raise DatasetError(f"Row {row}, column {column!r} has no image (None). Drop that row or fix the file.")
@@ -190,7 +189,7 @@ def _check_images(dataset, column: str, image_size: int | None, max_pixels: int)
             raise DatasetError(f"Row {row}, column {column!r}: image of size {w}×{h} is too small to train on.")
     if animated:
         logger.warning("Column %r: %d animated image(s) (rows %s); only the first frame is trained on.", column,
-                       len(animated), _rows(animated))
+                       len(animated), format_rows(animated))
 
 
 def _check_label(dataset, column: str) -> None:
@@ -198,17 +197,17 @@ def _check_label(dataset, column: str) -> None:
     import pyarrow.compute as pc
 
     feature = dataset.features[column]
-    kind = _feature_kind(feature)
+    kind = feature_kind(feature)
     if kind == "text":
         raise DatasetError(f"Column {column!r} is a label column (sentence-transformers passes it to the loss as a "
                            f"number) but holds text (row 0: {dataset[0][column]!r:.60}). Encode it with "
                            f"dataset.class_encode_column({column!r}), or rename it if it is an input.")
-    col = _column(dataset, column)
+    col = column_values(dataset, column)
     if col.null_count:
-        row = _first(pc.is_null(col))
+        row = first_true(pc.is_null(col))
         raise DatasetError(f"Row {row}, column {column!r}: the label is missing (None). Fill or drop that row.")
     if pa.types.is_floating(col.type):
-        row = _first(pc.invert(pc.is_finite(col)))
+        row = first_true(pc.invert(pc.is_finite(col)))
         if row is not None:
             raise DatasetError(f"Row {row}, column {column!r}: the label is {col[row].as_py()} (not finite); a NaN or "
                                "infinite score poisons the loss. Fix or drop that row.")
@@ -216,15 +215,15 @@ def _check_label(dataset, column: str) -> None:
         n = feature.num_classes
         values = col.storage if hasattr(col, "storage") else col
         bad = pc.or_(pc.less(values, -1), pc.greater_equal(values, n))
-        row = _first(bad)
+        row = first_true(bad)
         if row is not None:
             raise DatasetError(f"Row {row}, column {column!r}: label {values[row].as_py()} is outside the "
                                f"{n} class names (ids 0..{n - 1}, or -1 for 'no label'). Fix or drop that row.")
-        unlabelled = _all_rows(pc.equal(values, -1))
+        unlabelled = true_rows(pc.equal(values, -1))
         if unlabelled:
             logger.warning("Column %r: %d row(s) have label -1 ('no label'; rows %s). The contrastive loss does not "
                            "read labels, so they train; k-NN and linear-probe evaluation refuse negative labels.",
-                           column, len(unlabelled), _rows(unlabelled))
+                           column, len(unlabelled), format_rows(unlabelled))
 
 
 def _check_bookkeeping(dataset, column: str) -> None:
@@ -233,7 +232,7 @@ def _check_bookkeeping(dataset, column: str) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    col = _column(dataset, column)
+    col = column_values(dataset, column)
     same = pa.types.is_integer(col.type) and col.null_count == 0 and \
         bool(pc.all(pc.equal(col.cast("int64"), np.arange(len(col), dtype=np.int64))).as_py())
     if not same:
@@ -251,7 +250,7 @@ def _check_duplicates(dataset, text_cols: list[str], dedupe_batch_size: int | No
     if not text_cols:
         return
     n = len(dataset)
-    table = pa.table({**{c: _column(dataset, c) for c in text_cols}, "__row": np.arange(n)})
+    table = pa.table({**{c: column_values(dataset, c) for c in text_cols}, "__row": np.arange(n)})
     groups = table.group_by(text_cols).aggregate([("__row", "min"), ("__row", "max"), ("__row", "count")])
     repeats = n - groups.num_rows
     if repeats:
@@ -270,8 +269,9 @@ def _check_duplicates(dataset, text_cols: list[str], dedupe_batch_size: int | No
         top = int(pc.index(counts.field("counts"), pc.max(counts.field("counts"))).as_py())
         copies, text = counts.field("counts")[top].as_py(), counts.field("values")[top].as_py()
         if copies > batches:
-            rows = _all_rows(pc.equal(table[column], text))
-            raise DatasetError(f"Column {column!r}: the text {text!r:.60} appears in {copies} rows ({_rows(rows)}) but "
+            rows = true_rows(pc.equal(table[column], text))
+            raise DatasetError(f"Column {column!r}: the text {text!r:.60} appears in {copies} rows "
+                               f"({format_rows(rows)}) but "
                                f"an epoch has only {batches} batches of {dedupe_batch_size}; with dedupe=True rows "
                                "sharing a text never meet in a batch, so no plan exists. Deduplicate the data, use a "
                                "smaller batch, or set dedupe=False.")
@@ -312,9 +312,9 @@ def validate_training_dataset(dataset, *, label_columns: list[str] | tuple[str, 
         raise DatasetError(f"Expected {expect_columns} input column(s), found {len(cols)}: {cols}.")
     text_cols = []
     for column in cols:
-        kind = _feature_kind(dataset.features[column])
+        kind = feature_kind(dataset.features[column])
         if kind == "text":
-            _check_text(_column(dataset, column), column)
+            _check_text(column_values(dataset, column), column)
             text_cols.append(column)
         elif kind == "image":
             _check_images(dataset, column, image_size, max_image_pixels)

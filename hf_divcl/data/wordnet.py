@@ -14,7 +14,7 @@ copyright notice and disclaimer to appear on all copies: the notice is shipped n
 ``hf_divcl/data/LICENSE.wordnet`` (copied verbatim from the header of the WordNet data files).
 
 The WordNet data files are read by :mod:`hf_divcl.data.wordnet_files` (the line format, the parser, the Debian
-files); its names stay importable from here.
+files).
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# imported names this module does not use are re-exported: every name importable from here before still is
 from .wordnet_files import (
     WordNetSynset,
-    _have_debian,
-    _missing_error,
-    _resolve_root,
+    have_debian_wordnet,
     iter_wordnet_synsets,
+    missing_wordnet_error,
+    resolve_wordnet_root,
 )
 
 if TYPE_CHECKING:
@@ -158,13 +157,13 @@ def wordnet_pairs(
         raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}; got {source!r}.")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0; got {limit}.")
-    base = _resolve_root(root)
+    base = resolve_wordnet_root(root)
     if source == "embedded":
         use_debian = False
-    elif _have_debian(base):
+    elif have_debian_wordnet(base):
         use_debian = True
     elif source == "debian":
-        raise _missing_error(base)
+        raise missing_wordnet_error(base)
     else:
         use_debian = False
     if use_debian:

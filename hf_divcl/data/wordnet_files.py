@@ -9,8 +9,8 @@ Format of a ``data.*`` line (``wndb(5WN)``)::
 syntactic marker ``(a)``, ``(p)`` or ``(ip)``. The gloss is a definition, then optional example sentences,
 each in double quotes and introduced by ``;``. Lines starting with two spaces are the licence header.
 
-Apart from :mod:`hf_divcl.data.wordnet`, which turns synsets into training pairs (and re-exports everything
-here), because the sample generator and the tests use the parser alone.
+Kept apart from :mod:`hf_divcl.data.wordnet`, which turns synsets into training pairs, because the sample
+generator and the tests use the parser alone.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def parse_synset_line(line: str, file_pos: str | None = None) -> WordNetSynset:
     return WordNetSynset(f"{letter}{offset}", ss_type, lemmas, definition, examples)
 
 
-def _resolve_root(root: str | os.PathLike | None) -> Path:
+def resolve_wordnet_root(root: str | os.PathLike | None) -> Path:
     return Path(root if root is not None else os.environ.get(WORDNET_ENV) or WORDNET_ROOT)
 
 
@@ -139,11 +139,11 @@ def _data_files(root: Path) -> dict[str, Path]:
     return {letter: root / f"data.{name}" for name, letter in _POS_FILES.items()}
 
 
-def _have_debian(root: Path) -> bool:
+def have_debian_wordnet(root: Path) -> bool:
     return all(path.is_file() for path in _data_files(root).values())
 
 
-def _missing_error(root: Path) -> FileNotFoundError:
+def missing_wordnet_error(root: Path) -> FileNotFoundError:
     wanted = ", ".join(f"data.{name}" for name in _POS_FILES)
     return FileNotFoundError(
         f"WordNet 3.0 data files ({wanted}) not found in {str(root)!r}. Install them with "
@@ -166,9 +166,9 @@ def iter_wordnet_synsets(root: str | os.PathLike | None = None) -> Iterator[Word
     Raises:
         `FileNotFoundError`: a data file is missing (the message says how to install them).
     """
-    base = _resolve_root(root)
-    if not _have_debian(base):
-        raise _missing_error(base)
+    base = resolve_wordnet_root(root)
+    if not have_debian_wordnet(base):
+        raise missing_wordnet_error(base)
     for letter, path in sorted(_data_files(base).items()):
         with path.open(encoding="utf-8") as fh:
             for line in fh:

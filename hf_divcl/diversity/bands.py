@@ -1,8 +1,8 @@
 """InfoNCE gradient bands: the exact norm of the InfoNCE gradient at every anchor and the analytic bands that
 bound it from the softmax statistics and the spectrum of the negatives (see ``docs/maths.md``).
 
-Pure torch, any device and dtype, leading batch dimensions allowed (see :mod:`hf_divcl.diversity.metrics`, which
-re-exports everything here).
+Pure torch, any device and dtype, leading batch dimensions allowed (the diversity measures are in
+:mod:`hf_divcl.diversity.metrics`).
 
 Notation (one anchor): ``u`` anchor, ``v`` its positive, ``z_j`` the negatives, all unit-norm; ``a = u·v``,
 ``c_j = u·z_j``; softmax over ``[a, c_1..c_K] / τ`` gives ``p₊`` (positive's mass) and ``q_j = p_j / (1 − p₊)``
@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from .checks import _check_embeddings, _check_temperature, _float_dtype, _normalize
+from .checks import check_embeddings, check_temperature, float_dtype, normalize_rows
 
 __all__ = ["BAND_RTOL", "GradientBands", "gradient_bands", "infonce_loss"]
 
@@ -138,9 +138,9 @@ def infonce_loss(
     With ``normalize=False`` the inputs are used as given (already unit rows), so that autograd returns the
     gradient w.r.t. the unit anchor itself rather than its projection through the normalisation.
     """
-    u, v = _float_dtype(anchors), _float_dtype(positives)
+    u, v = float_dtype(anchors), float_dtype(positives)
     if normalize:
-        u, v = _normalize(u), _normalize(v)
+        u, v = normalize_rows(u), normalize_rows(v)
     a = (u * v).sum(-1)
     neg_logits = _negative_logits(u, v, negatives, temperature)[0]
     none_kept = None
@@ -166,7 +166,7 @@ def _negative_logits(u, v, negatives, tau):
         c = u @ v.mT  # (..., B, B)
         eye = torch.eye(c.shape[-1], dtype=torch.bool, device=c.device)
         return (c / tau).masked_fill(eye, float("-inf")), c.masked_fill(eye, 0.0), v
-    z = _normalize(_float_dtype(negatives))
+    z = normalize_rows(float_dtype(negatives))
     if z.ndim == u.ndim:  # shared (..., K, d)
         c = u @ z.mT  # (..., B, K)
     else:  # per anchor (..., B, K, d)
@@ -225,15 +225,15 @@ def gradient_bands(
     Returns:
         :class:`GradientBands`.
     """
-    tau = _check_temperature(temperature) if validate else temperature
+    tau = check_temperature(temperature) if validate else temperature
     if validate:
-        anchors = _check_embeddings(anchors, "anchors")
-        positives = _check_embeddings(positives, "positives")
+        anchors = check_embeddings(anchors, "anchors")
+        positives = check_embeddings(positives, "positives")
         if anchors.shape != positives.shape:
             raise ValueError(f"`anchors` {tuple(anchors.shape)} and `positives` {tuple(positives.shape)} must have "
                              "the same shape (..., B, d): row i of `positives` is anchor i's positive.")
         if negatives is not None:
-            negatives = _check_embeddings(negatives, "negatives", min_rows=1)
+            negatives = check_embeddings(negatives, "negatives", min_rows=1)
             lead, d = anchors.shape[:-2], anchors.shape[-1]
             ok = negatives.shape[-1] == d and (
                 negatives.shape[:-2] == lead
@@ -242,9 +242,9 @@ def gradient_bands(
             if not ok:
                 raise ValueError(f"`negatives` must have shape (..., K, d) (shared) or (..., B, K, d) (per anchor) "
                                  f"matching anchors {tuple(anchors.shape)}; got {tuple(negatives.shape)}.")
-    dtype = torch.promote_types(_float_dtype(anchors).dtype, _float_dtype(positives).dtype)
-    u = _normalize(anchors.to(dtype))
-    v = _normalize(positives.to(dtype))
+    dtype = torch.promote_types(float_dtype(anchors).dtype, float_dtype(positives).dtype)
+    u = normalize_rows(anchors.to(dtype))
+    v = normalize_rows(positives.to(dtype))
     if negatives is not None:
         negatives = negatives.to(dtype)
 

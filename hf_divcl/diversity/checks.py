@@ -12,7 +12,7 @@ import math
 import torch
 
 
-def _float_dtype(x: torch.Tensor) -> torch.Tensor:
+def float_dtype(x: torch.Tensor) -> torch.Tensor:
     """Promote integer and half-precision inputs to float32; keep float32/float64 as they are."""
     if x.dtype in (torch.float32, torch.float64):
         return x
@@ -25,7 +25,7 @@ def _first_bad_row(mask: torch.Tensor) -> str:
     return f"row {idx[0]}" if len(idx) == 1 else f"row {idx[-1]} of batch {tuple(idx[:-1])}"
 
 
-def _check_embeddings(x: torch.Tensor, name: str, min_rows: int = 2) -> torch.Tensor:
+def check_embeddings(x: torch.Tensor, name: str, min_rows: int = 2) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor of shape (..., B, d), got {type(x).__name__}.")
     if x.ndim < 2:
@@ -38,7 +38,7 @@ def _check_embeddings(x: torch.Tensor, name: str, min_rows: int = 2) -> torch.Te
         raise ValueError(f"`{name}` has embedding dimension 0; expected d >= 1.")
     if x.is_complex() or x.dtype == torch.bool:
         raise ValueError(f"`{name}` must be a real floating tensor, got dtype {x.dtype}.")
-    x = _float_dtype(x)
+    x = float_dtype(x)
     finite = torch.isfinite(x).all(dim=-1)
     if not bool(finite.all()):
         raise ValueError(f"`{name}` contains NaN or Inf at {_first_bad_row(~finite)}; "
@@ -50,7 +50,7 @@ def _check_embeddings(x: torch.Tensor, name: str, min_rows: int = 2) -> torch.Te
     return x
 
 
-def _check_temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
+def check_temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
     t = temperature
     if isinstance(t, torch.Tensor):
         if t.numel() != 1:
@@ -67,6 +67,6 @@ def _check_temperature(temperature: float | torch.Tensor) -> float | torch.Tenso
     return t if isinstance(t, torch.Tensor) else tv
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """Row-normalise in float64-safe fashion (no clamp: zero rows were rejected by the checks)."""
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)

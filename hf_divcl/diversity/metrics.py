@@ -12,15 +12,14 @@ for reference-grade numbers), and accepts leading batch dimensions: a ``(R, B, d
 batches at once. No Python loop runs over the rows of a batch.
 
 This module holds the diversity measures; the gradient bands live in :mod:`hf_divcl.diversity.bands` (with the notation)
-and the input checks in :mod:`hf_divcl.diversity.checks`; both stay importable from here.
+and the input checks in :mod:`hf_divcl.diversity.checks`.
 """
 
 from __future__ import annotations
 
 import torch
 
-# imported names this module does not use are re-exported: every name importable from here before still is
-from .checks import _check_embeddings, _float_dtype, _normalize
+from .checks import check_embeddings, float_dtype, normalize_rows
 
 __all__ = ["DIVERSITY_METRICS", "batch_diversity", "participation_ratio"]
 
@@ -71,8 +70,8 @@ def batch_diversity(
         raise ValueError("Pass exactly one of `embeddings` (shape (..., B, d)) or `similarity` (shape (..., B, B)).")
 
     if embeddings is not None:
-        x = _check_embeddings(embeddings, "embeddings") if validate else _float_dtype(embeddings)
-        x = _normalize(x)
+        x = check_embeddings(embeddings, "embeddings") if validate else float_dtype(embeddings)
+        x = normalize_rows(x)
         b, d = x.shape[-2], x.shape[-1]
         # The smaller of XXᵀ (B×B) and XᵀX (d×d) carries the same non-zero spectrum and Frobenius norm.
         small = x.mT @ x if d < b else x @ x.mT
@@ -87,7 +86,7 @@ def batch_diversity(
                 raise ValueError(f"`similarity` must be a square (..., B, B) tensor, got {shape}.")
             if g.shape[-1] < 2:
                 raise ValueError(f"`similarity` needs B >= 2 rows, got B = {g.shape[-1]}.")
-            g = _float_dtype(g)
+            g = float_dtype(g)
             if not bool(torch.isfinite(g).all()):
                 raise ValueError("`similarity` contains NaN or Inf.")
             diag = torch.diagonal(g, dim1=-2, dim2=-1)
@@ -95,7 +94,7 @@ def batch_diversity(
                 raise ValueError("`similarity` must be the cosine matrix of unit rows (diagonal = 1); if it is the "
                                  "loss's logits, multiply by the temperature first.")
         else:
-            g = _float_dtype(g)
+            g = float_dtype(g)
         b = g.shape[-1]
         small = g
         sum_all = g.sum(dim=(-2, -1))

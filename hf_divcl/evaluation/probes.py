@@ -2,7 +2,7 @@
 logistic-regression linear probe on standardised unit embeddings; each from a model or from precomputed
 embeddings.
 
-One of the held-out evaluations :mod:`hf_divcl.evaluation.tasks` gathers (and re-exports).
+One of the held-out evaluations :mod:`hf_divcl.evaluation.tasks` runs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Text retrieval on held-out pairs: each anchor retrieves its own positive among the unique positives (nDCG@10,
 MRR@10, accuracy@1/5/10 from sentence-transformers' ``InformationRetrievalEvaluator``).
 
-One of the held-out evaluations :mod:`hf_divcl.evaluation.tasks` gathers (and re-exports); it logs to
+One of the held-out evaluations :mod:`hf_divcl.evaluation.tasks` runs; it logs to
 ``hf_divcl.evaluation.tasks`` like the rest of them.
 """
 

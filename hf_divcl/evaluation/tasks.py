@@ -13,7 +13,7 @@
 
 Every function takes a ``SentenceTransformer``; the ``*_from_embeddings`` variants take precomputed embeddings.
 
-This module holds :func:`evaluate_text` and :func:`evaluate_vision` and re-exports every evaluation: the
+This module holds :func:`evaluate_text` and :func:`evaluate_vision`; the
 retrieval lives in :mod:`hf_divcl.evaluation.retrieval`, word similarity in
 :mod:`hf_divcl.evaluation.word_similarity`, k-NN
 and the linear probe in :mod:`hf_divcl.evaluation.probes`.

@@ -2,7 +2,7 @@
 WordSim-353 and SimLex-999, read from the test data shipped in the ``gensim`` wheel (``gensim`` is never imported,
 only its files are read: ``pip install gensim==4.4.0``).
 
-One of the held-out evaluations :mod:`hf_divcl.evaluation.tasks` gathers (and re-exports); it logs to
+One of the held-out evaluations :mod:`hf_divcl.evaluation.tasks` runs; it logs to
 ``hf_divcl.evaluation.tasks`` like the rest of them.
 """
 

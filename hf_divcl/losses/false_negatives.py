@@ -54,7 +54,7 @@ def false_negative_mask(ref_queries: torch.Tensor, ref_candidates: torch.Tensor,
     return masked
 
 
-def _reference_view(glob: torch.Tensor, reference: Sequence[torch.Tensor] | None, n: int, gather: bool
+def reference_view(glob: torch.Tensor, reference: Sequence[torch.Tensor] | None, n: int, gather: bool
                     ) -> torch.Tensor:
     """`(k, N, d_r)` unit reference embeddings of the global batch's columns (no gradient)."""
     if reference is None:
@@ -73,7 +73,7 @@ def _reference_view(glob: torch.Tensor, reference: Sequence[torch.Tensor] | None
     return F.normalize(flat.reshape(flat.shape[0], len(ref), width).transpose(0, 1), dim=-1)
 
 
-def _duplicate_masks(groups: torch.Tensor | None, n: int, big_n: int, k: int, loss_type: str, symmetric: bool,
+def duplicate_masks(groups: torch.Tensor | None, n: int, big_n: int, k: int, loss_type: str, symmetric: bool,
                      gather: bool, device: torch.device) -> list[torch.Tensor]:
     """The ``(R, C)`` masks of ``false_negatives="duplicates"``: candidates whose row shares the query row's group."""
     if groups is None or groups.ndim != 1 or groups.shape[0] != n:
@@ -97,7 +97,7 @@ def _duplicate_masks(groups: torch.Tensor | None, n: int, big_n: int, k: int, lo
         return [both]
 
 
-def _check_false_negatives(mode: str, margin: float) -> None:
+def check_false_negatives(mode: str, margin: float) -> None:
     if mode not in FALSE_NEGATIVE_MODES:
         raise ValueError(f"false_negatives must be one of {FALSE_NEGATIVE_MODES}, got {mode!r}.")
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and -2 <= margin <= 2):

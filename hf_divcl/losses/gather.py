@@ -14,7 +14,7 @@ import torch.nn.functional as F
 __all__ = ["gather_with_grad"]
 
 
-def _dist_ready() -> bool:
+def distributed_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -44,7 +44,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     count for the collective and the padding is removed again. Returns ``(gathered (N, d), sizes (W,), offset)``
     where ``offset`` is the first row of this process. Without ``torch.distributed`` it returns ``x`` itself.
     """
-    if not _dist_ready() or torch.distributed.get_world_size() == 1:
+    if not distributed_ready() or torch.distributed.get_world_size() == 1:
         return x, torch.tensor([x.shape[0]]), 0
     world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     n = torch.tensor([x.shape[0]], device=x.device)

@@ -4,8 +4,7 @@ whitening, negatives gathered across processes *with* gradient, and the statisti
 The pure function :func:`contrastive_loss` does the maths on embeddings; :class:`InfoNCELoss` wraps it as a
 sentence-transformers loss (``forward(sentence_features, labels)``) so it plugs into any ST trainer.
 
-This module holds :class:`InfoNCELoss` and its guide model; the parts it is built from live beside it and stay
-importable from here:
+This module holds :class:`InfoNCELoss` and its guide model; the parts it is built from live beside it:
 
 - :mod:`hf_divcl.losses.maths` — :func:`contrastive_loss`, :func:`whiten`, :class:`ContrastiveOutput`;
 - :mod:`hf_divcl.losses.gather` — :func:`gather_with_grad` (the distributed convention: local anchors against the
@@ -24,11 +23,9 @@ import torch
 from torch import nn
 
 from .false_negatives import (
-    _check_false_negatives,
+    check_false_negatives,
 )
-from .gather import _dist_ready
-
-# imported names this module does not use are re-exported: every name importable from here before still is
+from .gather import distributed_ready
 from .maths import LOSS_TYPES, ContrastiveOutput, contrastive_loss
 
 __all__ = ["InfoNCELoss", "check_false_negative_setup", "load_guide_model"]
@@ -74,7 +71,7 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
-        _check_false_negatives(false_negatives, false_negative_margin)
+        check_false_negatives(false_negatives, false_negative_margin)
         if guide is not None and false_negatives != "mask":
             raise ValueError("A guide model only serves false-negative masking: pass false_negatives='mask' with it.")
         self.model = model
@@ -181,7 +178,7 @@ class InfoNCELoss(nn.Module):
                 self._warned_groups = True
                 logger.warning("false_negatives='duplicates' without batch_groups: duplicates are unknown for this "
                                "batch, nothing is masked. DivCLTrainer sets them for every training batch.")
-            n, rank = embs[0].shape[0], torch.distributed.get_rank() if _dist_ready() else 0
+            n, rank = embs[0].shape[0], torch.distributed.get_rank() if distributed_ready() else 0
             groups = torch.arange(rank * n, (rank + 1) * n, device=embs[0].device)  # unique across processes
         out = contrastive_loss(embs[0], embs[1], self.temperature, negatives=embs[2:], loss_type=self.loss_type,
                                symmetric=self.symmetric, whitening=self.whitening, whitening_eps=self.whitening_eps,

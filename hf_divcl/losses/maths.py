@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .false_negatives import FALSE_NEGATIVE_MODES, _duplicate_masks, _reference_view, false_negative_mask
+from .false_negatives import FALSE_NEGATIVE_MODES, duplicate_masks, false_negative_mask, reference_view
 from .gather import gather_with_grad
 
 __all__ = ["LOSS_TYPES", "ContrastiveOutput", "contrastive_loss", "whiten"]
@@ -162,10 +162,10 @@ def contrastive_loss(
     mask_on = false_negatives != "none"
     masked: list[torch.Tensor] = []  # global (R, C) masks, True = masked, one per softmax direction
     if false_negatives == "duplicates":
-        masked = _duplicate_masks(groups, n, big_n, len(cols), loss_type, symmetric, gather, u.device)
+        masked = duplicate_masks(groups, n, big_n, len(cols), loss_type, symmetric, gather, u.device)
     elif mask_on:  # built on the global batch, so every process holds the same mask and the same counts
         with torch.no_grad():
-            ref = _reference_view(glob, reference, n, gather)  # (k, N, d_r)
+            ref = reference_view(glob, reference, n, gather)  # (k, N, d_r)
             every = torch.arange(big_n, device=ref.device)
             if loss_type == "infonce":
                 masked.append(false_negative_mask(ref[0], ref[1:].reshape(-1, ref.shape[-1]), every,

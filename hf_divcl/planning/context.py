@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..diversity.window import DiversityWindow
-from .sketch import _chunks, make_sketch
+from .sketch import make_sketch, row_chunks
 
 __all__ = ["PlanContext"]
 
@@ -45,7 +45,7 @@ class PlanContext:
         """``(N,)`` float32 inverse norms of the bank's rows (unit up to float16 rounding), computed once."""
         if self._inv_norm is None:
             self._inv_norm = torch.cat([self.bank[sl].float().norm(dim=-1).reciprocal()
-                                        for sl in _chunks(self.bank.shape[0], 65_536)])
+                                        for sl in row_chunks(self.bank.shape[0], 65_536)])
         return self._inv_norm
 
     @property

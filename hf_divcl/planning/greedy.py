@@ -9,7 +9,7 @@ import torch
 from ..diversity.window import measure_batches
 from .base import BatchBuilder
 from .context import PlanContext
-from .sketch import _chunks, kmeans
+from .sketch import kmeans, row_chunks
 from .target import calibrate_target, target_sketch_mcos2
 
 __all__ = ["GreedyBuilder"]
@@ -119,7 +119,7 @@ class GreedyBuilder(BatchBuilder):
         out = torch.empty(n, device=members.device)
         ar = torch.arange(t1, device=members.device)
         before = ar.unsqueeze(0) < ar[t0:t1].unsqueeze(1)  # (t1 - t0, t1): pair (i, j) with j < i
-        for sl in _chunks(n, chunk):
+        for sl in row_chunks(n, chunk):
             idx = ctx.rows[pos[members[sl, :t1]]]
             x = ctx.bank[idx].float()
             inv = ctx.inv_norm[idx]  # cosines of the bank's (float16-rounded) rows, as batch_diversity computes

@@ -18,7 +18,7 @@ from .context import PlanContext
 from .dedupe import repair_duplicates
 from .refine import refine_swaps
 from .registry import get_builder
-from .sketch import _chunks
+from .sketch import row_chunks
 from .target import calibrate_target
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _check_bank(embeddings: torch.Tensor, batch_size: int, drop_last: bool, chun
     if batch_size > n:
         raise ValueError(f"batch_size ({batch_size}) is larger than the data set ({n} rows); use a batch size of "
                          f"at most {n}.")
-    for sl in _chunks(n, chunk):
+    for sl in row_chunks(n, chunk):
         bad = ~torch.isfinite(embeddings[sl]).all(1)
         if bool(bad.any()):
             rows = (torch.nonzero(bad).squeeze(1) + sl.start).tolist()

@@ -6,7 +6,7 @@ import torch
 
 from ..diversity.window import measure_batches
 from .context import PlanContext
-from .sketch import _chunks
+from .sketch import row_chunks
 from .target import calibrate_target, target_sketch_mcos2
 
 __all__ = ["refine_swaps", "refine_target"]
@@ -58,7 +58,7 @@ def refine_swaps(ctx: PlanContext, batches: torch.Tensor, passes: int, proposals
             pairs = torch.stack([order[:h], order.flip(0)[:h]], 1)
         else:
             pairs = torch.randperm(n, generator=gen).to(dev)[: n // 2 * 2].view(-1, 2)
-        for sl in _chunks(pairs.shape[0], chunk):
+        for sl in row_chunks(pairs.shape[0], chunk):
             pk = pairs[sl]  # (p, 2)
             p = pk.shape[0]
             x = ctx.emb(batches[pk]).float()  # (p, 2, B, d)

@@ -9,7 +9,7 @@ import torch
 __all__ = ["kmeans", "make_sketch", "sketch_mean_sq_cosine"]
 
 
-def _chunks(n: int, size: int) -> Iterator[slice]:
+def row_chunks(n: int, size: int) -> Iterator[slice]:
     for s in range(0, n, size):
         yield slice(s, min(s + size, n))
 
@@ -27,7 +27,7 @@ def make_sketch(bank: torch.Tensor, rows: torch.Tensor, r: int, gen: torch.Gener
     _, evecs = torch.linalg.eigh(xs.T @ xs)
     basis = evecs[:, -r:].flip(-1).contiguous()  # (d, r)
     out = torch.empty(m, r, dtype=torch.float32)
-    for sl in _chunks(m, chunk):
+    for sl in row_chunks(m, chunk):
         out[sl] = bank[rows[sl]].float() @ basis
     return out
 
@@ -62,7 +62,7 @@ def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 15, chunk
 
     def nearest(cent: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
-        for sl in _chunks(rows.shape[0], chunk):
+        for sl in row_chunks(rows.shape[0], chunk):
             out[sl] = (rows[sl] @ cent.T).argmax(1)
         return out
 

@@ -7,8 +7,7 @@ predicted bands, time spent in selection versus training, bank staleness — int
 every ``report_to`` integration) and one line of ``diversity_log.jsonl``. The collapse alarm fires when the
 effective rank stays below a threshold for ``patience`` consecutive steps.
 
-The log file's reader and the readable console line live in :mod:`hf_divcl.diversity.log` and stay importable
-from here.
+The log file's format (reader, console line) lives in :mod:`hf_divcl.diversity.log`.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ from transformers.trainer_callback import DefaultFlowCallback
 
 from .._common import DIVERSITY_LOG_FILE
 from ..diversity.bands import gradient_bands
-
-# imported names this module does not use are re-exported: every name importable from here before still is
 from ..diversity.log import (
     PREFIX,
     read_diversity_log,
@@ -38,14 +35,9 @@ from ..diversity.metrics import DIVERSITY_METRICS, batch_diversity
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CollapseError", "DiversityCallback", "DiversityLogger"]
+__all__ = ["DiversityCallback", "DiversityLogger"]
 
 _STEP_METRICS = DIVERSITY_METRICS
-
-
-class CollapseError(RuntimeError):
-    """Not raised by hf_divcl: the collapse alarm warns or stops training (``collapse_action="warn" | "stop"``).
-    Kept importable for one release; it will be removed."""
 
 
 class DiversityLogger(TrainerCallback):
