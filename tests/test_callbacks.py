@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from datasets import Dataset
 
 from hf_divcl.diversity.log import format_log_line, read_diversity_log
 from hf_divcl.training.callbacks import DiversityCallback
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_trainer(tiny_model_dir, tmp_path, callback, attach=True, **kw):
@@ -93,3 +99,37 @@ def test_a_callback_passed_in_the_constructor_says_how_to_reach_report_to(tiny_m
     cb.attach(trainer)
     names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
     assert names.index("DiversityCallback") == 1 < names.index("TensorBoardCallback")
+
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.slow
+def test_under_two_processes_the_callback_measures_the_global_batch(tiny_model_dir, tmp_path):
+    """`accelerate launch` with 2 processes: each logged effective rank is the mean over the logged steps of the
+    effective rank of the *global* batch (both processes' anchors), recomputed here from embeddings each process
+    saved on its own; τ comes from the loss (MultipleNegativesRankingLoss scale 10 → 0.1)."""
+    import torch
+
+    from hf_divcl.diversity.metrics import batch_diversity
+
+    out = tmp_path / "out"
+    done = subprocess.run([*LAUNCH, str(ROOT / "tests" / "callback_run.py"), tiny_model_dir, str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"steps_rank{r}.pt") for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    n = ranks[0][0].shape[0] // 2
+    global_rank = [batch_diversity(torch.cat([r[s][:n] for r in ranks]).double())["effective_rank"].item()
+                   for s in range(4)]
+    local_rank = [batch_diversity(ranks[0][s][:n].double())["effective_rank"].item() for s in range(4)]
+    records = [r for r in read_diversity_log(out / "diversity_log.jsonl") if "divcl/effective_rank" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    for record, steps in zip(records, ([0, 1], [2, 3]), strict=True):
+        assert record["divcl/global_batch_size"] == 2 * n
+        assert record["divcl/temperature"] == pytest.approx(0.1)
+        expected = sum(global_rank[s] for s in steps) / 2
+        assert record["divcl/effective_rank"] == pytest.approx(expected, rel=1e-4)
+        assert record["divcl/effective_rank"] != pytest.approx(sum(local_rank[s] for s in steps) / 2, rel=1e-3)
+    assert records[0]["loss_config"]["loss"] == "MultipleNegativesRankingLoss"

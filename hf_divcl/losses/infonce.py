@@ -28,7 +28,7 @@ from .false_negatives import (
 from .gather import distributed_ready
 from .maths import LOSS_TYPES, ContrastiveOutput, contrastive_loss
 
-__all__ = ["InfoNCELoss", "check_false_negative_setup", "load_guide_model"]
+__all__ = ["InfoNCELoss", "check_false_negative_setup", "load_guide_model", "loss_temperature"]
 
 logger = logging.getLogger(__name__)
 
@@ -254,3 +254,15 @@ def _device_of(model: nn.Module) -> torch.device:
 def _model_name(model: nn.Module) -> str:
     card = getattr(model, "model_card_data", None)
     return str(getattr(card, "base_model", None) or getattr(model, "name_or_path", None) or type(model).__name__)
+
+
+def loss_temperature(loss) -> float | None:
+    """τ of a contrastive loss: its ``temperature`` (:class:`InfoNCELoss`, ``GISTEmbedLoss``) or ``1 / scale``
+    (``MultipleNegativesRankingLoss`` and its cached variant, whose default scale 20 is τ = 0.05); ``None`` when the
+    loss has neither."""
+    config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
+    temperature = config.get("temperature", getattr(loss, "temperature", None))
+    if temperature is not None:
+        return float(temperature)
+    scale = config.get("scale", getattr(loss, "scale", None))
+    return 1.0 / float(scale) if scale else None

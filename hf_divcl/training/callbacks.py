@@ -32,10 +32,12 @@ from ..diversity.log import (
     use_readable_console,
 )
 from ..diversity.metrics import DIVERSITY_METRICS, batch_diversity
+from ..losses.gather import distributed_ready
+from ..losses.infonce import loss_temperature
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiversityCallback", "DiversityLogger"]
+__all__ = ["DiversityCallback", "DiversityLogger", "gather_steps"]
 
 _STEP_METRICS = DIVERSITY_METRICS
 
@@ -215,22 +217,25 @@ class DiversityCallback(DiversityLogger):
     the collapse alarm, ``diversity_log.jsonl`` and, at the end, the card plots — without changing how batches are
     built or how the loss is computed.
 
-        >>> trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss,
-        ...                                      callbacks=[DiversityCallback(temperature=1 / loss.scale)])
+        >>> trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss)
+        >>> DiversityCallback().attach(trainer)   # τ read from the loss
 
     A forward hook on the model captures the ``sentence_embedding`` of each training forward pass (nothing is
     recomputed): the first ``per_device_train_batch_size`` rows are the step's anchors, the next as many its
     positives (the column order of sentence-transformers losses, including the cached ones). A step that captured
-    fewer rows (the last, partial batch of an epoch) is not measured. With several processes each process measures
-    its own local batch and the main process logs its own.
+    fewer rows (the last, partial batch of an epoch) is not measured. With several processes the steps' local
+    batches are gathered once per logging step, so every measured step is the *global* batch (the processes' local
+    batches in rank order); a step is measured only when every process captured it.
 
     The ``divcl/*`` keys go into every logging step's record — so the console, ``state.log_history`` and every
-    ``report_to`` backend see them — and into ``output_dir/diversity_log.jsonl``; ``diversity_trajectory.png``
-    and ``gradient_bands.png`` are written to ``output_dir`` when training ends (with matplotlib installed).
+    ``report_to`` backend see them (with :meth:`attach`) — and into ``output_dir/diversity_log.jsonl``;
+    ``diversity_trajectory.png`` and ``gradient_bands.png`` are written to ``output_dir`` when training ends (with
+    matplotlib installed).
 
     Args:
-        temperature (`float`, *optional*, defaults to 0.05): τ of the loss (``1 / scale`` of
-            MultipleNegativesRankingLoss, whose default scale 20 is τ = 0.05), for the gradient norms and bands.
+        temperature (`float`, *optional*): τ of the loss, for the gradient norms and bands. Default: read from the
+            trainer's loss by :meth:`attach` (``temperature`` of InfoNCELoss / GISTEmbedLoss, ``1 / scale`` of
+            MultipleNegativesRankingLoss and its cached variant), else 0.05.
         window (:class:`~hf_divcl.diversity.window.DiversityWindow` or `str`, *optional*): a window (``"low:high"`` or
             ``"metric:low:high"``) whose hit rate to report (``divcl/in_window_fraction``).
         log_file (`str`, *optional*, defaults to `"diversity_log.jsonl"`): in ``output_dir``; ``None`` disables it.
@@ -238,12 +243,13 @@ class DiversityCallback(DiversityLogger):
         collapse_threshold, collapse_patience, collapse_action, log_bands: as in :class:`DiversityLogger`.
     """
 
-    def __init__(self, *, temperature: float = 0.05, window: Any = None, log_file: str | None = DIVERSITY_LOG_FILE,
+    def __init__(self, *, temperature: float | None = None, window: Any = None,
+                 log_file: str | None = DIVERSITY_LOG_FILE,
                  plots: bool = True, log_bands: bool = True, collapse_threshold: float = 1.5,
                  collapse_patience: int = 20, collapse_action: str = "warn") -> None:
         from ..diversity.window import DiversityWindow
 
-        if not temperature > 0:
+        if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}.")
         if isinstance(window, str):
             window = DiversityWindow.parse(window)
@@ -253,12 +259,15 @@ class DiversityCallback(DiversityLogger):
                          log_file=None, collapse_threshold=collapse_threshold, collapse_patience=collapse_patience,
                          collapse_action=collapse_action)
         self.window = window
-        self.temperature = float(temperature)
+        self.temperature = None if temperature is None else float(temperature)
+        self.loss_info: dict[str, Any] | None = None
         self.log_file_name = log_file
         self.plots = plots
         self._captured: list[torch.Tensor] = []
         self._hook = None
         self._pending: dict[str, float] = {}
+        self._buffer: list[tuple[torch.Tensor | None, torch.Tensor | None]] = []  # steps not yet gathered
+        self._wrote_loss_info = False
 
     # -- wiring ----------------------------------------------------------------------------------------------
 
@@ -276,6 +285,15 @@ class DiversityCallback(DiversityLogger):
         callbacks.insert(first[0] + 1 if first else 0, self)
         use_readable_console(trainer.callback_handler, self.metric)
         self._attached = True
+        loss = getattr(trainer, "loss", None)
+        if loss is not None:
+            config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
+            self.loss_info = {"loss": type(loss).__name__,
+                              **{k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+                                 for k, v in config.items()}}
+            if self.temperature is None and (t := loss_temperature(loss)) is not None:
+                self.temperature = t
+                logger.info("DiversityCallback: τ = %g from %s.", t, type(loss).__name__)
         return self
 
     def on_init_end(self, args, state, control, **kwargs):
@@ -285,6 +303,10 @@ class DiversityCallback(DiversityLogger):
                            "them). Use DiversityCallback(...).attach(trainer) after building the trainer instead.")
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.temperature is None:
+            self.temperature = 0.05
+            logger.warning("DiversityCallback: τ unknown (pass temperature=, or attach(trainer) with a loss that has "
+                           "a temperature or scale); the bands use τ = 0.05.")
         self.is_main_process = state.is_world_process_zero
         self.log_file = Path(args.output_dir, self.log_file_name) if self.log_file_name else None
         if model is None:
@@ -321,11 +343,19 @@ class DiversityCallback(DiversityLogger):
         n = args.per_device_train_batch_size
         flat = torch.cat(self._captured) if self._captured else None
         self._captured.clear()
+        pair = None
         if flat is not None and flat.shape[0] >= 2 * n and n >= 2:
-            anchors, positives = torch.nn.functional.normalize(flat[:2 * n].float(), dim=-1).split(n)
-            self.record(anchors, positives, self.temperature)
+            pair = torch.nn.functional.normalize(flat[:2 * n].float(), dim=-1).split(n)
+        if distributed_ready():
+            self._buffer.append(pair if pair is not None else (None, None))
+        elif pair is not None:
+            self.record(*pair, self.temperature)
         super().on_step_end(args, state, control, **kwargs)
-        if control.should_log:
+        if control.should_log:  # the same decision on every process (the Trainer's logging schedule)
+            if distributed_ready():
+                for anchors, positives in gather_steps(self._buffer):
+                    self.record(anchors, positives, self.temperature)
+                self._buffer.clear()
             self._pending = self.summary(step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -333,6 +363,41 @@ class DiversityCallback(DiversityLogger):
             logs.update(self._pending)
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1].update(self._pending)
-            self.write({"step": state.global_step, "epoch": state.epoch, **logs})
+            extra = {"loss_config": self.loss_info} if self.loss_info and not self._wrote_loss_info else {}
+            self.write({"step": state.global_step, "epoch": state.epoch, **logs, **extra})
+            self._wrote_loss_info = self._wrote_loss_info or bool(extra)
             self._pending = {}
         return super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+def gather_steps(steps: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> list[tuple[torch.Tensor, ...]]:
+    """The global batches of the buffered steps: each process's ``(anchors, positives)`` of shape ``(n, d)`` per
+    step (``(None, None)`` where it captured none) → per step, ``(W·n, d)`` anchors and positives in rank order. One
+    ``all_gather`` for all the steps; a step that some process did not capture is left out. Every process must call
+    it with the same number of steps."""
+    import torch.distributed as dist
+
+    if not steps:
+        return []
+    shape = next((a.shape for a, _ in steps if a is not None), None)
+    meta = torch.tensor([len(steps), *(shape if shape is not None else (0, 0))], dtype=torch.long)
+    metas = [torch.zeros_like(meta) for _ in range(dist.get_world_size())]
+    dist.all_gather(metas, meta)  # processes may differ in which steps they captured, never in how many
+    n, d = max(int(m[1]) for m in metas), max(int(m[2]) for m in metas)
+    if n == 0:
+        return []
+    device = next((a.device for a, _ in steps if a is not None), torch.device("cpu"))
+    if dist.get_backend() == "nccl" and device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    local = torch.zeros(len(steps), 2, n, d, device=device)
+    valid = torch.zeros(len(steps), device=device)
+    for i, (a, p) in enumerate(steps):
+        if a is not None and a.shape == (n, d):
+            local[i, 0], local[i, 1], valid[i] = a, p, 1.0
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    flags = [torch.empty_like(valid) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    dist.all_gather(flags, valid)
+    every = torch.stack(flags).min(0).values.bool().tolist()
+    both = torch.cat(parts, dim=2)  # (S, 2, W·n, d), rank order
+    return [(both[i, 0], both[i, 1]) for i in range(len(steps)) if every[i]]

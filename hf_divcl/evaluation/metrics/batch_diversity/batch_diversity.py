@@ -9,7 +9,7 @@ import datasets
 import evaluate
 import torch
 
-from ....diversity.metrics import batch_diversity
+from hf_divcl.diversity.metrics import batch_diversity  # absolute: evaluate copies this file elsewhere
 
 _DESCRIPTION = """
 How spread out a batch of embeddings is: effective rank (exp of the entropy of the normalised eigenvalues of the
