@@ -100,3 +100,70 @@ def test_progress_card_shows_each_calibration_its_decision_and_evidence(tmp_path
     assert "| 10 | random | random batches | local:32 |" in text
     assert "none in force at the end: random batches" in text
     assert "every\ntraining batch was built" not in text  # no claim that batches sat in a window
+
+
+POLICIES = {
+    "progress (the default)": {},
+    "progress with a forced calibration": {"calibration_pairs": 3, "calibration_levels": "local:16,random"},
+    "window=auto": {"window": "auto"},
+    "fixed window": {"window": "effective_rank:2:6"},
+    "random batches": {"window": "none", "builder": "random"},
+    "learnability": {"builder": "learnability", "window": "none", "learnability_reference_rows": 32,
+                     "learnability_reference_steps": 2},
+    "hard": {"builder": "hard", "window": "none"},
+    "MNRL with hardness_mode": {"window": "none", "builder": "random"},
+    "DiversityCallback on an unchanged trainer": None,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_the_card_of_every_policy_states_the_loss_and_has_no_placeholder(policy, tiny_model_dir, tmp_path):
+    """A 6-step run of each batch policy (a sentence-transformers loss with hardness weighting, and DiversityCallback on
+    an unchanged trainer too): its card names
+    the loss with its settings and τ, and no cell or sentence of it is `nan`, `None` or empty."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    if POLICIES[policy] is None:
+        from test_callbacks import plain_trainer
+
+        from hf_divcl.training.callbacks import DiversityCallback
+
+        trainer = plain_trainer(tiny_model_dir, tmp_path, DiversityCallback(plots=False, collapse_threshold=0))
+        trainer.train()
+        model = trainer.model
+    else:
+        model = SentenceTransformer(tiny_model_dir, device="cpu")
+        pairs = Dataset.from_dict({"anchor": [f"word {i} of kind {i % 7}" for i in range(160)],
+                                   "positive": [f"meaning {i * 5 % 11} of item {i}" for i in range(160)]})
+        train_policy(model, pairs, tmp_path, policy)
+    text = write_model_card(tmp_path / "out", model=model, base_model="tiny", dataset="pairs", train_rows=160)\
+        .read_text()
+    body = text.split("---", 2)[2]
+    for bad in ("nan", "None", "| |", "|  |", "n/a"):
+        assert bad not in body, (bad, body)
+    loss_row = next(line for line in body.splitlines() if line.startswith("| loss |"))
+    if "MNRL" in policy:
+        assert "MultipleNegativesRankingLoss" in loss_row and "hardness\\_mode=in\\_batch\\_negatives" in loss_row
+        assert "hardness\\_strength=9" in loss_row and "τ = 0.1" in loss_row
+    elif POLICIES[policy] is None:
+        assert "MultipleNegativesRankingLoss" in loss_row and "τ = 0.05" in loss_row
+        assert "| batch builder | the Trainer's own sampler" in body
+    else:
+        assert "InfoNCELoss \\(loss\\_type=infonce, symmetric=False" in loss_row and "τ = 0.05" in loss_row
+
+
+def train_policy(model, pairs, tmp_path, policy: str) -> None:
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
+
+    args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=6,
+                                  logging_steps=2, learning_rate=1e-3, report_to=[], disable_tqdm=True,
+                                  save_strategy="no", collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"),
+                                  **POLICIES[policy])
+    loss = MultipleNegativesRankingLoss(model, scale=10.0, hardness_mode="in_batch_negatives",
+                                        hardness_strength=9.0) if "MNRL" in policy else None
+    DivCLTrainer(model=model, args=args, train_dataset=pairs, loss=loss).train()

@@ -28,7 +28,7 @@ from .false_negatives import (
 from .gather import distributed_ready
 from .maths import LOSS_TYPES, ContrastiveOutput, contrastive_loss
 
-__all__ = ["InfoNCELoss", "check_false_negative_setup", "load_guide_model", "loss_temperature"]
+__all__ = ["InfoNCELoss", "check_false_negative_setup", "load_guide_model", "loss_settings", "loss_temperature"]
 
 logger = logging.getLogger(__name__)
 
@@ -266,3 +266,19 @@ def loss_temperature(loss) -> float | None:
         return float(temperature)
     scale = config.get("scale", getattr(loss, "scale", None))
     return 1.0 / float(scale) if scale else None
+
+
+def loss_settings(loss) -> dict[str, Any]:
+    """What trained the model, JSON-ready for the run file, the log and the card: ``{"loss": class name, **its
+    get_config_dict()}`` (sentence-transformers losses and :class:`InfoNCELoss` both have one; a model or a
+    function in it is named by its string form)."""
+    config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
+
+    def plain(value: Any) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return str(value)
+
+    return {"loss": type(loss).__name__, **{str(k): plain(v) for k, v in config.items()}}

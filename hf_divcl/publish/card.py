@@ -195,6 +195,49 @@ def _selection_context(records: Sequence[dict], run: dict[str, Any], info: dict[
     return out
 
 
+def _loss_text(records: Sequence[dict], run: dict[str, Any]) -> str:
+    """The loss and its settings: from the run file (DivCLTrainer) or the log (DiversityCallback)."""
+    config = dict(run.get("loss_config") or next((r["loss_config"] for r in records if r.get("loss_config")), {}))
+    name = config.get("loss") or run.get("loss") or "not recorded"
+    settings = [f"{k}={_fmt(v)}" for k, v in config.items()
+                if k not in ("loss", "temperature", "scale") and v not in (None, [], "")]
+    return name + (f" ({', '.join(settings)})" if settings else "")
+
+
+def _settings_rows(records, run, info, policy, cal, base_model, dataset, train_rows, temperature, metric,
+                   in_window) -> list[tuple[str, str]]:
+    """The card's settings table, Markdown-escaped: only rows whose value the run recorded (never a placeholder)."""
+    esc = md_escape
+    window = info.get("window") or {}
+    steps, epoch = records[-1]["step"], records[-1].get("epoch")
+    global_batch = info.get("global_batch_size") or (_series(records, "global_batch_size")[1] or [None])[-1]
+    rows = [("base model", esc(base_model)), ("training data", f"{esc(dataset)} ({train_rows} rows)"),
+            ("loss", esc(_loss_text(records, run)) + (f", τ = {_fmt(temperature)}" if temperature is not None
+                                                      else ""))]
+    if global_batch:
+        processes = run.get("processes", 1)
+        rows.append(("global batch size", f"{_fmt(global_batch)} ({processes} process(es) × "
+                                          f"{run.get('batch_size') or _fmt(global_batch / processes)})"
+                     if run else _fmt(global_batch)))
+    rows.append(("steps / epochs", f"{steps} / {_fmt(epoch, 3)}" if epoch is not None else str(steps)))
+    rows.append(("batch builder", esc(info.get("builder") or "the Trainer's own sampler (random batches)")))
+    if window.get("low") is not None and not policy["random_batches"]:
+        rows.append(("diversity window", f"{esc(metric)} ∈ [{_fmt(window['low'])}, {_fmt(window['high'])}]"))
+        rows.append(("how the window was chosen",
+                     "measured held-out progress per step against random batches (window=\"progress\")"
+                     if policy["policy"] == "progress" else "calibrated on the starting model's embeddings of this "
+                     "data set" if cal else "set by the user"))
+        if in_window is not None:
+            rows.append(("batches inside the window", f"{in_window:.1%}"))
+    else:
+        rows.append(("diversity window", "none in force at the end: random batches"
+                     + (" (window=\"progress\": no measured level beat them)" if policy["policy"] == "progress"
+                        else "")))
+    if run.get("bank_source") and run.get("dimension"):
+        rows.append(("embedding bank", esc(run["bank_source"])))
+    return rows
+
+
 def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dataset: str, train_rows: int,
                      repo_id: str | None = None, evaluation: dict[str, tuple[float | None, float | None]] | None = None,
                      evaluation_note: str = "", usage_inputs: Sequence[str] | None = None,
@@ -235,13 +278,15 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
     ranks = _series(records, f"{metric}")[1]
     inside = _series(records, "band_inside_fraction")[1]
     p50 = _series(records, "grad_norm_p50")[1]
-    in_window = sum(fractions) / len(fractions) if fractions else float("nan")
+    in_window = sum(fractions) / len(fractions) if fractions else None
     trajectory_summary = (f"Over {len(records)} logs, {metric.replace('_', ' ')} went from {_fmt(ranks[0])} to "
-                          f"{_fmt(ranks[-1])}; on average {in_window:.0%} of the batches were inside the window."
-                          if ranks else "")
+                          f"{_fmt(ranks[-1])}" + (f"; on average {in_window:.0%} of the batches were inside the window."
+                                                  if in_window is not None else ".") if ranks else "")
     bands_summary = (f"Median gradient norm from {_fmt(p50[0])} to {_fmt(p50[-1])}; "
                      f"{min(inside):.0%}–{max(inside):.0%} of the anchors inside their bands (the bands are exact "
                      "inequalities, so this is 100 % up to rounding)." if p50 and inside else "")
+    temperature = info.get("temperature") or run.get("temperature") or (_series(records, "temperature")[1] or
+                                                                          [None])[-1]
     curve = None
     if cal:
         curve = {"keep_fraction_pct": f"{cal.get('keep_fraction', 0.9):.0%}",
@@ -261,15 +306,9 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
         "model_name": (repo_id or out.name), "base_model": base_model, "base_model_link": base_model_link,
         "dataset": dataset, "modality": " and ".join(modalities), "dimension": dimension,
         "repo_id": repo_id or str(out), "usage_inputs": usage, "usage_count": len(usage),
-        "train_rows": train_rows, "loss": run.get("loss", "InfoNCE"), "temperature": info.get("temperature"),
-        "global_batch_size": info.get("global_batch_size"), "processes": run.get("processes", 1),
-        "batch_size": run.get("batch_size", info.get("global_batch_size")), "steps": records[-1]["step"],
-        "epochs": _fmt(records[-1].get("epoch"), 3), "builder": info.get("builder", "n/a"),
-        "window_metric": metric, "window_low": _fmt(window.get("low")), "window_high": _fmt(window.get("high")),
-        "window_origin": ("calibrated on the starting model's embeddings of this data set" if cal else
-                          "set by the user"),
-        "bank_source": run.get("bank_source", "training"),
-        "in_window_fraction": f"{in_window:.1%}" if math.isfinite(in_window) else "n/a",
+        "train_rows": train_rows, "temperature": _fmt(temperature) if temperature is not None else None,
+        "window_metric": metric, "settings": _settings_rows(records, run, info, policy, cal, base_model, dataset,
+                                                            train_rows, temperature, metric, in_window),
         "calibration": curve, "trajectory_png": TRAJECTORY_PNG, "bands_png": BANDS_PNG,
         "trajectory_summary": trajectory_summary, "bands_summary": bands_summary,
         "evaluation": eval_rows, "evaluation_note": evaluation_note, **policy,

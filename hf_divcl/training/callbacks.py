@@ -33,7 +33,7 @@ from ..diversity.log import (
 )
 from ..diversity.metrics import DIVERSITY_METRICS, batch_diversity
 from ..losses.gather import distributed_ready
-from ..losses.infonce import loss_temperature
+from ..losses.infonce import loss_settings, loss_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -287,10 +287,7 @@ class DiversityCallback(DiversityLogger):
         self._attached = True
         loss = getattr(trainer, "loss", None)
         if loss is not None:
-            config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
-            self.loss_info = {"loss": type(loss).__name__,
-                              **{k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-                                 for k, v in config.items()}}
+            self.loss_info = loss_settings(loss)
             if self.temperature is None and (t := loss_temperature(loss)) is not None:
                 self.temperature = t
                 logger.info("DiversityCallback: τ = %g from %s.", t, type(loss).__name__)

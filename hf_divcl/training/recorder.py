@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..losses.gather import gather_with_grad
-from ..losses.infonce import InfoNCELoss
+from ..losses.infonce import InfoNCELoss, loss_temperature
 
 if TYPE_CHECKING:
     from ..bank import EmbeddingBank
@@ -107,8 +107,7 @@ class StepRecorder:
             if flat.shape[0] < 2 * n:
                 return
             anchors, positives = torch.nn.functional.normalize(flat[:2 * n].float(), dim=-1).split(n)
-            scale = getattr(loss, "scale", None)
-            tau = 1.0 / float(scale) if scale else t.args.temperature
+            tau = loss_temperature(loss) or t.args.temperature
             with torch.no_grad():
                 anchors = gather_with_grad(anchors)[0]
                 positives = gather_with_grad(positives)[0]

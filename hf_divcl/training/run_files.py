@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from .._common import RUN_INFO_FILE, WINDOW_FILE, atomic_write_text
 from ..batch_policy.selectors import SELECTORS
-from ..losses.infonce import InfoNCELoss
+from ..losses.infonce import InfoNCELoss, loss_settings, loss_temperature
 
 if TYPE_CHECKING:
     from .host import TrainerHost
@@ -58,7 +58,8 @@ def write_run_file(trainer: TrainerHost) -> None:
                                           if isinstance(loss, InfoNCELoss) else ""),
            "processes": trainer.processes(), "batch_size": a.train_batch_size, "bank_source": a.bank_source,
            "train_rows": len(trainer.train_dataset), "dimension": trainer.bank.dim if trainer.bank is not None
-           else None, "whitening": a.whitening}
+           else None, "whitening": a.whitening, "loss_config": loss_settings(loss),
+           "temperature": loss_temperature(loss) or a.temperature}
     if isinstance(loss, InfoNCELoss) and loss.false_negatives != "none":
         run["false_negatives"] = {"mode": loss.false_negatives, "margin": loss.false_negative_margin,
                                   "reference": loss.get_config_dict()["guide"]}
@@ -68,8 +69,7 @@ def write_run_file(trainer: TrainerHost) -> None:
 
 
 def write_window_file(trainer: TrainerHost) -> None:
-    """``divcl_window.json``: the window in force (or the decision to keep random batches, and why); nothing for a
-    fixed-policy run without a window."""
+    """``divcl_window.json``: the window in force, or the decision to keep random batches and why."""
     if not trainer.is_world_process_zero():
         return
     a, window = trainer.args, trainer.diversity.window
@@ -80,7 +80,8 @@ def write_window_file(trainer: TrainerHost) -> None:
                             "window": window.to_dict() if window is not None else None,
                             "builder": trainer.divcl_sampler.builder if trainer.divcl_sampler is not None
                             else a.builder,
-                            "temperature": a.temperature, "global_batch_size": trainer.global_batch_size(),
+                            "temperature": loss_temperature(trainer.loss) or a.temperature,
+                            "global_batch_size": trainer.global_batch_size(),
                             "mega_batch_factor": max(1, int(a.mega_batch_factor))}
     if a.builder in SELECTORS:
         info["selection"] = selection_info(trainer) if trainer.selector is not None else None
@@ -94,6 +95,6 @@ def write_window_file(trainer: TrainerHost) -> None:
             plan.reason if plan is not None and not plan.steps else "not calibrated yet")
         info["calibration_plan"] = plan.to_dict() if plan else None
         info["calibrations"] = len(follower.history) if follower is not None else 0
-    elif window is None:
-        return
+    elif window is None:  # window="none": the sampler's random batches
+        info["decision"], info["reason"] = "random", "window='none': random batches, no diversity window"
     atomic_write_text(Path(a.output_dir, WINDOW_FILE), json.dumps(info, indent=2))
