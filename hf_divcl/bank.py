@@ -36,7 +36,6 @@ _DATA = "embeddings.npy"
 _STEPS = "last_update_step.npy"
 
 
-_cache_root = cache_root  # the old private name
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -66,8 +65,8 @@ def data_fingerprint(texts: Sequence[Sequence[str]]) -> str:
 
 def _scratch_file(owner: object) -> str:
     """A new ``.npy`` path in the cache folder, deleted when ``owner`` is garbage-collected or at exit."""
-    _cache_root().mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npy", prefix="bank-", dir=_cache_root())
+    cache_root().mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npy", prefix="bank-", dir=cache_root())
     os.close(fd)
     weakref.finalize(owner, _unlink, tmp)
     return tmp
@@ -262,18 +261,23 @@ class EmbeddingBank:
         d.mkdir(parents=True, exist_ok=True)
         if self._mmap is not None:
             self._mmap.flush()
-        for name, arr in ((_DATA, self._data.numpy()), (_STEPS, self.last_update_step.numpy())):
-            tmp = d / f".{name}.tmp"
-            with tmp.open("wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, d / name)
-        meta = {"format": "hf_divcl.bank/1", "num_rows": self.num_rows, "num_views": self.num_views,
-                "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."), "source": self.source}
-        tmp = d / f".{_META}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, d / _META)
+        temporaries = [d / f".{name}.tmp" for name in (_DATA, _STEPS, _META)]
+        try:
+            for name, arr, tmp in ((_DATA, self._data.numpy(), temporaries[0]),
+                                   (_STEPS, self.last_update_step.numpy(), temporaries[1])):
+                with tmp.open("wb") as fh:
+                    np.save(fh, arr, allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, d / name)
+            meta = {"format": "hf_divcl.bank/1", "num_rows": self.num_rows, "num_views": self.num_views,
+                    "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."), "source": self.source}
+            temporaries[2].write_text(json.dumps(meta, indent=2))
+            os.replace(temporaries[2], d / _META)
+        except OSError:  # a full disk: leave no half-written temporary behind (the folder is still no bank)
+            for tmp in temporaries:
+                tmp.unlink(missing_ok=True)
+            raise
         return d
 
     @classmethod
@@ -377,7 +381,12 @@ class EmbeddingBank:
         dist = torch.distributed
         distributed = dist.is_available() and dist.is_initialized()
         if cache is not None and (not distributed or dist.get_rank() == 0):
-            bank.save(cache)
+            try:
+                bank.save(cache)
+            except OSError as err:  # a read-only or full cache folder costs a re-encoding next time, not the run
+                logger.warning("Could not write the bank cache to %s (%s); training goes on without it, and the "
+                               "next run encodes the bank again. Set bank_cache_dir (or HF_DIVCL_CACHE) to a "
+                               "writable folder to keep it.", cache, err)
         if cache is not None and distributed:
             dist.barrier()
         return bank

@@ -1,23 +1,25 @@
 """A small DivCLTrainer run used by the tests in subprocesses (plain python, accelerate launch, SIGKILL + resume).
 
-Every rank appends one JSON line per training micro-step to ``<out>/rows_rank<r>.jsonl`` with the global step,
-the local row ids it trained on and the loss.
+Every rank appends one JSON line per training micro-step to ``<out>/rows_rank<r>.jsonl`` with the global step, the
+local row ids it trained on and the loss.
 
     python tests/divcl_run.py MODEL_DIR OUT_DIR [--rows 200] [--batch 16] [--save-steps 5] [--kill-at 7] [--resume]
 
 Fault injection (SIGKILL of this process, on the rank given by --kill-rank): ``--kill-at N`` after step N,
 ``--kill-mid-step N`` after step N's forward pass and before its backward, ``--kill-mid-save N:PHASE`` while
-checkpoint-N is written (PHASE: divcl = after hf_divcl state, before the model; optimizer = after the model,
-during the optimizer state; state = half of trainer_state.json written), ``--kill-mid-refresh`` halfway through
-writing the re-encoded bank at the first refresh (with --refresh-epochs). Other faults: ``--nan-row R`` makes
-row R's embedding NaN (``--nan-at-step N``: the first row of step N's), ``--oom-at-step N`` makes an allocation
-at step N fail under a memory cap.
+checkpoint-N is written (PHASE: divcl = after hf_divcl state, before the model; optimizer = after the model, during
+the optimizer state; state = half of trainer_state.json written), ``--kill-mid-refresh`` halfway through writing the
+re-encoded bank at the first refresh (with --refresh-epochs). ``--disk-full-at-save N``: from checkpoint-N on every
+file write over 4 KiB is refused by the kernel (RLIMIT_FSIZE), as on a full disk. Other faults: ``--nan-row R``
+makes row R's embedding NaN (``--nan-at-step N``: the first row of step N's), ``--oom-at-step N`` makes an
+allocation at step N fail under a memory cap.
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import resource
 import signal
 
 import torch
@@ -60,6 +62,9 @@ class RecordingTrainer(DivCLTrainer):
         return loss
 
     def _save_checkpoint(self, model, trial):
+        if FAULT.get("disk_full_at_save") == self.state.global_step:  # the kernel refuses any file over 4 KiB
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write is an OSError, not a signal
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         if FAULT.get("mid_save", (None,))[0] == self.state.global_step:
             phase = FAULT["mid_save"][1]
             if phase == "divcl":
@@ -137,6 +142,8 @@ def main():
     p.add_argument("--kill-mid-step", type=int, default=0)
     p.add_argument("--kill-mid-save", default=None)
     p.add_argument("--kill-mid-refresh", action="store_true")
+    p.add_argument("--disk-full-at-save", type=int, default=0,
+                   help="from checkpoint N on, writing a file over 4 KiB fails (RLIMIT_FSIZE), as on a full disk")
     p.add_argument("--refresh-epochs", type=int, default=0)
     p.add_argument("--nan-row", type=int, default=None)
     p.add_argument("--nan-at-step", type=int, default=0, help="the first row of step N's batch gets a NaN embedding")
@@ -157,6 +164,8 @@ def main():
             FAULT["mid_save"] = (int(step), phase)
         if a.kill_mid_refresh:
             FAULT["mid_refresh"] = True
+        if a.disk_full_at_save:
+            FAULT["disk_full_at_save"] = a.disk_full_at_save
     if a.nan_row is not None:
         FAULT["nan_row"] = a.nan_row
     if a.oom_at_step:

@@ -39,6 +39,24 @@ class OutOfMemoryAdvice(MemoryError):
     """Memory ran out; the message says in which phase, where the last complete checkpoint is, and what to change."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file-size or quota limit, folder gone); the message names the
+    newest complete checkpoint, which resumes the run."""
+
+
+def checkpoint_write_error(err: OSError, folder: Path, complete: list[Path]) -> CheckpointWriteError:
+    """The error a run stops with when writing ``folder`` failed; ``complete``: the complete checkpoints, oldest
+    first (the half-written ``folder`` is never among them, and a resume sets it aside)."""
+    why = f"{err.strerror or err}" + (f" ({err.filename})" if getattr(err, "filename", None) else "")
+    if complete:
+        then = (f"Nothing earlier is lost: {complete[-1].name} is the newest complete checkpoint. Free disk space (or "
+                "point output_dir at a larger disk) and resume with train(resume_from_checkpoint=True) or "
+                "--resume_from_checkpoint true.")
+    else:
+        then = "No complete checkpoint exists yet: free disk space (or point output_dir at a larger disk) and rerun."
+    return CheckpointWriteError(err.errno, f"Writing {folder.name} failed: {why}; training stopped. {then}")
+
+
 def nonfinite_rows(embeddings: torch.Tensor, row_ids: torch.Tensor) -> list[int]:
     """Row ids whose embedding row ``(n, d)`` holds a NaN or Inf (``row_ids`` ``(n,)``)."""
     bad = ~torch.isfinite(embeddings.detach()).all(dim=-1)

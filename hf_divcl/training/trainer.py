@@ -54,7 +54,14 @@ from .checkpoints import (
     start_run,
     write_checkpoint_identity,
 )
-from .guards import OutOfMemoryAdvice, handle_nonfinite_loss, is_out_of_memory, out_of_memory_advice
+from .guards import (
+    CheckpointWriteError,
+    OutOfMemoryAdvice,
+    checkpoint_write_error,
+    handle_nonfinite_loss,
+    is_out_of_memory,
+    out_of_memory_advice,
+)
 from .recorder import StepRecorder
 from .run_files import RunFiles, write_window_file
 
@@ -392,15 +399,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
         # hf_divcl's state goes first: trainer_state.json, written last by the Trainer, marks the checkpoint complete
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         self.flush_bank()
-        if self.args.should_save and self._run_id is not None:
-            write_checkpoint_identity(folder, self._run_id, self._data_identity())
-        if self.args.should_save and self.divcl_sampler is not None:
-            window = self.diversity.window
-            save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
-                             window=window.to_dict() if window is not None else None,
-                             progress=self.follower.state_dict() if self.follower is not None else None,
-                             bank=self.bank)
-        super()._save_checkpoint(model, trial)
+        try:
+            if self.args.should_save and self._run_id is not None:
+                write_checkpoint_identity(folder, self._run_id, self._data_identity())
+            if self.args.should_save and self.divcl_sampler is not None:
+                window = self.diversity.window
+                save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
+                                 window=window.to_dict() if window is not None else None,
+                                 progress=self.follower.state_dict() if self.follower is not None else None,
+                                 bank=self.bank)
+            super()._save_checkpoint(model, trial)
+        except OSError as err:  # disk full, a size or quota limit: stop with what resumes the run
+            if isinstance(err, CheckpointWriteError):
+                raise
+            raise checkpoint_write_error(err, folder, complete_checkpoints(self.args.output_dir)[0]) from err
 
     def _load_from_checkpoint(self, checkpoint_path, *args, **kwargs) -> None:
         self.saved = SavedState(checkpoint_path)

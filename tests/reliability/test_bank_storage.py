@@ -1,10 +1,14 @@
-"""A bank loaded from a saved copy (cache entry or checkpoint) never writes back to it; scratch files go away."""
+"""A bank loaded from a saved copy (cache entry or checkpoint) never writes back to it; scratch files go away; a
+cache folder that cannot be written costs the cache, never the run."""
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import os
+from pathlib import Path
 
+import pytest
 import torch
 
 from hf_divcl.bank import EmbeddingBank
@@ -48,3 +52,36 @@ def test_refresh_of_a_cached_bank_does_not_change_the_cache(tmp_path, monkeypatc
     bank.load_state_dict({"embeddings": torch.zeros(32, 1, 4), "last_update_step": torch.zeros(32, dtype=torch.long)})
     assert _digest(tmp_path / "cache" / "key" / "embeddings.npy") == before
     assert float(bank.all().abs().sum()) == 0.0
+
+
+def unwritable_folders(tmp_path):
+    """Cache folders the kernel refuses to create, for any user (root included): a path below a regular file, and
+    one on sysfs (read-only for directories)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return {"below_a_regular_file": blocker / "bank_cache", "on_read_only_sysfs": "/sys/fs/hf_divcl_bank_cache"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["below_a_regular_file", "on_read_only_sysfs"])
+def test_an_unwritable_bank_cache_folder_costs_the_cache_not_the_run(where, tiny_model_dir, tmp_path, caplog):
+    """window="auto" needs a bank: with a cache folder that cannot be written, training runs to the end on a freshly
+    encoded bank and a warning names the folder and what to do."""
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.data.wordnet import wordnet_pairs
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
+
+    cache = unwritable_folders(tmp_path)[where]
+    with pytest.raises(OSError):  # the kernel really refuses it
+        os.makedirs(Path(cache) / "probe")
+    pairs = wordnet_pairs(kind="example", source="embedded").select(range(96)).select_columns(["anchor", "positive"])
+    args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, max_steps=4,
+                                  logging_steps=2, report_to=[], disable_tqdm=True, save_strategy="no",
+                                  window="auto", collapse_threshold=0, bank_cache_dir=str(cache))
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args, train_dataset=pairs)
+    with caplog.at_level("WARNING", logger="hf_divcl.bank"):
+        trainer.train()
+    assert trainer.state.global_step == 4 and trainer.bank is not None and not Path(cache).exists()
+    assert f"Could not write the bank cache to {cache}" in caplog.text and "bank_cache_dir" in caplog.text

@@ -1,8 +1,9 @@
-"""Crash and resume: SIGKILL mid-step, after a step, mid-checkpoint-write, mid-bank-refresh and at random times,
-then resume. The resumed run starts from the newest complete checkpoint (a half-written one is set aside, never
-loaded), no row of the epoch is skipped or repeated, the diversity log has no gap or duplicate step, and on CPU
-every loss after the resume equals the uninterrupted run's bit for bit. A rank dying in a 2-process run ends the
-launch with an error naming the dead rank (no hang), and the run resumes from its last complete checkpoint.
+"""Crash and resume: SIGKILL mid-step, after a step, mid-checkpoint-write, mid-bank-refresh and at random times, a disk
+that fills up mid-checkpoint, then resume. The resumed run starts from the newest complete checkpoint (a
+half-written one is set aside, never loaded), no row of the epoch is skipped or repeated, the diversity log has no gap
+or duplicate step, and on CPU every loss after the resume equals the uninterrupted run's bit for bit. A rank dying in a
+2-process run ends the launch with an error naming the dead rank (no hang), and the run resumes from its last
+complete checkpoint.
 
 Every run is tests/divcl_run.py (tiny BERT, 200 WordNet pairs, B = 16, checkpoints every 5 steps) in a subprocess.
 """
@@ -88,6 +89,28 @@ FAULTS = {
     "sigkill_mid_checkpoint_10_in_optimizer_state": ["--kill-mid-save", "10:optimizer"],
     "sigkill_mid_checkpoint_10_torn_trainer_state": ["--kill-mid-save", "10:state"],
 }
+
+
+def test_a_disk_that_fills_up_mid_checkpoint_stops_the_run_clearly_and_the_last_complete_one_resumes(
+        tiny_model_dir, tmp_path, reference):
+    """From checkpoint-10 on the kernel refuses every file write over 4 KiB (as a full disk does): the run stops with
+    one error that names the failed checkpoint and the one to resume from; the half-written folder is never loaded,
+    and the resumed run equals the uninterrupted one bit for bit."""
+    ref_out, ref = reference
+    out = tmp_path / "run"
+    first = run(tiny_model_dir, out, "--disk-full-at-save", "10")
+    assert first.returncode not in (0, SIGKILL), first.stderr[-3000:]
+    last = first.stderr.strip().splitlines()[-1]
+    assert "CheckpointWriteError" in last and "Writing checkpoint-10 failed" in last, last
+    assert "checkpoint-5 is the newest complete checkpoint" in last and "resume_from_checkpoint" in last
+    assert checkpoint_problem(out / "checkpoint-10") is not None  # half-written, and recognised as such
+    assert not list((out / "checkpoint-10").rglob(".*.tmp")), "no half-written temporary is left behind"
+    a1 = take_attempt(out, 1)
+    second = run(tiny_model_dir, out, "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    a2 = records(out)
+    assert a2[0]["step"] == 6
+    assert_same_as_reference(stitch([a1, a2]), ref, out, ref_out)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))

@@ -44,6 +44,7 @@ CASES = {
                                 endpoint_down=True),
     "500_on_create_repo_once": Fault([("fail", CREATE, {"times": 1, "status": 500})]),
     "502_on_preupload_twice": Fault([("fail", PREUPLOAD, {"times": 2, "status": 502})]),
+    "503_on_commit_once": Fault([("fail", COMMIT, {"times": 1, "status": 503})]),
     "503_on_commit_forever": Fault([("fail", COMMIT, {"times": None, "status": 503})], PushError,
                                    "still failing after 3 attempt(s)", 3, 503, {"retries": 2}),
     "500_on_lfs_upload_once": Fault([("fail", LFS_PUT, {"times": 1, "status": 500, "method": "PUT"})]),
