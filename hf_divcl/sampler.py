@@ -53,6 +53,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             planned from *that* model's geometry, not the one being trained.
         positives (`torch.Tensor` of shape `(N, d)`, *optional*): the positives' embeddings, for ``window="auto"``
             when ``bank`` is a tensor (an `EmbeddingBank` with two views already has them).
+        show_progress (`bool`, *optional*): progress bars while an epoch is planned (default: from 100,000 rows on;
+            ``DivCLTrainer`` turns them off with ``disable_tqdm``).
         window (:class:`DiversityWindow`, `str`, or `None`): the target; ``"auto"`` (default) calibrates it on the
             bank at `temperature`.
         builder (`str`, class or :class:`BatchBuilder`): ``"greedy"`` (default), ``"pool"``, ``"cluster"``,
@@ -85,12 +87,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         dedupe: bool = True,
         default_model: bool | str = False,
         positives: torch.Tensor | None = None,
+        show_progress: bool | None = None,
     ) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         opts = {"bank": bank, "window": window, "builder": builder, "builder_kwargs": builder_kwargs,
                 "temperature": temperature, "processes": processes, "on_infeasible": on_infeasible,
-                "dedupe": dedupe, "default_model": default_model, "positives": positives}
+                "dedupe": dedupe, "default_model": default_model, "positives": positives,
+                "show_progress": show_progress}
         for key, value in self._defaults.items():  # options bound by configure()
             opts[key] = value
         self.dataset = dataset
@@ -105,6 +109,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._dedupe = opts["dedupe"]
         self._default_model = opts["default_model"]
         self._positives = opts["positives"]
+        self.show_progress = opts["show_progress"]  # planning progress bars (None: from 100,000 rows on)
         self._groups: torch.Tensor | None = None
         self._plan: tuple[int, EpochPlan] | None = None
         self._skip = 0  # batches to skip at the start of the current epoch (resume)
@@ -230,7 +235,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             emb = self.num_rows if builder == "random" and self._bank is None else self.embeddings()
             plan = plan_epoch(emb, self.global_batch_size, builder=builder, window=window,
                               seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=self.groups(),
-                              on_infeasible=self.on_infeasible,
+                              on_infeasible=self.on_infeasible, progress=self.show_progress,
                               **(self.builder_kwargs if builder != "random" else {}))
             self.plan_seconds += time.perf_counter() - t0
             self._plan = (epoch, plan)

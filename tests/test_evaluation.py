@@ -383,3 +383,11 @@ def test_minilm_on_the_held_out_wordnet_split_and_word_similarity(example_test):
     assert result["wordsim353_spearman"] == pytest.approx(0.729, abs=0.02)
     assert result["simlex999_spearman"] == pytest.approx(0.446, abs=0.02)
     assert (result["wordsim353_pairs"], result["simlex999_pairs"]) == (353, 999)
+
+
+@pytest.mark.parametrize("show", [True, False])
+def test_evaluation_shows_progress_bars_only_when_asked(show, char_model, example_test, capsys):
+    pairs = example_test.select(range(40))
+    evaluate_text(char_model, pairs, name="wn", word_sim=False, show_progress_bar=show)
+    err = capsys.readouterr().err
+    assert ("Batches" in err) is show, err[-500:]

@@ -118,17 +118,19 @@ def load_model(cfg: RecipeConfig, args):
         ("sentence-transformers/all-MiniLM-L6-v2" if packaged else cfg.model)
 
 
-def evaluate_model(cfg: RecipeConfig, model, train, test, stage: str = "fine-tuned") -> dict[str, float]:
+def evaluate_model(cfg: RecipeConfig, model, train, test, stage: str = "fine-tuned",
+                   show_progress_bar: bool = True) -> dict[str, float]:
     """Held-out quality: retrieval (and word similarity on WordNet) for text, k-NN / zero-shot accuracy for
-    images; ``{}`` when ``run_evaluation`` is off."""
+    images, with progress bars over the encoding; ``{}`` when ``run_evaluation`` is off."""
     if not cfg.run_evaluation:
         return {}
     from ..evaluation import tasks as evaluation
 
     print(f"evaluating the {stage} model on {len(test)} held-out rows ...", flush=True)
     if cfg.task == "text":
-        return evaluation.evaluate_text(model, test, name=cfg.data_name())
-    return evaluation.evaluate_vision(model, train.select_columns(["image", "label"]), test)
+        return evaluation.evaluate_text(model, test, name=cfg.data_name(), show_progress_bar=show_progress_bar)
+    return evaluation.evaluate_vision(model, train.select_columns(["image", "label"]), test,
+                                      show_progress_bar=show_progress_bar)
 
 
 def reset_card_scores(model, base: str) -> None:
@@ -157,14 +159,15 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     t0 = time.perf_counter()
     train, test, description = load_data(cfg, args.seed)
     model, base = load_model(cfg, args)
-    before = evaluate_model(cfg, model, train, test, "starting") if is_main_process() else {}
+    progress = not args.disable_tqdm
+    before = evaluate_model(cfg, model, train, test, "starting", progress) if is_main_process() else {}
     reset_card_scores(model, base)
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     if not trainer.is_world_process_zero():
         return {"main_process": False, "steps": trainer.state.global_step}
-    after = evaluate_model(cfg, model, train, test)
+    after = evaluate_model(cfg, model, train, test, show_progress_bar=progress)
     return finish_run(trainer, cfg, base=base, description=description, train=train, test=test, before=before,
                       after=after, started=t0)
 

@@ -60,8 +60,10 @@ def evaluate_text(
     word_sim: bool = True,
     anchor_column: str = "anchor",
     positive_column: str = "positive",
+    show_progress_bar: bool = False,
 ) -> dict[str, float | int]:
-    """Retrieval metrics on held-out pairs plus (``word_sim=True``) word similarity, with timings.
+    """Retrieval metrics on held-out pairs plus (``word_sim=True``) word similarity, with timings (progress bars
+    over the encoding with ``show_progress_bar``).
 
     Args:
         test_pairs: a `datasets.Dataset` or mapping with ``anchor`` and ``positive`` columns, e.g.
@@ -74,11 +76,12 @@ def evaluate_text(
     anchors = _column(test_pairs, anchor_column, "test_pairs")
     positives = _column(test_pairs, positive_column, "test_pairs")
     start = time.perf_counter()
-    out: dict[str, float | int] = dict(retrieval_metrics(model, anchors, positives, name=name, batch_size=batch_size))
+    out: dict[str, float | int] = dict(retrieval_metrics(model, anchors, positives, name=name, batch_size=batch_size,
+                                                         show_progress_bar=show_progress_bar))
     out[f"{name}_seconds" if name else "seconds"] = time.perf_counter() - start
     if word_sim:
         start = time.perf_counter()
-        out.update(word_similarity(model))
+        out.update(word_similarity(model, show_progress_bar=show_progress_bar))
         out["word_similarity_seconds"] = time.perf_counter() - start
     return out
 
@@ -95,8 +98,10 @@ def evaluate_vision(
     image_column: str = "image",
     label_column: str = "label",
     seed: int = 0,
+    show_progress_bar: bool = False,
 ) -> dict[str, float | int]:
-    """k-NN and linear-probe accuracy of a frozen image encoder; each image set is embedded once.
+    """k-NN and linear-probe accuracy of a frozen image encoder; each image set is embedded once (with progress bars
+    when ``show_progress_bar``).
 
     Args:
         train_ds, test_ds: image data sets such as ``digits("train")`` / ``fashion_mnist("test", limit=...)``.
@@ -115,8 +120,8 @@ def evaluate_vision(
             ds = ds.select(range(min(limit, len(ds))))
         parts[what] = (_column(ds, image_column, what), _column(ds, label_column, what))
     (train_images, y_train), (test_images, y_test) = parts["train_ds"], parts["test_ds"]
-    train = encode_images(model, train_images, batch_size)
-    test = encode_images(model, test_images, batch_size)
+    train = encode_images(model, train_images, batch_size, show_progress_bar=show_progress_bar)
+    test = encode_images(model, test_images, batch_size, show_progress_bar=show_progress_bar)
     encoded = time.perf_counter()
     return {
         "knn_accuracy": knn_accuracy_from_embeddings(train, y_train, test, y_test, k=k, vote=vote),

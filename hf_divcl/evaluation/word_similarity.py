@@ -116,6 +116,7 @@ def word_similarity(
     model: SentenceTransformer,
     benchmarks: Sequence[str] = ("wordsim353", "simlex999"),
     batch_size: int = 256,
+    show_progress_bar: bool = False,
 ) -> dict[str, float | int]:
     """Spearman correlation of cosine similarity with human ratings on WordSim-353 and SimLex-999.
 
@@ -134,7 +135,7 @@ def word_similarity(
     words = sorted({w for rows in tables.values() for a, b, _ in rows for w in (a, b)})
     unknown = _unknown_words(model, words)
     embeddings = model.encode(words, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                              show_progress_bar=False).double().cpu()
+                              show_progress_bar=show_progress_bar).double().cpu()
     index = {w: i for i, w in enumerate(words)}
     out: dict[str, float | int] = {}
     for name, rows in tables.items():

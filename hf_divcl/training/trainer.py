@@ -258,7 +258,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
             dataset, batch_size=batch_size * policy.factor, drop_last=drop_last,
             valid_label_columns=valid_label_columns, generator=generator, seed=seed, bank=self.bank,
             window=policy.window, builder=policy.builder, builder_kwargs=policy.builder_kwargs,
-            temperature=a.temperature, processes=self.processes(), on_infeasible=a.on_infeasible, dedupe=a.dedupe)
+            temperature=a.temperature, processes=self.processes(), on_infeasible=a.on_infeasible, dedupe=a.dedupe,
+            show_progress=False if a.disable_tqdm else None)
         state = self.saved.sampler()
         if state is not None:
             sampler.load_state_dict(state, skip=False)
