@@ -21,7 +21,14 @@ def run(cfg, args) -> dict:
     """The recipe's steps; returns the run summary (also written to ``output_dir/divcl_summary.json``)."""
     # heavy imports here, so that --help answers at once
     from hf_divcl import DivCLTrainer
-    from hf_divcl.cli.steps import finish_run, is_main_process, load_model, load_text_pairs, reset_card_scores
+    from hf_divcl.cli.steps import (
+        finish_run,
+        is_main_process,
+        load_model,
+        load_text_pairs,
+        preflight_step,
+        reset_card_scores,
+    )
     from hf_divcl.evaluation.tasks import evaluate_text
 
     started = time.perf_counter()
@@ -33,14 +40,18 @@ def run(cfg, args) -> dict:
     # 2. Model: all-MiniLM-L6-v2 ships with hf_divcl (no download); any SentenceTransformer folder works.
     model, base = load_model(cfg, args)
 
-    # 3. The starting model's held-out quality: retrieval (ndcg@10, MRR) and, on WordNet, word similarity.
+    # 3. Pre-flight: random batches of the training rows as the model sees them (diversity, duplicates, likely false
+    #    negatives, gradient regime at τ) and a recommendation, saved for the card (preflight: false skips it).
+    preflight_step(cfg, args, model, train, description)
+
+    # 4. The starting model's held-out quality: retrieval (ndcg@10, MRR) and, on WordNet, word similarity.
     before = {}
     if cfg.run_evaluation and is_main_process():
         print(f"evaluating the starting model on {len(test)} held-out rows ...", flush=True)
-        before = evaluate_text(model, test, name=cfg.data_name())
+        before = evaluate_text(model, test, name=cfg.data_name(), show_progress_bar=not args.disable_tqdm)
     reset_card_scores(model, base)
 
-    # 4. Train. DivCLTrainer is a SentenceTransformerTrainer: InfoNCE on the global batch, batches planned by the
+    # 5. Train. DivCLTrainer is a SentenceTransformerTrainer: InfoNCE on the global batch, batches planned by the
     #    window policy (window: progress keeps them random until a measured diversity level beats random), the
     #    batch geometry logged to diversity_log.jsonl, resumable checkpoints that carry the plan and the bank.
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
@@ -49,13 +60,13 @@ def run(cfg, args) -> dict:
     if not trainer.is_world_process_zero():
         return {"main_process": False, "steps": trainer.state.global_step}
 
-    # 5. The fine-tuned model's quality on the same held-out rows.
+    # 6. The fine-tuned model's quality on the same held-out rows.
     after = {}
     if cfg.run_evaluation:
         print(f"evaluating the fine-tuned model on {len(test)} held-out rows ...", flush=True)
-        after = evaluate_text(model, test, name=cfg.data_name())
+        after = evaluate_text(model, test, name=cfg.data_name(), show_progress_bar=not args.disable_tqdm)
 
-    # 6. Summary, model card (diversity plots, window decisions, before → after) and, with push_repo_id, the Hub.
+    # 7. Summary, model card (diversity plots, window decisions, before → after) and, with push_repo_id, the Hub.
     return finish_run(trainer, cfg, base=base, description=description, train=train, test=test, before=before,
                       after=after, started=started)
 

@@ -22,7 +22,14 @@ def run(cfg, args) -> dict:
     """The recipe's steps; returns the run summary (also written to ``output_dir/divcl_summary.json``)."""
     # heavy imports here, so that --help answers at once
     from hf_divcl import DivCLTrainer
-    from hf_divcl.cli.steps import finish_run, is_main_process, load_images, load_model, reset_card_scores
+    from hf_divcl.cli.steps import (
+        finish_run,
+        is_main_process,
+        load_images,
+        load_model,
+        preflight_step,
+        reset_card_scores,
+    )
     from hf_divcl.evaluation.tasks import evaluate_vision
 
     started = time.perf_counter()
@@ -36,14 +43,18 @@ def run(cfg, args) -> dict:
     #    A single image column becomes two kornia-augmented views per image in the collator (SimCLR).
     model, base = load_model(cfg, args)
 
-    # 3. The starting model's held-out quality: k-NN accuracy (and zero-shot accuracy for CLIP).
+    # 3. Pre-flight: random batches of the training rows as the model sees them (diversity, duplicates, likely false
+    #    negatives, gradient regime at τ) and a recommendation, saved for the card (preflight: false skips it).
+    preflight_step(cfg, args, model, train, description)
+
+    # 4. The starting model's held-out quality: k-NN accuracy (and zero-shot accuracy for CLIP).
     before = {}
     if cfg.run_evaluation and is_main_process():
         print(f"evaluating the starting model on {len(test)} held-out rows ...", flush=True)
-        before = evaluate_vision(model, labelled, test)
+        before = evaluate_vision(model, labelled, test, show_progress_bar=not args.disable_tqdm)
     reset_card_scores(model, base)
 
-    # 4. Train: NT-Xent over both views (vision) or symmetric InfoNCE (clip) on the global batch, batches from the
+    # 5. Train: NT-Xent over both views (vision) or symmetric InfoNCE (clip) on the global batch, batches from the
     #    window policy, the batch geometry logged, resumable checkpoints that carry the plan and the bank.
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -51,13 +62,13 @@ def run(cfg, args) -> dict:
     if not trainer.is_world_process_zero():
         return {"main_process": False, "steps": trainer.state.global_step}
 
-    # 5. The fine-tuned model's quality on the same held-out images.
+    # 6. The fine-tuned model's quality on the same held-out images.
     after = {}
     if cfg.run_evaluation:
         print(f"evaluating the fine-tuned model on {len(test)} held-out rows ...", flush=True)
-        after = evaluate_vision(model, labelled, test)
+        after = evaluate_vision(model, labelled, test, show_progress_bar=not args.disable_tqdm)
 
-    # 6. Summary, model card (diversity plots, window decisions, before → after) and, with push_repo_id, the Hub.
+    # 7. Summary, model card (diversity plots, window decisions, before → after) and, with push_repo_id, the Hub.
     return finish_run(trainer, cfg, base=base, description=description, train=train, test=test, before=before,
                       after=after, started=started)
 

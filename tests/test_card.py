@@ -167,3 +167,26 @@ def train_policy(model, pairs, tmp_path, policy: str) -> None:
     loss = MultipleNegativesRankingLoss(model, scale=10.0, hardness_mode="in_batch_negatives",
                                         hardness_strength=9.0) if "MNRL" in policy else None
     DivCLTrainer(model=model, args=args, train_dataset=pairs, loss=loss).train()
+
+
+def test_the_card_shows_the_pre_flight_report_when_the_run_made_one(tmp_path):
+    from hf_divcl.batch_policy.preflight import PREFLIGHT_FILE, PreflightReport
+
+    out = tmp_path / "run"
+    fake_run(out)
+    report = PreflightReport(
+        data="pairs", rows=5000, sampled_rows=2048, batches=64, batch_size=32, temperature=0.05, dimension=384,
+        effective_rank=26.9, effective_rank_std=0.6, reachable_rank=32, reference_effective_rank=27.0,
+        duplicate_rows=0.0, near_duplicate_rows=0.0, near_threshold=0.95, false_negatives=2.53, p_pos=0.44,
+        grad_norm=11.3, bands_hold=1.0, regime="healthy", recommendation="random batches are fine here",
+        reason="random batches are already diverse", seconds=12.0)
+    (out / PREFLIGHT_FILE).write_text(json.dumps(report.to_dict()))
+    text = write_model_card(out, base_model="x/y", dataset="pairs", train_rows=5000).read_text()
+    section = text[text.index("### Pre-flight"):text.index("### How the batch geometry")]
+    assert "2048 of 5000 rows encoded, 64 batches" in section and "| random batches of 32 | value |" in section
+    assert "26.9 ± 0.6 of 32 (general-domain reference: 27)" in section
+    assert "Recommendation: **random batches are fine here** — random batches are already diverse." in section
+    for bad in ("nan", "None", "| |"):
+        assert bad not in section
+    (out / PREFLIGHT_FILE).unlink()
+    assert "### Pre-flight" not in write_model_card(out, base_model="x/y", dataset="pairs", train_rows=5).read_text()

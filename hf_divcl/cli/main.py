@@ -1,4 +1,4 @@
-"""The ``hf-divcl`` command line: ``hf-divcl {train,diagnose,calibrate,push} [--config x.yaml] [--flags]``.
+"""The ``hf-divcl`` command line: ``hf-divcl {train,preflight,diagnose,calibrate,push} [--config x.yaml] [--flags]``.
 
 Every command parses its options the same way (:mod:`hf_divcl.cli.parser`: a config dataclass, YAML underneath the
 flags). Heavy libraries (torch, sentence-transformers) are imported only inside the command that needs them.
@@ -106,8 +106,9 @@ def make_parser() -> argparse.ArgumentParser:
                                      "encoders: measure batch diversity and InfoNCE gradient bands, train, publish.",
                                      allow_abbrev=False)
     parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING).")
-    parser.add_argument("command", choices=["train", "diagnose", "calibrate", "push"],
-                        help="train: run a recipe (`hf-divcl train --help` lists its keys); diagnose, calibrate: "
+    parser.add_argument("command", choices=["train", "preflight", "diagnose", "calibrate", "push"],
+                        help="train: run a recipe (`hf-divcl train --help` lists its keys); preflight: what random "
+                        "batches of your data look like to your model, with a recommendation; diagnose, calibrate: "
                         "measure a model's batches; push: upload an output folder. `hf-divcl COMMAND --help`.")
     parser.add_argument("options", nargs=argparse.REMAINDER, help="the command's options")
     return parser
@@ -120,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         from .steps import run_cli
 
         return run_cli(args.options)
+    if args.command == "preflight":
+        from .preflight import run_preflight_cli
+
+        return run_preflight_cli(args.options)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")
     cls, func, _ = _config_classes()[args.command]

@@ -53,6 +53,10 @@ class RecipeConfig:
     max_eval_rows: int = field(default=500, metadata={"help": "Held-out rows used for evaluation."})
     hidden_size: int = field(default=64, metadata={"help": "tiny-vit / tiny-clip: hidden size."})
     layers: int = field(default=2, metadata={"help": "tiny-vit / tiny-clip: transformer layers."})
+    preflight: bool = field(default=True, metadata={
+        "help": "Before training, report what random batches of the training rows look like to the model (diversity, "
+                "duplicates, likely false negatives, gradient regime) with a recommendation; saved as "
+                "divcl_preflight.json and shown in the card."})
     run_evaluation: bool = field(default=True, metadata={"help": "Evaluate before and after training."})
     write_card: bool = field(default=True, metadata={"help": "Write README.md (model card) with the plots."})
     push_repo_id: str | None = field(default=None, metadata={

@@ -133,6 +133,35 @@ def evaluate_model(cfg: RecipeConfig, model, train, test, stage: str = "fine-tun
                                       show_progress_bar=show_progress_bar)
 
 
+def preflight_step(cfg: RecipeConfig, args, model, train, description: str, *, max_rows: int = 2048,
+                   n_batches: int = 64, near_threshold: float = 0.95, path: str | os.PathLike | None = None,
+                   force: bool = False) -> dict[str, Any] | None:
+    """Before training, on the main process: random batches of the training rows as the model sees them at the run's
+    global batch size and τ (:func:`hf_divcl.batch_policy.preflight.preflight`), printed and saved (default:
+    ``output_dir/divcl_preflight.json``, which the model card shows); ``None`` with ``preflight: false`` (unless
+    ``force``)."""
+    if not (cfg.preflight or force) or not is_main_process():
+        return None
+    from .._common import atomic_write_text, world_size
+    from ..batch_policy.preflight import PREFLIGHT_FILE, preflight
+
+    augment = None
+    if "image" in getattr(model, "modalities", ["text"]):
+        from ..models.augment import TwoViewAugment
+        from ..models.vision import processor_image_size
+
+        augment = TwoViewAugment(args.image_size or processor_image_size(model) or 224,
+                                 scale=(args.augment_scale_min, 1.0), jitter=args.augment_jitter, seed=args.seed)
+    batch = args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
+    report = preflight(model, train, min(batch, len(train)), args.temperature, data=description, seed=args.seed,
+                       augment=augment, show_progress_bar=not args.disable_tqdm, max_rows=max_rows,
+                       n_batches=n_batches, near_threshold=near_threshold)
+    print(report.format(), flush=True)
+    atomic_write_text(Path(path) if path is not None else Path(args.output_dir, PREFLIGHT_FILE),
+                      json.dumps(report.to_dict(), indent=2))
+    return report.to_dict()
+
+
 def reset_card_scores(model, base: str) -> None:
     """After evaluating the starting model: the card's model-index must hold the trained model's scores only."""
     card_data = getattr(model, "model_card_data", None)
@@ -159,6 +188,7 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     t0 = time.perf_counter()
     train, test, description = load_data(cfg, args.seed)
     model, base = load_model(cfg, args)
+    preflight_step(cfg, args, model, train, description)
     progress = not args.disable_tqdm
     before = evaluate_model(cfg, model, train, test, "starting", progress) if is_main_process() else {}
     reset_card_scores(model, base)

@@ -204,6 +204,27 @@ def _loss_text(records: Sequence[dict], run: dict[str, Any]) -> str:
     return name + (f" ({', '.join(settings)})" if settings else "")
 
 
+def _preflight_context(out: Path) -> dict[str, Any] | None:
+    """The pre-flight report (``divcl_preflight.json``, written before training by the recipes or
+    ``hf-divcl preflight --output_dir``) as card rows, Markdown-escaped; ``None`` without one."""
+    path = out / "divcl_preflight.json"
+    if not path.is_file():
+        return None
+    r = json.loads(path.read_text(encoding="utf-8"))
+    ref = r.get("reference_effective_rank")
+    rank = (f"{_fmt(r['effective_rank'], 3)} ± {_fmt(r['effective_rank_std'], 2)} of {r['reachable_rank']}"
+            + (f" (general-domain reference: {_fmt(ref, 3)})" if ref is not None else ""))
+    rows = [("effective rank of the anchors", rank),
+            ("rows sharing a text or image with another row of the batch", _fmt(r["duplicate_rows"], 3)),
+            (f"near-duplicate rows (anchor cosine ≥ {_fmt(r['near_threshold'])})", _fmt(r["near_duplicate_rows"], 3)),
+            ("negatives at least as close to the anchor as its positive, per anchor", _fmt(r["false_negatives"], 3)),
+            (f"gradient regime at τ = {_fmt(r['temperature'])}", md_escape(f"{r['regime']}; mean p₊ = "
+                                                                          f"{_fmt(r['p_pos'], 3)}"))]
+    return {"rows": r["rows"], "sampled_rows": r["sampled_rows"], "batches": r["batches"],
+            "batch_size": r["batch_size"], "rows_table": rows, "recommendation": md_escape(r["recommendation"]),
+            "reason": md_escape(r["reason"])}
+
+
 def _settings_rows(records, run, info, policy, cal, base_model, dataset, train_rows, temperature, metric,
                    in_window) -> list[tuple[str, str]]:
     """The card's settings table, Markdown-escaped: only rows whose value the run recorded (never a placeholder)."""
@@ -311,7 +332,7 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
                                                             train_rows, temperature, metric, in_window),
         "calibration": curve, "trajectory_png": TRAJECTORY_PNG, "bands_png": BANDS_PNG,
         "trajectory_summary": trajectory_summary, "bands_summary": bands_summary,
-        "evaluation": eval_rows, "evaluation_note": evaluation_note, **policy,
+        "evaluation": eval_rows, "evaluation_note": evaluation_note, "preflight": _preflight_context(out), **policy,
     }
     env = ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
     env.filters["md"] = md_escape
