@@ -72,6 +72,14 @@ def test_the_recommendation_follows_the_measurements(stats, expected):
     assert recommend({**stats, "false_negatives": 0.0, "p_pos": 0.95}, 32)[0].startswith("saturated")
 
 
+def test_data_less_diverse_than_the_reference_is_said_to_be_outside_the_evidence():
+    stats = {"effective_rank": 20.0, "p_pos": 0.4, "duplicate_rows": 0.0, "near_duplicate_rows": 0.0,
+             "false_negatives": 0.0}
+    assert recommend(stats, 32, reference_rank=21.0)[1] == "random batches are fine here"
+    _, recommendation, reason = recommend(stats, 32, reference_rank=27.0)
+    assert recommendation.startswith("random batches, and let window=\"progress\" measure") and "no paired" in reason
+
+
 def test_text_pairs_with_repeated_texts_are_told_to_use_no_duplicates(tiny_model_dir):
     from sentence_transformers import SentenceTransformer
 

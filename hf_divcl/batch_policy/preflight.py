@@ -34,6 +34,7 @@ SATURATED_P_POS = 0.9  # mean softmax mass on the positive above which the gradi
 CROWDED_FRACTION = 0.3  # random batches below this fraction of the reachable effective rank are crowded
 DUPLICATE_ROWS = 0.05  # exact-duplicate rows per random batch from which NO_DUPLICATES batches are advised
 NEAR_DUPLICATE_ROWS = 0.5  # near-duplicate rows per random batch from which deduplicating the data is advised
+BELOW_REFERENCE = 0.85  # effective rank under this fraction of the general-domain reference's: outside the evidence
 
 
 @dataclass
@@ -124,9 +125,11 @@ def random_batch_stats(anchors: torch.Tensor, positives: torch.Tensor, batch_siz
             "bands_hold": bands.inside().double().mean().item()}
 
 
-def recommend(stats: dict[str, float], reachable_rank: int) -> tuple[str, str, str]:
-    """``(regime, recommendation, reason)`` from :func:`random_batch_stats` plus ``duplicate_rows``; the reasons
-    quote the paired benchmark results behind them (``docs/results.md``)."""
+def recommend(stats: dict[str, float], reachable_rank: int,
+              reference_rank: float | None = None) -> tuple[str, str, str]:
+    """``(regime, recommendation, reason)`` from :func:`random_batch_stats` plus ``duplicate_rows`` (and the
+    general-domain reference's effective rank, when measured); the reasons quote the paired benchmark results
+    behind them (``docs/results.md``), or say that none covers the case."""
     crowded = stats["effective_rank"] < CROWDED_FRACTION * reachable_rank
     if stats["p_pos"] >= SATURATED_P_POS:
         regime = "saturated (the softmax already sits on the positive: little gradient left)"
@@ -148,6 +151,12 @@ def recommend(stats: dict[str, float], reachable_rank: int) -> tuple[str, str, s
             f"{stats['near_duplicate_rows']:.2f} rows per random batch have an anchor the model can hardly tell from "
             "another row's (likely false negatives); exact-text NO_DUPLICATES batches do not catch them, and masking "
             "by the model itself lost quality in our paired benchmarks")
+    if reference_rank is not None and stats["effective_rank"] < BELOW_REFERENCE * reference_rank:
+        return regime, "random batches, and let window=\"progress\" measure a spread window", (
+            f"random batches are less diverse than the general-domain reference (effective rank "
+            f"{stats['effective_rank']:.1f} against {reference_rank:.1f}), as in fine-grained domain data; no paired "
+            "benchmark of ours covers this regime yet, so keep random batches unless the run's own measurement "
+            "finds a level that beats them (the default does exactly that)")
     return regime, "random batches are fine here", (
         f"random batches are already diverse (effective rank {stats['effective_rank']:.1f} of {reachable_rank}); "
         "in paired benchmarks in this regime (all-MiniLM-L6-v2 on dictionary example → definition pairs) no batch "
@@ -242,10 +251,10 @@ def preflight(model, dataset, batch_size: int = 32, temperature: float = 0.05, *
     stats = random_batch_stats(anchors, positives, batch_size, temperature, n_batches, gen, near_threshold)
     stats["duplicate_rows"] = dup
     reachable = min(batch_size, anchors.shape[1])
-    regime, recommendation, reason = recommend(stats, reachable)
     ref = None
     if reference if reference is not None else not image:
         ref = _reference_rank(model, batch_size, n_batches, gen)
+    regime, recommendation, reason = recommend(stats, reachable, ref)
     return PreflightReport(
         data=data, rows=n, sampled_rows=len(rows), batches=n_batches, batch_size=batch_size,
         temperature=float(temperature),
