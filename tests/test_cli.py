@@ -89,3 +89,35 @@ def test_none_unsets_an_optional_key_on_the_command_line():
     assert args.calibration_pairs == 4
     _, args = load_recipe_config(None, {"calibration_pairs": 4}, argv=["--calibration-pairs", "none"])
     assert args.calibration_pairs is None
+
+
+def test_once_the_keys_are_known_typos_and_bad_values_fail_before_torch_loads(tmp_path):
+    """The first full parse remembers the keys (in the cache, stamped with the installed versions and sources); after
+    that an unknown key or a value of the wrong type is one line, with suggestions, before torch is imported."""
+    import os
+
+    env = {**os.environ, "HF_DIVCL_CACHE": str(tmp_path / "cache")}
+
+    def light(*argv):
+        return subprocess.run([sys.executable, "-c", LIGHT, "train", *argv], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT, env=env)
+
+    cold = light("--max_stepz", "3")  # no cache yet: the full parse reports it, after the heavy imports
+    assert "EXIT 2" in cold.stdout and "HEAVY []" not in cold.stdout
+    warm_up = subprocess.run([sys.executable, "-c", "from hf_divcl.cli.recipe_config import parse_recipe_args; "
+                              "parse_recipe_args(['--max_steps', '3'], 'text_wordnet')"], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT, env=env)
+    assert warm_up.returncode == 0, warm_up.stderr[-2000:]
+    assert list((tmp_path / "cache" / "recipe_keys").glob("*.json"))
+    for argv, message in ((["--max_stepz", "3"], "command line (--max_stepz): unknown key 'max_stepz'. Did you "
+                                                 "mean 'max_steps'"),
+                          (["--max-steps", "many"], "command line (--max_steps): invalid int value: 'many'."),
+                          (["--calibration_pairs", "none", "--learning_rate", "fast"],
+                           "command line (--learning_rate): invalid float value: 'fast'.")):
+        run = light("--config", "text_wordnet", *argv)
+        assert "EXIT 2 HEAVY []" in run.stdout, run.stdout + run.stderr
+        assert message in run.stderr and run.stderr.strip().count("\n") == 0, run.stderr
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("max_steps: 3\nlearning_rat: 0.001\n")
+    run = light("--config", str(bad_yaml))
+    assert "EXIT 2 HEAVY []" in run.stdout and "unknown key 'learning_rat'. Did you mean 'learning_rate'" in run.stderr

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_CONFIG_NODES", "config_parser", "field_types", "parse_config", "read_yaml_mapping",
-           "safe_load_yaml"]
+__all__ = ["MAX_CONFIG_NODES", "check_value", "config_parser", "field_types", "parse_config", "read_yaml_mapping",
+           "safe_load_yaml", "unknown_key"]
 
 MAX_CONFIG_NODES = 10_000
 _NONE = ("none", "null")
@@ -119,7 +119,7 @@ def _checked(values: dict[str, Any], types_: dict[str, Any], where: str) -> dict
             raise ValueError(f"{where}: 'config' cannot be set inside a config file.")
         if key not in types_:
             raise unknown_key(key, list(types_), where)
-        out[key] = _check_value(key, value, types_[key], where)
+        out[key] = check_value(key, value, types_[key], where)
     return out
 
 
@@ -130,7 +130,7 @@ def _simple_types(tp: Any) -> tuple[Any, ...]:
     return (tp,)
 
 
-def _check_value(key: str, value: Any, tp: Any, source: str) -> Any:
+def check_value(key: str, value: Any, tp: Any, source: str) -> Any:
     """A YAML / Python value for field ``key``, checked against its type (complex types — lists, dicts, enums — are
     checked by the configuration classes themselves). YAML 1.1 reads ``no``/``yes`` as booleans: they go back to
     strings for string fields (``save_strategy: no``)."""

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import operator
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .parser import config_parser, parse_config, read_yaml_mapping
 
-__all__ = ["TASKS", "RecipeConfig", "find_config", "help_text", "load_recipe_config", "parse_recipe_args",
-           "recipe_parser"]
+__all__ = ["TASKS", "RecipeConfig", "check_keys_early", "find_config", "help_text", "load_recipe_config",
+           "parse_recipe_args", "recipe_parser", "remember_keys"]
 
 TASKS = ("text", "vision", "clip")
 
@@ -203,6 +207,99 @@ def _precheck_data(argv: list[str], default_config: str | None) -> None:
                              "with --anchor-column / --positive-column.")
 
 
+# -- the key check before the heavy imports ------------------------------------------------------------------------
+# The valid keys come from DivCLTrainingArguments, whose import pulls in torch and sentence-transformers (seconds).
+# The first full parse remembers every key and its simple type in the cache, stamped with the installed versions
+# and the two modules' sources; from then on a typo or a wrong type is reported before any heavy import.
+
+
+def _key_cache_path() -> Path:
+    import hashlib
+    from importlib.metadata import version
+
+    from .. import __version__
+    from .._common import cache_root
+
+    stamp = hashlib.blake2b(digest_size=8)
+    for part in (__version__, version("transformers"), version("sentence-transformers")):
+        stamp.update(part.encode())
+    for source in (Path(__file__), Path(__file__).parents[1] / "training" / "arguments.py"):
+        stamp.update(source.read_bytes())
+    return cache_root() / "recipe_keys" / f"{stamp.hexdigest()}.json"
+
+
+def remember_keys() -> None:
+    """Write every recipe key with its simple types (``int``, ``float``, ``str``, ``bool``, ``None``; none listed:
+    checked later) to the key cache (a read-only cache folder only costs the early check)."""
+    from ..training.arguments import DivCLTrainingArguments
+    from .parser import field_types
+
+    path = _key_cache_path()
+    if path.is_file():
+        return
+    keys = {}
+    for name, tp in field_types((RecipeConfig, DivCLTrainingArguments)).items():
+        members = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        simple = [m.__name__ if m is not type(None) else "None" for m in members
+                  if m in (int, float, str, bool, type(None))]
+        keys[name] = simple if len(simple) == len(members) else []
+    try:
+        from .._common import atomic_write_text
+
+        atomic_write_text(path, json.dumps(keys, sort_keys=True))
+    except OSError:
+        pass
+
+
+def check_keys_early(argv: list[str], config: str | None) -> None:
+    """Unknown keys (with suggestions) and values of the wrong simple type, in the config file and on the command
+    line, reported as :func:`hf_divcl.cli.parser.parse_config` reports them — without importing transformers'
+    training arguments, when the key cache is warm (after one full parse with these versions)."""
+    from .parser import check_value, unknown_key
+
+    path = _key_cache_path()
+    if not path.is_file():
+        return
+    keys: dict[str, list[str]] = json.loads(path.read_text(encoding="utf-8"))
+    names = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+    if config is not None:
+        try:
+            data = read_yaml_mapping(find_config(Path(config)))
+        except (ValueError, FileNotFoundError):
+            return  # reported with context by load_recipe_config
+        for raw, value in data.items():
+            key = str(raw).replace("-", "_")
+            if key not in keys:
+                raise unknown_key(key, list(keys), str(find_config(Path(config))))
+            if keys[key]:
+                check_value(key, value, functools.reduce(operator.or_, [names[t] for t in keys[key]]), str(config))
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        key, eq, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if key == "config":
+            continue
+        if key not in keys:
+            raise unknown_key(key, list(keys), f"command line (--{key})")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
+        allowed = keys[key]
+        if value is None or not allowed or "str" in allowed or "bool" in allowed:
+            continue
+        if "None" in allowed and value.lower() in ("none", "null"):
+            continue
+        for name in ("int", "float"):
+            if name in allowed:
+                try:
+                    names[name](value)
+                    break
+                except ValueError:
+                    pass
+        else:
+            raise ValueError(f"command line (--{key}): invalid {' or '.join(t for t in allowed if t != 'None')} "
+                             f"value: {value!r}.")
+
+
 def parse_recipe_args(argv: list[str], default_config: str | os.PathLike | None = None):
     """``(RecipeConfig, DivCLTrainingArguments)`` from a command line: ``--config PATH`` (or ``default_config``)
     and ``--key value`` overrides; ``--help`` prints the keys and exits. Raises ``ValueError`` /
@@ -211,5 +308,10 @@ def parse_recipe_args(argv: list[str], default_config: str | os.PathLike | None 
         print(help_text(all_keys="--help-all" in argv))
         raise SystemExit(0)
     default = None if default_config is None else str(default_config)
+    config = next((a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else None)
+                   for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")), default)
+    check_keys_early(argv, config)
     _precheck_data(argv, default)
-    return load_recipe_config(default, argv=argv)
+    loaded = load_recipe_config(default, argv=argv)
+    remember_keys()
+    return loaded
