@@ -147,7 +147,7 @@ def test_two_processes_encode_shards_and_end_with_the_same_bank(tiny_model_dir, 
     script = tmp_path / "d.py"
     script.write_text(DIST)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
                     tiny_model_dir, str(tmp_path)], check=True, env=env, timeout=300, capture_output=True)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(r0, r1)

@@ -215,14 +215,16 @@ def _precheck_data(argv: list[str], default_config: str | None) -> None:
 
 def _key_cache_path() -> Path:
     import hashlib
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
     from .._common import cache_root
 
     stamp = hashlib.blake2b(digest_size=8)
-    for part in (__version__, version("transformers"), version("sentence-transformers")):
-        stamp.update(part.encode())
+    for package in ("hf_divcl", "transformers", "sentence-transformers"):
+        try:
+            stamp.update(version(package).encode())
+        except PackageNotFoundError:  # a checkout on PYTHONPATH: the sources below still stamp it
+            stamp.update(b"-")
     for source in (Path(__file__), Path(__file__).parents[1] / "training" / "arguments.py"):
         stamp.update(source.read_bytes())
     return cache_root() / "recipe_keys" / f"{stamp.hexdigest()}.json"
