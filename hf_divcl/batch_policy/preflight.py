@@ -7,8 +7,9 @@ model, how many in-batch negatives sit closer to an anchor than its own positive
 gradient regime at τ from the exact InfoNCE gradient bands. It ends with one recommendation and its reason, tied to
 the paired benchmark evidence the project has (``docs/results.md``).
 
-Cost: the duplicate count reads every row (hashing); the model encodes at most ``max_rows`` sampled rows (two views);
-the rest is a few batched matrix products. Pure functions of embeddings (:func:`random_batch_stats`) do the maths.
+Cost: the duplicate count reads every row (hashing; the expected count per batch is exact); the model encodes at
+most ``max_rows`` sampled rows (two views); the rest is a few batched matrix products. Pure functions of embeddings
+(:func:`random_batch_stats`) do the maths.
 """
 
 from __future__ import annotations
@@ -90,16 +91,16 @@ class PreflightReport:
             f"  ({self.seconds:.1f} s)"])
 
 
-def duplicate_rows_per_batch(groups: torch.Tensor, batch_size: int, n_batches: int,
-                             generator: torch.Generator) -> float:
-    """Mean number of rows per random batch (``n_batches`` drawn from all rows) whose duplicate group (``(N,)``
-    ids, see :func:`~hf_divcl.planning.dedupe.duplicate_groups`) has another member in the same batch."""
+def duplicate_rows_per_batch(groups: torch.Tensor, batch_size: int) -> float:
+    """Expected number of rows per random batch of ``batch_size`` whose duplicate group (``(N,)`` ids, see
+    :func:`~hf_divcl.planning.dedupe.duplicate_groups`) has another member in the same batch — exact, no sampling: a
+    row of a group of ``g`` misses all ``g − 1`` others with probability ``∏_{k<B−1} (N − g − k) / (N − 1 − k)``."""
     n = groups.shape[0]
-    idx = torch.stack([torch.randperm(n, generator=generator)[:batch_size] for _ in range(n_batches)])
-    g = groups[idx]  # (R, B)
-    same = g[:, :, None] == g[:, None, :]
-    same &= ~torch.eye(g.shape[1], dtype=torch.bool)
-    return same.any(-1).sum(-1).double().mean().item()
+    _, counts = torch.unique(groups, return_counts=True)
+    sizes, rows_of_size = torch.unique(counts, return_counts=True)  # group size → groups of that size
+    k = torch.arange(batch_size - 1, dtype=torch.float64)
+    alone = torch.stack([((n - s - k).clamp_min(0) / (n - 1 - k)).prod() for s in sizes.double()])
+    return float(batch_size / n * (sizes.double() * rows_of_size.double() * (1 - alone)).sum())
 
 
 def random_batch_stats(anchors: torch.Tensor, positives: torch.Tensor, batch_size: int, temperature: float,
@@ -245,7 +246,7 @@ def preflight(model, dataset, batch_size: int = 32, temperature: float = 0.05, *
         raise ValueError(f"The data set has {n} rows, fewer than one batch of {batch_size}.")
     gen = torch.Generator().manual_seed(seed)
     groups = duplicate_groups(*[_row_keys(dataset, c) for c in columns])
-    dup = duplicate_rows_per_batch(groups, batch_size, n_batches, gen)
+    dup = duplicate_rows_per_batch(groups, batch_size)
     rows = torch.randperm(n, generator=gen)[:min(max_rows, n)].sort().values.tolist()
     anchors, positives = _embed(model, dataset, columns, rows, encode_batch_size, augment, show_progress_bar)
     stats = random_batch_stats(anchors, positives, batch_size, temperature, n_batches, gen, near_threshold)
