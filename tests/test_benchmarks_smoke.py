@@ -119,3 +119,13 @@ def test_selection_cost_smoke(tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["batch_size"] == 8
     assert set(row["fraction_of_step"]) == {"step_mask", "select_hard", "select_learn", "select_window"}
+
+
+@pytest.mark.slow
+def test_preflight_stability_smoke(tmp_path):
+    out = tmp_path / "p.json"
+    run("preflight_stability.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert set(res["sets"]) == {"animals", "general"}
+    for s in res["sets"].values():
+        assert sum(s["decisions"].values()) == 3 and 0 < s["rank_over_reference"][0] <= s["rank_over_reference"][1]
