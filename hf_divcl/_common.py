@@ -15,6 +15,7 @@ __all__ = [
     "atomic_write_text",
     "banks_cache_dir",
     "cache_root",
+    "global_batch_size",
     "hold_out",
     "input_columns",
     "is_image_feature",
@@ -85,6 +86,12 @@ def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def global_batch_size(args) -> int:
+    """Rows in one global batch: the per-device batch times the processes whose batches the loss gathers
+    (``gather_across_devices``), else the per-device batch."""
+    return args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
 
 
 def cache_root() -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sentence_transformers.base.sampler import BatchSamplers
 
-from .._common import ROW_ID_COLUMN, is_image_feature, world_size
+from .._common import ROW_ID_COLUMN, global_batch_size, is_image_feature
 from ..data.validation import DatasetError, validate_training_dataset
 from ..diversity.window import DiversityWindow
 from .calibration import calibrate_window
@@ -48,7 +48,7 @@ class TrainingRows(NamedTuple):
 def prepare_training_rows(dataset, args: PolicyArguments, infonce: bool = True, model=None) -> TrainingRows:
     """The training set a :class:`DivCLTrainer` trains on: the rows validated, probe (``window="progress"``) or
     reference (``builder="learnability"``) rows held out when the policy needs them, and a row-id column added."""
-    global_batch = args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
+    global_batch = global_batch_size(args)
     planned = args.dedupe and args.batch_sampler == BatchSamplers.BATCH_SAMPLER
     cols = validate_training_dataset(dataset, min_rows=max(2, global_batch), ignore=(ROW_ID_COLUMN,), model=model,
                                      dedupe_batch_size=global_batch * max(1, args.mega_batch_factor) if planned

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["MAX_CONFIG_NODES", "check_value", "config_parser", "field_types", "parse_config", "read_yaml_mapping",
-           "safe_load_yaml", "unknown_key"]
+__all__ = ["MAX_CONFIG_NODES", "check_value", "config_option", "config_parser", "field_types", "parse_config",
+           "read_yaml_mapping", "safe_load_yaml", "unknown_key"]
 
 MAX_CONFIG_NODES = 10_000
 _NONE = ("none", "null")
@@ -67,6 +67,14 @@ def field_types(classes: Sequence[type]) -> dict[str, Any]:
         hints = typing.get_type_hints(cls)
         out.update({f.name: hints.get(f.name) for f in dataclasses.fields(cls) if f.init})
     return out
+
+
+def config_option(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` in ``argv`` (``--config PATH`` or ``--config=PATH``) or ``None``, found without the
+    configuration classes (so before their heavy imports); raises ``argparse.ArgumentError`` when it has no value."""
+    find = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    find.add_argument("--config", default=None)
+    return find.parse_known_args(list(argv))[0].config
 
 
 def parse_config(parser, classes: Sequence[type], argv: Sequence[str], *, config: str | Path | None = None,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .parser import config_parser, parse_config, read_yaml_mapping
+from .parser import config_option, config_parser, parse_config, read_yaml_mapping
 
 __all__ = ["TASKS", "RecipeConfig", "check_keys_early", "find_config", "help_text", "load_recipe_config",
            "parse_recipe_args", "recipe_parser", "remember_keys"]
@@ -161,13 +161,12 @@ def help_text(all_keys: bool = False) -> str:
     return "\n".join(parts)
 
 
-def _precheck_data(argv: list[str], default_config: str | None) -> None:
+def _precheck_data(argv: list[str], config: str | None) -> None:
     """Check a local data file and its columns before the heavy imports (a wrong column fails in a second): the
-    recipe keys are parsed alone (their parser imports no torch); the full parse comes later."""
+    recipe keys of ``config`` and ``argv`` are parsed alone (their parser imports no torch); the full parse comes
+    later."""
     parser = config_parser(RecipeConfig, add_help=False)
     try:
-        known, _ = parser.parse_known_args(argv)
-        config = known.config or default_config
         if config is not None:
             names = {f.name for f in dataclasses.fields(RecipeConfig)}
             parser.set_defaults(**{k: v for k, v in read_yaml_mapping(find_config(Path(config))).items()
@@ -310,10 +309,12 @@ def parse_recipe_args(argv: list[str], default_config: str | os.PathLike | None 
         print(help_text(all_keys="--help-all" in argv))
         raise SystemExit(0)
     default = None if default_config is None else str(default_config)
-    config = next((a.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else None)
-                   for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")), default)
+    try:
+        config = config_option(argv) or default
+    except argparse.ArgumentError:
+        config = None  # reported with context by load_recipe_config
     check_keys_early(argv, config)
-    _precheck_data(argv, default)
+    _precheck_data(argv, config)
     loaded = load_recipe_config(default, argv=argv)
     remember_keys()
     return loaded

@@ -142,7 +142,7 @@ def preflight_step(cfg: RecipeConfig, args, model, train, description: str, *, m
     ``force``)."""
     if not (cfg.preflight or force) or not is_main_process():
         return None
-    from .._common import atomic_write_text, world_size
+    from .._common import atomic_write_text, global_batch_size
     from ..batch_policy.preflight import PREFLIGHT_FILE, preflight
 
     augment = None
@@ -152,7 +152,7 @@ def preflight_step(cfg: RecipeConfig, args, model, train, description: str, *, m
 
         augment = TwoViewAugment(args.image_size or processor_image_size(model) or 224,
                                  scale=(args.augment_scale_min, 1.0), jitter=args.augment_jitter, seed=args.seed)
-    batch = args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
+    batch = global_batch_size(args)
     report = preflight(model, train, min(batch, len(train)), args.temperature, data=description, seed=args.seed,
                        augment=augment, show_progress_bar=not args.disable_tqdm, max_rows=max_rows,
                        n_batches=n_batches, near_threshold=near_threshold)

@@ -256,16 +256,16 @@ def _model_name(model: nn.Module) -> str:
     return str(getattr(card, "base_model", None) or getattr(model, "name_or_path", None) or type(model).__name__)
 
 
-def loss_temperature(loss) -> float | None:
+def loss_temperature(loss, default: float | None = None) -> float | None:
     """τ of a contrastive loss: its ``temperature`` (:class:`InfoNCELoss`, ``GISTEmbedLoss``) or ``1 / scale``
-    (``MultipleNegativesRankingLoss`` and its cached variant, whose default scale 20 is τ = 0.05); ``None`` when the
-    loss has neither."""
+    (``MultipleNegativesRankingLoss`` and its cached variant, whose default scale 20 is τ = 0.05); ``default`` when
+    the loss has neither."""
     config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
     temperature = config.get("temperature", getattr(loss, "temperature", None))
     if temperature is not None:
         return float(temperature)
     scale = config.get("scale", getattr(loss, "scale", None))
-    return 1.0 / float(scale) if scale else None
+    return 1.0 / float(scale) if scale else default
 
 
 def loss_settings(loss) -> dict[str, Any]:

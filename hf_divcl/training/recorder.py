@@ -107,7 +107,7 @@ class StepRecorder:
             if flat.shape[0] < 2 * n:
                 return
             anchors, positives = torch.nn.functional.normalize(flat[:2 * n].float(), dim=-1).split(n)
-            tau = loss_temperature(loss) or t.args.temperature
+            tau = loss_temperature(loss, t.args.temperature)
             with torch.no_grad():
                 anchors = gather_with_grad(anchors)[0]
                 positives = gather_with_grad(positives)[0]

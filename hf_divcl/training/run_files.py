@@ -59,7 +59,7 @@ def write_run_file(trainer: TrainerHost) -> None:
            "processes": trainer.processes(), "batch_size": a.train_batch_size, "bank_source": a.bank_source,
            "train_rows": len(trainer.train_dataset), "dimension": trainer.bank.dim if trainer.bank is not None
            else None, "whitening": a.whitening, "loss_config": loss_settings(loss),
-           "temperature": loss_temperature(loss) or a.temperature}
+           "temperature": loss_temperature(loss, a.temperature)}
     if isinstance(loss, InfoNCELoss) and loss.false_negatives != "none":
         run["false_negatives"] = {"mode": loss.false_negatives, "margin": loss.false_negative_margin,
                                   "reference": loss.get_config_dict()["guide"]}
@@ -80,7 +80,7 @@ def write_window_file(trainer: TrainerHost) -> None:
                             "window": window.to_dict() if window is not None else None,
                             "builder": trainer.divcl_sampler.builder if trainer.divcl_sampler is not None
                             else a.builder,
-                            "temperature": loss_temperature(trainer.loss) or a.temperature,
+                            "temperature": loss_temperature(trainer.loss, a.temperature),
                             "global_batch_size": trainer.global_batch_size(),
                             "mega_batch_factor": max(1, int(a.mega_batch_factor))}
     if a.builder in SELECTORS:

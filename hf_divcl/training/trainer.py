@@ -33,7 +33,7 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 from sentence_transformers.base.sampler import BatchSamplers
 from transformers import TrainerCallback
 
-from .._common import ROW_ID_COLUMN, banks_cache_dir, input_columns, world_size
+from .._common import ROW_ID_COLUMN, banks_cache_dir, global_batch_size, input_columns, world_size
 from ..bank import EmbeddingBank
 from ..batch_policy.decide import decide_batch_policy, prepare_training_rows
 from ..batch_policy.follower import CalibrationPlan, WindowFollower
@@ -301,7 +301,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
         return world_size() if self.args.gather_across_devices else 1
 
     def global_batch_size(self) -> int:
-        return self.args.per_device_train_batch_size * self.processes()
+        return global_batch_size(self.args)
 
     def row_groups(self) -> torch.Tensor:
         """``(N,)`` duplicate group of every training row (for ``false_negatives="duplicates"``), computed once."""
