@@ -77,6 +77,10 @@ POLICIES = {
                    "dedupe": False},
     "learnability_dup": {"builder": "learnability", "window": "none", "false_negatives": "duplicates",
                          "dedupe": False},
+    "spread": {"builder": "greedy", "builder_kwargs": {"m": 64}},  # + the window measured in run_one
+    "mnrl_hardness": {"builder": "random", "window": "none"},  # + the loss made in run_one
+    "spread_hardness": {"builder": "greedy", "builder_kwargs": {"m": 64}},
+    "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
 }
 
 
@@ -110,8 +114,10 @@ def text_task(a):
     from hf_divcl.evaluation.word_similarity import word_similarity
     from hf_divcl.models.loading import load_sentence_transformer
 
-    train = wordnet_split(kind="example", split="train", source=a.source).select_columns(["anchor", "positive"])
-    test = wordnet_split(kind="example", split="test", source=a.source)
+    domains = a.domain.split(",") if a.domain else None
+    train = wordnet_split(kind=a.kind, split="train", source=a.source, domains=domains).select_columns(
+        ["anchor", "positive"])
+    test = wordnet_split(kind=a.kind, split="test", source=a.source, domains=domains)
     if a.rows:
         train = train.shuffle(seed=0).select(range(min(a.rows, len(train))))
 
@@ -127,7 +133,7 @@ def text_task(a):
         return out
 
     return train, make_model, evaluate, {"temperature": a.temperature or 0.05, "learning_rate": a.lr or 5e-5}, \
-        "ndcg@10"
+        "ndcg@10", {"anchor_column": "anchor", "start_model": lambda: make_model(0)}
 
 
 def vision_task(a):
@@ -154,7 +160,7 @@ def vision_task(a):
 
     extra = {"temperature": a.temperature or 0.2, "learning_rate": a.lr or 1e-3, "loss_type": "nt_xent",
              "augment_scale_min": 0.5}
-    return train, make_model, evaluate, extra, "k-NN accuracy"
+    return train, make_model, evaluate, extra, "k-NN accuracy", {"anchor_column": "image", "start_model": None}
 
 
 def clip_task(a):
@@ -185,14 +191,31 @@ def clip_task(a):
 
     extra = {"temperature": a.temperature or 0.07, "learning_rate": a.lr or 1e-3, "symmetric_loss": True,
              "dedupe": False}
-    return train, make_model, evaluate, extra, "zero-shot accuracy"
+    return train, make_model, evaluate, extra, "zero-shot accuracy", {"anchor_column": "image", "start_model": None}
+
+
+def random_rank(model, train, column: str, batch_size: int, seed: int, n_batches: int = 32) -> tuple[float, float]:
+    """Mean and sd of the effective rank of ``n_batches`` random batches of ``column`` under ``model``."""
+    import torch
+
+    from hf_divcl.diversity.metrics import batch_diversity
+
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    sample = torch.randperm(len(train), generator=gen)[:min(len(train), 16 * batch_size)].tolist()
+    with torch.no_grad():
+        emb = model.encode(list(train.select(sample)[column]), convert_to_tensor=True, normalize_embeddings=True,
+                           show_progress_bar=False).double().cpu()
+    idx = torch.stack([torch.randperm(len(sample), generator=gen)[:batch_size] for _ in range(n_batches)])
+    rank = batch_diversity(emb[idx], spectrum=True, validate=False)["effective_rank"]
+    model.train()
+    return rank.mean().item(), rank.std().item()
 
 
 def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer
 
-    train, make_model, evaluate, extra, _ = task
+    train, make_model, evaluate, extra, _, info = task
     model = make_model(seed)
     results: list[dict] = []
     clock = _clock_callback(lambda: evaluate(model), a.eval_every, results)
@@ -204,21 +227,46 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         if not a.best_window:
             raise SystemExit("best_fixed needs --best-window low:high (e.g. from window_location.py at this τ)")
         opts["window"] = a.best_window
+    loss = None
+    measured = {}
+    if policy in ("spread", "spread_hardness"):
+        mean, sd = random_rank(model, train, info["anchor_column"], a.batch_size, seed)
+        opts["window"] = f"{min(mean + sd, a.batch_size - 0.5):.2f}:{a.batch_size}"
+        measured = {"random_rank_mean": mean, "random_rank_sd": sd, "window": opts["window"]}
+    if policy in ("mnrl_hardness", "spread_hardness"):
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        loss = MultipleNegativesRankingLoss(model, scale=1.0 / extra["temperature"],
+                                            hardness_mode="in_batch_negatives",
+                                            hardness_strength=a.hardness_strength)
+    if policy == "gist_guide":
+        guide = workdir / "guide"
+        if not guide.exists():
+            if info["start_model"] is None:
+                raise SystemExit("gist_guide needs a pretrained starting model (text task)")
+            info["start_model"]().save(str(guide))
+        opts["false_negative_guide"] = str(guide)
+    schedule = {}
+    if a.schedule == "plateau":  # warm-up 5 %, constant, linear decay over the last 10 %
+        schedule = {"lr_scheduler_type": "warmup_stable_decay",
+                    "lr_scheduler_kwargs": {"num_decay_steps": max(1, a.steps // 10), "decay_type": "linear"}}
+    if a.optim != "adamw":
+        schedule["optim"] = a.optim
     args = DivCLTrainingArguments(
         output_dir=str(workdir / f"{policy}-{seed}"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
-        warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
+        warmup_steps=max(1, a.steps // (20 if a.schedule == "plateau" else 10)), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
         logging_steps=max(1, a.eval_every), collapse_threshold=0,
         bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
-        **{**extra, **opts})
+        **{**extra, **opts, **schedule})
     clock.t0 = time.perf_counter()
-    trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=train, loss=loss, callbacks=[clock])
     trainer.train()
     log = [r for r in trainer.state.log_history if "divcl/in_window_fraction" in r]
     follower = trainer.follower
     calibrations = [{k: h.get(k) for k in ("step", "decision", "level", "reason", "window", "levels",
                                              "wall_seconds", "cost")} for h in follower.history] if follower else []
     total = clock.seconds()
-    return {"policy": policy, "seed": seed, "curve": results, "total_seconds": total,
+    return {"policy": policy, "seed": seed, "curve": results, "total_seconds": total, "measured": measured,
             "in_window_fraction": statistics.fmean(r["divcl/in_window_fraction"] for r in log) if log else None,
             # logs with a window in force (only they carry the in-window fraction) over all diversity logs
             "window_active_fraction": len(log) / max(1, sum("divcl/effective_rank" in r
@@ -257,6 +305,16 @@ def _t_interval(values: list[float]) -> dict:
     return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values)}
 
 
+def auc(curve: list[dict]) -> float:
+    """Area under the quality curve over training steps, divided by the steps (trapezoids): the mean quality
+    along the run, which rewards getting good sooner."""
+    steps = [p["step"] for p in curve]
+    if len(curve) < 2 or steps[-1] == steps[0]:
+        return curve[-1]["score"]
+    area = sum((b["step"] - a["step"]) * (a["score"] + b["score"]) / 2 for a, b in zip(curve, curve[1:]))
+    return area / (steps[-1] - steps[0])
+
+
 def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
     """Per policy, policy − random on the same seed: final score and seconds to random's final mean score."""
     base = {r["seed"]: r for r in by.get("random", [])}
@@ -273,7 +331,9 @@ def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
                 unreached += tr is None
                 continue
             d_time.append(tr - tb)
+        d_auc = [auc(r["curve"]) - auc(b["curve"]) for r, b in pairs]
         out[policy] = {"final_minus_random": _t_interval(d_final), "final_diffs": d_final,
+                       "auc_minus_random": _t_interval(d_auc), "wins": sum(d > 0 for d in d_final),
                        "seconds_to_random_final_minus_random": _t_interval(d_time),
                        "runs_never_reaching_random_final": unreached}
     return out
@@ -291,7 +351,8 @@ def summarise(runs: list[dict]) -> dict:
         secs = [_reach(r["curve"], target, "seconds") for r in rs] if target is not None else []
         steps = [_reach(r["curve"], target, "step") for r in rs] if target is not None else []
         reached = [s for s in secs if s is not None]
-        entry = {"final_mean": statistics.fmean(finals), "final_std": statistics.pstdev(finals) if len(finals) > 1
+        entry = {"final_mean": statistics.fmean(finals), "auc_mean": statistics.fmean(auc(r["curve"]) for r in rs),
+                 "final_std": statistics.pstdev(finals) if len(finals) > 1
                  else 0.0, "finals": finals, "seconds_to_random_final": secs, "steps_to_random_final": steps,
                  "median_seconds_to_random_final": statistics.median(reached) if len(reached) == len(rs) else None,
                  "total_seconds_mean": statistics.fmean(r["total_seconds"] for r in rs),
@@ -349,6 +410,14 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None, help="default: 0.05 (text) / 0.2 (vision)")
     p.add_argument("--source", default="auto", help="text data: auto (Debian WordNet if installed), embedded, debian")
+    p.add_argument("--domain", default=None,
+                   help="text: only these WordNet lexicographer files, e.g. noun.animal (low-diversity domain data)")
+    p.add_argument("--kind", default="example", choices=["example", "lemma", "both"],
+                   help="text pairs: example sentence or lemmas → definition")
+    p.add_argument("--hardness-strength", type=float, default=9.0, help="mnrl_hardness: hardness_strength")
+    p.add_argument("--schedule", choices=["linear", "plateau"], default="linear",
+                   help="plateau: warm-up 5 %%, constant, decay over the last 10 %% (final quality is not the decay)")
+    p.add_argument("--optim", default="adamw", help="transformers optim name, e.g. adamw_torch, sgd")
     p.add_argument("--follow-every", type=int, default=100, help="progress_follow: re-calibrate every N steps")
     p.add_argument("--follow-budget", type=float, default=0.3, help="progress_follow: calibration budget")
     p.add_argument("--best-window", default=None, help="best_fixed: 'low:high' effective rank")

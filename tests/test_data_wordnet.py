@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_divcl.data.wordnet import embedded_sample_path, synset_pairs, wordnet_pairs
+from hf_divcl.data.wordnet import embedded_sample_path, synset_pairs, wordnet_pairs, wordnet_split
 from hf_divcl.data.wordnet_files import (
     WORDNET_ROOT,
     WordNetSynset,
@@ -71,7 +71,8 @@ def test_parse_synset_line_reads_hex_word_count_markers_and_underscores():
                              "we were at last able to buy a car")
 
     galore = parse_synset_line(ADJ[1], file_pos="a")
-    expected = WordNetSynset("a00002312", "s", ("galore",), "in great numbers", ("there were bugs galore",))
+    expected = WordNetSynset("a00002312", "s", ("galore",), "in great numbers", ("there were bugs galore",),
+                             "adj.all")
     assert galore == expected
 
 
@@ -116,6 +117,22 @@ def test_pairs_from_a_directory(wordnet_dir):
     assert len(both) == 6 + 8
     assert both["kind"][:5] == ["lemma", "example", "example", "example", "lemma"]  # per synset: lemma first
     assert both["synset_id"] == sorted(both["synset_id"])
+
+
+def test_domains_keep_one_lexicographer_file(wordnet_dir):
+    tops = wordnet_pairs("lemma", source="debian", root=wordnet_dir, domains=["noun.Tops"])
+    assert tops["anchor"] == ["entity", "object, physical object"]
+    body = wordnet_pairs("example", source="debian", root=wordnet_dir, domains="verb.body")
+    assert body["synset_id"] == ["v00001740", "v00001740"]
+    split = wordnet_split("lemma", "test", source="debian", root=wordnet_dir, test_size=1, domains=["noun.Tops"])
+    assert set(split["synset_id"]) <= {"n00001740", "n00002684"} and len(split) == 1
+
+
+def test_domains_errors_name_the_fix(wordnet_dir):
+    with pytest.raises(ValueError, match=r"Unknown WordNet domain\(s\) \['noun.animals'\].*noun.animal"):
+        wordnet_pairs("lemma", source="debian", root=wordnet_dir, domains=["noun.animals"])
+    with pytest.raises(ValueError, match="needs the Debian WordNet files.*wordnet-base"):
+        wordnet_pairs("lemma", source="embedded", domains=["noun.animal"])
 
 
 def test_env_var_points_at_the_data(wordnet_dir, monkeypatch, caplog):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .wordnet_files import (
+    LEX_FILES,
     WordNetSynset,
     have_debian_wordnet,
     iter_wordnet_synsets,
@@ -115,6 +116,7 @@ def wordnet_pairs(
     root: str | os.PathLike | None = None,
     limit: int | None = None,
     seed: int = 0,
+    domains: Iterable[str] | None = None,
 ) -> datasets.Dataset:
     """WordNet 3.0 text pairs as a `datasets.Dataset` for contrastive training.
 
@@ -129,13 +131,17 @@ def wordnet_pairs(
         limit (`int`, *optional*): keep a random subset of this many pairs, drawn with
             ``numpy.random.default_rng(seed)`` and kept in the original order.
         seed (`int`, defaults to 0): seed of that subset.
+        domains (*optional*): keep only synsets of these lexicographer files (semantic domains, e.g.
+            ``["noun.animal"]``; see :data:`hf_divcl.data.wordnet_files.LEX_FILES`): low-diversity domain data.
+            Needs the Debian files (the embedded sample does not record domains).
 
     Returns:
         `datasets.Dataset`: string columns ``anchor``, ``positive``, ``kind`` and ``synset_id``, sorted by
         synset id (per synset: the lemma pair, then the examples in gloss order).
 
     Raises:
-        `ValueError`: unknown ``kind`` or ``source``, or a negative ``limit``.
+        `ValueError`: unknown ``kind``, ``source`` or domain, a negative ``limit``, or ``domains`` with
+            ``source="embedded"``.
         `FileNotFoundError`: ``source="debian"`` and the data files are missing (the message says how to
             install them).
 
@@ -157,6 +163,7 @@ def wordnet_pairs(
         raise ValueError(f"source must be one of {', '.join(map(repr, SOURCES))}; got {source!r}.")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0; got {limit}.")
+    wanted = check_domains(domains)
     base = resolve_wordnet_root(root)
     if source == "embedded":
         use_debian = False
@@ -166,9 +173,15 @@ def wordnet_pairs(
         raise missing_wordnet_error(base)
     else:
         use_debian = False
+    if wanted and not use_debian:
+        raise ValueError(f"domains={sorted(wanted)} needs the Debian WordNet files (the embedded sample does not "
+                         f"record domains), and none were found in {base}: `sudo apt-get install wordnet-base` or "
+                         "`bash scripts/setup.sh`, or drop domains.")
     if use_debian:
-        logger.info("WordNet %s pairs: reading the Debian WordNet 3.0 files in %s.", kind, base)
-        cols = synset_pairs(iter_wordnet_synsets(base), kind)
+        logger.info("WordNet %s pairs: reading the Debian WordNet 3.0 files in %s%s.", kind, base,
+                    f" (domains {', '.join(sorted(wanted))})" if wanted else "")
+        synsets = iter_wordnet_synsets(base)
+        cols = synset_pairs((s for s in synsets if s.lex_file in wanted) if wanted else synsets, kind)
     else:
         why = "" if source == "embedded" else (
             f" (no WordNet data files in {base}; for the full WordNet: `sudo apt-get install wordnet-base`)")
@@ -180,6 +193,20 @@ def wordnet_pairs(
         cols = {name: [values[i] for i in keep] for name, values in cols.items()}
     features = datasets.Features({name: datasets.Value("string") for name in COLUMNS})
     return datasets.Dataset.from_dict(cols, features=features)
+
+
+def check_domains(domains: Iterable[str] | None) -> set[str]:
+    """The set of lexicographer files asked for (empty: all); an unknown name raises with the valid ones."""
+    if domains is None:
+        return set()
+    if isinstance(domains, str):
+        domains = [d.strip() for d in domains.split(",") if d.strip()]
+    wanted = set(domains)
+    unknown = sorted(wanted - set(LEX_FILES))
+    if unknown:
+        raise ValueError(f"Unknown WordNet domain(s) {unknown}; choose lexicographer files from: "
+                         f"{', '.join(LEX_FILES)}.")
+    return wanted
 
 
 def split_key(synset_id: str, seed: int = 0) -> float:
@@ -207,6 +234,7 @@ def wordnet_split(
     root: str | os.PathLike | None = None,
     test_size: int | float = 500,
     seed: int = 0,
+    domains: Iterable[str] | None = None,
 ) -> datasets.Dataset:
     """A fixed train/test split of [`wordnet_pairs`] made BY SYNSET: no synset (hence no definition) is on both
     sides, so test glosses are never seen in training.
@@ -245,6 +273,7 @@ def wordnet_split(
         root (`str` or `os.PathLike`, *optional*): folder of the Debian data files.
         test_size (`int` or `float`, defaults to 500): pairs in the test split (int) or fraction of synsets (float).
         seed (`int`, defaults to 0): seed of the synset order; another seed gives another split.
+        domains (*optional*): only these lexicographer files, as in [`wordnet_pairs`] (Debian files only).
 
     Returns:
         `datasets.Dataset`: columns ``anchor``, ``positive``, ``kind``, ``synset_id``.
@@ -256,7 +285,7 @@ def wordnet_split(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}; got {split!r}.")
     _check_test_size(test_size)
-    ds = wordnet_pairs(kind=kind, source=source, root=root)
+    ds = wordnet_pairs(kind=kind, source=source, root=root, domains=domains)
     synset_ids = ds["synset_id"]
     counts: dict[str, int] = {}
     for sid in synset_ids:

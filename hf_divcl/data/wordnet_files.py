@@ -21,12 +21,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WORDNET_ROOT", "WordNetSynset", "iter_wordnet_synsets", "parse_gloss", "parse_synset_line"]
+__all__ = ["LEX_FILES", "WORDNET_ROOT", "WordNetSynset", "iter_wordnet_synsets", "parse_gloss", "parse_synset_line"]
 
 WORDNET_ROOT = "/usr/share/wordnet"
 """Where Debian's ``wordnet-base`` puts the data files; the env var ``HF_DIVCL_WORDNET_DIR`` overrides it."""
 
 WORDNET_ENV = "HF_DIVCL_WORDNET_DIR"
+
+LEX_FILES = (
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
+    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
+    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant",
+    "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
+    "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication",
+    "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+)
+"""WordNet 3.0's lexicographer files, indexed by a data line's ``lex_filenum``: each is one semantic domain
+(``noun.animal`` holds 7,509 synsets, ``noun.person`` 11,087, ``noun.artifact`` 11,587)."""
 
 # data file → the letter used in synset ids (satellites ``s`` live in data.adj and get ``a``)
 _POS_FILES = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
@@ -51,6 +63,8 @@ class WordNetSynset:
         lemmas (`tuple[str, ...]`): the synset's words, with spaces for ``_`` and adjective markers removed.
         definition (`str`): the gloss without its example sentences.
         examples (`tuple[str, ...]`): the example sentences, without their quotes, in gloss order.
+        lex_file (`str`): the lexicographer file (semantic domain) the synset lives in, e.g. ``"noun.animal"``
+            (see [`LEX_FILES`]); empty when unknown.
     """
 
     synset_id: str
@@ -58,6 +72,7 @@ class WordNetSynset:
     lemmas: tuple[str, ...]
     definition: str
     examples: tuple[str, ...]
+    lex_file: str = ""
 
 
 def _clean(text: str) -> str:
@@ -121,6 +136,8 @@ def parse_synset_line(line: str, file_pos: str | None = None) -> WordNetSynset:
     if not sep or len(fields) < 6:
         raise ValueError(f"Not a WordNet synset line: {line[:80]!r}")
     offset, ss_type = fields[0], fields[2]
+    lex_num = int(fields[1]) if fields[1].isdigit() else -1
+    lex_file = LEX_FILES[lex_num] if 0 <= lex_num < len(LEX_FILES) else ""
     w_cnt = int(fields[3], 16)
     words = fields[4 : 4 + 2 * w_cnt : 2]
     if len(words) != w_cnt:
@@ -128,7 +145,7 @@ def parse_synset_line(line: str, file_pos: str | None = None) -> WordNetSynset:
     lemmas = tuple(dict.fromkeys(_clean(_MARKER.sub("", w).replace("_", " ")) for w in words))
     definition, examples = parse_gloss(gloss)
     letter = file_pos or ("a" if ss_type == "s" else ss_type)
-    return WordNetSynset(f"{letter}{offset}", ss_type, lemmas, definition, examples)
+    return WordNetSynset(f"{letter}{offset}", ss_type, lemmas, definition, examples, lex_file)
 
 
 def resolve_wordnet_root(root: str | os.PathLike | None) -> Path:

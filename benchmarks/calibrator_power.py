@@ -1,0 +1,304 @@
+"""Calibrator power and error: does exploring on the training steps find a level that truly beats random batches,
+and does it stay on random batches when no level does?
+
+The setting is cheap enough for many seeds and still real: an adapter (a residual MLP, zero-initialised so it
+starts as the identity) fine-tuned with InfoNCE on frozen all-MiniLM-L6-v2 embeddings of WordNet pairs (the
+noun.animal lemma → definition domain by default), scored by held-out retrieval ndcg@10 (500 test pairs held out
+by synset). Every step is a real AdamW step on a real batch.
+
+Three experiments:
+
+1. **Truth** (fixed arms, long runs): each arm — random and each candidate level (``local:B``, ``local:8B``,
+   ``spread:4``) — trains alone for ``--steps`` steps on ``--truth-seeds`` seeds; final held-out ndcg@10 paired
+   against random (95 % t-interval). This says which level truly beats random, and by how much.
+2. **Real effects of several sizes**: the effect is not built in; it comes from the temperature. At τ = 0.05
+   random batches are as good as any level here; the larger τ, the more tight batches (``local:B``) beat random
+   ones (the truth table measures it per τ). The explorer (``hf_divcl.batch_policy.explore``) runs on
+   ``--seeds`` seeds per τ: decision rate per level with a 95 % Wilson interval, blocks needed, and the run's
+   final ndcg@10 against random on the same seed. (``--dup m`` repeats every training pair m times: random
+   batches crowded with identical rows. Measured: no level gains from that here, so it is off by default.)
+3. **Null**: the "levels" are random batches under other generators; every window decision is a false one.
+
+    python benchmarks/calibrator_power.py                    # ~25 min on 2 cores
+    python benchmarks/calibrator_power.py --smoke            # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+LEVELS = ("local:{B}", "local:{B8}", "spread:4")
+
+
+def features(a) -> dict[str, torch.Tensor]:
+    """Frozen MiniLM embeddings of the train / test pairs (cached on disk)."""
+    from hf_divcl._common import cache_root
+    from hf_divcl.data.wordnet import wordnet_split
+    from hf_divcl.models.loading import load_sentence_transformer
+
+    key = f"{a.source}-{a.domain or 'all'}-{a.kind}-{a.limit}"
+    path = cache_root() / "benchmarks" / f"calibrator_power-{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    domains = [a.domain] if a.domain else None
+    train = wordnet_split(kind=a.kind, split="train", source=a.source, domains=domains)
+    test = wordnet_split(kind=a.kind, split="test", source=a.source, domains=domains)
+    if a.limit:
+        train = train.select(range(min(a.limit, len(train))))
+        test = test.select(range(min(a.limit // 4, len(test))))
+    model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+    out = {}
+    with torch.no_grad():
+        for name, ds in (("train", train), ("test", test)):
+            for col in ("anchor", "positive"):
+                out[f"{name}_{col}"] = model.encode(list(ds[col]), convert_to_tensor=True, batch_size=128,
+                                                    normalize_embeddings=True).float().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+class Adapter(torch.nn.Module):
+    """``x + W2·gelu(W1·x)`` with ``W2 = 0`` at the start: the base model's embedding, then learned."""
+
+    def __init__(self, d: int, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.w1 = torch.nn.Linear(d, d)
+        self.w2 = torch.nn.Linear(d, d)
+        torch.nn.init.zeros_(self.w2.weight)
+        torch.nn.init.zeros_(self.w2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x + self.w2(torch.nn.functional.gelu(self.w1(x))), dim=-1)
+
+
+def ndcg10(model: Adapter, anchors: torch.Tensor, positives: torch.Tensor) -> float:
+    with torch.no_grad():
+        s = model(anchors) @ model(positives).T
+    rank = (s > s.diagonal()[:, None]).sum(-1)  # 0 = first
+    return torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank.double())).mean().item()
+
+
+class Run:
+    """One training run of the adapter: the data, the batch draws per arm, a step, the probe gradient."""
+
+    def __init__(self, feats, a, seed: int, dup: int, levels: list[str]) -> None:
+        from hf_divcl.diversity.levels import parse_level
+
+        gen = torch.Generator().manual_seed(seed)
+        n = feats["train_anchor"].shape[0]
+        perm = torch.randperm(n, generator=gen)
+        probe, rest = perm[:a.probe_rows], perm[a.probe_rows:]
+        unique = rest[:a.unique] if a.unique else rest
+        self.rows = unique.repeat(dup)  # every training pair m times
+        self.A, self.P = feats["train_anchor"], feats["train_positive"]
+        self.probe = probe
+        self.test = feats["test_anchor"], feats["test_positive"]
+        self.model = Adapter(self.A.shape[1], seed)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=0.0)
+        self.params = [p for p in self.model.parameters()]
+        self.a, self.B = a, a.batch_size
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.levels = {name: parse_level(name) for name in levels if not name.startswith("random")}
+        self.null_gens = {name: torch.Generator().manual_seed(seed * 31 + i + 2) for i, name in enumerate(levels)}
+
+    def batch(self, arm: str, null: bool) -> torch.Tensor:
+        from hf_divcl.diversity.levels import draw_level
+
+        if arm == "random" or null:
+            g = self.gen if arm == "random" else self.null_gens[arm]
+            return self.rows[torch.randperm(len(self.rows), generator=g)[:self.B]]
+        sample = self.rows[torch.randperm(len(self.rows), generator=self.gen)[:8 * self.B]]
+        with torch.no_grad():
+            u = self.model(self.A[sample])
+        return sample[draw_level(u, self.levels[arm], self.B, 1, self.gen)[0]]
+
+    def lr(self, step: int) -> float:
+        warm = max(1, self.a.steps // 20)
+        return self.a.lr * min(1.0, (step + 1) / warm)
+
+    def step(self, rows: torch.Tensor, step: int) -> list[torch.Tensor]:
+        from hf_divcl.losses.maths import contrastive_loss
+
+        for gr in self.opt.param_groups:
+            gr["lr"] = self.lr(step)
+        self.opt.zero_grad(set_to_none=True)
+        loss = contrastive_loss(self.model(self.A[rows]), self.model(self.P[rows]), self.a.temperature).loss
+        loss.backward()
+        return [p.grad.detach().clone() for p in self.params]
+
+    def probe_gradient(self) -> list[torch.Tensor]:
+        from hf_divcl.batch_policy.explore import retrieval_probe_loss
+
+        loss = retrieval_probe_loss(self.model(self.A[self.probe]), self.model(self.P[self.probe]),
+                                    self.a.probe_temperature)
+        return [g.detach() for g in torch.autograd.grad(loss, self.params)]
+
+    def final(self) -> float:
+        return ndcg10(self.model, *self.test)
+
+
+def fixed_arm(feats, a, seed: int, dup: int, arm: str, levels: list[str]) -> float:
+    run = Run(feats, a, seed, dup, levels)
+    for t in range(a.steps):
+        run.step(run.batch(arm, False), t)
+        run.opt.step()
+    return run.final()
+
+
+def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dict:
+    """Explore on the training steps until the test decides, then train on the decided arm to ``a.steps``."""
+    from hf_divcl.batch_policy.explore import SequentialTest, block_order, preconditioner, step_score
+
+    run = Run(feats, a, seed, dup, levels)
+    test = SequentialTest(levels, alpha=a.alpha, min_blocks=a.min_blocks, max_blocks=a.max_blocks)
+    t, block, probe_grad = 0, 0, None
+    t0 = time.perf_counter()
+    score_seconds = 0.0
+    while not test.done and t < a.steps:
+        s0 = time.perf_counter()
+        if block % a.refresh_blocks == 0 or probe_grad is None:
+            probe_grad = run.probe_gradient()
+        score_seconds += time.perf_counter() - s0
+        scores = {}
+        for arm in block_order(test.arms, block, seed):
+            grads = run.step(run.batch(arm, null), t)
+            s0 = time.perf_counter()
+            precond, _ = preconditioner(run.opt, run.params, grads)
+            scores[arm] = step_score(grads, precond, probe_grad, run.lr(t))
+            score_seconds += time.perf_counter() - s0
+            run.opt.step()
+            t += 1
+        test.add_block({k: v.item() for k, v in scores.items()})  # one host sync per block
+        block += 1
+    d = test.decision
+    arm = d.level if d.status == "window" else "random"
+    explore_steps = t
+    while t < a.steps:
+        run.step(run.batch(arm, null), t)
+        run.opt.step()
+        t += 1
+    return {"seed": seed, "temperature": a.temperature, "null": null, "status": d.status, "level": d.level, "reason": d.reason,
+            "blocks": d.blocks, "explore_steps": explore_steps, "final": run.final(),
+            "score_seconds": score_seconds, "seconds": time.perf_counter() - t0,
+            "levels": {k: {kk: v[kk] for kk in ("mean", "se", "low", "high", "active", "blocks")}
+                       for k, v in d.levels.items()}}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [max(0.0, c - h), min(1.0, c + h)]
+
+
+def t_interval(values: list[float]) -> dict:
+    from hf_divcl.batch_policy.progress import paired_interval
+
+    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
+    return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values),
+            "wins": sum(v > 0 for v in values)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default="debian")
+    p.add_argument("--domain", default="noun.animal")
+    p.add_argument("--kind", default="lemma")
+    p.add_argument("--limit", type=int, default=0, help="train rows kept (0: all)")
+    p.add_argument("--unique", type=int, default=0, help="unique training pairs before duplication (0: all)")
+    p.add_argument("--dup", type=int, default=1, help="copies of each training pair")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
+    p.add_argument("--probe-rows", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--probe-temperature", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--min-blocks", type=int, default=6)
+    p.add_argument("--max-blocks", type=int, default=60)
+    p.add_argument("--refresh-blocks", type=int, default=1, help="probe gradient refreshed every N blocks")
+    p.add_argument("--truth-seeds", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=30)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--output", default=None)
+    a = p.parse_args()
+    if a.smoke:
+        a.source, a.domain, a.kind, a.limit = "embedded", None, "example", 600
+        a.temperatures, a.probe_rows, a.batch_size, a.steps = [0.05, 0.5], 64, 8, 40
+        a.truth_seeds, a.seeds, a.min_blocks, a.max_blocks = 2, 2, 2, 4
+    out = Path(a.output or (Path(tempfile.gettempdir()) / "calibrator_power_smoke.json" if a.smoke
+                            else "benchmarks/results/calibrator_power.json"))
+    torch.set_num_threads(1)  # a small model: one thread is fastest and leaves the other core alone
+    feats = features(a)
+    levels = [x.format(B=a.batch_size, B8=8 * a.batch_size) for x in LEVELS]
+    null_levels = ["random_b", "random_c", "random_d"]
+    result: dict = {"config": vars(a), "levels": levels, "truth": {}, "planted": {}, "null": {},
+                    "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+
+    dup = a.dup
+    for tau in a.temperatures:
+        a.temperature = tau
+        finals = {arm: [fixed_arm(feats, a, s, dup, arm, levels) for s in range(a.truth_seeds)]
+                  for arm in ["random", *levels]}
+        result["truth"][str(tau)] = {
+            "untrained": ndcg10(Adapter(feats["train_anchor"].shape[1], 0), feats["test_anchor"],
+                                feats["test_positive"]),
+            "random_final_mean": statistics.fmean(finals["random"]),
+            "levels": {arm: t_interval([x - r for x, r in zip(finals[arm], finals["random"], strict=True)])
+                       for arm in levels}, "finals": finals}
+        truth = result["truth"][str(tau)]["levels"]
+        print(f"τ={tau}: random {statistics.fmean(finals['random']):.4f}; " + ", ".join(
+            f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" if v["ci95"] else f"{k} {v['mean']:+.4f}"
+            for k, v in truth.items()), flush=True)
+        runs = [explore(feats, a, 1000 + s, dup, levels, null=False) for s in range(a.seeds)]
+        rnd = [fixed_arm(feats, a, 1000 + s, dup, "random", levels) for s in range(a.seeds)]
+        chosen = {lv: sum(r["level"] == lv for r in runs) for lv in levels}
+        result["planted"][str(tau)] = {
+            "decisions": {**{lv: {"count": c, "rate": c / a.seeds, "wilson95": wilson(c, a.seeds)}
+                             for lv, c in chosen.items()},
+                          "random": {"count": sum(r["status"] == "random" for r in runs),
+                                     "rate": sum(r["status"] == "random" for r in runs) / a.seeds}},
+            "blocks_median": statistics.median(r["blocks"] for r in runs),
+            "explore_steps_median": statistics.median(r["explore_steps"] for r in runs),
+            "final_minus_random": t_interval([r["final"] - b for r, b in zip(runs, rnd, strict=True)]),
+            "score_fraction_of_wall": statistics.fmean(r["score_seconds"] / r["seconds"] for r in runs),
+            "runs": runs}
+        print(f"τ={tau}: explorer chose " + ", ".join(f"{k} {v['count']}" for k, v in
+                                                      result["planted"][str(tau)]["decisions"].items())
+              + f" of {a.seeds}; blocks median {result['planted'][str(tau)]['blocks_median']}; final − random "
+              f"{result['planted'][str(tau)]['final_minus_random']['mean']:+.4f}", flush=True)
+        save()
+        nulls = [explore(feats, a, 5000 + s, dup, null_levels, null=True) for s in range(a.seeds)]
+        false = sum(r["status"] == "window" for r in nulls)
+        result["null"][str(tau)] = {"false_windows": false, "rate": false / a.seeds,
+                                    "wilson95": wilson(false, a.seeds),
+                                    "blocks_median": statistics.median(r["blocks"] for r in nulls),
+                                    "runs": nulls}
+        print(f"τ={tau}: null false windows {false} of {a.seeds}", flush=True)
+        save()
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Exploration on the training steps: block orders, the step score, the retrieval probe, the sequential test."""
+
+import math
+
+import pytest
+import torch
+
+from hf_divcl.batch_policy.explore import (
+    RANDOM_ARM,
+    SequentialTest,
+    block_order,
+    look_schedule,
+    preconditioner,
+    retrieval_probe_loss,
+    step_score,
+)
+
+LEVELS = ["local:32", "spread:4"]
+
+
+def test_each_block_holds_every_arm_once_in_an_order_fixed_by_seed_and_block():
+    arms = [RANDOM_ARM, *LEVELS]
+    orders = [block_order(arms, b, seed=3) for b in range(40)]
+    assert all(sorted(o) == sorted(arms) for o in orders)
+    assert orders == [block_order(arms, b, seed=3) for b in range(40)]  # every process computes the same
+    assert len({tuple(o) for o in orders}) > 1 and orders != [block_order(arms, b, seed=4) for b in range(40)]
+    assert sum(o[0] == RANDOM_ARM for o in orders) not in (0, 40)  # random is not always first
+
+
+def test_looks_grow_geometrically_and_end_at_the_budget():
+    assert look_schedule(6, 60) == [6, 9, 14, 21, 32, 48, 60]
+    assert look_schedule(4, 4) == [4]
+    with pytest.raises(ValueError, match="min_blocks must be >= 2"):
+        look_schedule(1, 10)
+    with pytest.raises(ValueError, match="max_blocks"):
+        look_schedule(8, 4)
+
+
+def test_retrieval_probe_is_cross_entropy_against_every_probe_positive():
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(300, 16, generator=g, dtype=torch.float64), torch.randn(300, 16, generator=g,
+                                                                               dtype=torch.float64)
+    un, vn = u / u.norm(dim=-1, keepdim=True), v / v.norm(dim=-1, keepdim=True)
+    logits = un @ vn.T / 0.1
+    ref = -(logits.diagonal() - logits.logsumexp(-1)).mean()
+    assert torch.allclose(retrieval_probe_loss(u, v, 0.1), ref, rtol=1e-12)
+
+
+def _adam_setup(betas=(0.0, 0.999)):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    opt = torch.optim.Adam([w], lr=0.01, betas=betas, eps=1e-8)
+    return w, opt
+
+
+@pytest.mark.parametrize("warm_steps", [0, 3])
+def test_adam_preconditioner_is_the_step_adam_takes(warm_steps):
+    w, opt = _adam_setup()  # β1 = 0: Adam's update is exactly lr·g/(√v̂_t + ε)
+    for _ in range(warm_steps):
+        opt.zero_grad()
+        (w.sin().sum() * 3).backward()
+        opt.step()
+    opt.zero_grad()
+    (w.cos().square().sum()).backward()
+    g = w.grad.clone()
+    precond, name = preconditioner(opt, [w], [g])
+    before = w.detach().clone()
+    opt.step()
+    assert name == "adam"
+    assert torch.allclose(before - w.detach(), 0.01 * g * precond[0], rtol=1e-10, atol=1e-15)
+
+
+def test_sgd_uses_the_identity_and_says_so():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = torch.ones(3)
+    opt.step()
+    assert preconditioner(opt, [w], [w.grad]) == (None, "identity")
+    assert preconditioner(None, [w], [w.grad]) == (None, "identity")
+
+
+def test_step_score_predicts_the_probe_loss_drop_to_first_order():
+    torch.manual_seed(1)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    a, b = torch.randn(8, 8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64)
+
+    def train_loss(x):
+        return (a @ x).tanh().square().sum()
+
+    def probe_loss(x):
+        return (b @ x).sin().sum()
+
+    g = torch.autograd.grad(train_loss(w), w)[0]
+    q = torch.autograd.grad(probe_loss(w), w)[0]
+    c = torch.rand(8, dtype=torch.float64) + 0.5
+    lr = 1e-6
+    score = step_score([g], [c], [q], lr)
+    with torch.no_grad():
+        drop = probe_loss(w) - probe_loss(w - lr * g * c)
+    assert score.dtype == torch.float64 and score.dim() == 0
+    assert score.item() == pytest.approx(drop.item(), rel=1e-4)
+
+
+def _run(test: SequentialTest, mean: dict[str, float], seed: int, sd: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    while not test.done:
+        base = torch.randn(1, generator=g).item()
+        scores = {RANDOM_ARM: base, **{n: base + mean.get(n, 0.0) + sd * torch.randn(1, generator=g).item()
+                                       for n in test.arms[1:]}}
+        test.add_block(scores)
+    return test.decision
+
+
+def test_a_level_clearly_ahead_wins_at_an_early_look():
+    d = _run(SequentialTest(LEVELS, min_blocks=6, max_blocks=60), {"spread:4": 3.0}, seed=0)
+    assert d.status == "window" and d.level == "spread:4" and d.blocks <= 14
+    assert d.levels["spread:4"]["low"] > 0 and "ahead of random" in d.reason
+
+
+def test_levels_confidently_behind_are_dropped_and_then_random_wins():
+    test = SequentialTest(LEVELS, min_blocks=6, max_blocks=60)
+    d = _run(test, {"local:32": -3.0, "spread:4": -3.0}, seed=0)
+    assert d.status == "random" and "every level is behind" in d.reason and test.arms == [RANDOM_ARM]
+
+
+def test_false_window_rate_under_the_null_is_at_most_alpha():
+    windows = sum(_run(SequentialTest(LEVELS, alpha=0.1, min_blocks=6, max_blocks=40), {}, seed=s).status == "window"
+                  for s in range(300))
+    assert windows / 300 <= 0.1  # Bonferroni over looks and levels: well below α in practice
+
+
+def test_nan_scores_end_exploration_with_the_reason_after_a_quarter_of_the_budget():
+    test = SequentialTest(LEVELS, min_blocks=2, max_blocks=8)
+    for _ in range(3):
+        d = test.add_block({RANDOM_ARM: 1.0, "local:32": math.nan, "spread:4": 1.0})
+    assert d.status == "random" and "NaN/inf in 3 blocks" in d.reason and "local:32" in d.reason
+    with pytest.raises(ValueError, match=r"no score for arm\(s\) \['spread:4'\]"):
+        SequentialTest(LEVELS).add_block({RANDOM_ARM: 1.0, "local:32": 1.0})
+
+
+def test_resume_mid_exploration_continues_identically():
+    full = SequentialTest(LEVELS, min_blocks=4, max_blocks=30)
+    half = SequentialTest(LEVELS, min_blocks=4, max_blocks=30)
+    g = torch.Generator().manual_seed(5)
+    blocks = [{RANDOM_ARM: 0.0, "local:32": torch.randn(1, generator=g).item() + 0.4,
+               "spread:4": torch.randn(1, generator=g).item()} for _ in range(30)]
+    for b in blocks[:7]:
+        half.add_block(b)
+    resumed = SequentialTest(LEVELS, min_blocks=4, max_blocks=30)
+    resumed.load_state_dict(half.state_dict())
+    for b in blocks:
+        full.add_block({k: v for k, v in b.items() if k in full.arms})
+    for b in blocks[7:]:
+        resumed.add_block({k: v for k, v in b.items() if k in resumed.arms})
+    assert resumed.decision == full.decision
+    with pytest.raises(ValueError, match="Resume with the same exploration settings"):
+        SequentialTest(["local:32"], min_blocks=4, max_blocks=30).load_state_dict(half.state_dict())
