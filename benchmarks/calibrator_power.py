@@ -38,7 +38,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
 LEVELS = ("local:{B}", "local:{B8}", "spread:4")
 
@@ -192,7 +192,8 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
         run.step(run.batch(arm, null), t)
         run.opt.step()
         t += 1
-    return {"seed": seed, "temperature": a.temperature, "null": null, "status": d.status, "level": d.level, "reason": d.reason,
+    return {"seed": seed, "temperature": a.temperature, "null": null, "status": d.status, "level": d.level,
+            "reason": d.reason,
             "blocks": d.blocks, "explore_steps": explore_steps, "final": run.final(),
             "score_seconds": score_seconds, "seconds": time.perf_counter() - t0,
             "levels": {k: {kk: v[kk] for kk in ("mean", "se", "low", "high", "active", "blocks")}

@@ -38,6 +38,7 @@ in-window fraction of the training batches while a window was in force. Results 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -254,7 +255,8 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         schedule["optim"] = a.optim
     args = DivCLTrainingArguments(
         output_dir=str(workdir / f"{policy}-{seed}"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
-        warmup_steps=max(1, a.steps // (20 if a.schedule == "plateau" else 10)), seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
+        warmup_steps=max(1, a.steps // (20 if a.schedule == "plateau" else 10)), seed=seed, report_to=[],
+        disable_tqdm=True, save_strategy="no",
         logging_steps=max(1, a.eval_every), collapse_threshold=0,
         bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
         **{**extra, **opts, **schedule})
@@ -311,7 +313,7 @@ def auc(curve: list[dict]) -> float:
     steps = [p["step"] for p in curve]
     if len(curve) < 2 or steps[-1] == steps[0]:
         return curve[-1]["score"]
-    area = sum((b["step"] - a["step"]) * (a["score"] + b["score"]) / 2 for a, b in zip(curve, curve[1:]))
+    area = sum((b["step"] - a["step"]) * (a["score"] + b["score"]) / 2 for a, b in itertools.pairwise(curve))
     return area / (steps[-1] - steps[0])
 
 

@@ -129,9 +129,9 @@ def test_domains_keep_one_lexicographer_file(wordnet_dir):
 
 
 def test_domains_errors_name_the_fix(wordnet_dir):
-    with pytest.raises(ValueError, match=r"Unknown WordNet domain\(s\) \['noun.animals'\].*noun.animal"):
+    with pytest.raises(ValueError, match=r"Unknown WordNet domain\(s\) \['noun\.animals'\].*noun\.animal"):
         wordnet_pairs("lemma", source="debian", root=wordnet_dir, domains=["noun.animals"])
-    with pytest.raises(ValueError, match="needs the Debian WordNet files.*wordnet-base"):
+    with pytest.raises(ValueError, match=r"needs the Debian WordNet files.*wordnet-base"):
         wordnet_pairs("lemma", source="embedded", domains=["noun.animal"])
 
 
