@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -113,6 +113,10 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._groups: torch.Tensor | None = None
         self._plan: tuple[int, EpochPlan] | None = None
         self._skip = 0  # batches to skip at the start of the current epoch (resume)
+        # ``(epoch, index, n_batches, planned rows) → rows or None``: hands out another global batch in place of
+        # the planned one (``window="explore"``); ``None`` keeps the plan
+        self.batch_source: Callable[[int, int, int, torch.Tensor], torch.Tensor | None] | None = None
+        self._sourced_cache: tuple[tuple[int, int], torch.Tensor | None] | None = None
         self.plan_seconds = 0.0  # wall time spent planning epochs (window calibration included)
         if self.num_rows == 0:
             raise ValueError("The training dataset is empty.")
@@ -276,7 +280,25 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             if self._yielded >= len(batches):
                 return
             self._yielded += 1
-            yield batches[self._yielded - 1]
+            yield self._sourced(epoch, self._yielded - 1, batches)
+
+    def _sourced(self, epoch: int, k: int, batches: list[list[int]]) -> list[int]:
+        """Local batch ``k``, or its part of the global batch that :attr:`batch_source` hands out instead."""
+        source = self.batch_source
+        if source is None:
+            return batches[k]
+        index, part = divmod(k, self.processes)
+        cached = self._sourced_cache
+        if cached is None or cached[0] != (epoch, index):
+            plan = self.plan(epoch)
+            rows = source(epoch, index, len(plan.batches), plan.batches[index]) if index < len(plan.batches) \
+                else None
+            cached = ((epoch, index), rows)
+            self._sourced_cache = cached
+        rows = cached[1]
+        if rows is None:
+            return batches[k]
+        return rows[part * self.batch_size:(part + 1) * self.batch_size].tolist()
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != getattr(self, "epoch", None):

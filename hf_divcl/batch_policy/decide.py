@@ -20,6 +20,7 @@ from .._common import ROW_ID_COLUMN, global_batch_size, is_image_feature
 from ..data.validation import DatasetError, validate_training_dataset
 from ..diversity.window import DiversityWindow
 from .calibration import calibrate_window
+from .explorer import ExplorePlan, schedule_exploration
 from .follower import CalibrationPlan, schedule_progress
 from .learnability import LearnabilitySelector, ReferenceBank, build_reference_bank, hold_out_reference_rows
 from .selectors import SELECTORS, MegaBatchSelector
@@ -42,7 +43,7 @@ class TrainingRows(NamedTuple):
     dataset: Any
     probe_dataset: Any = None
     reference_dataset: Any = None
-    calibration_plan: CalibrationPlan | None = None
+    calibration_plan: CalibrationPlan | ExplorePlan | None = None
 
 
 def prepare_training_rows(dataset, args: PolicyArguments, infonce: bool = True, model=None) -> TrainingRows:
@@ -64,6 +65,8 @@ def prepare_training_rows(dataset, args: PolicyArguments, infonce: bool = True, 
             dataset, reference = hold_out_reference_rows(dataset, args, global_batch)
     elif args.window == "progress":
         dataset, probe, plan = schedule_progress(dataset, args, global_batch)
+    elif args.window == "explore":
+        dataset, probe, plan = schedule_exploration(dataset, args, global_batch)
     if ROW_ID_COLUMN in dataset.column_names:
         dataset = dataset.remove_columns(ROW_ID_COLUMN)
     dataset = dataset.add_column(ROW_ID_COLUMN, np.arange(len(dataset), dtype=np.int64))
@@ -100,7 +103,7 @@ def decide_batch_policy(host: PolicyHost, dataset, batch_size: int, seed: int) -
     mega = (int(a.mega_batch_factor) if a.mega_batch_factor > 1 else 4) if selecting \
         else max(1, int(a.mega_batch_factor))
     builder = a.builder
-    progress = a.window == "progress" and not selecting
+    progress = a.window in ("progress", "explore") and not selecting
     current = None
     if progress:  # random until a calibration measures a level that beats random batches
         if host.follower is not None and (saved := host.saved.json("progress")) is not None:
@@ -115,7 +118,8 @@ def decide_batch_policy(host: PolicyHost, dataset, batch_size: int, seed: int) -
         window = current.window if builder != "random" else None
         builder = host.window_builder() if window is not None else "random"
     elif selecting:
-        window = resolve_window(host, bank, global_batch, seed) if a.window not in ("progress", "none") else None
+        window = resolve_window(host, bank, global_batch, seed) if a.window not in ("progress", "explore", "none") \
+            else None
     else:
         window = resolve_window(host, bank, global_batch, seed) if builder != "random" or mega > 1 else None
     selector = None

@@ -138,8 +138,9 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     """The batch policy for the card: with ``window="progress"``, each calibration's decision and its evidence
     (from ``divcl_calibrations.jsonl``)."""
     rows, raw = [], []
-    path = out / "divcl_calibrations.jsonl"
-    if path.is_file():
+    for path in (out / "divcl_calibrations.jsonl", out / "divcl_explore.jsonl"):  # window="progress" / "explore"
+        if not path.is_file():
+            continue
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 c = json.loads(line)
@@ -154,11 +155,14 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
                          "interval": f"[{_fmt(best.get('ci_low'), 3)}, {_fmt(best.get('ci_high'), 3)}]"
                          if best else "–", "reason": c.get("reason", ""),
                          "seconds": _fmt(c.get("wall_seconds"), 3)})
-    progress = info.get("policy") == "progress"
+    progress = info.get("policy") in ("progress", "explore")
     decision = info.get("decision", "window" if info.get("window") else "random")
     why = info.get("reason", "")
-    summary = (f"Batches were random until a measured diversity level beat random batches. Final decision: "
-               f"{'a diversity window' if decision == 'window' else 'random batches'} — {why}." if progress else "")
+    start = ("The first steps explored: blocks of steps on random batches and each candidate diversity level, "
+             "compared by the held-out progress each step bought." if info.get("policy") == "explore" else
+             "Batches were random until a measured diversity level beat random batches.")
+    summary = (f"{start} Final decision: {'a diversity window' if decision == 'window' else 'random batches'} — "
+               f"{why}." if progress else "")
     return {"policy": info.get("policy", "fixed"), "policy_summary": summary, "calibrations": rows,
             "random_batches": decision != "window", "raw_calibrations": raw}
 
@@ -245,15 +249,15 @@ def _settings_rows(records, run, info, policy, cal, base_model, dataset, train_r
     if window.get("low") is not None and not policy["random_batches"]:
         rows.append(("diversity window", f"{esc(metric)} ∈ [{_fmt(window['low'])}, {_fmt(window['high'])}]"))
         rows.append(("how the window was chosen",
-                     "measured held-out progress per step against random batches (window=\"progress\")"
-                     if policy["policy"] == "progress" else "calibrated on the starting model's embeddings of this "
-                     "data set" if cal else "set by the user"))
+                     f"measured held-out progress per step against random batches (window=\"{policy['policy']}\")"
+                     if policy["policy"] in ("progress", "explore") else
+                     "calibrated on the starting model's embeddings of this data set" if cal else "set by the user"))
         if in_window is not None:
             rows.append(("batches inside the window", f"{in_window:.1%}"))
     else:
         rows.append(("diversity window", "none in force at the end: random batches"
-                     + (" (window=\"progress\": no measured level beat them)" if policy["policy"] == "progress"
-                        else "")))
+                     + (f" (window=\"{policy['policy']}\": no measured level beat them)"
+                        if policy["policy"] in ("progress", "explore") else "")))
     if run.get("bank_source") and run.get("dimension"):
         rows.append(("embedding bank", esc(run["bank_source"])))
     return rows

@@ -41,7 +41,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         > Batch policy: the window
 
         window (`str`, *optional*, defaults to `"progress"`):
-            `"progress"` (a window only where it beats random batches), `"auto"`, `"[metric:]low:high"`, `"none"`.
+            `"progress"` (a window only where it beats random batches), `"explore"` (the first steps are the
+            experiment), `"auto"`, `"[metric:]low:high"`, `"none"`.
         window_keep_fraction (`float`, *optional*, defaults to `0.9`):
             `window="auto"`: keep the levels whose mean gradient norm reaches this fraction of the peak.
         calibration_budget (`float`, *optional*, defaults to `0.05`):
@@ -62,6 +63,14 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             `window="progress"`: re-calibrate every epoch (`"epoch"`), every N steps (`"N"`) or never (`"none"`).
         recalibrate_early (`float`, *optional*, defaults to `0.1`):
             `window="progress"`: also re-calibrate after this fraction of the steps (0: not).
+        explore_alpha (`float`, *optional*, defaults to `0.05`):
+            `window="explore"`: chance of a false window over the whole exploration.
+        explore_max_fraction (`float`, *optional*, defaults to `0.3`):
+            `window="explore"`: the largest fraction of the run's steps spent exploring.
+        explore_min_blocks (`int`, *optional*, defaults to `6`):
+            `window="explore"`: blocks before the sequential test's first look.
+        explore_probe_temperature (`float`, *optional*, defaults to `0.05`):
+            `window="explore"`: temperature of the retrieval probe.
 
         > Batch policy: the builder
 
@@ -154,6 +163,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     window: str = field(default="progress", metadata={
         "help": "Diversity window: 'progress' (default: start on random batches; a window only where measured "
                 "held-out progress per step beats random batches with confidence, re-measured as the model moves), "
+                "'explore' (the first training steps are the experiment: blocks of steps on random batches and "
+                "each candidate level, scored from their own gradients on a retrieval probe, decided by a "
+                "sequential test with controlled error), "
                 "'auto' (the gradient-magnitude window calibrated once at the start — the paper's proposal, which "
                 "trains worse than random batches in our benchmarks), 'low:high' or 'metric:low:high' (metrics: "
                 "effective_rank, participation_ratio, mean_sq_cosine, lambda_max), or 'none' (random batches)."})
@@ -185,6 +197,17 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "after the early one ('none')."})
     recalibrate_early: float = field(default=0.1, metadata={
         "help": "'progress' window: also re-calibrate after this fraction of the steps (0: not)."})
+    explore_alpha: float = field(default=0.05, metadata={
+        "help": "'explore' window: the chance, over the whole exploration, of choosing a level when none beats "
+                "random batches (Bonferroni over the test's looks and the levels)."})
+    explore_max_fraction: float = field(default=0.3, metadata={
+        "help": "'explore' window: at most this fraction of the run's steps explores; no decision by then keeps "
+                "random batches."})
+    explore_min_blocks: int = field(default=6, metadata={
+        "help": "'explore' window: blocks (one step per arm each) before the test's first look (>= 2)."})
+    explore_probe_temperature: float = field(default=0.05, metadata={
+        "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
+                "positives); small values follow ranking metrics such as ndcg@10 closely."})
 
     # batch policy: the builder
     builder: str = field(default="greedy", metadata={
@@ -315,7 +338,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         if not (math.isfinite(self.false_negative_margin) and -2 <= self.false_negative_margin <= 2):
             raise ValueError(f"false_negative_margin must be a finite number in [-2, 2] (cosine units), got "
                              f"{self.false_negative_margin}.")
-        if self.window not in ("auto", "none", "progress"):
+        if self.window not in ("auto", "none", "progress", "explore"):
             DiversityWindow.parse(self.window)  # fail now, not at the first epoch
         if self.window == "none" and self.builder not in ("random", *SELECTORS):
             raise ValueError(f"builder={self.builder!r} aims batches at a window; window='none' only goes with "
@@ -364,10 +387,22 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 parse_level(name.strip())
         if self.mega_batch_factor < 1:
             raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}.")
+        if not 0 < self.explore_alpha < 1:
+            raise ValueError(f"explore_alpha must be in (0, 1), got {self.explore_alpha}.")
+        if not 0 < self.explore_max_fraction <= 1:
+            raise ValueError(f"explore_max_fraction must be in (0, 1], got {self.explore_max_fraction}.")
+        if self.explore_min_blocks < 2:
+            raise ValueError(f"explore_min_blocks must be >= 2 (a paired test needs two blocks), got "
+                             f"{self.explore_min_blocks}.")
+        if not self.explore_probe_temperature > 0:
+            raise ValueError(f"explore_probe_temperature must be > 0, got {self.explore_probe_temperature}.")
+        if self.window == "explore" and (self.builder in SELECTORS or self.mega_batch_factor > 1):
+            raise ValueError("window='explore' compares whole batches drawn at diversity levels; it does not combine "
+                             "with per-step selectors (builder='learnability'/'hard') or mega_batch_factor > 1.")
         if self.mega_batch_factor > 1 and self.window == "progress" and self.builder not in SELECTORS:
             raise ValueError("mega_batch_factor > 1 selects against a fixed window: set window='auto' or "
                              "'low:high' with it (window='progress' starts on random batches).")
 
     def parsed_window(self) -> DiversityWindow | str | None:
-        return None if self.window == "none" else self.window if self.window in ("auto", "progress") else \
+        return None if self.window == "none" else self.window if self.window in ("auto", "progress", "explore") else \
             DiversityWindow.parse(self.window)

@@ -197,11 +197,18 @@ def start_run(output_dir: str | os.PathLike, resume: str | None, data: dict[str,
 
 
 def save_divcl_state(folder: str | os.PathLike, *, sampler: dict[str, Any], window: dict[str, Any] | None,
-                     progress: dict[str, Any] | None, bank=None) -> None:
+                     progress: dict[str, Any] | None, bank=None,
+                     arrays: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``folder/divcl_state/``: the sampler state (plan as ``.npy``, never pickled; ``sampler.json`` last, so
-    a torn save is never read), the window, the progress calibrations and the bank."""
+    a torn save is never read), the window, the progress calibrations or exploration (with its ``arrays``, as
+    ``.npy``) and the bank."""
     state_dir = Path(folder) / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in (arrays or {}).items():
+        tmp = state_dir / f".{name}.npy.tmp"
+        with tmp.open("wb") as fh:
+            np.save(fh, value.detach().cpu().numpy(), allow_pickle=False)
+        os.replace(tmp, state_dir / f"{name}.npy")
     for key in ("plan_rows", "plan_sizes"):
         if key in sampler:
             tmp = state_dir / f".{key}.npy.tmp"
@@ -232,6 +239,11 @@ class SavedState:
         """``divcl_state/{name}.json`` (``"window"``, ``"progress"``) parsed, or ``None``."""
         path = self.dir / f"{name}.json" if self.dir is not None else None
         return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+    def array(self, name: str) -> torch.Tensor | None:
+        """``divcl_state/{name}.npy`` as a tensor, or ``None``."""
+        path = self.dir / f"{name}.npy" if self.dir is not None else None
+        return torch.from_numpy(np.load(path, allow_pickle=False)) if path is not None and path.is_file() else None
 
     def sampler(self) -> dict[str, Any] | None:
         """The sampler's ``state_dict`` (plan tensors read back from ``.npy``), or ``None``."""

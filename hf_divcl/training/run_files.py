@@ -73,7 +73,7 @@ def write_window_file(trainer: TrainerHost) -> None:
     if not trainer.is_world_process_zero():
         return
     a, window = trainer.args, trainer.diversity.window
-    policy = a.window if a.window in ("progress", "auto", "none") else "fixed"
+    policy = a.window if a.window in ("progress", "explore", "auto", "none") else "fixed"
     if a.builder in SELECTORS:  # per-step selection; window='progress' does not apply to it
         policy = a.builder
     info: dict[str, Any] = {"policy": policy,
@@ -87,12 +87,13 @@ def write_window_file(trainer: TrainerHost) -> None:
         info["selection"] = selection_info(trainer) if trainer.selector is not None else None
         info["reason"] = (f"builder={a.builder!r} selects each step's {trainer.global_batch_size()} rows from a "
                           "random super-batch" + (" inside the window" if window is not None else ""))
-    elif a.window == "progress":
+    elif a.window in ("progress", "explore"):
         follower, plan = trainer.follower, trainer.calibration_plan
         current = follower.current if follower is not None else None
         info["decision"] = current.decision if current is not None else "random"
         info["reason"] = current.reason if current is not None else (
-            plan.reason if plan is not None and not plan.steps else "not calibrated yet")
+            plan.reason if plan is not None and not plan.steps else
+            "exploring" if a.window == "explore" else "not calibrated yet")
         info["calibration_plan"] = plan.to_dict() if plan else None
         info["calibrations"] = len(follower.history) if follower is not None else 0
     elif window is None:  # window="none": the sampler's random batches

@@ -36,6 +36,7 @@ from transformers import TrainerCallback
 from .._common import ROW_ID_COLUMN, banks_cache_dir, global_batch_size, input_columns, world_size
 from ..bank import EmbeddingBank
 from ..batch_policy.decide import decide_batch_policy, prepare_training_rows
+from ..batch_policy.explorer import ExplorePlan, StepExplorer
 from ..batch_policy.follower import CalibrationPlan, WindowFollower
 from ..batch_policy.learnability import LearnabilitySelector
 from ..batch_policy.selectors import MegaBatchSelector
@@ -122,8 +123,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.probe_dataset = None
         self.reference_dataset = None
         self.selector: LearnabilitySelector | MegaBatchSelector | None = None
-        self.follower: WindowFollower | None = None
-        self.calibration_plan: CalibrationPlan | None = None
+        self.follower: WindowFollower | StepExplorer | None = None
+        self.calibration_plan: CalibrationPlan | ExplorePlan | None = None
         self.reference_steps: int | None = None
         self.reference_seconds = 0.0
         if train_dataset is not None:
@@ -145,7 +146,10 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.add_callback(_DivCLControl(self))
         self.add_callback(RunFiles(self))
         use_readable_console(self.callback_handler, self.diversity.metric)  # one short console line per log
-        if self.calibration_plan is not None and self.calibration_plan.steps:
+        if isinstance(self.calibration_plan, ExplorePlan) and self.calibration_plan.steps:
+            self.follower = StepExplorer(self, self.calibration_plan)
+            self.add_callback(self.follower)
+        elif self.calibration_plan is not None and self.calibration_plan.steps:
             self.follower = WindowFollower(self, self.calibration_plan)
             self.add_callback(self.follower)
         self._check_false_negatives()
@@ -263,6 +267,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         state = self.saved.sampler()
         if state is not None:
             sampler.load_state_dict(state, skip=False)
+        if isinstance(self.follower, StepExplorer):
+            sampler.batch_source = self.follower.source
         self.divcl_sampler = sampler
         return sampler
 
@@ -318,6 +324,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         track = row_ids is not None and self.model.training
         if track and not ours:
             self.recorder.start()
+        if track and isinstance(self.follower, StepExplorer) and not self.follower.finished:
+            self.follower.note(row_ids)
         if row_ids is not None and ours and self.loss.false_negatives == "duplicates":
             self.loss.batch_groups = self.row_groups()[row_ids.cpu()]
         try:
@@ -408,7 +416,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
                                  window=window.to_dict() if window is not None else None,
                                  progress=self.follower.state_dict() if self.follower is not None else None,
-                                 bank=self.bank)
+                                 bank=self.bank, arrays=getattr(self.follower, "state_arrays", dict)())
             super()._save_checkpoint(model, trial)
         except OSError as err:  # disk full, a size or quota limit: stop with what resumes the run
             if isinstance(err, CheckpointWriteError):

@@ -1,0 +1,405 @@
+"""``window="explore"``: a :class:`DivCLTrainer` run whose first steps are the experiment.
+
+From step 0 the sampler asks :class:`StepExplorer` for each global batch (:meth:`StepExplorer.source`): blocks of
+consecutive steps hold every arm once (random batches and each candidate level, :mod:`hf_divcl.batch_policy.explore`),
+a level's batch is drawn from a candidate sample of training rows embedded by the current model, a random arm's
+batch is the sampler's own planned one. Each step is scored at ``on_pre_optimizer_step`` from the gradient it has
+just computed, with the optimizer's preconditioner and the retrieval probe's gradient; the group-sequential test
+decides after whole blocks. A window is then applied for the rest of the run (the epoch is re-planned from the
+next batch not yet handed out), or the run stays on random batches with the reason.
+
+Cost (batch equivalents: one forward + backward of a training batch = 1, a forward alone ≈ 1/3): each refresh
+encodes ``S`` candidate rows (``S/(3B)``) and takes the probe gradient over ``P`` probe pairs (``P/B``); a step's
+score is one pass over the gradients. Refreshes are spaced so that their total stays within
+``calibration_budget`` of the run; between refreshes the probe gradient is stale but common to every arm of a
+block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TrainerCallback
+
+from .._common import HOLD_OUT_SEED, hold_out, mix_seed, total_training_steps
+from ..diversity.levels import draw_level, parse_level
+from ..diversity.window import DiversityWindow, measure_diversity
+from .explore import RANDOM_ARM, SequentialTest, block_order, preconditioner, retrieval_probe_loss, step_score
+from .follower import ProbeEnv, calibration_sample
+from .progress import ProgressCalibration, default_progress_levels
+
+if TYPE_CHECKING:
+    from .host import PolicyHost
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXPLORE_FILE", "ExplorePlan", "StepExplorer", "plan_exploration", "schedule_exploration"]
+
+EXPLORE_FILE = "divcl_explore.jsonl"
+
+
+@dataclass
+class ExplorePlan:
+    """How long exploration may last and how often its probe is refreshed (``max_blocks`` 0: no exploration,
+    ``reason`` says why)."""
+
+    levels: list[str]
+    probe_rows: int
+    sample_rows: int
+    min_blocks: int
+    max_blocks: int
+    refresh_blocks: int
+    alpha: float
+    probe_temperature: float
+    total_steps: int
+    cost_per_refresh: float  # batch equivalents
+    reason: str = ""
+
+    @property
+    def steps(self) -> list[int]:
+        """Exploration starts at step 0 (empty: none)."""
+        return [0] if self.max_blocks else []
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, probe_rows: int, budget: float = 0.05,
+                     max_fraction: float = 0.3, min_blocks: int = 6, alpha: float = 0.05,
+                     levels: list[str] | None = None, sample_rows: int = 0,
+                     probe_temperature: float = 0.05) -> ExplorePlan:
+    """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""
+    sample_rows = min(train_rows, sample_rows or 8 * batch_size)
+    lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
+    lv = [x for x in lv if x != RANDOM_ARM]
+    for name in lv:
+        parse_level(name)  # fail early on a typo
+    k = 1 + len(lv)
+    max_blocks = int(max_fraction * total_steps) // k
+    per_refresh = sample_rows / (3 * batch_size) + probe_rows / batch_size
+    refreshes = math.floor(budget * total_steps / per_refresh)
+    common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
+              "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
+              "cost_per_refresh": per_refresh}
+    if not lv:
+        return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
+    if max_blocks < min_blocks:
+        need = math.ceil(min_blocks * k / max(max_fraction, 1e-9))
+        return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
+            f"the run is too short to explore: {total_steps} steps at explore_max_fraction={max_fraction:g} hold "
+            f"{max_blocks} blocks of {k} arms, the test needs at least {min_blocks} (≥ {need} steps); batches stay "
+            "random"), **common)
+    if refreshes < 1:
+        need = math.ceil(per_refresh / max(budget, 1e-9))
+        return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
+            f"the run is too short to explore within calibration_budget={budget:g}: one probe refresh costs "
+            f"{per_refresh:.1f} batch equivalents, the budget affords {budget * total_steps:.1f} (≥ {need} steps); "
+            "batches stay random"), **common)
+    refresh_blocks = max(1, math.ceil(max_blocks / refreshes))
+    return ExplorePlan(max_blocks=max_blocks, refresh_blocks=refresh_blocks, reason=(
+        f"up to {max_blocks} blocks of {k} arms ({max_blocks * k} steps), probe refreshed every {refresh_blocks} "
+        f"block(s) within {budget:.0%} of the run"), **common)
+
+
+def schedule_exploration(dataset, args, global_batch: int):
+    """``(training rows, probe rows or None, plan)`` for ``window="explore"``: size the exploration and, when one
+    fits, hold out the probe rows (never trained on)."""
+    n = len(dataset)
+    probe = args.calibration_probe_rows or min(256, max(2, n // 10))
+    rest = n - probe
+    total = total_training_steps(args, rest, global_batch)
+    plan = plan_exploration(
+        total_steps=total, batch_size=global_batch, train_rows=max(rest, 0), probe_rows=probe,
+        budget=args.calibration_budget, max_fraction=args.explore_max_fraction, min_blocks=args.explore_min_blocks,
+        alpha=args.explore_alpha,
+        levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
+        sample_rows=args.calibration_sample_rows, probe_temperature=args.explore_probe_temperature)
+    if plan.max_blocks and rest < max(2 * global_batch, plan.sample_rows):
+        plan.max_blocks, plan.reason = 0, (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
+                                           f"and still draw candidate batches of {global_batch} from "
+                                           f"{plan.sample_rows} rows; batches stay random")
+    if not plan.max_blocks:
+        logger.warning("window='explore': %s.", plan.reason)
+        return dataset, None, plan
+    dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + HOLD_OUT_SEED)
+    logger.info("window='explore': %d probe rows held out; %s.", probe, plan.reason)
+    return dataset, probe_dataset, plan
+
+
+def probe_gradient(trainer: PolicyHost, params: list[torch.nn.Parameter], temperature: float) -> list[torch.Tensor]:
+    """Gradient of :func:`retrieval_probe_loss` over the whole probe set (anchors against all probe positives)."""
+    data = trainer.probe_dataset
+    features, _ = trainer.collect_features(trainer.collate_rows(data, list(range(len(data)))))
+    if len(features) < 2:
+        raise ValueError("window='explore' needs (anchor, positive) pairs (or two image views) for its probe.")
+    u, v = (trainer.model(dict(f))["sentence_embedding"] for f in features[:2])
+    loss = retrieval_probe_loss(u.float(), v.float(), temperature)
+    if not bool(torch.isfinite(loss.detach())):
+        raise ValueError(f"the probe loss is {loss.item()} (not finite)")
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
+
+
+class StepExplorer(TrainerCallback):
+    """Runs a ``window="explore"`` exploration inside training and applies its decision."""
+
+    def __init__(self, trainer: PolicyHost, plan: ExplorePlan) -> None:
+        self.trainer = trainer
+        self.plan = plan
+        self.test = SequentialTest(plan.levels, alpha=plan.alpha, min_blocks=plan.min_blocks,
+                                   max_blocks=plan.max_blocks)
+        self.blocks: list[dict[str, Any]] = []  # per block: first slot, arm order, scores by arm
+        self.drawn: dict[int, list[int]] = {}  # slot → rows of a level batch handed out, not yet trained on
+        self.keys: dict[tuple[int, ...], int] = {}  # a local batch's rows → its slot
+        self.slot_now: int | None = None
+        self.sample_rows: torch.Tensor | None = None
+        self.sample_emb: torch.Tensor | None = None
+        self.probe_grad: list[torch.Tensor] | None = None
+        self.refreshed_at = -1
+        self.preconditioner_name = ""
+        self.history: list[dict[str, Any]] = []
+        self.seconds = 0.0
+        self.passes = {"probe_refreshes": 0, "encoded_rows": 0, "scored_steps": 0}
+        self.finished = False
+        self._params: list[torch.nn.Parameter] | None = None
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> ProgressCalibration | None:
+        return ProgressCalibration.from_dict(self.history[-1]) if self.history else None
+
+    def state_dict(self) -> dict[str, Any]:
+        blocks = [{**b, "scores": {k: float(v) for k, v in b["scores"].items()}} for b in self.blocks]
+        return {"kind": "explore", "test": self.test.state_dict(), "blocks": blocks,
+                "drawn": {str(k): v for k, v in self.drawn.items()}, "history": self.history,
+                "seconds": self.seconds, "passes": self.passes, "finished": self.finished,
+                "refreshed_at": self.refreshed_at, "plan": self.plan.to_dict()}
+
+    def state_arrays(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint keeps beside :meth:`state_dict`: the candidate sample, its embeddings and the
+        probe gradient in force (flattened), so a resumed run scores and draws exactly as the original."""
+        if self.finished or self.sample_rows is None or self.probe_grad is None:
+            return {}
+        return {"explore_sample_rows": self.sample_rows, "explore_sample_emb": self.sample_emb,
+                "explore_probe_grad": torch.cat([g.detach().reshape(-1).float().cpu() for g in self.probe_grad])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "explore":
+            raise ValueError("Cannot resume window='explore' from a checkpoint of another window policy; resume "
+                             "with the checkpoint's window setting.")
+        self.test.load_state_dict(state["test"])
+        self.blocks = [{**b, "scores": {k: torch.tensor(v, dtype=torch.float64) for k, v in b["scores"].items()}}
+                       for b in state["blocks"]]
+        self.drawn = {int(k): list(v) for k, v in state["drawn"].items()}
+        self.history = list(state["history"])
+        self.seconds = float(state["seconds"])
+        self.passes = dict(state["passes"])
+        self.finished = bool(state["finished"])
+        self.refreshed_at = int(state["refreshed_at"])
+        saved = self.trainer.saved
+        rows, emb, grad = (saved.array(f"explore_{k}") for k in ("sample_rows", "sample_emb", "probe_grad"))
+        if not self.finished and (rows is None or emb is None or grad is None):
+            raise ValueError("Cannot resume window='explore' mid-exploration: the checkpoint lacks its arrays "
+                             "(divcl_state/explore_*.npy). Resume from another checkpoint or start afresh.")
+        if not self.finished:
+            self.sample_rows, self.sample_emb = rows.long(), emb
+            params = self.params()
+            sizes = [p.numel() for p in params]
+            if grad.numel() != sum(sizes):
+                raise ValueError(f"Cannot resume window='explore': the saved probe gradient has {grad.numel()} "
+                                 f"values, the model {sum(sizes)} trainable parameters.")
+            self.probe_grad = [g.reshape(p.shape).to(device=p.device, dtype=p.dtype)
+                               for g, p in zip(torch.split(grad, sizes), params, strict=True)]
+
+    # -- the arms ------------------------------------------------------------------------------------------------
+
+    def _block_of(self, slot: int) -> dict[str, Any] | None:
+        for b in reversed(self.blocks):
+            if b["start"] <= slot < b["start"] + len(b["order"]):
+                return b
+            if b["start"] + len(b["order"]) <= slot:
+                break
+        return None
+
+    def arm_of(self, slot: int) -> tuple[dict[str, Any], str] | None:
+        """The block and arm of step ``slot``, opening a new block when ``slot`` is past the last one."""
+        if self.finished:
+            return None
+        b = self._block_of(slot)
+        if b is None:
+            end = self.blocks[-1]["start"] + len(self.blocks[-1]["order"]) if self.blocks else 0
+            if slot < end or len(self.blocks) >= self.plan.max_blocks + 2:
+                return None
+            arms = self.test.arms
+            b = {"index": len(self.blocks), "start": slot,
+                 "order": block_order(arms, len(self.blocks), int(self.trainer.args.seed)), "scores": {}}
+            self.blocks.append(b)
+        return b, b["order"][slot - b["start"]]
+
+    def source(self, epoch: int, index: int, n_batches: int, planned: torch.Tensor) -> torch.Tensor | None:
+        """The sampler's hook: the rows of global batch ``index`` of ``epoch`` (``None``: the planned batch)."""
+        if self.finished or self.sample_emb is None:
+            return None
+        ga = max(1, int(self.trainer.args.gradient_accumulation_steps))
+        slot = (epoch * n_batches + index) // ga
+        found = self.arm_of(slot)
+        if found is None:
+            return None
+        arm = found[1]
+        rows = planned
+        if arm != RANDOM_ARM and planned.numel() == self.trainer.global_batch_size():
+            if slot not in self.drawn:
+                gen = torch.Generator().manual_seed(mix_seed(int(self.trainer.args.seed), 7_000_003 + slot))
+                pick = draw_level(self.sample_emb, parse_level(arm), planned.numel(), 1, gen)[0]
+                self.drawn[slot] = self.sample_rows[pick].tolist()
+            rows = torch.tensor(self.drawn[slot], dtype=torch.long)
+        b = self.trainer.divcl_sampler.batch_size if self.trainer.divcl_sampler is not None else rows.numel()
+        for i in range(0, rows.numel(), b):
+            self.keys[tuple(rows[i:i + b].tolist())] = slot
+        return rows
+
+    def note(self, row_ids: torch.Tensor) -> None:
+        """From the step: which slot the local batch ``row_ids`` was handed out for."""
+        slot = self.keys.pop(tuple(row_ids.tolist()), None)
+        self.slot_now = slot if (self.slot_now is None or self.slot_now == slot) else -1
+
+    # -- measuring -----------------------------------------------------------------------------------------------
+
+    def params(self) -> list[torch.nn.Parameter]:
+        if self._params is None:
+            self._params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        return self._params
+
+    def refresh(self, block_index: int) -> None:
+        """Embed a new candidate sample and take the probe gradient (one process; broadcast under DDP)."""
+        t = self.trainer
+        t0 = time.perf_counter()
+        payload: list[Any] = [None, None, None]
+        if t.is_world_process_zero():
+            try:
+                with ProbeEnv(t):
+                    rows, emb = calibration_sample(t, self.plan.sample_rows, seed=mix_seed(t.args.seed, block_index))
+                    grad = probe_gradient(t, self.params(), self.plan.probe_temperature)
+                payload = [rows, emb, [g.cpu() for g in grad]]
+            except (ValueError, RuntimeError) as err:
+                if isinstance(err, RuntimeError) and "out of memory" in str(err).lower():
+                    raise
+                payload = [None, None, f"{type(err).__name__}: {err}"]
+        if t.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(payload, src=0)
+        if isinstance(payload[2], str):
+            self.finish("random", None, f"exploration failed: {payload[2]}; kept random batches", block_index)
+            return
+        self.sample_rows, self.sample_emb = payload[0], payload[1]
+        device = self.params()[0].device
+        self.probe_grad = [g.to(device) for g in payload[2]]
+        self.refreshed_at = block_index
+        self.passes["probe_refreshes"] += 1
+        self.passes["encoded_rows"] += len(self.sample_rows)
+        self.seconds += time.perf_counter() - t0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.finished and self.sample_emb is None:
+            self.refresh(self.test.blocks)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        slot, self.slot_now = self.slot_now, None
+        if self.finished or slot is None or slot < 0:
+            return
+        t0 = time.perf_counter()
+        if self.probe_grad is None:
+            return
+        found = self.arm_of(slot)
+        if found is None:
+            return
+        block, arm = found
+        params = self.params()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        precond, self.preconditioner_name = preconditioner(self.trainer.optimizer, params, grads)
+        lr = self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler is not None \
+            else args.learning_rate
+        block["scores"][arm] = step_score(grads, precond, self.probe_grad, float(lr))
+        self.drawn.pop(slot, None)
+        self.passes["scored_steps"] += 1
+        self.seconds += time.perf_counter() - t0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.finished:
+            return
+        t0 = time.perf_counter()
+        done = [b for b in self.blocks if not b.get("tested") and len(b["scores"]) == len(b["order"])]
+        for b in done:
+            b["tested"] = True
+            scores = {k: float(v) for k, v in b["scores"].items()}  # one host sync per block
+            if args.learning_rate <= 0:
+                self.finish("random", None, "the learning rate is 0: no step makes progress to compare; kept "
+                            "random batches", state.global_step)
+                return
+            decision = self.test.add_block(scores)
+            if decision.status != "exploring":
+                self.conclude(decision, state.global_step)
+                return
+        self.seconds += time.perf_counter() - t0
+        if done and self.test.blocks - self.refreshed_at >= self.plan.refresh_blocks:
+            self.refresh(self.test.blocks)
+        if len(self.blocks) > self.plan.max_blocks + 1 and not self.finished:
+            self.conclude(self.test.decision, state.global_step)
+
+    # -- the decision --------------------------------------------------------------------------------------------
+
+    def level_diversity(self, level: str) -> torch.Tensor:
+        """Effective rank ``(16,)`` of batches drawn at ``level`` from the current candidate sample."""
+        gen = torch.Generator().manual_seed(mix_seed(int(self.trainer.args.seed), 99_991))
+        idx = draw_level(self.sample_emb, parse_level(level), self.trainer.global_batch_size(), 16, gen)
+        return measure_diversity(self.sample_emb[idx], "effective_rank")
+
+    def conclude(self, decision, step: int) -> None:
+        window = None
+        if decision.status == "window" and self.sample_emb is not None:
+            values = self.level_diversity(decision.level)
+            lo, hi = torch.quantile(values, 0.05).item(), torch.quantile(values, 0.95).item()
+            window = DiversityWindow(min(lo, hi), max(lo, hi), "effective_rank")
+        status = "window" if window is not None else "random"
+        reason = decision.reason or "exploration ended without a decision; kept random batches"
+        self.finish(status, window, reason, step, decision.level if window is not None else None,
+                    levels=decision.levels)
+
+    def finish(self, status: str, window: DiversityWindow | None, reason: str, step: int, level: str | None = None,
+               levels: dict[str, Any] | None = None) -> None:
+        t = self.trainer
+        self.finished = True
+        self.drawn.clear()
+        self.keys.clear()
+        diversity = {name: self.level_diversity(name).mean().item() if self.sample_emb is not None else None
+                     for name in [RANDOM_ARM, *(levels or {})]}
+        rows = [{"level": name, "metric": diversity[name], "gain_vs_random": s.get("mean", float("nan")),
+                 "ci_low": s.get("low", -math.inf), "ci_high": s.get("high", math.inf), "blocks": s.get("blocks", 0),
+                 "active": s.get("active", False)} for name, s in (levels or {}).items()]
+        cal = ProgressCalibration(status, window, level, reason, temperature=float(t.args.temperature),
+                                  batch_size=t.global_batch_size(), estimate="explore", confidence=1 - self.plan.alpha,
+                                  n_pairs=self.test.blocks, step=step, levels=rows,
+                                  random_metric=diversity[RANDOM_ARM] or float("nan"),
+                                  cost={"seconds": self.seconds, **{k: float(v) for k, v in self.passes.items()},
+                                        "preconditioner": self.preconditioner_name})
+        record = cal.to_dict()
+        self.history.append(record)
+        sampler = t.divcl_sampler
+        t.apply_window(window, cut=sampler.yielded_global() if sampler is not None and window is not None else None)
+        logger.warning("window='explore' at step %d after %d blocks: %s — %s", step, self.test.blocks,
+                       f"window {window.metric} in [{window.low:.2f}, {window.high:.2f}] ({level})" if window
+                       else "random batches", reason)
+        if t.is_world_process_zero():
+            Path(t.args.output_dir).mkdir(parents=True, exist_ok=True)
+            with open(os.path.join(t.args.output_dir, EXPLORE_FILE), "a") as fh:
+                fh.write(json.dumps({**record, "blocks": [{"start": b["start"], "order": b["order"],
+                                                           "scores": {k: float(v) for k, v in b["scores"].items()}}
+                                                          for b in self.blocks]}) + "\n")

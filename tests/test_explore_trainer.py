@@ -1,0 +1,104 @@
+"""window="explore": the first training steps are the experiment — arms in blocks, steps scored from their own
+gradients, a decision recorded with its evidence, exact resume mid-exploration, and faults that keep random."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_divcl.batch_policy.explorer import EXPLORE_FILE, plan_exploration
+from hf_divcl.data.wordnet import wordnet_pairs
+from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.training.arguments import DivCLTrainingArguments
+from hf_divcl.training.trainer import DivCLTrainer
+
+
+def pairs(n=400):
+    return wordnet_pairs(kind="example", source="embedded").select(range(n)).select_columns(["anchor", "positive"])
+
+
+def run(tiny_model_dir, out, resume=None, n=400, **kw):
+    from sentence_transformers import SentenceTransformer
+
+    base = dict(output_dir=str(out), per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=1,
+                report_to=[], disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(out / "cache"),
+                save_strategy="no", seed=3, window="explore", calibration_budget=0.5, explore_min_blocks=3,
+                max_steps=40)
+    base.update(kw)
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
+                           args=DivCLTrainingArguments(**base), train_dataset=pairs(n))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
+    plan = plan_exploration(total_steps=1000, batch_size=32, train_rows=10_000, probe_rows=256)
+    assert plan.levels == ["local:32", "spread:4"] and plan.max_blocks == 100  # 30 % of 1000 steps / 3 arms
+    assert plan.cost_per_refresh == pytest.approx(256 / 96 + 8) and plan.refresh_blocks == 25  # 4 refreshes fit
+    short = plan_exploration(total_steps=50, batch_size=32, train_rows=10_000, probe_rows=256)
+    assert short.max_blocks == 0 and short.steps == [] and "too short to explore" in short.reason
+    assert "≥ 60 steps" in short.reason
+    cheap = plan_exploration(total_steps=200, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.01)
+    assert cheap.max_blocks == 0 and "calibration_budget=0.01" in cheap.reason
+
+
+@pytest.mark.slow
+def test_exploration_trains_each_arm_in_blocks_and_records_the_decision(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    trainer = run(tiny_model_dir, out, calibration_levels="local:16,spread:4")
+    record = json.loads((out / EXPLORE_FILE).read_text().splitlines()[0])
+    assert record["decision"] in ("window", "random") and record["estimate"] == "explore"
+    assert record["cost"]["preconditioner"] == "adam" and record["cost"]["scored_steps"] >= 3 * 3
+    blocks = record["blocks"]
+    assert all(sorted(b["order"]) == ["local:16", "random", "spread:4"] for b in blocks[:3])
+    assert [b["start"] for b in blocks[:3]] == [0, 3, 6]  # consecutive steps, one per arm
+    # the level batches really were trained on: tight neighbourhoods are less diverse than spread-out batches
+    rank = {r["step"]: r["divcl/effective_rank"] for r in read_diversity_log(out / "diversity_log.jsonl")}
+    tested = [b for b in blocks if len(b["scores"]) == 3]
+    arm_rank = {arm: [rank[b["start"] + i + 1] for b in tested for i, a in enumerate(b["order"]) if a == arm]
+                for arm in ("local:16", "spread:4")}
+    assert max(arm_rank["local:16"]) < min(arm_rank["spread:4"])
+    probe = set(trainer.probe_dataset["anchor"])
+    assert len(probe) == 40 and not probe & set(trainer.train_dataset["anchor"])
+    info = json.loads((out / "divcl_window.json").read_text())
+    assert info["decision"] == record["decision"]
+
+
+@pytest.mark.slow
+def test_resume_mid_exploration_is_bit_identical(tiny_model_dir, tmp_path):
+    kw = dict(calibration_levels="local:16,spread:4", save_strategy="steps", save_steps=7, max_steps=30)
+    full = run(tiny_model_dir, tmp_path / "full", **kw)
+    state = json.loads((tmp_path / "full" / "checkpoint-7" / "divcl_state" / "progress.json").read_text())
+    assert state["kind"] == "explore" and not state["finished"]  # the checkpoint is mid-exploration
+    resumed = run(tiny_model_dir, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-7"), **kw)
+    a = {r["step"]: r["loss"] for r in full.state.log_history if "loss" in r}
+    b = {r["step"]: r["loss"] for r in resumed.state.log_history if "loss" in r}
+    assert [s for s in b if s > 7] == [s for s in a if s > 7] and all(a[s] == b[s] for s in b if s > 7)
+    ha, hb = full.follower.history[-1], resumed.follower.history[-1]
+    assert (ha["decision"], ha["step"], ha["levels"]) == (hb["decision"], hb["step"], hb["levels"])
+
+
+@pytest.mark.slow
+def test_a_zero_learning_rate_and_a_short_run_keep_random_batches_with_the_reason(tiny_model_dir, tmp_path):
+    trainer = run(tiny_model_dir, tmp_path / "lr0", learning_rate=0.0, max_steps=30)
+    assert trainer.divcl_sampler.builder == "random"
+    assert "learning rate is 0" in trainer.follower.history[-1]["reason"]
+    short = run(tiny_model_dir, tmp_path / "short", max_steps=6)
+    assert short.follower is None and short.probe_dataset is None and len(short.train_dataset) == 400
+    info = json.loads((tmp_path / "short" / "divcl_window.json").read_text())
+    assert "too short to explore" in info["reason"]
+
+
+@pytest.mark.slow
+def test_sgd_is_scored_with_the_identity_preconditioner(tiny_model_dir, tmp_path):
+    trainer = run(tiny_model_dir, tmp_path / "sgd", optim="sgd", learning_rate=0.05, max_steps=30,
+                  calibration_levels="spread:4")
+    assert trainer.follower.history[-1]["cost"]["preconditioner"] == "identity"
+
+
+def test_explore_settings_are_checked():
+    with pytest.raises(ValueError, match="explore_alpha"):
+        DivCLTrainingArguments(output_dir="x", window="explore", explore_alpha=1.5)
+    with pytest.raises(ValueError, match="does not combine"):
+        DivCLTrainingArguments(output_dir="x", window="explore", builder="learnability")
