@@ -129,3 +129,24 @@ def test_preflight_stability_smoke(tmp_path):
     assert set(res["sets"]) == {"animals", "general"}
     for s in res["sets"].values():
         assert sum(s["decisions"].values()) == 3 and 0 < s["rank_over_reference"][0] <= s["rank_over_reference"][1]
+
+
+@pytest.mark.slow
+def test_calibrator_power_smoke(tmp_path):
+    out = tmp_path / "p.json"
+    run("calibrator_power.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert set(res["truth"]) == set(res["planted"]) == set(res["null"]) == {"0.05", "0.5"}
+    for tau in ("0.05", "0.5"):
+        runs = res["planted"][tau]["runs"] + res["null"][tau]["runs"]
+        assert all(r["status"] in ("window", "random") and r["blocks"] >= 1 for r in runs)
+        assert 0 <= res["null"][tau]["rate"] <= 1
+
+
+@pytest.mark.slow
+def test_probe_choice_smoke(tmp_path):
+    out = tmp_path / "c.json"
+    run("probe_choice.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 2 * 3 and set(res["spearman_all"]) == {"infonce_random", "retrieval_train_tau",
+                                                                       "retrieval_sharp"}
