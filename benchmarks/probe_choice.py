@@ -32,8 +32,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from calibrator_power import LEVELS, Run, features, fixed_arm  # noqa: E402
+import torch
+from calibrator_power import LEVELS, Run, features, fixed_arm
 
 PROBES = ("infonce_random", "retrieval_train_tau", "retrieval_sharp")
 
