@@ -1,0 +1,146 @@
+"""Render every paired result in ``benchmarks/results/*.json`` into the README's results table.
+
+One row per (benchmark file, policy): the task and regime, τ, steps × batch size, seeds, and policy − random on the
+same seeds — final quality and area under the quality curve (mean quality along the run) — each with its 95 %
+t-interval and the number of seeds the policy won. Rows whose interval excludes zero are marked (▲ above, ▼ below).
+
+    python benchmarks/report.py            # print the table
+    python benchmarks/report.py --write    # replace the table between the README's markers
+    python benchmarks/report.py --check    # exit 1 when the README's table differs from the results (tests do this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- results:start (benchmarks/report.py --write) -->", "<!-- results:end -->"
+DEFAULT_TAU = {"text": 0.05, "vision": 0.2, "clip": 0.07}
+METRIC = {"text": "ndcg@10", "vision": "k-NN acc.", "clip": "zero-shot acc."}
+
+
+def _fmt(stat: dict | None) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    mean, ci = stat["mean"], stat.get("ci95")
+    if not ci:
+        return f"{mean:+.4f} (n = {stat.get('n', 1)})"
+    mark = " ▲" if ci[0] > 0 else " ▼" if ci[1] < 0 else ""
+    return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]{mark}"
+
+
+def _regime(task: str, c: dict) -> str:
+    parts = []
+    if task == "text":
+        parts.append(f"WordNet {c['domain']} ({c.get('kind', 'example')})" if c.get("domain") else
+                     f"WordNet {c.get('kind', 'example')} pairs" + (f", {c['rows']:,} rows" if c.get("rows") else ""))
+    elif task == "vision":
+        parts.append("tiny ViT SimCLR, Fashion-MNIST")
+    else:
+        parts.append("tiny CLIP, Fashion-MNIST")
+    if c.get("optim") and c["optim"] != "adamw":
+        parts.append(c["optim"])
+    if c.get("schedule") == "plateau":
+        parts.append("plateau schedule")
+    return ", ".join(parts)
+
+
+def time_to_quality_rows(path: Path) -> list[dict]:
+    r = json.loads(path.read_text())
+    c, task = r["config"], r["task"]
+    rows = []
+    for policy, entry in r["summary"]["policies"].items():
+        paired = entry.get("paired_vs_random")
+        if not paired:
+            continue
+        final = paired["final_minus_random"]
+        wins = paired.get("wins", sum(d > 0 for d in paired.get("final_diffs", [])))
+        rows.append({"source": path.stem, "task": task, "regime": _regime(task, c),
+                     "tau": c.get("temperature") or DEFAULT_TAU[task], "steps": f"{c['steps']} × {c['batch_size']}",
+                     "seeds": final.get("n", 0), "policy": policy, "metric": METRIC[task], "final": _fmt(final),
+                     "auc": _fmt(paired.get("auc_minus_random")), "wins": f"{wins}/{final.get('n', 0)}"})
+    return rows
+
+
+def calibrator_rows(path: Path) -> list[dict]:
+    r = json.loads(path.read_text())
+    c = r["config"]
+    rows = []
+    for tau, truth in r.get("truth", {}).items():
+        common = {"source": path.stem, "task": "adapter", "regime": f"MiniLM + adapter, WordNet {c['domain']} "
+                  f"({c['kind']})", "tau": float(tau), "steps": f"{c['steps']} × {c['batch_size']}",
+                  "metric": "ndcg@10", "auc": "–"}
+        for level, stat in truth["levels"].items():
+            rows.append({**common, "seeds": stat["n"], "policy": f"fixed {level}", "final": _fmt(stat),
+                         "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
+        planted = r.get("planted", {}).get(tau)
+        if planted:
+            stat = planted["final_minus_random"]
+            rows.append({**common, "seeds": stat["n"], "policy": "explore (hf_divcl.batch_policy.explore)",
+                         "final": _fmt(stat), "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
+    return rows
+
+
+def collect(results: Path = RESULTS) -> list[dict]:
+    rows = []
+    for path in sorted(results.glob("time_to_quality*.json")):
+        rows += time_to_quality_rows(path)
+    if (results / "calibrator_power.json").is_file():
+        rows += calibrator_rows(results / "calibrator_power.json")
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    head = ("| task | regime | τ | steps × B | seeds | policy | policy − random, final (95 % CI) | "
+            "policy − random, AUC (95 % CI) | wins |\n|---|---|---|---|---|---|---|---|---|")
+    body = [f"| {r['task']} ({r['metric']}) | {r['regime']} | {r['tau']:g} | {r['steps']} | {r['seeds']} | "
+            f"{r['policy']} | {r['final']} | {r['auc']} | {r['wins']} |" for r in rows]
+    return "\n".join([head, *body])
+
+
+def readme_table(text: str) -> str | None:
+    if START not in text or END not in text:
+        return None
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--write", action="store_true", help="replace the README's table")
+    p.add_argument("--check", action="store_true", help="exit 1 when the README's table is out of date")
+    p.add_argument("--readme", default=str(README))
+    a = p.parse_args(argv)
+    table = render(collect())
+    readme = Path(a.readme)
+    text = readme.read_text(encoding="utf-8")
+    current = readme_table(text)
+    if a.check:
+        if current is None:
+            print(f"{readme} has no results markers ({START} … {END})", file=sys.stderr)
+            return 1
+        if current != table:
+            print(f"{readme}'s results table is out of date: run python benchmarks/report.py --write",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if a.write:
+        if current is None:
+            print(f"{readme} has no results markers ({START} … {END}); add them where the table goes",
+                  file=sys.stderr)
+            return 1
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        readme.write_text(f"{before}{START}\n{table}\n{END}{after}", encoding="utf-8")
+        print(f"wrote {len(table.splitlines()) - 2} rows into {readme}")
+        return 0
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

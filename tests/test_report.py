@@ -1,0 +1,35 @@
+"""The README's results table is rendered from benchmarks/results/*.json and cannot drift from them."""
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_results_table_matches_the_result_files():
+    assert _report().main(["--check"]) == 0, "run: python benchmarks/report.py --write"
+
+
+def test_an_interval_above_or_below_zero_is_marked():
+    fmt = _report()._fmt
+    assert fmt({"mean": 0.03, "ci95": [0.02, 0.04], "n": 8}).endswith("▲")
+    assert fmt({"mean": -0.03, "ci95": [-0.04, -0.02], "n": 8}).endswith("▼")
+    assert fmt({"mean": 0.01, "ci95": [-0.01, 0.03], "n": 8}) == "+0.0100 [-0.0100, +0.0300]"
+    assert fmt({"mean": 0.01, "ci95": None, "n": 1}) == "+0.0100 (n = 1)"
+
+
+def test_a_stale_table_is_caught(tmp_path):
+    mod = _report()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{mod.START}\n| old |\n{mod.END}\ny\n")
+    assert mod.main(["--check", "--readme", str(readme)]) == 1
+    assert mod.main(["--write", "--readme", str(readme)]) == 0
+    assert mod.main(["--check", "--readme", str(readme)]) == 0
+    assert readme.read_text().startswith("x\n") and readme.read_text().endswith("\ny\n")
