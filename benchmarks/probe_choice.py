@@ -128,8 +128,8 @@ def main() -> None:
     result = {"config": vars(a), "rows": rows, "spearman_all": {
         pr: spearman([r[pr] for r in rows], [r["truth"] for r in rows]) for pr in PROBES},
         "spearman_within_tau_mean": {pr: statistics.fmean(
-            spearman([r[pr] for r in rows if r["temperature"] == t], [r["truth"] for r in rows if r["temperature"] == t])
-            for t in a.temperatures) for pr in PROBES}}
+            spearman([r[pr] for r in rows if r["temperature"] == t],
+                     [r["truth"] for r in rows if r["temperature"] == t]) for t in a.temperatures) for pr in PROBES}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("spearman_all", "spearman_within_tau_mean")}, indent=2))
