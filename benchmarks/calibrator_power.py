@@ -109,7 +109,8 @@ class Run:
         self.probe = probe
         self.test = feats["test_anchor"], feats["test_positive"]
         self.model = Adapter(self.A.shape[1], seed)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=0.0) if a.optim == "adamw" \
+            else torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=0.9)
         self.params = [p for p in self.model.parameters()]
         self.a, self.B = a, a.batch_size
         self.gen = torch.Generator().manual_seed(seed + 1)
@@ -237,6 +238,8 @@ def main() -> None:
     p.add_argument("--refresh-blocks", type=int, default=1, help="probe gradient refreshed every N blocks")
     p.add_argument("--truth-seeds", type=int, default=8)
     p.add_argument("--seeds", type=int, default=30)
+    p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9 (set --lr)")
+    p.add_argument("--truth-only", action="store_true", help="only the fixed-arm runs (no explorer, no null)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None)
     a = p.parse_args()
@@ -272,6 +275,9 @@ def main() -> None:
         print(f"τ={tau}: random {statistics.fmean(finals['random']):.4f}; " + ", ".join(
             f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" if v["ci95"] else f"{k} {v['mean']:+.4f}"
             for k, v in truth.items()), flush=True)
+        save()
+        if a.truth_only:
+            continue
         runs = [explore(feats, a, 1000 + s, dup, levels, null=False) for s in range(a.seeds)]
         rnd = [fixed_arm(feats, a, 1000 + s, dup, "random", levels) for s in range(a.seeds)]
         chosen = {lv: sum(r["level"] == lv for r in runs) for lv in levels}

@@ -82,6 +82,7 @@ POLICIES = {
     "mnrl_hardness": {"builder": "random", "window": "none"},  # + the loss made in run_one
     "spread_hardness": {"builder": "greedy", "builder_kwargs": {"m": 64}},
     "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
+    "explore": {"window": "explore"},
 }
 
 
@@ -228,6 +229,11 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         if not a.best_window:
             raise SystemExit("best_fixed needs --best-window low:high (e.g. from window_location.py at this τ)")
         opts["window"] = a.best_window
+    if policy == "explore":
+        if a.explore_budget is not None:
+            opts["calibration_budget"] = a.explore_budget
+        if a.explore_probe_rows:
+            opts["calibration_probe_rows"] = a.explore_probe_rows
     loss = None
     measured = {}
     if policy in ("spread", "spread_hardness"):
@@ -416,6 +422,8 @@ def main() -> None:
                    help="text: only these WordNet lexicographer files, e.g. noun.animal (low-diversity domain data)")
     p.add_argument("--kind", default="example", choices=["example", "lemma", "both"],
                    help="text pairs: example sentence or lemmas → definition")
+    p.add_argument("--explore-budget", type=float, default=None, help="explore: calibration_budget (default 0.05)")
+    p.add_argument("--explore-probe-rows", type=int, default=0, help="explore: probe rows (default min(256, N/10))")
     p.add_argument("--hardness-strength", type=float, default=9.0, help="mnrl_hardness: hardness_strength")
     p.add_argument("--schedule", choices=["linear", "plateau"], default="linear",
                    help="plateau: warm-up 5 %%, constant, decay over the last 10 %% (final quality is not the decay)")
