@@ -40,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-LEVELS = ("local:{B}", "local:{B8}", "spread:4")
+LEVELS = ("local:{B}", "spread:4")  # the trainer's default levels for a candidate sample of 8B rows
 
 
 def features(a) -> dict[str, torch.Tensor]:
@@ -166,7 +166,8 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
     from hf_divcl.batch_policy.explore import SequentialTest, block_order, preconditioner, step_score
 
     run = Run(feats, a, seed, dup, levels)
-    test = SequentialTest(levels, alpha=a.alpha, min_blocks=a.min_blocks, max_blocks=a.max_blocks)
+    test = SequentialTest(levels, alpha=a.alpha, min_blocks=a.min_blocks, max_blocks=a.max_blocks,
+                          growth=a.growth)
     t, block, probe_grad = 0, 0, None
     t0 = time.perf_counter()
     score_seconds = 0.0
@@ -233,8 +234,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--probe-temperature", type=float, default=0.05)
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--min-blocks", type=int, default=6)
-    p.add_argument("--max-blocks", type=int, default=60)
+    p.add_argument("--levels", default=",".join(LEVELS), help="candidate levels ({B}: batch size, {B8}: 8 × B)")
+    p.add_argument("--min-blocks", type=int, default=10)
+    p.add_argument("--max-blocks", type=int, default=80)
+    p.add_argument("--growth", type=float, default=2.0, help="ratio between the test's looks")
     p.add_argument("--refresh-blocks", type=int, default=1, help="probe gradient refreshed every N blocks")
     p.add_argument("--truth-seeds", type=int, default=8)
     p.add_argument("--seeds", type=int, default=30)
@@ -251,8 +254,8 @@ def main() -> None:
                             else "benchmarks/results/calibrator_power.json"))
     torch.set_num_threads(1)  # a small model: one thread is fastest and leaves the other core alone
     feats = features(a)
-    levels = [x.format(B=a.batch_size, B8=8 * a.batch_size) for x in LEVELS]
-    null_levels = ["random_b", "random_c", "random_d"]
+    levels = [x.strip().format(B=a.batch_size, B8=8 * a.batch_size) for x in a.levels.split(",")]
+    null_levels = [f"random_{chr(98 + i)}" for i in range(len(levels))]  # as many null arms as levels
     result: dict = {"config": vars(a), "levels": levels, "truth": {}, "planted": {}, "null": {},
                     "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
 

@@ -28,7 +28,8 @@ def test_each_block_holds_every_arm_once_in_an_order_fixed_by_seed_and_block():
 
 
 def test_looks_grow_geometrically_and_end_at_the_budget():
-    assert look_schedule(6, 60) == [6, 9, 14, 21, 32, 48, 60]
+    assert look_schedule(10, 80) == [10, 20, 40, 80]
+    assert look_schedule(6, 60, growth=1.5) == [6, 9, 14, 21, 32, 48, 60]
     assert look_schedule(4, 4) == [4]
     with pytest.raises(ValueError, match="min_blocks must be >= 2"):
         look_schedule(1, 10)

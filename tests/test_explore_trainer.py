@@ -38,7 +38,7 @@ def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
     assert plan.cost_per_refresh == pytest.approx(256 / 96 + 8) and plan.refresh_blocks == 25  # 4 refreshes fit
     short = plan_exploration(total_steps=50, batch_size=32, train_rows=10_000, probe_rows=256)
     assert short.max_blocks == 0 and short.steps == [] and "too short to explore" in short.reason
-    assert "≥ 60 steps" in short.reason
+    assert "≥ 100 steps" in short.reason
     cheap = plan_exploration(total_steps=200, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.01)
     assert cheap.max_blocks == 0 and "calibration_budget=0.01" in cheap.reason
 

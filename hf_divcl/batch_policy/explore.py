@@ -54,7 +54,7 @@ def block_order(arms: Sequence[str], block: int, seed: int) -> list[str]:
     return [arms[i] for i in torch.randperm(len(arms), generator=gen).tolist()]
 
 
-def look_schedule(min_blocks: int, max_blocks: int, growth: float = 1.5) -> list[int]:
+def look_schedule(min_blocks: int, max_blocks: int, growth: float = 2.0) -> list[int]:
     """Block counts at which the test looks: ``min_blocks``, then ×``growth`` (rounded up) until ``max_blocks``,
     which is always the last look."""
     if min_blocks < 2:
@@ -149,8 +149,8 @@ class SequentialTest:
             non-finite score.
     """
 
-    def __init__(self, levels: Sequence[str], alpha: float = 0.05, min_blocks: int = 6, max_blocks: int = 60,
-                 growth: float = 1.5, max_bad_fraction: float = 0.25) -> None:
+    def __init__(self, levels: Sequence[str], alpha: float = 0.05, min_blocks: int = 10, max_blocks: int = 80,
+                 growth: float = 2.0, max_bad_fraction: float = 0.25) -> None:
         if not levels:
             raise ValueError("SequentialTest needs at least one level to compare with random batches.")
         if RANDOM_ARM in levels:

@@ -73,7 +73,7 @@ class ExplorePlan:
 
 
 def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, probe_rows: int, budget: float = 0.05,
-                     max_fraction: float = 0.3, min_blocks: int = 6, alpha: float = 0.05,
+                     max_fraction: float = 0.3, min_blocks: int = 10, alpha: float = 0.05,
                      levels: list[str] | None = None, sample_rows: int = 0,
                      probe_temperature: float = 0.05) -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""

@@ -67,7 +67,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             `window="explore"`: chance of a false window over the whole exploration.
         explore_max_fraction (`float`, *optional*, defaults to `0.3`):
             `window="explore"`: the largest fraction of the run's steps spent exploring.
-        explore_min_blocks (`int`, *optional*, defaults to `6`):
+        explore_min_blocks (`int`, *optional*, defaults to `10`):
             `window="explore"`: blocks before the sequential test's first look.
         explore_probe_temperature (`float`, *optional*, defaults to `0.05`):
             `window="explore"`: temperature of the retrieval probe.
@@ -203,7 +203,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     explore_max_fraction: float = field(default=0.3, metadata={
         "help": "'explore' window: at most this fraction of the run's steps explores; no decision by then keeps "
                 "random batches."})
-    explore_min_blocks: int = field(default=6, metadata={
+    explore_min_blocks: int = field(default=10, metadata={
         "help": "'explore' window: blocks (one step per arm each) before the test's first look (>= 2)."})
     explore_probe_temperature: float = field(default=0.05, metadata={
         "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
