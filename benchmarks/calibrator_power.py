@@ -109,8 +109,9 @@ class Run:
         self.probe = probe
         self.test = feats["test_anchor"], feats["test_positive"]
         self.model = Adapter(self.A.shape[1], seed)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=0.0) if getattr(a, "optim", "adamw") == "adamw" \
-            else torch.optim.SGD(self.model.parameters(), lr=a.lr, momentum=0.9)
+        params = self.model.parameters()
+        self.opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0) if getattr(a, "optim", "adamw") == "adamw" \
+            else torch.optim.SGD(params, lr=a.lr, momentum=0.9)
         self.params = [p for p in self.model.parameters()]
         self.a, self.B = a, a.batch_size
         self.gen = torch.Generator().manual_seed(seed + 1)
