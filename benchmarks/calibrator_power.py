@@ -203,6 +203,40 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
                        for k, v in d.levels.items()}}
 
 
+def oneshot(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dict:
+    """The one-shot progress calibration of ``window="progress"`` for comparison: at step 0 and after 10 % of the
+    steps, ``a.oneshot_pairs`` extra scored batches per level, each paired with a random one, scored by the
+    first-order gain on InfoNCE over random in-batch negatives of the probe; a level wins when the lower end of its
+    90 % paired interval is above 0 (``hf_divcl.batch_policy.progress.decide``)."""
+    from hf_divcl.batch_policy.progress import StepGain, decide
+    from hf_divcl.losses.maths import contrastive_loss
+
+    run = Run(feats, a, seed, dup, levels)
+    B = a.batch_size
+
+    def loss_of(rows):
+        return contrastive_loss(run.model(run.A[rows]), run.model(run.P[rows]), a.temperature).loss
+
+    def probe_loss_of():
+        u, v = run.model(run.A[run.probe]), run.model(run.P[run.probe])
+        return [contrastive_loss(u[i:i + B], v[i:i + B], a.temperature).loss for i in range(0, len(u) - B + 1, B)]
+
+    arm, decisions, extra = "random", [], 0
+    for t in range(a.steps):
+        if t in (0, a.steps // 10):
+            gain = StepGain(run.params, loss_of, probe_loss_of, run.lr(t), optimizer=run.opt if t else None)
+            diffs = {lv: torch.tensor([gain(run.batch(lv, null)) - gain(run.batch("random", null))
+                                       for _ in range(a.oneshot_pairs)], dtype=torch.float64) for lv in levels}
+            extra += gain.backward_passes
+            winner, _ = decide(diffs, 0.9)
+            arm = winner or "random"
+            decisions.append(arm)
+        run.step(run.batch(arm, null), t)
+        run.opt.step()
+    return {"seed": seed, "null": null, "decisions": decisions, "status": "window" if arm != "random" else "random",
+            "level": arm if arm != "random" else None, "final": run.final(), "extra_backward": extra}
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
     if n == 0:
         return [0.0, 1.0]
@@ -244,6 +278,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9 (set --lr)")
     p.add_argument("--truth-only", action="store_true", help="only the fixed-arm runs (no explorer, no null)")
+    p.add_argument("--calibrator", choices=["explore", "oneshot"], default="explore",
+                   help="oneshot: window='progress''s one-shot calibration, for comparison")
+    p.add_argument("--oneshot-pairs", type=int, default=3, help="oneshot: scored pairs per level and calibration")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None)
     a = p.parse_args()
@@ -282,7 +319,8 @@ def main() -> None:
         save()
         if a.truth_only:
             continue
-        runs = [explore(feats, a, 1000 + s, dup, levels, null=False) for s in range(a.seeds)]
+        decide_run = explore if a.calibrator == "explore" else oneshot
+        runs = [decide_run(feats, a, 1000 + s, dup, levels, null=False) for s in range(a.seeds)]
         rnd = [fixed_arm(feats, a, 1000 + s, dup, "random", levels) for s in range(a.seeds)]
         chosen = {lv: sum(r["level"] == lv for r in runs) for lv in levels}
         result["planted"][str(tau)] = {
@@ -290,21 +328,22 @@ def main() -> None:
                              for lv, c in chosen.items()},
                           "random": {"count": sum(r["status"] == "random" for r in runs),
                                      "rate": sum(r["status"] == "random" for r in runs) / a.seeds}},
-            "blocks_median": statistics.median(r["blocks"] for r in runs),
-            "explore_steps_median": statistics.median(r["explore_steps"] for r in runs),
+            "blocks_median": statistics.median(r.get("blocks", 0) for r in runs),
+            "explore_steps_median": statistics.median(r.get("explore_steps", 0) for r in runs),
             "final_minus_random": t_interval([r["final"] - b for r, b in zip(runs, rnd, strict=True)]),
-            "score_fraction_of_wall": statistics.fmean(r["score_seconds"] / r["seconds"] for r in runs),
+            "score_fraction_of_wall": statistics.fmean(r.get("score_seconds", 0.0) / max(r.get("seconds", 1.0), 1e-9)
+                                                       for r in runs),
             "runs": runs}
         print(f"τ={tau}: explorer chose " + ", ".join(f"{k} {v['count']}" for k, v in
                                                       result["planted"][str(tau)]["decisions"].items())
               + f" of {a.seeds}; blocks median {result['planted'][str(tau)]['blocks_median']}; final − random "
               f"{result['planted'][str(tau)]['final_minus_random']['mean']:+.4f}", flush=True)
         save()
-        nulls = [explore(feats, a, 5000 + s, dup, null_levels, null=True) for s in range(a.seeds)]
+        nulls = [decide_run(feats, a, 5000 + s, dup, null_levels, null=True) for s in range(a.seeds)]
         false = sum(r["status"] == "window" for r in nulls)
         result["null"][str(tau)] = {"false_windows": false, "rate": false / a.seeds,
                                     "wilson95": wilson(false, a.seeds),
-                                    "blocks_median": statistics.median(r["blocks"] for r in nulls),
+                                    "blocks_median": statistics.median(r.get("blocks", 0) for r in nulls),
                                     "runs": nulls}
         print(f"τ={tau}: null false windows {false} of {a.seeds}", flush=True)
         save()

@@ -76,13 +76,15 @@ def calibrator_rows(path: Path) -> list[dict]:
                   f"({c['kind']}), {c.get('optim', 'adamw')}", "tau": float(tau),
                   "steps": f"{c['steps']} × {c['batch_size']}",
                   "metric": "ndcg@10", "auc": "–"}
-        for level, stat in truth["levels"].items():
+        oneshot = c.get("calibrator") == "oneshot"
+        for level, stat in ([] if oneshot else truth["levels"].items()):
             rows.append({**common, "seeds": stat["n"], "policy": f"fixed {level}", "final": _fmt(stat),
                          "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
         planted = r.get("planted", {}).get(tau)
         if planted:
             stat = planted["final_minus_random"]
-            rows.append({**common, "seeds": stat["n"], "policy": "explore (hf_divcl.batch_policy.explore)",
+            name = "one-shot calibration (window=progress)" if oneshot else "explore (hf_divcl.batch_policy.explore)"
+            rows.append({**common, "seeds": stat["n"], "policy": name,
                          "final": _fmt(stat), "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
     return rows
 
