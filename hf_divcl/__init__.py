@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it (the one place it is imported from)
 _LAZY: dict[str, str] = {
+    "end_distributed": "_common",
     "EmbeddingBank": "bank",
     "calibrate_window": "batch_policy.calibration",
     "MegaBatchSelector": "batch_policy.selectors",
@@ -62,6 +63,7 @@ __all__ = [
     "calibrate_window",
     "contrastive_loss",
     "duplicate_groups",
+    "end_distributed",
     "gradient_bands",
     "infonce_loss",
     "load_sentence_transformer",
@@ -74,6 +76,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
+    from ._common import end_distributed
     from .bank import EmbeddingBank
     from .batch_policy.calibration import calibrate_window
     from .batch_policy.selectors import MegaBatchSelector

@@ -15,6 +15,7 @@ __all__ = [
     "atomic_write_text",
     "banks_cache_dir",
     "cache_root",
+    "end_distributed",
     "global_batch_size",
     "hold_out",
     "input_columns",
@@ -86,6 +87,20 @@ def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def end_distributed() -> None:
+    """Destroy the default process group once a run's work is done (a no-op outside ``accelerate launch``).
+
+    With Gloo (multi-process runs on CPU), a process that exits with its process group alive can abort during
+    interpreter shutdown (``terminate called without an active exception``, SIGABRT) after finishing its work, and
+    the launcher then reports the whole run as failed. Call it on success only: a process that failed may leave
+    the others inside a collective, where destroying the group would wait for them.
+    """
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def global_batch_size(args) -> int:

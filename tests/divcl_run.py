@@ -30,6 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
+from hf_divcl import end_distributed
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.training.arguments import DivCLTrainingArguments
 from hf_divcl.training.checkpoints import complete_checkpoints
@@ -191,6 +192,7 @@ def main():
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.is_world_process_zero():
         trainer.save_model(os.path.join(a.out, "final"))
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._common import WINDOW_FILE
+from .._common import WINDOW_FILE, end_distributed
 from .recipe_config import RecipeConfig, parse_recipe_args
 
 logger = logging.getLogger(__name__)
@@ -296,6 +296,7 @@ def run_cli(argv: list[str] | None = None, default_config: str | os.PathLike | N
         logger.debug("the recipe failed", exc_info=True)
         print(f"hf-divcl train: error: {err}", file=sys.stderr)
         return 2
+    end_distributed()
     if summary.get("main_process") is False:
         return 0  # the main process evaluates, writes the card and reports (only it knows whether that worked)
     report(summary, args.output_dir)
