@@ -12,6 +12,16 @@ planner needs on top of the bank and the libraries (goal: ≤ 0.5 × the float16
 
     python benchmarks/plan_epoch.py                       # N = 1e4, 1e5, 1e6
     python benchmarks/plan_epoch.py --sizes 10000 --smoke
+
+``--replan`` measures instead what a window decision in the middle of an epoch costs the training loop
+(:meth:`DiversityWindowBatchSampler.replan`): a sampler on random batches hands out ``--cut`` global batches, a
+greedy window is chosen, and the rest of the epoch is re-planned either in parts (the default
+``replan_chunk_rows``) or in one go (``replan_chunk_rows=0``), each in its own subprocess. It reports the seconds from
+the decision to the first window batch in hand, then consumes the epoch as fast as it is handed out and records
+when each part became available; from those times it computes how long training would wait in all at a given
+step time (``--step-times``), and the fraction of re-planned batches inside the window for both ways.
+
+    python benchmarks/plan_epoch.py --replan --sizes 1000000 --output benchmarks/results/plan_replan.json
 """
 
 from __future__ import annotations
@@ -109,6 +119,93 @@ def child(args) -> dict:
     return res
 
 
+def replan_child(args) -> dict:
+    """One mid-epoch decision on a sampler of ``args.n`` rows; ``args.chunk_rows`` 0 re-plans in one go."""
+    import torch
+    from datasets import Dataset
+
+    from hf_divcl.diversity.window import DiversityWindow
+    from hf_divcl.sampler import DiversityWindowBatchSampler
+
+    torch.set_num_threads(args.threads)
+    bank = make_bank(args.n, args.dim)
+    ds = Dataset.from_dict({"row": list(range(args.n))})
+    s = DiversityWindowBatchSampler(ds, batch_size=args.batch_size, drop_last=False, seed=0, bank=bank, window=None,
+                                    builder="random", processes=1, dedupe=False, show_progress=False,
+                                    replan_chunk_rows=args.chunk_rows)
+    s.set_epoch(0)
+    it = iter(s)
+    for _ in range(args.cut):
+        next(it)
+    s.set_policy("greedy", DiversityWindow(args.low, args.high))
+    t0 = time.perf_counter()
+    s.replan(args.cut)
+    replan_seconds = time.perf_counter() - t0
+    next(it)
+    first_batch = time.perf_counter() - t0
+    ready = [first_batch]  # when each global batch was in hand, from the decision on
+    for _ in it:
+        ready.append(time.perf_counter() - t0)
+    plan = s.plan()
+    parts = plan.builder.get("replan_part_batches", [len(plan.batches) - args.cut])
+    starts = [sum(parts[:k]) for k in range(len(parts))]
+    part_ready = [ready[k] for k in starts]  # a part is in hand when its first batch is
+    full = torch.tensor([b.numel() == args.batch_size for b in plan.batches[args.cut:]])
+    inw = DiversityWindow(args.low, args.high).contains(plan.values[args.cut:][full]).float().mean().item()
+    rows = torch.cat(plan.batches)
+    return {"chunk_rows": args.chunk_rows, "n": args.n, "cut": args.cut, "replan_seconds": replan_seconds,
+            "first_window_batch_seconds": first_batch, "epoch_done_seconds": ready[-1],
+            "background_plan_seconds": s.background_plan_seconds, "wait_seconds": s.replan_wait_seconds,
+            "part_batches": parts, "part_ready_seconds": part_ready, "in_window_fraction": inw,
+            "every_row_once": bool(rows.numel() == args.n and torch.unique(rows).numel() == args.n)}
+
+
+def stall(r: dict, step_seconds: float) -> float:
+    """Seconds a training loop taking ``step_seconds`` per global batch would wait for the plan after the decision
+    (the first window batch included), from the measured times at which the parts became available."""
+    waited, clock = 0.0, 0.0
+    for size, ready in zip(r["part_batches"], r["part_ready_seconds"], strict=True):
+        if ready > clock:
+            waited += ready - clock
+            clock = ready
+        clock += size * step_seconds
+    return waited
+
+
+def replan_main(args) -> dict:
+    rows = []
+    load_at_start = list(os.getloadavg())
+    for n in args.sizes:
+        rnd = run_child(n=n, builder="random", batch_size=args.batch_size, dim=args.dim, threads=args.threads)
+        mean, std = rnd["metric_mean"], rnd["metric_std"]
+        low, high = mean - 2 * std, mean - 0.5 * std
+        cut = min(args.cut, n // args.batch_size // 4)
+        for chunk in (65_536 if not args.smoke else 256, 0):
+            r = run_child(n=n, builder="replan", batch_size=args.batch_size, dim=args.dim, threads=args.threads,
+                          low=low, high=high, cut=cut, chunk_rows=chunk)
+            if "error" not in r:
+                r["stall_seconds"] = {str(t): stall(r, t) for t in args.step_times}
+            r["window"] = [low, high]
+            rows.append(r)
+            how = f"in parts of <= {chunk} rows" if chunk else "in one go"
+            print(f"N={n:>8} re-plan {how:>24}: first window batch after {r.get('first_window_batch_seconds', 0):6.2f}"
+                  f" s, epoch planned after {r.get('epoch_done_seconds', 0):6.1f} s, in window "
+                  f"{r.get('in_window_fraction', float('nan')):.3f}; wait at "
+                  + ", ".join(f"{t} s/step {v:.1f} s" for t, v in r.get("stall_seconds", {}).items())
+                  + f" {r.get('error', '')}", flush=True)
+    out = {"benchmark": "plan_replan", "batch_size": args.batch_size, "dim": args.dim, "threads": args.threads,
+           "machine": platform.machine(), "load_average_at_start": load_at_start,
+           "load_average_at_end": list(os.getloadavg()), "step_times": args.step_times,
+           "stall": "computed from the measured times at which each part became available: a loop taking t s per "
+                    "global batch waits whenever it reaches a part that is not ready yet",
+           "rows": rows}
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"written {path}")
+    return out
+
+
 def run_child(**kw) -> dict:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in kw.items() if v is not None]
     cmd = [sys.executable, __file__, "--child", *flags]
@@ -128,6 +225,11 @@ def main(argv=None) -> dict:
     p.add_argument("--refine", type=int, default=4, help="Exact swap-refinement passes (library default 4).")
     p.add_argument("--smoke", action="store_true", help="N = 2000, B = 64, d = 32: checks the script runs.")
     p.add_argument("--output", default="benchmarks/results/plan_epoch.json")
+    p.add_argument("--replan", action="store_true", help="measure a mid-epoch re-plan (see above)")
+    p.add_argument("--cut", type=int, default=100, help="--replan: global batches handed out before the decision")
+    p.add_argument("--step-times", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5],
+                   help="--replan: seconds per training step at which to report the wait")
+    p.add_argument("--chunk-rows", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--builder", help=argparse.SUPPRESS)
@@ -135,10 +237,14 @@ def main(argv=None) -> dict:
     p.add_argument("--high", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(replan_child(args) if args.builder == "replan" else child(args)))
         return {}
     if args.smoke:
         args.sizes, args.batch_size, args.dim = [2000], 64, 32
+    if args.replan:
+        if args.smoke:
+            args.batch_size, args.cut = 16, 4
+        return replan_main(args)
     rows = []
     load_at_start = list(os.getloadavg())
     for n in args.sizes:

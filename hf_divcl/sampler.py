@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import torch
@@ -64,6 +65,10 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         processes (`int`, *optional*): processes sharing a global batch (default: the distributed world size).
         on_infeasible (`str`, *optional*, defaults to `"closest"`): see :func:`hf_divcl.planning.plan_epoch`.
         dedupe (`bool`, *optional*, defaults to `True`): keep rows with identical text out of the same batch.
+        replan_chunk_rows (`int`, *optional*, defaults to 65,536): a mid-epoch re-plan (:meth:`replan`) of more rows
+            than this is planned in parts, so that training goes on within about a second of the decision: the
+            first few global batches at once, the rest in a background thread, parts of up to this many rows
+            (see :meth:`replan`). ``None`` or 0: the rest of the epoch in one go.
     """
 
     _defaults: ClassVar[dict[str, Any]] = {}
@@ -88,13 +93,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         default_model: bool | str = False,
         positives: torch.Tensor | None = None,
         show_progress: bool | None = None,
+        replan_chunk_rows: int | None = 65_536,
     ) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         opts = {"bank": bank, "window": window, "builder": builder, "builder_kwargs": builder_kwargs,
                 "temperature": temperature, "processes": processes, "on_infeasible": on_infeasible,
                 "dedupe": dedupe, "default_model": default_model, "positives": positives,
-                "show_progress": show_progress}
+                "show_progress": show_progress, "replan_chunk_rows": replan_chunk_rows}
         for key, value in self._defaults.items():  # options bound by configure()
             opts[key] = value
         self.dataset = dataset
@@ -118,6 +124,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self.batch_source: Callable[[int, int, int, torch.Tensor], torch.Tensor | None] | None = None
         self._sourced_cache: tuple[tuple[int, int], torch.Tensor | None] | None = None
         self.plan_seconds = 0.0  # wall time spent planning epochs (window calibration included)
+        self.replan_chunk_rows = int(opts["replan_chunk_rows"] or 0)
+        if self.replan_chunk_rows < 0:
+            raise ValueError(f"replan_chunk_rows must be >= 0 (0: re-plan in one go), got {self.replan_chunk_rows}.")
+        # parts of a re-plan still being planned in the background: (plan they belong to, [(first, end, future)])
+        self._pending: tuple[EpochPlan, list[tuple[int, int, Future]]] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.background_plan_seconds = 0.0  # planning done in the background thread (not on the training path)
+        self.replan_wait_seconds = 0.0  # time the data loader waited for a part planned in the background
         if self.num_rows == 0:
             raise ValueError("The training dataset is empty.")
         if self.global_batch_size > self.num_rows:
@@ -242,6 +256,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                               on_infeasible=self.on_infeasible, progress=self.show_progress,
                               **(self.builder_kwargs if builder != "random" else {}))
             self.plan_seconds += time.perf_counter() - t0
+            self._drop_pending()
             self._plan = (epoch, plan)
             self._check_in_window(plan, epoch)
         return self._plan[1]
@@ -276,6 +291,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._yielded = skip
         epoch = self.epoch
         while True:
+            self._settle(self._yielded // self.processes)
             batches = self.local_batches(epoch)
             if self._yielded >= len(batches):
                 return
@@ -321,6 +337,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         """Re-plan the current epoch's global batches from ``from_global_batch`` on with the current builder and
         window; earlier batches are kept, and so is the set of rows (each row still appears once per epoch).
 
+        When more than ``replan_chunk_rows`` rows are left (and the builder is not ``random``), the rest is planned
+        in parts so that the first window batch is ready at once: the rows left are shuffled, the first part (about
+        4,096 rows) is planned here, and the following parts (each twice the previous, up to ``replan_chunk_rows``
+        rows) are planned in order by one background thread from a snapshot of the bank taken now, reusing the
+        first part's target calibration. Until a part is ready its rows stay in random batches; the data loader
+        waits for a part before handing out its first batch (:attr:`replan_wait_seconds`), so the batches never
+        depend on timing. A part that fails to plan is logged and keeps its random batches.
+
         Deterministic for (plan, seed, epoch, from_global_batch, bank), so every rank computes the same plan.
         """
         plan = self.plan()
@@ -328,31 +352,131 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         if self.yielded_global() > cut:
             raise RuntimeError(f"Cannot re-plan from global batch {cut}: {self.yielded_global()} were already handed "
                                "to the data loader.")
+        self._settle(cut - 1)  # parts that start before the cut are kept: they must be planned first
+        self._drop_pending()
+        plan = self.plan()
         if len(plan.batches) - cut < 2:  # nothing left to re-arrange
             return plan
         t0 = time.perf_counter()
-        rest_batches = plan.batches[cut:]
-        rest = torch.cat(rest_batches)
+        rest = torch.cat(plan.batches[cut:])
         window = self.window() if self.builder != "random" else None
-        emb = self.embeddings()[rest] if (self.builder != "random" or self._bank is not None) else rest.numel()
+        uses_bank = self.builder != "random" or self._bank is not None
         groups = self.groups()
-        # the rows left are whole global batches plus, without drop_last, the plan's partial last one
-        sub = plan_epoch(emb, self.global_batch_size, builder=self.builder, window=window, seed=self.seed,
-                         epoch=mix_seed(self.epoch, cut), drop_last=False,
-                         groups=groups[rest] if groups is not None else None, on_infeasible=self.on_infeasible,
-                         **(self.builder_kwargs if self.builder != "random" else {}))
-        batches = list(plan.batches[:cut]) + [rest[b] for b in sub.batches]
+        g = self.global_batch_size
+        head_values = plan.values[:cut] if plan.metric == (window.metric if window else plan.metric) \
+            else torch.full((cut,), float("nan"))
+        head_in = plan.in_window[:cut] if window is not None and plan.window == window \
+            else torch.zeros(cut, dtype=torch.bool)
+        chunked = self.builder != "random" and 0 < self.replan_chunk_rows < rest.numel()
+        if chunked:
+            gen = torch.Generator().manual_seed(mix_seed(mix_seed(self.seed, self.epoch), cut))
+            rest = rest[torch.randperm(rest.numel(), generator=gen)]
+        # a snapshot of the rows' embeddings, in the order the parts take them (each part is a contiguous view)
+        emb = self.embeddings()[rest] if uses_bank else None
+        grp = groups[rest] if groups is not None else None
+        bounds = _part_bounds(rest.numel(), g, self.replan_chunk_rows) if chunked else [(0, rest.numel())]
+        opts = {"batch_size": g, "builder": self.builder, "seed": self.seed,
+                "on_infeasible": self.on_infeasible, "progress": False if chunked else self.show_progress,
+                "builder_kwargs": self.builder_kwargs if self.builder != "random" else {}}
+
+        def part(k: int, window, calibration) -> tuple[EpochPlan, list[torch.Tensor]]:
+            lo, hi = bounds[k]
+            return _plan_rows(rest[lo:hi], None if emb is None else emb[lo:hi],
+                              None if grp is None else grp[lo:hi], window=window, calibration=calibration,
+                              epoch=mix_seed(mix_seed(self.epoch, cut), k) if chunked else mix_seed(self.epoch, cut),
+                              **opts)
+
+        first, batches = part(0, window, None)
+        window = first.window if window is not None else None  # ``on_infeasible="closest"`` may have moved it
+        values, in_window = [head_values, first.values], [head_in, first.in_window]
+        batches = list(plan.batches[:cut]) + batches
+        parts = []
+        for k in range(1, len(bounds)):
+            lo, hi = bounds[k]
+            placeholder = list(torch.split(rest[lo:hi], g))  # random batches of the part's rows until it is planned
+            parts.append((len(batches), len(batches) + len(placeholder),
+                          self._background().submit(_timed, part, k, window, first.calibration)))
+            batches += placeholder
+            values.append(torch.full((len(placeholder),), float("nan")))
+            in_window.append(torch.zeros(len(placeholder), dtype=torch.bool))
         metric = window.metric if window is not None else plan.metric
-        head_values = plan.values[:cut] if plan.metric == metric else torch.full((cut,), float("nan"))
-        values = torch.cat([head_values, sub.values])
-        in_window = torch.cat([plan.in_window[:cut] if window is not None and plan.window == window else
-                               torch.zeros(cut, dtype=torch.bool), sub.in_window])
-        new = EpochPlan(batches=batches, values=values, in_window=in_window, metric=metric,
-                        builder={**sub.builder, "replanned_from": cut}, window=window,
-                        seconds=plan.seconds + time.perf_counter() - t0, achievable=sub.achievable)
-        self.plan_seconds += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        new = EpochPlan(batches=batches, values=torch.cat(values), in_window=torch.cat(in_window), metric=metric,
+                        builder={**first.builder, "replanned_from": cut, "replan_parts": len(bounds),
+                                 "replan_part_batches": [-(-(hi - lo) // g) for lo, hi in bounds]}, window=window,
+                        seconds=plan.seconds + took, achievable=first.achievable, calibration=first.calibration)
+        self.plan_seconds += took
         self._plan = (self._plan[0], new)
+        self._local_cache = None
+        if parts:
+            self._pending = (new, parts)
+            logger.info("re-planned global batches %d-%d of epoch %d in %.2f s; %d more parts (%d rows) are being "
+                        "planned in the background", cut, parts[0][0] - 1, self.epoch, took, len(parts),
+                        rest.numel() - bounds[0][1])
         return new
+
+    # -- parts planned in the background ------------------------------------------------------------------------
+
+    def _background(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf_divcl-replan")
+        return self._executor
+
+    def _settle(self, upto: int | None) -> None:
+        """Put into the plan every background part that starts at or before global batch ``upto`` (all with
+        ``None``), waiting for those not finished yet."""
+        pending = self._pending
+        if pending is None:
+            return
+        plan, parts = pending
+        if self._plan is None or self._plan[1] is not plan:
+            self._drop_pending()
+            return
+        keep = []
+        for first, end, fut in parts:
+            if upto is not None and first > upto:
+                keep.append((first, end, fut))
+                continue
+            t0 = time.perf_counter()
+            was_done = fut.done()
+            result = fut.result()
+            if not was_done:
+                waited = time.perf_counter() - t0
+                self.replan_wait_seconds += waited
+                self.plan_seconds += waited
+            if result is None:
+                continue  # the part failed to plan (logged): its random batches stay
+            sub, rows, seconds = result
+            self.background_plan_seconds += seconds
+            if len(rows) != end - first:
+                raise RuntimeError(f"A background part planned {len(rows)} batches for global batches {first}-"
+                                   f"{end - 1} ({end - first} expected).")
+            plan.batches[first:end] = rows
+            if sub.metric == plan.metric:
+                plan.values[first:end] = sub.values
+            plan.in_window[first:end] = sub.in_window
+            self._local_cache = None
+        self._pending = (plan, keep) if keep else None
+
+    def _drop_pending(self) -> None:
+        """Forget parts still being planned (their plan was replaced); those not started are cancelled."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            for _, _, fut in pending[1]:
+                fut.cancel()
+
+    def close(self) -> None:
+        """Stop background planning (parts not started are cancelled); the sampler still works afterwards."""
+        self._drop_pending()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._settle(None)  # a copy carries the whole plan
+        state = dict(self.__dict__)
+        state.update(_executor=None, _pending=None)
+        return state
 
     def yielded_global(self) -> int:
         """Global batches of the current epoch handed out so far (a started one counts)."""
@@ -373,6 +497,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         Keeping the plan makes a resume exact even when the bank changed since the epoch began (a bank fed by
         training steps): the resumed run replays the same partition instead of re-planning from newer embeddings.
         """
+        self._settle(None)
         state: dict[str, Any] = {"epoch": self.epoch, "seed": self.seed,
                                  "batches_yielded": getattr(self, "_yielded", 0), "num_rows": self.num_rows,
                                  "batch_size": self.batch_size, "processes": self.processes}
@@ -404,3 +529,39 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                                                               metric=window.metric if window else "effective_rank",
                                                               builder={"name": "restored"}, window=window,
                                                               seconds=0.0))
+
+
+def _part_bounds(n_rows: int, global_batch: int, chunk_rows: int, first_rows: int = 4096) -> list[tuple[int, int]]:
+    """Row ranges of the parts of a re-plan: whole global batches, the first about ``first_rows`` rows, each next
+    one twice the previous up to ``chunk_rows``; the last part takes what is left (a partial batch included)."""
+    n_full = n_rows // global_batch
+    cap = max(2, chunk_rows // global_batch)
+    size = min(cap, max(2, -(-first_rows // global_batch)))
+    bounds, start = [], 0
+    while n_full - (start + size) >= 2:  # a further part of at least two batches remains
+        bounds.append((start * global_batch, (start + size) * global_batch))
+        start, size = start + size, min(cap, 2 * size)
+    bounds.append((start * global_batch, n_rows))
+    return bounds
+
+
+def _plan_rows(rows: torch.Tensor, emb: torch.Tensor | None, groups: torch.Tensor | None, *, batch_size: int,
+               builder, window: DiversityWindow | None, seed: int, epoch: int, on_infeasible: str,
+               builder_kwargs: dict[str, Any], calibration: dict[str, Any] | None,
+               progress: bool | None = False) -> tuple[EpochPlan, list[torch.Tensor]]:
+    """Plan ``rows`` (their embeddings ``emb``, in the same order) into batches → (the plan, batches of row ids)."""
+    sub = plan_epoch(emb if emb is not None else rows.numel(), batch_size, builder=builder, window=window, seed=seed,
+                     epoch=epoch, drop_last=False, groups=groups, on_infeasible=on_infeasible, progress=progress,
+                     calibration=calibration, **builder_kwargs)
+    return sub, [rows[b] for b in sub.batches]
+
+
+def _timed(part: Callable[..., tuple[EpochPlan, list[torch.Tensor]]], k: int, *args: Any):
+    """Run ``part(k, ...)`` in the background thread → (plan, batches, seconds), or ``None`` (logged) if it failed."""
+    t0 = time.perf_counter()
+    try:
+        sub, rows = part(k, *args)
+    except Exception:  # the part keeps its random batches; training goes on
+        logger.warning("Planning part %d of a re-plan failed; its rows stay in random batches.", k, exc_info=True)
+        return None
+    return sub, rows, time.perf_counter() - t0

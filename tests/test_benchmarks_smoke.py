@@ -60,6 +60,24 @@ def test_window_location_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_plan_epoch_replan_smoke(tmp_path):
+    """--replan --smoke: a window chosen after 4 of 125 global batches (N = 2000, B = 16), the rest re-planned in
+    parts of at most 256 rows and in one go: both hand out every row once and report when each part was ready."""
+    out = tmp_path / "r.json"
+    run("plan_epoch.py", "--replan", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "plan_replan" and [r["chunk_rows"] for r in res["rows"]] == [256, 0]
+    for r in res["rows"]:
+        assert "error" not in r, r.get("error")
+        assert r["every_row_once"] and r["cut"] == 4
+        assert sum(r["part_batches"]) == 125 - 4 and len(r["part_ready_seconds"]) == len(r["part_batches"])
+        assert 0 < r["first_window_batch_seconds"] <= r["epoch_done_seconds"]
+        assert r["stall_seconds"]["0.05"] >= r["stall_seconds"]["0.5"] >= 0
+    parts, one_go = res["rows"]
+    assert len(parts["part_batches"]) > 2 and one_go["part_batches"] == [121]
+
+
+@pytest.mark.slow
 def test_plan_epoch_smoke(tmp_path):
     """--smoke plans N = 2000 rows (d = 32, B = 64) with every builder, the window placed below random batches'
     diversity (random mean − 2σ … − 0.5σ): each row is complete and finite, and the builders that aim at the window

@@ -304,3 +304,62 @@ def test_few_planned_batches_in_the_window_is_a_warning_that_says_what_to_do(dat
     with caplog.at_level("WARNING", logger="hf_divcl.sampler"):
         sampler(data, window=DiversityWindow(1, 16)).plan()
     assert "planned batches" not in caplog.text
+
+
+# -- a mid-epoch re-plan in parts (a window chosen during training) ---------------------------------------------------
+
+def switched_sampler(bank, ds, chunk_rows=128, yielded=4, poison_row=None):
+    """A sampler on random batches that has handed out ``yielded`` batches, then re-plans towards a window (with
+    ``poison_row``: after that row's embedding turned NaN)."""
+    s = DiversityWindowBatchSampler(ds, batch_size=16, drop_last=False, seed=5, bank=bank, window=None,
+                                    builder="random", processes=1, replan_chunk_rows=chunk_rows)
+    s.set_epoch(0)
+    it = iter(s)
+    head = [next(it) for _ in range(yielded)]
+    if poison_row is not None:
+        bank[poison_row] = float("nan")
+    s.set_policy("greedy", DiversityWindow(8, 14))
+    s.replan(yielded)
+    return s, it, head
+
+
+def test_a_replan_in_parts_keeps_every_row_once_and_plans_every_part():
+    ds, bank = make_data(n=1200)
+    s, it, head = switched_sampler(bank, ds)
+    plan = s.plan()
+    assert plan.builder["replan_parts"] > 2  # 1,136 rows left in parts of at most 128 rows
+    rest = list(it)
+    batches = head + rest
+    assert sorted(x for b in batches for x in b) == list(range(1200))
+    assert batches[:4] == [b.tolist() for b in plan.batches[:4]]  # the batches already handed out are kept
+    full = [i for i, b in enumerate(plan.batches) if i >= 4 and b.numel() == 16]
+    assert not plan.values[full].isnan().any()  # every part was planned and measured, none left random
+    assert plan.in_window[full].float().mean() > 0.5
+    assert s.background_plan_seconds > 0
+
+
+def test_a_replan_in_parts_does_not_depend_on_timing_and_resumes_exactly():
+    ds, bank = make_data(n=1200)
+    a, it_a, _ = switched_sampler(bank, ds)
+    rest_a = list(it_a)  # the data loader waits for each part as it reaches it
+    b, _, _ = switched_sampler(bank, ds)
+    state = b.state_dict()  # a checkpoint right after the decision waits for every part
+    assert torch.equal(state["plan_rows"], torch.cat(a.plan().batches))
+    c = DiversityWindowBatchSampler(ds, batch_size=16, drop_last=False, seed=5, bank=bank, window=None,
+                                    builder="random", processes=1, replan_chunk_rows=128)
+    c.load_state_dict(state)
+    assert list(c) == rest_a
+
+
+def test_a_part_that_cannot_be_planned_keeps_random_batches_and_says_so(caplog):
+    ds, bank = make_data(n=1200)
+    probe, _, _ = switched_sampler(bank, ds)
+    planned_now = set(torch.cat(probe.plan().batches[:4 + 8]).tolist())  # handed out + the first part (8 batches)
+    bad = next(r for r in range(1200) if r not in planned_now)
+    with caplog.at_level("WARNING", logger="hf_divcl.sampler"):
+        s, it, head = switched_sampler(bank.clone(), ds, poison_row=bad)
+        rest = list(it)
+    assert "Planning part" in caplog.text and "stay in random batches" in caplog.text
+    assert sorted(x for b in head + rest for x in b) == list(range(1200))  # no row lost or repeated
+    assert s.plan().values[4:12].isnan().sum() == 0  # the first part was planned
+    assert s.plan().values[12:].isnan().any()  # the failed part kept its (unmeasured) random batches

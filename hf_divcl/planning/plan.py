@@ -44,6 +44,7 @@ class EpochPlan:
     window: DiversityWindow | None
     seconds: float
     achievable: tuple[float, float] | None = None
+    calibration: dict[str, Any] | None = None  # the window's target calibration (``plan_epoch(calibration=...)``)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -130,6 +131,7 @@ def plan_epoch(
     shuffle_batches: bool = True,
     refine_passes: int = 4,
     progress: bool | None = None,
+    calibration: dict[str, Any] | None = None,
     **builder_kwargs: Any,
 ) -> EpochPlan:
     """Partition rows ``0..N-1`` into batches of ``batch_size`` for one epoch.
@@ -150,6 +152,9 @@ def plan_epoch(
             that move both batches' mean squared cosine towards the window's target (see :func:`refine_swaps`);
             they mostly cut the batch-to-batch spread. 0 turns them off.
         progress (`bool`, *optional*): progress bars; default on from 100,000 rows.
+        calibration (`dict`, *optional*): the target calibration of an earlier plan of rows drawn from the same
+            data with the same window and batch size (:attr:`EpochPlan.calibration`): reused instead of measured
+            again, so that planning the rows in parts costs the measurement once.
         **builder_kwargs: passed to the builder class (e.g. ``m=64`` for greedy, ``p=3`` for pool).
     """
     t0 = time.perf_counter()
@@ -185,7 +190,7 @@ def plan_epoch(
     rest = perm[n_full * batch_size:]  # leftover rows → last partial batch
     body = perm[: n_full * batch_size].sort().values  # rows to assign (sorted: builders shuffle themselves)
     ctx = PlanContext(embeddings, body, batch_size, window, gen, sketch_dim=getattr(b_obj, "sketch_dim", 32),
-                      progress=n >= 100_000 if progress is None else progress)
+                      progress=n >= 100_000 if progress is None else progress, calibration=dict(calibration or {}))
     achievable = None
     if window is not None and b_obj.uses_window:
         window, achievable = _resolve_window(ctx, on_infeasible)
@@ -209,7 +214,8 @@ def plan_epoch(
         values[-1] = measure_diversity(embeddings[batches[-1]].unsqueeze(0), metric)[0]
     in_window = window.contains(values) if window is not None else torch.zeros(len(batches), dtype=torch.bool)
     plan = EpochPlan(batches=batches, values=values, in_window=in_window, metric=metric, builder=b_obj.config(),
-                     window=window, seconds=time.perf_counter() - t0, achievable=achievable)
+                     window=window, seconds=time.perf_counter() - t0, achievable=achievable,
+                     calibration=ctx.calibration or None)
     logger.info("planned epoch %d with %s: %d batches, %.1f%% in window, %.2f s", epoch, b_obj.name, len(plan),
                 100 * plan.in_window_fraction if window else float("nan"), plan.seconds)
     return plan

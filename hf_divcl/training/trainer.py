@@ -393,6 +393,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
                                        checkpoint=str(complete[-1]) if complete else None) from err
         finally:
             self.recorder.detach()
+            if self.divcl_sampler is not None:
+                self.divcl_sampler.close()  # no background planning outlives training
 
     _run_id: str | None = None
 
