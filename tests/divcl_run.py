@@ -155,6 +155,9 @@ def main():
     p.add_argument("--window", default=None, help="default: 'auto' ('none' with --builder random)")
     p.add_argument("--calibration-budget", type=float, default=0.05)
     p.add_argument("--calibration-pairs", type=int, default=None)
+    p.add_argument("--calibration-levels", default=None)
+    p.add_argument("--explore-min-blocks", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--oom-at-step", type=int, default=0, help="an allocation fails for lack of memory at step N")
     a = p.parse_args()
     if a.kill_rank is None or a.kill_rank == RANK:
@@ -178,7 +181,8 @@ def main():
         logging_steps=2, save_steps=a.save_steps, save_strategy="steps", report_to=[], disable_tqdm=True,
         collapse_threshold=0, builder=a.builder,
         window=a.window or ("none" if a.builder == "random" else "auto"), calibration_budget=a.calibration_budget,
-        calibration_pairs=a.calibration_pairs,
+        calibration_pairs=a.calibration_pairs, calibration_levels=a.calibration_levels,
+        explore_min_blocks=a.explore_min_blocks, max_steps=a.max_steps,
         calibration_confidence=0.5,
         bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
         bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)

@@ -339,7 +339,9 @@ class StepExplorer(TrainerCallback):
         done = [b for b in self.blocks if not b.get("tested") and len(b["scores"]) == len(b["order"])]
         for b in done:
             b["tested"] = True
-            scores = {k: float(v) for k, v in b["scores"].items()}  # one host sync per block
+            # one host sync per block; under DDP the first process's scores decide, so every process agrees
+            scores = self.agreed({k: float(v) for k, v in b["scores"].items()})
+            b["scores"] = {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items()}
             if args.learning_rate <= 0:
                 self.finish("random", None, "the learning rate is 0: no step makes progress to compare; kept "
                             "random batches", state.global_step)
@@ -355,6 +357,15 @@ class StepExplorer(TrainerCallback):
             self.conclude(self.test.decision, state.global_step)
 
     # -- the decision --------------------------------------------------------------------------------------------
+
+    def agreed(self, value: Any) -> Any:
+        """``value`` as the first process has it (broadcast under DDP; every process calls this at the same point)."""
+        if self.trainer.args.world_size > 1 and torch.distributed.is_available() and \
+                torch.distributed.is_initialized():
+            payload = [value]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            return payload[0]
+        return value
 
     def level_diversity(self, level: str) -> torch.Tensor:
         """Effective rank ``(16,)`` of batches drawn at ``level`` from the current candidate sample."""
@@ -393,7 +404,8 @@ class StepExplorer(TrainerCallback):
         record = cal.to_dict()
         self.history.append(record)
         sampler = t.divcl_sampler
-        t.apply_window(window, cut=sampler.yielded_global() if sampler is not None and window is not None else None)
+        cut = self.agreed(sampler.yielded_global() if sampler is not None and window is not None else None)
+        t.apply_window(window, cut=cut)
         logger.warning("window='explore' at step %d after %d blocks: %s — %s", step, self.test.blocks,
                        f"window {window.metric} in [{window.low:.2f}, {window.high:.2f}] ({level})" if window
                        else "random batches", reason)
