@@ -368,22 +368,28 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         head_in = plan.in_window[:cut] if window is not None and plan.window == window \
             else torch.zeros(cut, dtype=torch.bool)
         chunked = self.builder != "random" and 0 < self.replan_chunk_rows < rest.numel()
-        if chunked:
-            gen = torch.Generator().manual_seed(mix_seed(mix_seed(self.seed, self.epoch), cut))
-            rest = rest[torch.randperm(rest.numel(), generator=gen)]
-        # a snapshot of the rows' embeddings, in the order the parts take them (each part is a contiguous view)
-        emb = self.embeddings()[rest] if uses_bank else None
+        # the parts take the rows left in a seeded random order, ``rest = snap_rows[order]``; the bank may change
+        # once training goes on, so the rows' embeddings are copied now, in row order (a sorted gather is ~2x faster
+        # than a random one), and each part gathers its own rows from the copy
+        snap_rows = rest.sort().values if chunked else rest
+        order = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(
+            mix_seed(mix_seed(self.seed, self.epoch), cut))) if chunked else torch.arange(rest.numel())
+        rest = snap_rows[order]
+        snap = self.embeddings()[snap_rows] if uses_bank else None
         grp = groups[rest] if groups is not None else None
         bounds = _part_bounds(rest.numel(), g, self.replan_chunk_rows) if chunked else [(0, rest.numel())]
         opts = {"batch_size": g, "builder": self.builder, "seed": self.seed,
                 "on_infeasible": self.on_infeasible, "progress": False if chunked else self.show_progress,
                 "builder_kwargs": self.builder_kwargs if self.builder != "random" else {}}
 
+        key = mix_seed(self.epoch, cut)  # fixed now: the background thread must not read the sampler's state
+
         def part(k: int, window, calibration) -> tuple[EpochPlan, list[torch.Tensor]]:
             lo, hi = bounds[k]
-            return _plan_rows(rest[lo:hi], None if emb is None else emb[lo:hi],
+            emb = None if snap is None else snap[order[lo:hi]] if chunked else snap
+            return _plan_rows(rest[lo:hi], emb,
                               None if grp is None else grp[lo:hi], window=window, calibration=calibration,
-                              epoch=mix_seed(mix_seed(self.epoch, cut), k) if chunked else mix_seed(self.epoch, cut),
+                              epoch=mix_seed(key, k) if chunked else key,
                               **opts)
 
         first, batches = part(0, window, None)
