@@ -406,6 +406,29 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
     save_figure(fig, path)
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One result file from several runs of the same settings on different seeds (e.g. seeds added later)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    skip = ("seeds", "output", "policies")
+    base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        other = {k: v for k, v in part["config"].items() if k not in skip}
+        if other != base:
+            diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(diff)}); only seeds may differ.")
+    runs = [r for part in parts for r in part["runs"]]
+    seen = [(r["policy"], r["seed"]) for r in runs]
+    if len(set(seen)) != len(seen):
+        raise SystemExit("the files share (policy, seed) runs; merge files with different seeds.")
+    config = {**parts[0]["config"], "seeds": sorted({r["seed"] for r in runs}), "output": str(out),
+              "merged_from": paths}
+    result = {"task": parts[0]["task"], "metric": parts[0]["metric"], "config": config, "summary": summarise(runs),
+              "runs": runs, "machine": parts[0]["machine"]}
+    out.write_text(json.dumps(result, indent=2))
+    plot(runs, parts[0]["metric"], out.with_suffix(".png"))
+    print(f"merged {len(runs)} runs from {len(paths)} files into {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["text", "vision", "clip"], default="text")
@@ -436,7 +459,12 @@ def main() -> None:
                    help="one bank cache for all policies (the starting model's encoding is paid once, not per policy)")
     p.add_argument("--smoke", action="store_true", help="2 policies, 1 seed, a few steps: < 1 minute")
     p.add_argument("--output", default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine the runs of these result files (the same settings, other seeds) into --output")
     a = p.parse_args()
+    if a.merge:
+        merge(a.merge, Path(a.output))
+        return
     text = a.task == "text"
     if not a.smoke:
         a.policies = a.policies or list(POLICIES)
