@@ -396,12 +396,11 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         window = first.window if window is not None else None  # ``on_infeasible="closest"`` may have moved it
         values, in_window = [head_values, first.values], [head_in, first.in_window]
         batches = list(plan.batches[:cut]) + batches
-        parts = []
+        spans = []
         for k in range(1, len(bounds)):
             lo, hi = bounds[k]
             placeholder = list(torch.split(rest[lo:hi], g))  # random batches of the part's rows until it is planned
-            parts.append((len(batches), len(batches) + len(placeholder),
-                          self._background().submit(_timed, part, k, window, first.calibration)))
+            spans.append((len(batches), len(batches) + len(placeholder)))
             batches += placeholder
             values.append(torch.full((len(placeholder),), float("nan")))
             in_window.append(torch.zeros(len(placeholder), dtype=torch.bool))
@@ -414,7 +413,9 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self.plan_seconds += took
         self._plan = (self._plan[0], new)
         self._local_cache = None
-        if parts:
+        if spans:  # submitted last, so the background thread does not compete with the work above
+            parts = [(a, b, self._background().submit(_timed, part, k, window, first.calibration))
+                     for k, (a, b) in enumerate(spans, start=1)]
             self._pending = (new, parts)
             logger.info("re-planned global batches %d-%d of epoch %d in %.2f s; %d more parts (%d rows) are being "
                         "planned in the background", cut, parts[0][0] - 1, self.epoch, took, len(parts),
