@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,7 @@ class EmbeddingBank:
             raise ValueError(f"Embeddings of rows {rows[:10]}{'...' if len(rows) > 10 else ''} are NaN/Inf or zero; "
                              "nothing was written. Check the model output for those rows.")
         e = (e / norms.unsqueeze(-1)).to(self.dtype)
+        self._before_write()
         self._own_storage()
         if e.shape[1] == self.num_views:
             self._data[idx] = e
@@ -216,6 +217,21 @@ class EmbeddingBank:
             self.last_update_step[idx] = int(step)
         else:
             self.last_update_step[idx] = self.last_update_step[idx].clamp_min(0)
+
+    def on_write(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` before every change to the stored rows, until the returned function removes it: a
+        reader holding a view of the rows (a re-plan in the background) copies what it still needs first."""
+        listeners = self.__dict__.setdefault("_write_listeners", [])
+        listeners.append(listener)
+
+        def remove() -> None:
+            if listener in listeners:
+                listeners.remove(listener)
+        return remove
+
+    def _before_write(self) -> None:
+        for listener in list(self.__dict__.get("_write_listeners", ())):
+            listener()
 
     def get(self, indices: torch.Tensor | Sequence[int], *, view: int = 0, dtype: torch.dtype = torch.float32,
             device: str | torch.device | None = None) -> torch.Tensor:
@@ -246,6 +262,7 @@ class EmbeddingBank:
         emb = state["embeddings"]
         if tuple(emb.shape) != tuple(self._data.shape):
             raise ValueError(f"State has shape {tuple(emb.shape)}, the bank {tuple(self._data.shape)}.")
+        self._before_write()
         self._own_storage()
         self._data.copy_(emb.to(self.dtype))
         self.last_update_step.copy_(state["last_update_step"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,7 +129,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         if self.replan_chunk_rows < 0:
             raise ValueError(f"replan_chunk_rows must be >= 0 (0: re-plan in one go), got {self.replan_chunk_rows}.")
         # parts of a re-plan still being planned in the background: (plan they belong to, [(first, end, future)])
-        self._pending: tuple[EpochPlan, list[tuple[int, int, Future]]] | None = None
+        self._pending: tuple[EpochPlan, list[tuple[int, int, Future]], Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.background_plan_seconds = 0.0  # planning done in the background thread (not on the training path)
         self.replan_wait_seconds = 0.0  # time the data loader waited for a part planned in the background
@@ -375,7 +376,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         order = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(
             mix_seed(mix_seed(self.seed, self.epoch), cut))) if chunked else torch.arange(rest.numel())
         rest = snap_rows[order]
-        snap = self.embeddings()[snap_rows] if uses_bank else None
+        snap = (_Snapshot(self._bank, self.embeddings(), snap_rows) if chunked else self.embeddings()[rest]) \
+            if uses_bank else None
         grp = groups[rest] if groups is not None else None
         bounds = _part_bounds(rest.numel(), g, self.replan_chunk_rows) if chunked else [(0, rest.numel())]
         opts = {"batch_size": g, "builder": self.builder, "seed": self.seed,
@@ -386,13 +388,18 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
 
         def part(k: int, window, calibration) -> tuple[EpochPlan, list[torch.Tensor]]:
             lo, hi = bounds[k]
-            emb = None if snap is None else snap[order[lo:hi]] if chunked else snap
+            emb = None if snap is None else snap.take(order[lo:hi]) if chunked else snap
             return _plan_rows(rest[lo:hi], emb,
                               None if grp is None else grp[lo:hi], window=window, calibration=calibration,
                               epoch=mix_seed(key, k) if chunked else key,
                               **opts)
 
-        first, batches = part(0, window, None)
+        try:
+            first, batches = part(0, window, None)
+        except BaseException:
+            if isinstance(snap, _Snapshot):
+                snap.release()
+            raise
         window = first.window if window is not None else None  # ``on_infeasible="closest"`` may have moved it
         values, in_window = [head_values, first.values], [head_in, first.in_window]
         batches = list(plan.batches[:cut]) + batches
@@ -416,10 +423,12 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         if spans:  # submitted last, so the background thread does not compete with the work above
             parts = [(a, b, self._background().submit(_timed, part, k, window, first.calibration))
                      for k, (a, b) in enumerate(spans, start=1)]
-            self._pending = (new, parts)
+            self._pending = (new, parts, snap)
             logger.info("re-planned global batches %d-%d of epoch %d in %.2f s; %d more parts (%d rows) are being "
                         "planned in the background", cut, parts[0][0] - 1, self.epoch, took, len(parts),
                         rest.numel() - bounds[0][1])
+        elif isinstance(snap, _Snapshot):
+            snap.release()
         return new
 
     # -- parts planned in the background ------------------------------------------------------------------------
@@ -435,7 +444,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         pending = self._pending
         if pending is None:
             return
-        plan, parts = pending
+        plan, parts, snap = pending
         if self._plan is None or self._plan[1] is not plan:
             self._drop_pending()
             return
@@ -463,7 +472,9 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                 plan.values[first:end] = sub.values
             plan.in_window[first:end] = sub.in_window
             self._local_cache = None
-        self._pending = (plan, keep) if keep else None
+        self._pending = (plan, keep, snap) if keep else None
+        if not keep and isinstance(snap, _Snapshot):
+            snap.release()
 
     def _drop_pending(self) -> None:
         """Forget parts still being planned (their plan was replaced); those not started are cancelled."""
@@ -471,6 +482,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         if pending is not None:
             for _, _, fut in pending[1]:
                 fut.cancel()
+            if isinstance(pending[2], _Snapshot):
+                pending[2].release()
 
     def close(self) -> None:
         """Stop background planning (parts not started are cancelled); the sampler still works afterwards."""
@@ -538,6 +551,51 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                                                               seconds=0.0))
 
 
+class _Abandoned(Exception):
+    """A background part whose re-plan was replaced reads rows no longer kept."""
+
+
+class _Snapshot:
+    """Rows ``rows`` (sorted) of the bank as they are at a re-plan, for the parts planned later.
+
+    With an :class:`~hf_divcl.bank.EmbeddingBank` nothing is copied until the bank is about to change (its
+    ``on_write`` hook): until then the parts read the live rows, which still hold the values of the re-plan. Any
+    other bank (a tensor the caller owns) is copied at once. Either way every part sees the rows as they were.
+    """
+
+    def __init__(self, bank: Any, live: torch.Tensor, rows: torch.Tensor) -> None:
+        self.rows = rows
+        self._live: torch.Tensor | None = live
+        self._copy: torch.Tensor | None = None
+        self._lock = threading.Lock()
+        self._remove = bank.on_write(self.freeze) if hasattr(bank, "on_write") else None
+        if self._remove is None:
+            self.freeze()
+
+    def freeze(self) -> None:
+        """Copy the rows now (the bank is about to change)."""
+        with self._lock:
+            if self._copy is None and self._live is not None:
+                self._copy, self._live = self._live[self.rows], None
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """``(n, d)`` embeddings of ``rows[positions]`` as they were at the re-plan."""
+        with self._lock:
+            if self._copy is not None:
+                return self._copy[positions]
+            if self._live is None:
+                raise _Abandoned
+            return self._live[self.rows[positions]]
+
+    def release(self) -> None:
+        """No part needs the rows any more: stop watching the bank and drop the copy."""
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+        with self._lock:
+            self._live = self._copy = None
+
+
 def _part_bounds(n_rows: int, global_batch: int, chunk_rows: int, first_rows: int = 4096) -> list[tuple[int, int]]:
     """Row ranges of the parts of a re-plan: whole global batches, the first about ``first_rows`` rows, each next
     one twice the previous up to ``chunk_rows``; the last part takes what is left (a partial batch included)."""
@@ -568,6 +626,8 @@ def _timed(part: Callable[..., tuple[EpochPlan, list[torch.Tensor]]], k: int, *a
     t0 = time.perf_counter()
     try:
         sub, rows = part(k, *args)
+    except _Abandoned:
+        return None
     except Exception:  # the part keeps its random batches; training goes on
         logger.warning("Planning part %d of a re-plan failed; its rows stay in random batches.", k, exc_info=True)
         return None

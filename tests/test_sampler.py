@@ -363,3 +363,24 @@ def test_a_part_that_cannot_be_planned_keeps_random_batches_and_says_so(caplog):
     assert sorted(x for b in head + rest for x in b) == list(range(1200))  # no row lost or repeated
     assert s.plan().values[4:12].isnan().sum() == 0  # the first part was planned
     assert s.plan().values[12:].isnan().any()  # the failed part kept its (unmeasured) random batches
+
+
+def test_a_bank_that_changes_after_the_decision_does_not_change_the_parts():
+    """An EmbeddingBank is read live by the background parts and copied only when it is about to change: a bank
+    updated right after the decision (as training steps update it) gives the same plan as an untouched one."""
+    from hf_divcl.bank import EmbeddingBank
+
+    ds, x = make_data(n=1200)
+
+    def bank():
+        b = EmbeddingBank(1200, x.shape[1], dtype=torch.float32)
+        b.update(torch.arange(1200), x)
+        return b
+
+    still, it_still, _ = switched_sampler(bank(), ds)
+    rest_still = list(it_still)
+    moving_bank = bank()
+    moving, it_moving, _ = switched_sampler(moving_bank, ds)
+    moving_bank.update(torch.arange(1200), torch.randn(1200, x.shape[1]), step=5)  # every row moves
+    assert list(it_moving) == rest_still
+    assert not moving_bank.__dict__.get("_write_listeners")  # the re-plan is done: the bank is not watched
