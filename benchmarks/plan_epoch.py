@@ -17,7 +17,8 @@ planner needs on top of the bank and the libraries (goal: ≤ 0.5 × the float16
 (:meth:`DiversityWindowBatchSampler.replan`): a sampler on random batches hands out ``--cut`` global batches, a
 greedy window is chosen, and the rest of the epoch is re-planned either in parts (the default
 ``replan_chunk_rows``) or in one go (``replan_chunk_rows=0``), each in its own subprocess. It reports the seconds from
-the decision to the first window batch in hand, then consumes the epoch as fast as it is handed out and records
+the decision to the first window batch in hand (the bank is an in-memory ``EmbeddingBank``, as in the trainer),
+then consumes the epoch as fast as it is handed out and records
 when each part became available; from those times it computes how long training would wait in all at a given
 step time (``--step-times``), and the fraction of re-planned batches inside the window for both ways.
 
@@ -124,11 +125,16 @@ def replan_child(args) -> dict:
     import torch
     from datasets import Dataset
 
+    from hf_divcl.bank import EmbeddingBank
     from hf_divcl.diversity.window import DiversityWindow
     from hf_divcl.sampler import DiversityWindowBatchSampler
 
     torch.set_num_threads(args.threads)
-    bank = make_bank(args.n, args.dim)
+    x = make_bank(args.n, args.dim)
+    bank = EmbeddingBank(args.n, args.dim, dtype=torch.float16, mmap_threshold_bytes=2**40)  # as the trainer's
+    for lo in range(0, args.n, 100_000):
+        bank.update(torch.arange(lo, min(lo + 100_000, args.n)), x[lo:lo + 100_000])
+    del x
     ds = Dataset.from_dict({"row": list(range(args.n))})
     s = DiversityWindowBatchSampler(ds, batch_size=args.batch_size, drop_last=False, seed=0, bank=bank, window=None,
                                     builder="random", processes=1, dedupe=False, show_progress=False,
