@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from hf_divcl.batch_policy.explorer import EXPLORE_FILE, plan_exploration
@@ -102,3 +103,22 @@ def test_explore_settings_are_checked():
         DivCLTrainingArguments(output_dir="x", window="explore", explore_alpha=1.5)
     with pytest.raises(ValueError, match="does not combine"):
         DivCLTrainingArguments(output_dir="x", window="explore", builder="learnability")
+
+
+@pytest.mark.slow
+def test_a_window_chosen_mid_epoch_is_planned_in_parts_and_resumes_exactly(tiny_model_dir, tmp_path, caplog):
+    # explore_alpha = 0.9 on this seed makes a decision (not evidence for it) so that the re-plan in parts runs
+    kw = dict(calibration_levels="local:16,spread:4", explore_alpha=0.9, seed=5, replan_chunk_rows=32,
+              save_strategy="steps", save_steps=10)
+    with caplog.at_level("INFO", logger="hf_divcl.sampler"):
+        full = run(tiny_model_dir, tmp_path / "full", **kw)
+    record = json.loads((tmp_path / "full" / EXPLORE_FILE).read_text().splitlines()[0])
+    assert record["decision"] == "window" and record["step"] < 10
+    assert "more parts" in caplog.text and "planned in the background" in caplog.text
+    state = tmp_path / "full" / "checkpoint-10" / "divcl_state"
+    rows = np.load(state / "plan_rows.npy")  # the checkpoint right after the decision holds the whole plan
+    assert sorted(rows.tolist()) == list(range(len(full.train_dataset)))
+    resumed = run(tiny_model_dir, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-10"), **kw)
+    a = {r["step"]: r["loss"] for r in full.state.log_history if "loss" in r}
+    b = {r["step"]: r["loss"] for r in resumed.state.log_history if "loss" in r}
+    assert [s for s in b if s > 10] == [s for s in a if s > 10] and all(a[s] == b[s] for s in b if s > 10)

@@ -60,7 +60,7 @@ def test_default_trainer_on_a_short_run_keeps_random_batches_says_why_and_encode
 def test_a_following_window_recalibrates_on_schedule_and_never_trains_on_the_probe(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     trainer = run(tiny_model_dir, out, num_train_epochs=2, calibration_budget=1.0, calibration_pairs=3,
-                  calibration_confidence=0.5)
+                  calibration_confidence=0.5, replan_chunk_rows=32)  # a re-plan in parts of 2 batches
     plan = trainer.calibration_plan
     steps_per_epoch = -(-len(trainer.train_dataset) // 16)
     assert plan.steps == [0, 2, steps_per_epoch]  # start, early (10 %), epoch 1
@@ -86,7 +86,7 @@ def test_a_following_window_recalibrates_on_schedule_and_never_trains_on_the_pro
 def test_resume_between_recalibrations_restores_the_window_and_repeats_the_next_one_exactly(tiny_model_dir,
                                                                                              tmp_path):
     kw = dict(num_train_epochs=2, calibration_budget=1.0, calibration_pairs=3, calibration_confidence=0.5,
-              save_strategy="steps", save_steps=6)
+              save_strategy="steps", save_steps=6, replan_chunk_rows=32)  # re-plans in parts, saved mid-way
     full = run(tiny_model_dir, tmp_path / "full", **kw)
     # checkpoint-6 sits between the early (step 2) and the epoch-1 (step 10) calibrations
     resumed = run(tiny_model_dir, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-6"), **kw)

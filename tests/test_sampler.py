@@ -377,10 +377,10 @@ def test_a_bank_that_changes_after_the_decision_does_not_change_the_parts():
         b.update(torch.arange(1200), x)
         return b
 
-    still, it_still, _ = switched_sampler(bank(), ds)
+    _, it_still, _ = switched_sampler(bank(), ds)
     rest_still = list(it_still)
     moving_bank = bank()
-    moving, it_moving, _ = switched_sampler(moving_bank, ds)
+    _, it_moving, _ = switched_sampler(moving_bank, ds)
     moving_bank.update(torch.arange(1200), torch.randn(1200, x.shape[1]), step=5)  # every row moves
     assert list(it_moving) == rest_still
     assert not moving_bank.__dict__.get("_write_listeners")  # the re-plan is done: the bank is not watched

@@ -82,6 +82,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             A window out of reach: `"closest"` (warn, aim as close as possible) or `"raise"` (alias `"error"`).
         dedupe (`bool`, *optional*, defaults to `True`):
             Keep rows with identical text (or identical image bytes) out of the same batch.
+        replan_chunk_rows (`int`, *optional*, defaults to `65536`):
+            A window chosen mid-epoch with more rows than this left: the rest of the epoch is planned in parts (the
+            first ~4,096 rows at once, the rest in a background thread); 0 plans it in one go.
         mega_batch_factor (`int`, *optional*, defaults to `1`):
             M > 1: draw M × B random rows per step, keep the B that fit the window best (selectors: M = 4).
 
@@ -223,6 +226,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "'raise' (alias 'error': stop with the measured range).", "choices": ["closest", "raise", "error"]})
     dedupe: bool = field(default=True, metadata={
         "help": "Keep rows with identical text (or identical image bytes) out of the same batch."})
+    replan_chunk_rows: int = field(default=65_536, metadata={
+        "help": "When a window is chosen mid-epoch and more rows than this are left, the rest of the epoch is "
+                "planned in parts (the first ~4,096 rows at once, the rest in a background thread), so training "
+                "goes on within about a second; 0: plan the rest in one go."})
     mega_batch_factor: int = field(default=1, metadata={
         "help": "Mega-batch mode (M > 1): the sampler draws M×B random rows per step and the collator keeps the B "
                 "whose bank embeddings best fit the window (or, with builder='learnability'/'hard', the most "
@@ -385,6 +392,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
 
             for name in self.calibration_levels.split(","):
                 parse_level(name.strip())
+        if self.replan_chunk_rows < 0:
+            raise ValueError(f"replan_chunk_rows must be >= 0 (0: re-plan the rest of an epoch in one go), got "
+                             f"{self.replan_chunk_rows}.")
         if self.mega_batch_factor < 1:
             raise ValueError(f"mega_batch_factor must be >= 1, got {self.mega_batch_factor}.")
         if not 0 < self.explore_alpha < 1:

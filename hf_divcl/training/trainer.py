@@ -263,7 +263,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             valid_label_columns=valid_label_columns, generator=generator, seed=seed, bank=self.bank,
             window=policy.window, builder=policy.builder, builder_kwargs=policy.builder_kwargs,
             temperature=a.temperature, processes=self.processes(), on_infeasible=a.on_infeasible, dedupe=a.dedupe,
-            show_progress=False if a.disable_tqdm else None)
+            show_progress=False if a.disable_tqdm else None, replan_chunk_rows=a.replan_chunk_rows)
         state = self.saved.sampler()
         if state is not None:
             sampler.load_state_dict(state, skip=False)
