@@ -413,8 +413,8 @@ def merge(paths: list[str], out: Path) -> None:
     base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
     for path, part in zip(paths[1:], parts[1:], strict=True):
         other = {k: v for k, v in part["config"].items() if k not in skip}
-        if other != base:
-            diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))  # absent == None
+        if diff:
             raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(diff)}); only seeds may differ.")
     runs = [r for part in parts for r in part["runs"]]
     seen = [(r["policy"], r["seed"]) for r in runs]
