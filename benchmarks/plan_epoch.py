@@ -199,12 +199,16 @@ def replan_main(args) -> dict:
                   f"{r.get('in_window_fraction', float('nan')):.3f}; wait at "
                   + ", ".join(f"{t} s/step {v:.1f} s" for t, v in r.get("stall_seconds", {}).items())
                   + f" {r.get('error', '')}", flush=True)
-    out = {"benchmark": "plan_replan", "batch_size": args.batch_size, "dim": args.dim, "threads": args.threads,
+    return write_result(args, "plan_replan", load_at_start, rows, step_times=args.step_times,
+                        stall="computed from the measured times at which each part became available: a loop taking "
+                              "t s per global batch waits whenever it reaches a part that is not ready yet")
+
+
+def write_result(args, name: str, load_at_start: list[float], rows: list[dict], **extra) -> dict:
+    """Write the benchmark's JSON (settings, machine, load average at start and end, rows) to ``args.output``."""
+    out = {"benchmark": name, "batch_size": args.batch_size, "dim": args.dim, "threads": args.threads,
            "machine": platform.machine(), "load_average_at_start": load_at_start,
-           "load_average_at_end": list(os.getloadavg()), "step_times": args.step_times,
-           "stall": "computed from the measured times at which each part became available: a loop taking t s per "
-                    "global batch waits whenever it reaches a part that is not ready yet",
-           "rows": rows}
+           "load_average_at_end": list(os.getloadavg()), **extra, "rows": rows}
     path = Path(args.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
@@ -272,16 +276,9 @@ def main(argv=None) -> dict:
                   f"{r.get('extra_mb', float('nan')):6.0f} MB = {r.get('extra_over_bank', float('nan')):4.2f} x bank "
                   f"({r.get('bank_mb', 0):4.0f} MB)  in window {'-' if iw is None else f'{iw:.3f}'}  "
                   f"{r.get('error', '')}", flush=True)
-    out = {"benchmark": "plan_epoch", "batch_size": args.batch_size, "dim": args.dim, "threads": args.threads,
-           "machine": platform.machine(), "load_average_at_start": load_at_start,
-           "load_average_at_end": list(os.getloadavg()),
-           "memory": "extra_mb = peak RSS while planning (VmHWM, reset after building the bank) - RSS before planning",
-           "rows": rows}
-    path = Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"written {path}")
-    return out
+    return write_result(args, "plan_epoch", load_at_start, rows,
+                        memory="extra_mb = peak RSS while planning (VmHWM, reset after building the bank) - RSS "
+                               "before planning")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self.replan_chunk_rows = int(opts["replan_chunk_rows"] or 0)
         if self.replan_chunk_rows < 0:
             raise ValueError(f"replan_chunk_rows must be >= 0 (0: re-plan in one go), got {self.replan_chunk_rows}.")
-        # parts of a re-plan still being planned in the background: (plan they belong to, [(first, end, future)])
+        # parts of a re-plan still being planned in the background:
+        # (plan they belong to, [(first global batch, end, future)], the bank snapshot they read)
         self._pending: tuple[EpochPlan, list[tuple[int, int, Future]], Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.background_plan_seconds = 0.0  # planning done in the background thread (not on the training path)
@@ -369,15 +370,17 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         head_in = plan.in_window[:cut] if window is not None and plan.window == window \
             else torch.zeros(cut, dtype=torch.bool)
         chunked = self.builder != "random" and 0 < self.replan_chunk_rows < rest.numel()
-        # the parts take the rows left in a seeded random order, ``rest = snap_rows[order]``; the bank may change
-        # once training goes on, so the rows' embeddings are copied now, in row order (a sorted gather is ~2x faster
-        # than a random one), and each part gathers its own rows from the copy
-        snap_rows = rest.sort().values if chunked else rest
-        order = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(
-            mix_seed(mix_seed(self.seed, self.epoch), cut))) if chunked else torch.arange(rest.numel())
-        rest = snap_rows[order]
-        snap = (_Snapshot(self._bank, self.embeddings(), snap_rows) if chunked else self.embeddings()[rest]) \
-            if uses_bank else None
+        snap, order = None, None
+        if chunked:
+            # the parts take the rows left in a seeded random order, ``rest = snap_rows[order]``, and read their
+            # embeddings as they are now from a snapshot (kept in row order: a sorted gather is ~2x faster)
+            snap_rows = rest.sort().values
+            order = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(
+                mix_seed(mix_seed(self.seed, self.epoch), cut)))
+            rest = snap_rows[order]
+            snap = _Snapshot(self._bank, self.embeddings(), snap_rows) if uses_bank else None
+        elif uses_bank:
+            snap = self.embeddings()[rest]
         grp = groups[rest] if groups is not None else None
         bounds = _part_bounds(rest.numel(), g, self.replan_chunk_rows) if chunked else [(0, rest.numel())]
         opts = {"batch_size": g, "builder": self.builder, "seed": self.seed,

@@ -294,8 +294,7 @@ class StepExplorer(TrainerCallback):
                 if isinstance(err, RuntimeError) and "out of memory" in str(err).lower():
                     raise
                 payload = [None, None, f"{type(err).__name__}: {err}"]
-        if t.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(payload, src=0)
+        payload = self.agreed(payload)
         if isinstance(payload[2], str):
             self.finish("random", None, f"exploration failed: {payload[2]}; kept random batches", block_index)
             return
