@@ -101,6 +101,8 @@ def test_sgd_is_scored_with_the_identity_preconditioner(tiny_model_dir, tmp_path
 def test_explore_settings_are_checked():
     with pytest.raises(ValueError, match="explore_alpha"):
         DivCLTrainingArguments(output_dir="x", window="explore", explore_alpha=1.5)
+    with pytest.raises(ValueError, match="explore_recheck_blocks"):
+        DivCLTrainingArguments(output_dir="x", window="explore", explore_recheck_blocks=1)
     with pytest.raises(ValueError, match="does not combine"):
         DivCLTrainingArguments(output_dir="x", window="explore", builder="learnability")
 
@@ -122,3 +124,31 @@ def test_a_window_chosen_mid_epoch_is_planned_in_parts_and_resumes_exactly(tiny_
     a = {r["step"]: r["loss"] for r in full.state.log_history if "loss" in r}
     b = {r["step"]: r["loss"] for r in resumed.state.log_history if "loss" in r}
     assert [s for s in b if s > 10] == [s for s in a if s > 10] and all(a[s] == b[s] for s in b if s > 10)
+
+
+@pytest.mark.slow
+def test_a_window_that_falls_behind_at_its_recheck_is_dropped_and_a_resume_mid_recheck_is_exact(tiny_model_dir,
+                                                                                                 tmp_path):
+    # explore_alpha = 0.9 on this seed chooses the tight level early (no evidence: it makes a decision to re-check);
+    # the re-check at twice that step then finds the window behind random batches and drops it
+    kw = dict(calibration_levels="local:16", explore_alpha=0.9, seed=0, max_steps=60, save_strategy="steps",
+              save_steps=10)
+    full = run(tiny_model_dir, tmp_path / "full", **kw)
+    explore, recheck = (json.loads(x) for x in (tmp_path / "full" / EXPLORE_FILE).read_text().splitlines())
+    assert explore["decision"] == "window" and explore["estimate"] == "explore"
+    assert recheck["estimate"] == "recheck" and recheck["decision"] == "random"
+    assert "fell behind random batches with confidence" in recheck["reason"]
+    starts = [b["start"] for b in recheck["blocks"]]
+    assert starts[0] > 2 * explore["step"] - 1 and all(sorted(b["order"]) == ["local:16", "random"]
+                                                       for b in recheck["blocks"])
+    assert recheck["levels"][0]["ci_high"] < 0 and full.divcl_sampler.builder == "random"
+    assert full.follower.next_check is None  # no further re-checks once back on random batches
+    info = json.loads((tmp_path / "full" / "divcl_window.json").read_text())
+    assert info["decision"] == "random" and info["calibrations"] == 2
+    state = json.loads((tmp_path / "full" / "checkpoint-20" / "divcl_state" / "progress.json").read_text())
+    assert state["phase"] == "recheck" and not state["finished"]  # this checkpoint is mid-re-check
+    resumed = run(tiny_model_dir, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-20"), **kw)
+    a = {r["step"]: r["loss"] for r in full.state.log_history if "loss" in r}
+    b = {r["step"]: r["loss"] for r in resumed.state.log_history if "loss" in r}
+    assert [s for s in b if s > 20] == [s for s in a if s > 20] and all(a[s] == b[s] for s in b if s > 20)
+    assert resumed.follower.history[-1]["reason"] == full.follower.history[-1]["reason"]

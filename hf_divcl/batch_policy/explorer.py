@@ -8,6 +8,12 @@ just computed, with the optimizer's preconditioner and the retrieval probe's gra
 decides after whole blocks. A window is then applied for the rest of the run (the epoch is re-planned from the
 next batch not yet handed out), or the run stays on random batches with the reason.
 
+A chosen window is re-checked as the model moves: when it was chosen at step ``s``, short re-checks start at
+``2s``, ``4s``, … (while one fits before the end). A re-check is a small exploration with two arms — the window's
+own planned batch and a random batch drawn from a fresh candidate sample — for up to ``recheck_blocks`` blocks;
+the run goes back to random batches only when the window is *behind* random with confidence (the same one-sided
+test), and keeps the window otherwise (the evidence that chose it stands until contradicted).
+
 Cost (batch equivalents: one forward + backward of a training batch = 1, a forward alone ≈ 1/3): each refresh
 encodes ``S`` candidate rows (``S/(3B)``) and takes the probe gradient over ``P`` probe pairs (``P/B``); a step's
 score is one pass over the gradients. Refreshes are spaced so that their total stays within
@@ -62,6 +68,7 @@ class ExplorePlan:
     total_steps: int
     cost_per_refresh: float  # batch equivalents
     reason: str = ""
+    recheck_blocks: int = 10
 
     @property
     def steps(self) -> list[int]:
@@ -75,7 +82,7 @@ class ExplorePlan:
 def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, probe_rows: int, budget: float = 0.05,
                      max_fraction: float = 0.3, min_blocks: int = 10, alpha: float = 0.05,
                      levels: list[str] | None = None, sample_rows: int = 0,
-                     probe_temperature: float = 0.05) -> ExplorePlan:
+                     probe_temperature: float = 0.05, recheck_blocks: int = 10) -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
@@ -88,7 +95,7 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     refreshes = math.floor(budget * total_steps / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
-              "cost_per_refresh": per_refresh}
+              "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks}
     if not lv:
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
     if max_blocks < min_blocks:
@@ -121,7 +128,8 @@ def schedule_exploration(dataset, args, global_batch: int):
         budget=args.calibration_budget, max_fraction=args.explore_max_fraction, min_blocks=args.explore_min_blocks,
         alpha=args.explore_alpha,
         levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
-        sample_rows=args.calibration_sample_rows, probe_temperature=args.explore_probe_temperature)
+        sample_rows=args.calibration_sample_rows, probe_temperature=args.explore_probe_temperature,
+        recheck_blocks=args.explore_recheck_blocks)
     if plan.max_blocks and rest < max(2 * global_batch, plan.sample_rows):
         plan.max_blocks, plan.reason = 0, (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
                                            f"and still draw candidate batches of {global_batch} from "
@@ -168,7 +176,12 @@ class StepExplorer(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.passes = {"probe_refreshes": 0, "encoded_rows": 0, "scored_steps": 0}
-        self.finished = False
+        self.finished = False  # no experiment running (exploration over, no re-check under way)
+        self.phase = "explore"  # or "recheck"
+        self.level: str | None = None  # the level of the window in force
+        self.next_check: int | None = None  # the step at which the next re-check starts
+        self.rechecks = 0
+        self.start_slot = 0  # the experiment's blocks start at or after this step
         self._params: list[torch.nn.Parameter] | None = None
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -182,7 +195,9 @@ class StepExplorer(TrainerCallback):
         return {"kind": "explore", "test": self.test.state_dict(), "blocks": blocks,
                 "drawn": {str(k): v for k, v in self.drawn.items()}, "history": self.history,
                 "seconds": self.seconds, "passes": self.passes, "finished": self.finished,
-                "refreshed_at": self.refreshed_at, "plan": self.plan.to_dict()}
+                "refreshed_at": self.refreshed_at, "plan": self.plan.to_dict(), "phase": self.phase,
+                "level": self.level, "next_check": self.next_check, "rechecks": self.rechecks,
+                "start_slot": self.start_slot}
 
     def state_arrays(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint keeps beside :meth:`state_dict`: the candidate sample, its embeddings and the
@@ -196,6 +211,11 @@ class StepExplorer(TrainerCallback):
         if state.get("kind") != "explore":
             raise ValueError("Cannot resume window='explore' from a checkpoint of another window policy; resume "
                              "with the checkpoint's window setting.")
+        self.phase, self.level = state.get("phase", "explore"), state.get("level")
+        self.next_check, self.rechecks = state.get("next_check"), int(state.get("rechecks", 0))
+        self.start_slot = int(state.get("start_slot", 0))
+        if self.phase == "recheck":
+            self.test = self.recheck_test()
         self.test.load_state_dict(state["test"])
         self.blocks = [{**b, "scores": {k: torch.tensor(v, dtype=torch.float64) for k, v in b["scores"].items()}}
                        for b in state["blocks"]]
@@ -237,11 +257,12 @@ class StepExplorer(TrainerCallback):
         b = self._block_of(slot)
         if b is None:
             end = self.blocks[-1]["start"] + len(self.blocks[-1]["order"]) if self.blocks else 0
-            if slot < end or len(self.blocks) >= self.plan.max_blocks + 2:
+            if slot < max(end, self.start_slot) or len(self.blocks) >= self.test.looks[-1] + 2:
                 return None
             arms = self.test.arms
             b = {"index": len(self.blocks), "start": slot,
-                 "order": block_order(arms, len(self.blocks), int(self.trainer.args.seed)), "scores": {}}
+                 "order": block_order(arms, self.block_key(len(self.blocks)), int(self.trainer.args.seed)),
+                 "scores": {}}
             self.blocks.append(b)
         return b, b["order"][slot - b["start"]]
 
@@ -256,7 +277,8 @@ class StepExplorer(TrainerCallback):
             return None
         arm = found[1]
         rows = planned
-        if arm != RANDOM_ARM and planned.numel() == self.trainer.global_batch_size():
+        planned_arm = RANDOM_ARM if self.phase == "explore" else self.level  # the arm the sampler's batch serves
+        if arm != planned_arm and planned.numel() == self.trainer.global_batch_size():
             if slot not in self.drawn:
                 gen = torch.Generator().manual_seed(mix_seed(int(self.trainer.args.seed), 7_000_003 + slot))
                 pick = draw_level(self.sample_emb, parse_level(arm), planned.numel(), 1, gen)[0]
@@ -287,7 +309,8 @@ class StepExplorer(TrainerCallback):
         if t.is_world_process_zero():
             try:
                 with ProbeEnv(t):
-                    rows, emb = calibration_sample(t, self.plan.sample_rows, seed=mix_seed(t.args.seed, block_index))
+                    rows, emb = calibration_sample(t, self.plan.sample_rows,
+                                                   seed=mix_seed(t.args.seed, self.block_key(block_index)))
                     grad = probe_gradient(t, self.params(), self.plan.probe_temperature)
                 payload = [rows, emb, [g.cpu() for g in grad]]
             except (ValueError, RuntimeError) as err:
@@ -333,6 +356,8 @@ class StepExplorer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.finished:
+            if self.next_check is not None and state.global_step >= self.next_check:
+                self.start_recheck(state.global_step)
             return
         t0 = time.perf_counter()
         done = [b for b in self.blocks if not b.get("tested") and len(b["scores"]) == len(b["order"])]
@@ -347,13 +372,67 @@ class StepExplorer(TrainerCallback):
                 return
             decision = self.test.add_block(scores)
             if decision.status != "exploring":
+                self.seconds += time.perf_counter() - t0
                 self.conclude(decision, state.global_step)
                 return
         self.seconds += time.perf_counter() - t0
         if done and self.test.blocks - self.refreshed_at >= self.plan.refresh_blocks:
             self.refresh(self.test.blocks)
-        if len(self.blocks) > self.plan.max_blocks + 1 and not self.finished:
+        if len(self.blocks) > self.test.looks[-1] + 1 and not self.finished:
             self.conclude(self.test.decision, state.global_step)
+
+    # -- re-checks -----------------------------------------------------------------------------------------------
+
+    def block_key(self, index: int) -> int:
+        """A block's key for its arm order and candidate sample: exploration's blocks count from 0, each re-check's
+        from its own offset, so no two blocks of a run share one."""
+        return index + 1_000_003 * self.rechecks
+
+    def recheck_test(self) -> SequentialTest:
+        n = self.plan.recheck_blocks
+        return SequentialTest([self.level], alpha=self.plan.alpha, min_blocks=max(2, n // 2), max_blocks=n)
+
+    def next_slot(self) -> int:
+        """The first step whose batches the sampler has not handed out yet (the same on every process)."""
+        sampler = self.trainer.divcl_sampler
+        ga = max(1, int(self.trainer.args.gradient_accumulation_steps))
+        plan = sampler.plan()
+        return self.agreed(-(-(sampler.epoch * len(plan.batches) + sampler.yielded_global()) // ga))
+
+    def schedule_recheck(self, step: int) -> None:
+        """The next re-check at twice ``step``, if it and its blocks fit before the run ends."""
+        n = self.plan.recheck_blocks
+        at = max(2 * step, step + 1)
+        fits = n >= 2 and at + 2 * n + 2 <= self.plan.total_steps
+        self.next_check = at if fits and self.level is not None and self.trainer.divcl_sampler is not None else None
+
+    def start_recheck(self, step: int) -> None:
+        """Open a re-check of the window in force: two arms (its planned batch, a random batch from a fresh
+        candidate sample) from the next step whose batches are not handed out yet."""
+        self.rechecks += 1
+        self.phase = "recheck"
+        self.next_check = None
+        self.test = self.recheck_test()
+        self.blocks, self.finished = [], False
+        self.drawn.clear()
+        self.keys.clear()
+        self.start_slot = self.next_slot()
+        logger.info("window='explore': re-check %d of the window (%s) from step %d, up to %d blocks.",
+                    self.rechecks, self.level, self.start_slot, self.plan.recheck_blocks)
+        self.refresh(0)
+
+    def end_recheck(self, decision, step: int) -> None:
+        """Revert to random batches when the window is behind with confidence; keep it otherwise."""
+        stats = self.test.statistics(self.level)
+        head = (f"re-check {self.rechecks} at step {step} ({self.test.blocks} blocks, window − random "
+                f"{stats['mean']:.3g}, one-sided bounds [{stats['low']:.3g}, {stats['high']:.3g}])")
+        if decision.status == "random" and not self.test.active:
+            self.finish("random", None, f"{head}: the window ({self.level}) fell behind random batches with "
+                        "confidence; back to random batches", step, levels=decision.levels, estimate="recheck")
+            return
+        why = "ahead of random batches" if decision.status == "window" else "not behind random batches with confidence"
+        self.finish("window", self.current.window, f"{head}: the window is {why}; kept", step,
+                    self.level, levels=decision.levels, estimate="recheck", apply=False)
 
     # -- the decision --------------------------------------------------------------------------------------------
 
@@ -373,6 +452,9 @@ class StepExplorer(TrainerCallback):
         return measure_diversity(self.sample_emb[idx], "effective_rank")
 
     def conclude(self, decision, step: int) -> None:
+        if self.phase == "recheck":
+            self.end_recheck(decision, step)
+            return
         window = None
         if decision.status == "window" and self.sample_emb is not None:
             values = self.level_diversity(decision.level)
@@ -384,7 +466,9 @@ class StepExplorer(TrainerCallback):
                     levels=decision.levels)
 
     def finish(self, status: str, window: DiversityWindow | None, reason: str, step: int, level: str | None = None,
-               levels: dict[str, Any] | None = None) -> None:
+               levels: dict[str, Any] | None = None, estimate: str = "explore", apply: bool = True) -> None:
+        """Record the outcome of the exploration or re-check, apply it (``apply``: re-plan the epoch from the next
+        batch not handed out) and schedule the next re-check while a window is in force."""
         t = self.trainer
         self.finished = True
         self.drawn.clear()
@@ -395,16 +479,20 @@ class StepExplorer(TrainerCallback):
                  "ci_low": s.get("low", -math.inf), "ci_high": s.get("high", math.inf), "blocks": s.get("blocks", 0),
                  "active": s.get("active", False)} for name, s in (levels or {}).items()]
         cal = ProgressCalibration(status, window, level, reason, temperature=float(t.args.temperature),
-                                  batch_size=t.global_batch_size(), estimate="explore", confidence=1 - self.plan.alpha,
+                                  batch_size=t.global_batch_size(), estimate=estimate, confidence=1 - self.plan.alpha,
                                   n_pairs=self.test.blocks, step=step, levels=rows,
                                   random_metric=diversity[RANDOM_ARM] or float("nan"),
                                   cost={"seconds": self.seconds, **{k: float(v) for k, v in self.passes.items()},
                                         "preconditioner": self.preconditioner_name})
         record = cal.to_dict()
         self.history.append(record)
-        sampler = t.divcl_sampler
-        cut = self.agreed(sampler.yielded_global() if sampler is not None and window is not None else None)
-        t.apply_window(window, cut=cut)
+        if apply:
+            sampler = t.divcl_sampler
+            replan = window is not None or self.phase == "recheck"
+            cut = self.agreed(sampler.yielded_global() if sampler is not None and replan else None)
+            t.apply_window(window, cut=cut)
+        self.level = level if window is not None else None
+        self.schedule_recheck(step)
         logger.warning("window='explore' at step %d after %d blocks: %s — %s", step, self.test.blocks,
                        f"window {window.metric} in [{window.low:.2f}, {window.high:.2f}] ({level})" if window
                        else "random batches", reason)

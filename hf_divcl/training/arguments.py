@@ -71,6 +71,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             `window="explore"`: blocks before the sequential test's first look.
         explore_probe_temperature (`float`, *optional*, defaults to `0.05`):
             `window="explore"`: temperature of the retrieval probe.
+        explore_recheck_blocks (`int`, *optional*, defaults to `10`):
+            `window="explore"`: after a window is chosen at step s, re-check it against random batches at 2s, 4s…
+            for up to this many blocks; revert to random batches when it is behind with confidence (0: never).
 
         > Batch policy: the builder
 
@@ -211,6 +214,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     explore_probe_temperature: float = field(default=0.05, metadata={
         "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
                 "positives); small values follow ranking metrics such as ndcg@10 closely."})
+    explore_recheck_blocks: int = field(default=10, metadata={
+        "help": "'explore' window: after a window is chosen at step s, re-check it at steps 2s, 4s, … with up to "
+                "this many blocks (window batch vs random batch, scored like exploration) and go back to random "
+                "batches if the window is behind with confidence (0: never re-check)."})
 
     # batch policy: the builder
     builder: str = field(default="greedy", metadata={
@@ -404,6 +411,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         if self.explore_min_blocks < 2:
             raise ValueError(f"explore_min_blocks must be >= 2 (a paired test needs two blocks), got "
                              f"{self.explore_min_blocks}.")
+        if self.explore_recheck_blocks < 0 or self.explore_recheck_blocks == 1:
+            raise ValueError(f"explore_recheck_blocks must be 0 (no re-checks) or >= 2 (a paired test needs two "
+                             f"blocks), got {self.explore_recheck_blocks}.")
         if not self.explore_probe_temperature > 0:
             raise ValueError(f"explore_probe_temperature must be > 0, got {self.explore_probe_temperature}.")
         if self.window == "explore" and (self.builder in SELECTORS or self.mega_batch_factor > 1):

@@ -60,27 +60,31 @@ def test_one_and_two_processes_train_on_the_same_global_batches(tiny_model_dir, 
 
 
 def test_explore_under_two_processes_trains_the_same_arms_and_applies_one_decision(tiny_model_dir, tmp_path):
-    """window="explore" under DDP (the first process's block scores and re-plan cut are broadcast): both processes
-    draw the arms' global batches alike — the same as one process while the weights are identical — the run ends
-    with one recorded decision, and the two shards never overlap, before or after it."""
+    """window="explore" under DDP (the first process's block scores, re-plan cuts and re-check start are broadcast):
+    both processes draw the arms' global batches alike — the same as one process while the weights are identical —
+    the run records one decision and one re-check, and the two shards never overlap, before, during or after them."""
+    # explore_alpha = 0.9 makes a decision early (not evidence for it), so that a re-check follows within the run
     flags = ["--rows", "400", "--window", "explore", "--calibration-budget", "0.5", "--explore-min-blocks", "3",
-             "--calibration-levels", "local:16,spread:4", "--max-steps", "40", "--save-steps", "100"]
+             "--calibration-levels", "local:16", "--explore-alpha", "0.9", "--max-steps", "60", "--save-steps", "100"]
     one, two = tmp_path / "one", tmp_path / "two"
     train(tiny_model_dir, one, "--batch", "16", *flags)
     train(tiny_model_dir, two, "--batch", "8", *flags, launch=LAUNCH)
     rec_one = json.loads((one / "divcl_explore.jsonl").read_text().splitlines()[0])
-    rec_two = json.loads((two / "divcl_explore.jsonl").read_text().splitlines()[0])
+    rec_two, recheck = (json.loads(x) for x in (two / "divcl_explore.jsonl").read_text().splitlines())
     assert [b["order"] for b in rec_two["blocks"]] == [b["order"] for b in rec_one["blocks"]][:len(rec_two["blocks"])]
     single, r0, r1 = steps(one), steps(two, 0), steps(two, 1)
-    tested = [b for b in rec_two["blocks"] if len(b["scores"]) == 3]
-    assert len(tested) >= 3 and rec_two["cost"]["scored_steps"] == 3 * len(tested)
+    tested = [b for b in rec_two["blocks"] if len(b["scores"]) == 2]
+    assert len(tested) >= 3 and rec_two["cost"]["scored_steps"] == 2 * len(tested)
+    assert rec_two["decision"] == "window" and recheck["estimate"] == "recheck"
+    assert recheck["blocks"][0]["start"] >= 2 * rec_two["step"]
     # the first block is drawn from the candidate sample taken before any step, when the weights of both runs are
     # identical: the same global batches (later, DDP's average of two half-batch gradients rounds differently from
     # one batch's gradient, and a re-embedded sample may put a row or two in other neighbourhoods)
-    for s in range(3):
+    for s in range(2):
         assert sorted(r0[s]["rows"] + r1[s]["rows"]) == sorted(single[s]["rows"]), f"step {s + 1}"
-    for s in range(len(r0)):  # before and after the decision the two shards never overlap
+    assert len(r0) == len(r1) == 60
+    for s in range(len(r0)):  # before and after the decision and the re-check the two shards never overlap
         assert not set(r0[s]["rows"]) & set(r1[s]["rows"]), f"step {s + 1}"
         assert len(r0[s]["rows"]) == len(r1[s]["rows"]) == 8
     window = json.loads((two / "divcl_window.json").read_text())
-    assert window["decision"] == rec_two["decision"]
+    assert window["decision"] == recheck["decision"] and window["calibrations"] == 2
