@@ -9,6 +9,8 @@ the batch sampler differs:
     gradient         the old default: gradient-magnitude window calibrated once at the start, Greedy-64
     progress         the default DivCLTrainer (window="progress": measured progress vs random, 5 % budget)
     progress_follow  progress calibration re-measured every --follow-every steps (budget --follow-budget)
+    explore          window="explore": the first steps are the experiment, a chosen window is re-checked at 2s, 4s…
+    explore_once     the same without re-checks (explore_recheck_blocks=0)
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -83,6 +85,7 @@ POLICIES = {
     "spread_hardness": {"builder": "greedy", "builder_kwargs": {"m": 64}},
     "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
     "explore": {"window": "explore"},
+    "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
 }
 
 
@@ -229,7 +232,7 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         if not a.best_window:
             raise SystemExit("best_fixed needs --best-window low:high (e.g. from window_location.py at this τ)")
         opts["window"] = a.best_window
-    if policy == "explore":
+    if policy.startswith("explore"):
         if a.explore_budget is not None:
             opts["calibration_budget"] = a.explore_budget
         if a.explore_probe_rows:
