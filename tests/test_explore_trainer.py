@@ -11,6 +11,7 @@ import pytest
 from hf_divcl.batch_policy.explorer import EXPLORE_FILE, plan_exploration
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.publish.card import write_model_card
 from hf_divcl.training.arguments import DivCLTrainingArguments
 from hf_divcl.training.trainer import DivCLTrainer
 
@@ -145,6 +146,8 @@ def test_a_window_that_falls_behind_at_its_recheck_is_dropped_and_a_resume_mid_r
     assert full.follower.next_check is None  # no further re-checks once back on random batches
     info = json.loads((tmp_path / "full" / "divcl_window.json").read_text())
     assert info["decision"] == "random" and info["calibrations"] == 2
+    card = write_model_card(tmp_path / "full", base_model="tiny", dataset="pairs", train_rows=400).read_text()
+    assert r"| random \(re-check\) |" in card and "re-checked against random batches" in card
     state = json.loads((tmp_path / "full" / "checkpoint-20" / "divcl_state" / "progress.json").read_text())
     assert state["phase"] == "recheck" and not state["finished"]  # this checkpoint is mid-re-check
     resumed = run(tiny_model_dir, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-20"), **kw)

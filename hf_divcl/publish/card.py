@@ -149,7 +149,8 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
             raw.append(c)
             best = max(c.get("levels") or [{}], key=lambda r: r.get("gain_vs_random", float("-inf")) or 0.0)
             w = c.get("window") or {}
-            rows.append({"step": c.get("step"), "decision": c.get("decision", "?"),
+            recheck = " (re-check)" if c.get("estimate") == "recheck" else ""
+            rows.append({"step": c.get("step"), "decision": c.get("decision", "?") + recheck,
                          "window": f"[{_fmt(w.get('low'))}, {_fmt(w.get('high'))}]" if w else "random batches",
                          "best_level": best.get("level", "–"), "gain": _fmt(best.get("gain_vs_random"), 3),
                          "interval": f"[{_fmt(best.get('ci_low'), 3)}, {_fmt(best.get('ci_high'), 3)}]"
@@ -161,6 +162,8 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
     start = ("The first steps explored: blocks of steps on random batches and each candidate diversity level, "
              "compared by the held-out progress each step bought." if info.get("policy") == "explore" else
              "Batches were random until a measured diversity level beat random batches.")
+    if any(c.get("estimate") == "recheck" for c in raw):
+        start += " The chosen window was re-checked against random batches as the model moved."
     summary = (f"{start} Final decision: {'a diversity window' if decision == 'window' else 'random batches'} — "
                f"{why}." if progress else "")
     return {"policy": info.get("policy", "fixed"), "policy_summary": summary, "calibrations": rows,
