@@ -154,7 +154,8 @@ def vision_task(a):
     tmp = Path(tempfile.mkdtemp(prefix="ttq-vit-"))
 
     def make_model(seed):
-        path = build_tiny_vit_sentence_transformer(tmp / f"s{seed}", hidden_size=64, layers=2, seed=seed)
+        path = build_tiny_vit_sentence_transformer(tmp / f"s{seed}", hidden_size=a.vit_hidden or 64,
+                                                   layers=a.vit_layers or 2, seed=seed)
         return SentenceTransformer(path, device="cpu")
 
     def evaluate(model):
@@ -441,6 +442,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=None, help="default: 10 (text) / 40 (vision)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 32 (text) / 128 (vision)")
     p.add_argument("--rows", type=int, default=0, help="training rows (0: all text pairs / 4096 images)")
+    p.add_argument("--vit-hidden", type=int, default=None, help="vision: the ViT's hidden size (default 64)")
+    p.add_argument("--vit-layers", type=int, default=None, help="vision: the ViT's layers (default 2)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None, help="default: 0.05 (text) / 0.2 (vision)")
     p.add_argument("--source", default="auto", help="text data: auto (Debian WordNet if installed), embedded, debian")
