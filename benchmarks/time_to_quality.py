@@ -276,7 +276,8 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     log = [r for r in trainer.state.log_history if "divcl/in_window_fraction" in r]
     follower = trainer.follower
     calibrations = [{k: h.get(k) for k in ("step", "decision", "level", "reason", "window", "levels",
-                                             "wall_seconds", "cost")} for h in follower.history] if follower else []
+                                             "wall_seconds", "cost", "estimate")} for h in follower.history] \
+        if follower else []
     total = clock.seconds()
     return {"policy": policy, "seed": seed, "curve": results, "total_seconds": total, "measured": measured,
             "in_window_fraction": statistics.fmean(r["divcl/in_window_fraction"] for r in log) if log else None,
@@ -498,7 +499,9 @@ def main() -> None:
                 r = run_one(policy, seed, task, a, Path(tmp))
                 runs.append(r)
                 last = r["curve"][-1]
-                decided = ", ".join(f"{c['step']}:{c['level'] or 'random'}" for c in r["calibrations"])
+                decided = ", ".join(f"{c['step']}:{c['level'] or 'random'}"
+                                    f"{' (re-check)' if c.get('estimate') == 'recheck' else ''}"
+                                    for c in r["calibrations"])
                 print(f"seed {seed} {policy:15s} final {task[4]} {last['score']:.4f}  {r['total_seconds']:.1f} s "
                       f"(selection {r['selection_seconds']:.1f} s, calibration {r['calibration_seconds']:.1f} s"
                       f"{'; ' + decided if decided else ''})", flush=True)
