@@ -11,6 +11,7 @@ the batch sampler differs:
     progress_follow  progress calibration re-measured every --follow-every steps (budget --follow-budget)
     explore          window="explore": the first steps are the experiment, a chosen window is re-checked at 2s, 4s…
     explore_once     the same without re-checks (explore_recheck_blocks=0)
+    explore_labels   explore scored on the label probe (a soft k-NN over the probe rows' classes; image task)
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -86,6 +87,7 @@ POLICIES = {
     "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
     "explore": {"window": "explore"},
     "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
+    "explore_labels": {"window": "explore", "explore_probe": "labels"},
 }
 
 

@@ -9,6 +9,7 @@ from hf_divcl.batch_policy.explore import (
     RANDOM_ARM,
     SequentialTest,
     block_order,
+    label_probe_loss,
     look_schedule,
     preconditioner,
     retrieval_probe_loss,
@@ -45,6 +46,30 @@ def test_retrieval_probe_is_cross_entropy_against_every_probe_positive():
     logits = un @ vn.T / 0.1
     ref = -(logits.diagonal() - logits.logsumexp(-1)).mean()
     assert torch.allclose(retrieval_probe_loss(u, v, 0.1), ref, rtol=1e-12)
+
+
+def test_label_probe_is_a_soft_knn_over_the_other_probe_rows_of_each_label():
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn(40, 8, generator=g, dtype=torch.float64), torch.randn(40, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(4, (40,), generator=g)
+    labels[0] = 9  # a label of one row: that anchor has no neighbour of its class and is left out
+    un, vn = u / u.norm(dim=-1, keepdim=True), v / v.norm(dim=-1, keepdim=True)
+    terms = []
+    for i in range(40):
+        others = [j for j in range(40) if j != i]
+        same = [j for j in others if labels[j] == labels[i]]
+        if same:
+            w = {j: math.exp(float(un[i] @ vn[j]) / 0.2) for j in others}
+            terms.append(-math.log(sum(w[j] for j in same) / sum(w.values())))
+    assert label_probe_loss(u, v, labels, 0.2).item() == pytest.approx(sum(terms) / len(terms), rel=1e-12)
+    # what k-NN rewards: pulling same-class rows together lowers it, pushing them apart raises it
+    centres = torch.randn(4, 8, generator=g, dtype=torch.float64)
+    clustered = centres[labels.clamp(max=3)] + 0.1 * u
+    assert label_probe_loss(clustered, clustered, labels, 0.2) < label_probe_loss(u, v, labels, 0.2)
+    with pytest.raises(ValueError, match="every label occurs once"):
+        label_probe_loss(u[:4], v[:4], torch.arange(4), 0.2)
+    with pytest.raises(ValueError, match="one per probe row"):
+        label_probe_loss(u, v, labels[:5], 0.2)
 
 
 def _adam_setup(betas=(0.0, 0.999)):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from datasets import Value
 
 from hf_divcl.batch_policy.explorer import EXPLORE_FILE, plan_exploration
 from hf_divcl.data.wordnet import wordnet_pairs
@@ -155,3 +156,30 @@ def test_a_window_that_falls_behind_at_its_recheck_is_dropped_and_a_resume_mid_r
     b = {r["step"]: r["loss"] for r in resumed.state.log_history if "loss" in r}
     assert [s for s in b if s > 20] == [s for s in a if s > 20] and all(a[s] == b[s] for s in b if s > 20)
     assert resumed.follower.history[-1]["reason"] == full.follower.history[-1]["reason"]
+
+
+@pytest.mark.slow
+def test_the_label_probe_scores_image_steps_by_soft_knn_and_a_missing_label_column_is_named(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.data.images import fashion_mnist
+    from hf_divcl.models.vision import build_tiny_vit_sentence_transformer
+
+    model = SentenceTransformer(build_tiny_vit_sentence_transformer(tmp_path / "vit"), device="cpu")
+    args = DivCLTrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=5,
+        report_to=[], disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"),
+        save_strategy="no", seed=3, window="explore", calibration_budget=0.5, explore_min_blocks=3, max_steps=30,
+        loss_type="nt_xent", explore_probe="labels", calibration_levels="local:16")
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=fashion_mnist("train", limit=400))
+    assert len(set(trainer.probe_dataset["label"])) == 10  # 40 held-out images of every class
+    trainer.train()
+    record = json.loads((tmp_path / "out" / EXPLORE_FILE).read_text().splitlines()[0])
+    assert record["cost"]["scored_steps"] >= 2 * 3 and record["cost"]["probe_refreshes"] >= 1
+    assert json.loads((tmp_path / "out" / "divcl_window.json").read_text())["calibration_plan"]["probe"] == "labels"
+    with pytest.raises(ValueError, match=r"column 'label'.*explore_probe_label_column"):
+        run(tiny_model_dir, tmp_path / "text", explore_probe="labels")  # text pairs carry no label column
+    unlabelled = fashion_mnist("train", limit=400).cast_column("label", Value("int64"))
+    unlabelled = unlabelled.map(lambda r, i: {"label": None if i == 7 else r["label"]}, with_indices=True)
+    with pytest.raises(ValueError, match="Row 7, column 'label'"):
+        DivCLTrainer(model=model, args=args, train_dataset=unlabelled)

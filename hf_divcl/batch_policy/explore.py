@@ -19,7 +19,10 @@ with random batches and the reason: every level is behind, or none got ahead wit
 
 The probe (:func:`retrieval_probe_loss`) is retrieval over the whole probe set: each probe anchor against *all*
 probe positives (corpus-like negatives, ≥ 256 of them by default), not InfoNCE over random in-batch negatives —
-the objective a random batch estimates without bias, which favours random batches by construction.
+the objective a random batch estimates without bias, which favours random batches by construction. Where the
+user evaluates class-level k-NN (image encoders trained self-supervised), :func:`label_probe_loss` is the k-NN-faithful
+counterpart: each probe anchor retrieves the *other* probe items of its label among all of them (a soft k-NN over
+the probe set), so pushing apart two images of one class counts as harm, not as progress.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "ExploreDecision",
     "SequentialTest",
     "block_order",
+    "label_probe_loss",
     "look_schedule",
     "preconditioner",
     "retrieval_probe_loss",
@@ -80,6 +84,30 @@ def retrieval_probe_loss(anchors: torch.Tensor, positives: torch.Tensor, tempera
     v = torch.nn.functional.normalize(positives, dim=-1)
     logits = u @ v.T / temperature
     return torch.nn.functional.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
+
+
+def label_probe_loss(anchors: torch.Tensor, positives: torch.Tensor, labels: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Soft k-NN loss over a labelled probe set: anchor ``i`` ``(P, d)`` against the positives of every *other* probe
+    row ``(P, d)``; the loss is ``−log`` of the softmax mass (at ``temperature``) on rows sharing its label
+    ``(P,)``, averaged over anchors that have such a row. Rows are L2-normalised here. Returns a 0-dim tensor.
+
+    This is what k-NN classification rewards (neighbours of the same class), unlike instance retrieval
+    (:func:`retrieval_probe_loss`), which also rewards pushing apart two images of one class.
+    """
+    u = torch.nn.functional.normalize(anchors, dim=-1)
+    v = torch.nn.functional.normalize(positives, dim=-1)
+    n = u.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) (one per probe row), got {tuple(labels.shape)}.")
+    other = ~torch.eye(n, dtype=torch.bool, device=u.device)
+    same = (labels[:, None] == labels[None, :]).to(u.device) & other
+    has = same.any(dim=1)
+    if not bool(has.any()):
+        raise ValueError("the label probe needs at least two probe rows of one label; every label occurs once.")
+    logits = (u @ v.T / temperature).masked_fill(~other, float("-inf"))
+    pos = logits.masked_fill(~same, float("-inf")).logsumexp(dim=1)
+    return (logits.logsumexp(dim=1) - pos)[has].mean()
 
 
 def preconditioner(optimizer, params: Sequence[torch.nn.Parameter],

@@ -32,13 +32,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
 from .._common import HOLD_OUT_SEED, hold_out, mix_seed, total_training_steps
 from ..diversity.levels import draw_level, parse_level
 from ..diversity.window import DiversityWindow, measure_diversity
-from .explore import RANDOM_ARM, SequentialTest, block_order, preconditioner, retrieval_probe_loss, step_score
+from .explore import (
+    RANDOM_ARM,
+    SequentialTest,
+    block_order,
+    label_probe_loss,
+    preconditioner,
+    retrieval_probe_loss,
+    step_score,
+)
 from .follower import ProbeEnv, calibration_sample
 from .progress import ProgressCalibration, default_progress_levels
 
@@ -69,6 +78,8 @@ class ExplorePlan:
     cost_per_refresh: float  # batch equivalents
     reason: str = ""
     recheck_blocks: int = 10
+    probe: str = "retrieval"  # or "labels" (label_probe_loss over probe_label_column)
+    probe_label_column: str = "label"
 
     @property
     def steps(self) -> list[int]:
@@ -82,7 +93,8 @@ class ExplorePlan:
 def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, probe_rows: int, budget: float = 0.05,
                      max_fraction: float = 0.3, min_blocks: int = 10, alpha: float = 0.05,
                      levels: list[str] | None = None, sample_rows: int = 0,
-                     probe_temperature: float = 0.05, recheck_blocks: int = 10) -> ExplorePlan:
+                     probe_temperature: float = 0.05, recheck_blocks: int = 10, probe: str = "retrieval",
+                     probe_label_column: str = "label") -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
@@ -95,7 +107,8 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     refreshes = math.floor(budget * total_steps / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
-              "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks}
+              "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks, "probe": probe,
+              "probe_label_column": probe_label_column}
     if not lv:
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
     if max_blocks < min_blocks:
@@ -129,7 +142,8 @@ def schedule_exploration(dataset, args, global_batch: int):
         alpha=args.explore_alpha,
         levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
         sample_rows=args.calibration_sample_rows, probe_temperature=args.explore_probe_temperature,
-        recheck_blocks=args.explore_recheck_blocks)
+        recheck_blocks=args.explore_recheck_blocks, probe=args.explore_probe,
+        probe_label_column=args.explore_probe_label_column)
     if plan.max_blocks and rest < max(2 * global_batch, plan.sample_rows):
         plan.max_blocks, plan.reason = 0, (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
                                            f"and still draw candidate batches of {global_batch} from "
@@ -137,19 +151,39 @@ def schedule_exploration(dataset, args, global_batch: int):
     if not plan.max_blocks:
         logger.warning("window='explore': %s.", plan.reason)
         return dataset, None, plan
+    if plan.probe == "labels":
+        check_probe_labels(dataset, plan.probe_label_column)
     dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + HOLD_OUT_SEED)
     logger.info("window='explore': %d probe rows held out; %s.", probe, plan.reason)
     return dataset, probe_dataset, plan
 
 
-def probe_gradient(trainer: PolicyHost, params: list[torch.nn.Parameter], temperature: float) -> list[torch.Tensor]:
-    """Gradient of :func:`retrieval_probe_loss` over the whole probe set (anchors against all probe positives)."""
+def check_probe_labels(dataset, column: str) -> None:
+    """Fail early, naming the column, when ``explore_probe="labels"`` has no usable label column."""
+    if column not in dataset.column_names:
+        raise ValueError(f"explore_probe='labels' reads each probe row's class from column {column!r}, which the "
+                         f"training set does not have (columns: {dataset.column_names}). Set "
+                         "explore_probe_label_column to the label column, or use explore_probe='retrieval'.")
+    values = dataset[column]
+    bad = next((i for i, x in enumerate(values) if x is None or (isinstance(x, float) and math.isnan(x))), None)
+    if bad is not None:
+        raise ValueError(f"explore_probe='labels': row {bad} has no label in column {column!r} ({values[bad]!r}); "
+                         "fill or drop unlabelled rows, or use explore_probe='retrieval'.")
+
+
+def probe_gradient(trainer: PolicyHost, params: list[torch.nn.Parameter], plan: ExplorePlan) -> list[torch.Tensor]:
+    """Gradient of the probe loss over the whole probe set: :func:`retrieval_probe_loss` (anchors against all probe
+    positives) or, with ``plan.probe == "labels"``, :func:`label_probe_loss`."""
     data = trainer.probe_dataset
     features, _ = trainer.collect_features(trainer.collate_rows(data, list(range(len(data)))))
     if len(features) < 2:
         raise ValueError("window='explore' needs (anchor, positive) pairs (or two image views) for its probe.")
     u, v = (trainer.model(dict(f))["sentence_embedding"] for f in features[:2])
-    loss = retrieval_probe_loss(u.float(), v.float(), temperature)
+    if plan.probe == "labels":
+        _, codes = np.unique(np.asarray(data[plan.probe_label_column], dtype=object).astype(str), return_inverse=True)
+        loss = label_probe_loss(u.float(), v.float(), torch.as_tensor(codes), plan.probe_temperature)
+    else:
+        loss = retrieval_probe_loss(u.float(), v.float(), plan.probe_temperature)
     if not bool(torch.isfinite(loss.detach())):
         raise ValueError(f"the probe loss is {loss.item()} (not finite)")
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -311,7 +345,7 @@ class StepExplorer(TrainerCallback):
                 with ProbeEnv(t):
                     rows, emb = calibration_sample(t, self.plan.sample_rows,
                                                    seed=mix_seed(t.args.seed, self.block_key(block_index)))
-                    grad = probe_gradient(t, self.params(), self.plan.probe_temperature)
+                    grad = probe_gradient(t, self.params(), self.plan)
                 payload = [rows, emb, [g.cpu() for g in grad]]
             except (ValueError, RuntimeError) as err:
                 if isinstance(err, RuntimeError) and "out of memory" in str(err).lower():

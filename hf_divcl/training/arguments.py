@@ -71,6 +71,11 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             `window="explore"`: blocks before the sequential test's first look.
         explore_probe_temperature (`float`, *optional*, defaults to `0.05`):
             `window="explore"`: temperature of the retrieval probe.
+        explore_probe (`str`, *optional*, defaults to `"retrieval"`):
+            `window="explore"`: `"retrieval"` (each probe anchor against all probe positives) or `"labels"` (a soft
+            k-NN over the probe rows' labels in `explore_probe_label_column`: what class-level k-NN evaluates).
+        explore_probe_label_column (`str`, *optional*, defaults to `"label"`):
+            `window="explore"` with `explore_probe="labels"`: the column holding each row's class.
         explore_recheck_blocks (`int`, *optional*, defaults to `10`):
             `window="explore"`: after a window is chosen at step s, re-check it against random batches at 2s, 4s…
             for up to this many blocks; revert to random batches when it is behind with confidence (0: never).
@@ -214,6 +219,14 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     explore_probe_temperature: float = field(default=0.05, metadata={
         "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
                 "positives); small values follow ranking metrics such as ndcg@10 closely."})
+    explore_probe: str = field(default="retrieval", metadata={
+        "help": "'explore' window: the probe the steps are scored on: 'retrieval' (each probe anchor against all "
+                "probe positives: what ndcg@k / instance retrieval evaluate) or 'labels' (a soft k-NN over the probe "
+                "rows' classes: what class-level k-NN evaluates; needs explore_probe_label_column).",
+        "choices": ["retrieval", "labels"]})
+    explore_probe_label_column: str = field(default="label", metadata={
+        "help": "'explore' window with explore_probe='labels': the column holding each row's class (never an "
+                "input of the model)."})
     explore_recheck_blocks: int = field(default=10, metadata={
         "help": "'explore' window: after a window is chosen at step s, re-check it at steps 2s, 4s, … with up to "
                 "this many blocks (window batch vs random batch, scored like exploration) and go back to random "
@@ -411,6 +424,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         if self.explore_min_blocks < 2:
             raise ValueError(f"explore_min_blocks must be >= 2 (a paired test needs two blocks), got "
                              f"{self.explore_min_blocks}.")
+        if self.explore_probe not in ("retrieval", "labels"):
+            raise ValueError(f"explore_probe must be 'retrieval' or 'labels', got {self.explore_probe!r}.")
         if self.explore_recheck_blocks < 0 or self.explore_recheck_blocks == 1:
             raise ValueError(f"explore_recheck_blocks must be 0 (no re-checks) or >= 2 (a paired test needs two "
                              f"blocks), got {self.explore_recheck_blocks}.")
