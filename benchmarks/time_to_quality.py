@@ -416,7 +416,7 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
 def merge(paths: list[str], out: Path) -> None:
     """One result file from several runs of the same settings on different seeds (e.g. seeds added later)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    skip = ("seeds", "output", "policies")
+    skip = ("seeds", "output", "policies", "merged_from", "renamed")
     base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
     for path, part in zip(paths[1:], parts[1:], strict=True):
         other = {k: v for k, v in part["config"].items() if k not in skip}
@@ -427,8 +427,10 @@ def merge(paths: list[str], out: Path) -> None:
     seen = [(r["policy"], r["seed"]) for r in runs]
     if len(set(seen)) != len(seen):
         raise SystemExit("the files share (policy, seed) runs; merge files with different seeds.")
+    sources = [src for path, part in zip(paths, parts, strict=True)
+               for src in (part["config"].get("merged_from") or [path])]  # a merged file names its own sources
     config = {**parts[0]["config"], "seeds": sorted({r["seed"] for r in runs}), "output": str(out),
-              "merged_from": paths}
+              "policies": list(dict.fromkeys(r["policy"] for r in runs)), "merged_from": sources}
     result = {"task": parts[0]["task"], "metric": parts[0]["metric"], "config": config, "summary": summarise(runs),
               "runs": runs, "machine": parts[0]["machine"]}
     out.write_text(json.dumps(result, indent=2))
