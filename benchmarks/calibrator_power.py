@@ -191,12 +191,41 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
     d = test.decision
     arm = d.level if d.status == "window" else "random"
     explore_steps = t
+    def fits(at: int) -> bool:
+        return 2 * at + 2 * a.recheck_blocks + 2 <= a.steps
+
+    rechecks, next_check = [], 2 * t if arm != "random" and a.recheck_blocks and fits(t) else None
     while t < a.steps:
+        if next_check is not None and t >= next_check:
+            # a re-check as the trainer's (explorer.py): the window's arm against random batches, up to
+            # --recheck-blocks blocks; --recheck-rule says what keeps the window
+            check = SequentialTest([arm], alpha=a.alpha, min_blocks=max(2, a.recheck_blocks // 2),
+                                   max_blocks=a.recheck_blocks)
+            probe_grad, k = run.probe_gradient(), 0
+            while not check.done and t < a.steps:
+                scores = {}
+                for which in block_order(check.arms, 1_000_003 * (len(rechecks) + 1) + k, seed):
+                    grads = run.step(run.batch(which, null), t)
+                    precond, _ = preconditioner(run.opt, run.params, grads)
+                    scores[which] = step_score(grads, precond, probe_grad, run.lr(t)).item()
+                    run.opt.step()
+                    t += 1
+                check.add_block(scores)
+                k += 1
+            behind = check.decision.status == "random" and not check.active
+            keep = check.decision.status == "window" if a.recheck_rule == "ahead" else not behind
+            rechecks.append({"step": t, "kept": keep, "blocks": check.blocks,
+                             "mean": check.statistics(arm)["mean"]})
+            if not keep:
+                arm, next_check = "random", None
+            else:
+                next_check = 2 * t if fits(t) else None
+            continue
         run.step(run.batch(arm, null), t)
         run.opt.step()
         t += 1
     return {"seed": seed, "temperature": a.temperature, "null": null, "status": d.status, "level": d.level,
-            "reason": d.reason,
+            "reason": d.reason, "rechecks": rechecks, "final_arm": arm,
             "blocks": d.blocks, "explore_steps": explore_steps, "final": run.final(),
             "score_seconds": score_seconds, "seconds": time.perf_counter() - t0,
             "levels": {k: {kk: v[kk] for kk in ("mean", "se", "low", "high", "active", "blocks")}
@@ -274,6 +303,13 @@ def main() -> None:
     p.add_argument("--max-blocks", type=int, default=80)
     p.add_argument("--growth", type=float, default=2.0, help="ratio between the test's looks")
     p.add_argument("--refresh-blocks", type=int, default=1, help="probe gradient refreshed every N blocks")
+    p.add_argument("--recheck-blocks", type=int, default=0,
+                   help="re-check a chosen window at 2s, 4s, … with up to N blocks (0: none, as in the results)")
+    p.add_argument("--recheck-rule", choices=["behind", "ahead"], default="behind",
+                   help="behind: drop the window when it is behind random with confidence; ahead: keep it only "
+                        "while it is ahead with confidence")
+    p.add_argument("--skip-truth", action="store_true", help="no fixed-arm truth runs (the truth tables exist)")
+    p.add_argument("--skip-null", action="store_true", help="no null runs")
     p.add_argument("--truth-seeds", type=int, default=8)
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9 (set --lr)")
@@ -304,18 +340,19 @@ def main() -> None:
     dup = a.dup
     for tau in a.temperatures:
         a.temperature = tau
-        finals = {arm: [fixed_arm(feats, a, s, dup, arm, levels) for s in range(a.truth_seeds)]
-                  for arm in ["random", *levels]}
-        result["truth"][str(tau)] = {
-            "untrained": ndcg10(Adapter(feats["train_anchor"].shape[1], 0), feats["test_anchor"],
-                                feats["test_positive"]),
-            "random_final_mean": statistics.fmean(finals["random"]),
-            "levels": {arm: t_interval([x - r for x, r in zip(finals[arm], finals["random"], strict=True)])
-                       for arm in levels}, "finals": finals}
-        truth = result["truth"][str(tau)]["levels"]
-        print(f"τ={tau}: random {statistics.fmean(finals['random']):.4f}; " + ", ".join(
-            f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" if v["ci95"] else f"{k} {v['mean']:+.4f}"
-            for k, v in truth.items()), flush=True)
+        if not a.skip_truth:
+            finals = {arm: [fixed_arm(feats, a, s, dup, arm, levels) for s in range(a.truth_seeds)]
+                      for arm in ["random", *levels]}
+            result["truth"][str(tau)] = {
+                "untrained": ndcg10(Adapter(feats["train_anchor"].shape[1], 0), feats["test_anchor"],
+                                    feats["test_positive"]),
+                "random_final_mean": statistics.fmean(finals["random"]),
+                "levels": {arm: t_interval([x - r for x, r in zip(finals[arm], finals["random"], strict=True)])
+                           for arm in levels}, "finals": finals}
+            truth = result["truth"][str(tau)]["levels"]
+            print(f"τ={tau}: random {statistics.fmean(finals['random']):.4f}; " + ", ".join(
+                f"{k} {v['mean']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}]" if v["ci95"]
+                else f"{k} {v['mean']:+.4f}" for k, v in truth.items()), flush=True)
         save()
         if a.truth_only:
             continue
@@ -333,12 +370,18 @@ def main() -> None:
             "final_minus_random": t_interval([r["final"] - b for r, b in zip(runs, rnd, strict=True)]),
             "score_fraction_of_wall": statistics.fmean(r.get("score_seconds", 0.0) / max(r.get("seconds", 1.0), 1e-9)
                                                        for r in runs),
+            "rechecked": sum(bool(r.get("rechecks")) for r in runs),
+            "reverted": sum(any(not c["kept"] for c in r.get("rechecks", [])) for r in runs),
             "runs": runs}
         print(f"τ={tau}: explorer chose " + ", ".join(f"{k} {v['count']}" for k, v in
                                                       result["planted"][str(tau)]["decisions"].items())
               + f" of {a.seeds}; blocks median {result['planted'][str(tau)]['blocks_median']}; final − random "
-              f"{result['planted'][str(tau)]['final_minus_random']['mean']:+.4f}", flush=True)
+              f"{result['planted'][str(tau)]['final_minus_random']['mean']:+.4f}; re-checked "
+              f"{result['planted'][str(tau)]['rechecked']}, reverted {result['planted'][str(tau)]['reverted']}",
+              flush=True)
         save()
+        if a.skip_null:
+            continue
         nulls = [decide_run(feats, a, 5000 + s, dup, null_levels, null=True) for s in range(a.seeds)]
         false = sum(r["status"] == "window" for r in nulls)
         result["null"][str(tau)] = {"false_windows": false, "rate": false / a.seeds,
