@@ -12,6 +12,7 @@ the batch sampler differs:
     explore          window="explore": the first steps are the experiment, a chosen window is re-checked at 2s, 4s…
     explore_once     the same without re-checks (explore_recheck_blocks=0)
     explore_labels   explore scored on the label probe (a soft k-NN over the probe rows' classes; image task)
+    explore_ahead    explore whose re-checks keep the window only while it is ahead with confidence
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -88,6 +89,7 @@ POLICIES = {
     "explore": {"window": "explore"},
     "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
     "explore_labels": {"window": "explore", "explore_probe": "labels"},
+    "explore_ahead": {"window": "explore", "explore_recheck_rule": "ahead"},
 }
 
 

@@ -105,6 +105,10 @@ def test_explore_settings_are_checked():
         DivCLTrainingArguments(output_dir="x", window="explore", explore_alpha=1.5)
     with pytest.raises(ValueError, match="explore_recheck_blocks"):
         DivCLTrainingArguments(output_dir="x", window="explore", explore_recheck_blocks=1)
+    with pytest.raises(ValueError, match="explore_recheck_rule"):
+        DivCLTrainingArguments(output_dir="x", window="explore", explore_recheck_rule="sometimes")
+    with pytest.raises(ValueError, match="explore_probe"):
+        DivCLTrainingArguments(output_dir="x", window="explore", explore_probe="knn")
     with pytest.raises(ValueError, match="does not combine"):
         DivCLTrainingArguments(output_dir="x", window="explore", builder="learnability")
 

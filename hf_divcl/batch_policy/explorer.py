@@ -78,6 +78,7 @@ class ExplorePlan:
     cost_per_refresh: float  # batch equivalents
     reason: str = ""
     recheck_blocks: int = 10
+    recheck_rule: str = "behind"  # or "ahead": keep the window only while it is ahead with confidence
     probe: str = "retrieval"  # or "labels" (label_probe_loss over probe_label_column)
     probe_label_column: str = "label"
 
@@ -93,7 +94,8 @@ class ExplorePlan:
 def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, probe_rows: int, budget: float = 0.05,
                      max_fraction: float = 0.3, min_blocks: int = 10, alpha: float = 0.05,
                      levels: list[str] | None = None, sample_rows: int = 0,
-                     probe_temperature: float = 0.05, recheck_blocks: int = 10, probe: str = "retrieval",
+                     probe_temperature: float = 0.05, recheck_blocks: int = 10, recheck_rule: str = "behind",
+                     probe: str = "retrieval",
                      probe_label_column: str = "label") -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
@@ -107,7 +109,8 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     refreshes = math.floor(budget * total_steps / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
-              "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks, "probe": probe,
+              "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks,
+              "recheck_rule": recheck_rule, "probe": probe,
               "probe_label_column": probe_label_column}
     if not lv:
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
@@ -142,7 +145,7 @@ def schedule_exploration(dataset, args, global_batch: int):
         alpha=args.explore_alpha,
         levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
         sample_rows=args.calibration_sample_rows, probe_temperature=args.explore_probe_temperature,
-        recheck_blocks=args.explore_recheck_blocks, probe=args.explore_probe,
+        recheck_blocks=args.explore_recheck_blocks, recheck_rule=args.explore_recheck_rule, probe=args.explore_probe,
         probe_label_column=args.explore_probe_label_column)
     if plan.max_blocks and rest < max(2 * global_batch, plan.sample_rows):
         plan.max_blocks, plan.reason = 0, (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
@@ -456,13 +459,19 @@ class StepExplorer(TrainerCallback):
         self.refresh(0)
 
     def end_recheck(self, decision, step: int) -> None:
-        """Revert to random batches when the window is behind with confidence; keep it otherwise."""
+        """Revert to random batches when the window is behind with confidence (``recheck_rule="behind"``) or not
+        ahead with confidence (``"ahead"``); keep it otherwise."""
         stats = self.test.statistics(self.level)
         head = (f"re-check {self.rechecks} at step {step} ({self.test.blocks} blocks, window − random "
                 f"{stats['mean']:.3g}, one-sided bounds [{stats['low']:.3g}, {stats['high']:.3g}])")
         if decision.status == "random" and not self.test.active:
             self.finish("random", None, f"{head}: the window ({self.level}) fell behind random batches with "
                         "confidence; back to random batches", step, levels=decision.levels, estimate="recheck")
+            return
+        if decision.status != "window" and self.plan.recheck_rule == "ahead":
+            self.finish("random", None, f"{head}: the window ({self.level}) is no longer ahead of random batches "
+                        "with confidence (explore_recheck_rule='ahead'); back to random batches", step,
+                        levels=decision.levels, estimate="recheck")
             return
         why = "ahead of random batches" if decision.status == "window" else "not behind random batches with confidence"
         self.finish("window", self.current.window, f"{head}: the window is {why}; kept", step,
