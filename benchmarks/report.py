@@ -71,7 +71,9 @@ def calibrator_rows(path: Path) -> list[dict]:
     r = json.loads(path.read_text())
     c = r["config"]
     rows = []
-    for tau, truth in r.get("truth", {}).items():
+    truths, planted_all = r.get("truth", {}), r.get("planted", {})
+    for tau in sorted(truths.keys() | planted_all.keys(), key=float):
+        truth = truths.get(tau, {"levels": {}})
         common = {"source": path.stem, "task": "adapter", "regime": f"MiniLM + adapter, WordNet {c['domain']} "
                   f"({c['kind']}), {c.get('optim', 'adamw')}", "tau": float(tau),
                   "steps": f"{c['steps']} × {c['batch_size']}",
@@ -84,6 +86,8 @@ def calibrator_rows(path: Path) -> list[dict]:
         if planted:
             stat = planted["final_minus_random"]
             name = "one-shot calibration (window=progress)" if oneshot else "explore (hf_divcl.batch_policy.explore)"
+            if c.get("recheck_blocks"):
+                name += f", re-checks ({c['recheck_blocks']} blocks, rule '{c.get('recheck_rule', 'behind')}')"
             rows.append({**common, "seeds": stat["n"], "policy": name,
                          "final": _fmt(stat), "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
     return rows
