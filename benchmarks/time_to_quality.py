@@ -13,6 +13,7 @@ the batch sampler differs:
     explore_once     the same without re-checks (explore_recheck_blocks=0)
     explore_labels   explore scored on the label probe (a soft k-NN over the probe rows' classes; image task)
     explore_ahead    explore whose re-checks keep the window only while it is ahead with confidence
+    explore_ahead20  the same with re-checks of up to 20 blocks (more power to confirm a window that helps)
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -90,6 +91,7 @@ POLICIES = {
     "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
     "explore_labels": {"window": "explore", "explore_probe": "labels"},
     "explore_ahead": {"window": "explore", "explore_recheck_rule": "ahead"},
+    "explore_ahead20": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 20},
 }
 
 
