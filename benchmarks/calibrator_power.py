@@ -164,7 +164,13 @@ def fixed_arm(feats, a, seed: int, dup: int, arm: str, levels: list[str]) -> flo
 
 def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dict:
     """Explore on the training steps until the test decides, then train on the decided arm to ``a.steps``."""
-    from hf_divcl.batch_policy.explore import SequentialTest, block_order, preconditioner, step_score
+    from hf_divcl.batch_policy.explore import (
+        SequentialTest,
+        block_order,
+        preconditioner,
+        recheck_verdict,
+        step_score,
+    )
 
     run = Run(feats, a, seed, dup, levels)
     test = SequentialTest(levels, alpha=a.alpha, min_blocks=a.min_blocks, max_blocks=a.max_blocks,
@@ -212,8 +218,7 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
                     t += 1
                 check.add_block(scores)
                 k += 1
-            behind = check.decision.status == "random" and not check.active
-            keep = check.decision.status == "window" if a.recheck_rule == "ahead" else not behind
+            keep = recheck_verdict(check.decision, a.recheck_rule) == "keep"
             rechecks.append({"step": t, "kept": keep, "blocks": check.blocks,
                              "mean": check.statistics(arm)["mean"]})
             if not keep:
@@ -305,7 +310,7 @@ def main() -> None:
     p.add_argument("--refresh-blocks", type=int, default=1, help="probe gradient refreshed every N blocks")
     p.add_argument("--recheck-blocks", type=int, default=0,
                    help="re-check a chosen window at 2s, 4s, … with up to N blocks (0: none, as in the results)")
-    p.add_argument("--recheck-rule", choices=["behind", "ahead"], default="behind",
+    p.add_argument("--recheck-rule", choices=["ahead", "behind"], default="ahead",
                    help="behind: drop the window when it is behind random with confidence; ahead: keep it only "
                         "while it is ahead with confidence")
     p.add_argument("--skip-truth", action="store_true", help="no fixed-arm truth runs (the truth tables exist)")

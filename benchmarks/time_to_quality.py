@@ -9,11 +9,13 @@ the batch sampler differs:
     gradient         the old default: gradient-magnitude window calibrated once at the start, Greedy-64
     progress         the default DivCLTrainer (window="progress": measured progress vs random, 5 % budget)
     progress_follow  progress calibration re-measured every --follow-every steps (budget --follow-budget)
-    explore          window="explore": the first steps are the experiment, a chosen window is re-checked at 2s, 4s…
+    explore          window="explore" as configured by default: the first steps are the experiment, a chosen window
+                     is re-checked at 2s, 4s… and kept only while it is ahead with confidence
     explore_once     the same without re-checks (explore_recheck_blocks=0)
-    explore_labels   explore scored on the label probe (a soft k-NN over the probe rows' classes; image task)
-    explore_ahead    explore whose re-checks keep the window only while it is ahead with confidence
-    explore_ahead20  the same with re-checks of up to 20 blocks (more power to confirm a window that helps)
+    explore_labels   explore_behind scored on the label probe (a soft k-NN over the probe rows' classes; images)
+    explore_ahead    explore whose re-checks keep the window only while it is ahead with confidence (the default)
+    explore_ahead20  explore_ahead with re-checks of up to 20 blocks (more power to confirm a window that helps)
+    explore_behind   explore whose re-checks drop the window only when it is behind with confidence
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -89,8 +91,9 @@ POLICIES = {
     "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
     "explore": {"window": "explore"},
     "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
-    "explore_labels": {"window": "explore", "explore_probe": "labels"},
+    "explore_labels": {"window": "explore", "explore_probe": "labels", "explore_recheck_rule": "behind"},
     "explore_ahead": {"window": "explore", "explore_recheck_rule": "ahead"},
+    "explore_behind": {"window": "explore", "explore_recheck_rule": "behind"},
     "explore_ahead20": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 20},
 }
 

@@ -12,6 +12,7 @@ from hf_divcl.batch_policy.explore import (
     label_probe_loss,
     look_schedule,
     preconditioner,
+    recheck_verdict,
     retrieval_probe_loss,
     step_score,
 )
@@ -147,6 +148,36 @@ def test_levels_confidently_behind_are_dropped_and_then_random_wins():
     test = SequentialTest(LEVELS, min_blocks=6, max_blocks=60)
     d = _run(test, {"local:32": -3.0, "spread:4": -3.0}, seed=0)
     assert d.status == "random" and "every level is behind" in d.reason and test.arms == [RANDOM_ARM]
+
+
+def test_a_per_look_level_above_one_half_is_capped_so_a_negative_mean_is_never_ahead():
+    test = SequentialTest(["local:32"], alpha=0.9, min_blocks=2, max_blocks=2)  # one look, one level: 0.9 → 0.5
+    assert test.alpha_look == 0.5
+    for d in (-0.01, -0.03):
+        test.add_block({RANDOM_ARM: 0.0, "local:32": d})
+    stats = test.statistics("local:32")
+    assert stats["low"] <= stats["mean"] <= stats["high"] and test.decision.status == "random"
+
+
+def _recheck(diffs, blocks=4):
+    test = SequentialTest(["local:32"], alpha=0.05, min_blocks=max(2, blocks // 2), max_blocks=blocks)
+    for d in diffs[:blocks]:
+        test.add_block({RANDOM_ARM: 0.0, "local:32": d})
+    return test.decision
+
+
+@pytest.mark.parametrize(("diffs", "ahead", "behind"), [
+    ([1.0, 1.1, 0.9, 1.0], "keep", "keep"),  # confidently ahead: kept under both rules
+    ([-1.0, -1.1, -0.9, -1.0], "behind", "behind"),  # confidently behind: dropped under both
+    ([1.0, -1.2, 0.8, -0.9], "not_ahead", "keep"),  # inconclusive: only the strict rule drops it
+])
+def test_a_recheck_keeps_or_drops_the_window_by_its_rule(diffs, ahead, behind):
+    decision = _recheck(diffs)
+    assert recheck_verdict(decision, "ahead") == ahead and recheck_verdict(decision, "behind") == behind
+    nan = _recheck([float("nan")] * 4, blocks=2)  # two bad blocks of a 2-block budget: the scores failed
+    assert recheck_verdict(nan, "behind") == "failed"
+    with pytest.raises(ValueError, match="rule"):
+        recheck_verdict(decision, "sometimes")
 
 
 def test_false_window_rate_under_the_null_is_at_most_alpha():

@@ -44,6 +44,7 @@ __all__ = [
     "label_probe_loss",
     "look_schedule",
     "preconditioner",
+    "recheck_verdict",
     "retrieval_probe_loss",
     "step_score",
 ]
@@ -164,13 +165,30 @@ class ExploreDecision:
         return asdict(self)
 
 
+def recheck_verdict(decision: ExploreDecision, rule: str) -> str:
+    """What a finished re-check of a window (a :class:`SequentialTest` of its one level against random batches)
+    means for it: ``"behind"`` (behind random with confidence: drop it under any rule), ``"not_ahead"`` (not ahead
+    with confidence: drop it under ``rule="ahead"``), ``"failed"`` (the scores were not finite: drop it) or
+    ``"keep"``. A re-check cut short before its test decided (``"exploring"``) is inconclusive."""
+    if rule not in ("ahead", "behind"):
+        raise ValueError(f"rule must be 'ahead' or 'behind', got {rule!r}.")
+    if decision.status == "random" and not decision.levels:
+        return "failed"
+    if decision.status == "random" and not any(s.get("active") for s in decision.levels.values()):
+        return "behind"
+    if decision.status != "window" and rule == "ahead":
+        return "not_ahead"
+    return "keep"
+
+
 class SequentialTest:
     """Group-sequential paired one-sided t-tests of each level against random, with successive elimination.
 
     Args:
         levels: the candidate level names (random is the baseline, not a level).
         alpha (`float`): the chance, over the whole exploration, of calling any level ahead of random when none
-            is (split evenly over looks and levels: Bonferroni).
+            is (split evenly over looks and levels: Bonferroni; a share above 0.5 is capped at 0.5, where the sign
+            of the mean difference decides).
         min_blocks / max_blocks (`int`): the first look, and the last (the exploration budget, in blocks).
         growth (`float`): ratio between successive looks.
         max_bad_fraction (`float`): stop (random batches) when more than this fraction of blocks had a
@@ -188,7 +206,8 @@ class SequentialTest:
         self.levels = list(levels)
         self.alpha = float(alpha)
         self.looks = look_schedule(min_blocks, max_blocks, growth)
-        self.alpha_look = self.alpha / (len(self.looks) * len(self.levels))
+        # a one-sided level above 0.5 would put the bound on the wrong side of the mean: cap it (the sign decides)
+        self.alpha_look = min(0.5, self.alpha / (len(self.looks) * len(self.levels)))
         self.max_bad_fraction = max_bad_fraction
         self.diffs: dict[str, list[float]] = {name: [] for name in self.levels}
         self.active = list(self.levels)

@@ -45,6 +45,7 @@ from .explore import (
     block_order,
     label_probe_loss,
     preconditioner,
+    recheck_verdict,
     retrieval_probe_loss,
     step_score,
 )
@@ -78,7 +79,7 @@ class ExplorePlan:
     cost_per_refresh: float  # batch equivalents
     reason: str = ""
     recheck_blocks: int = 10
-    recheck_rule: str = "behind"  # or "ahead": keep the window only while it is ahead with confidence
+    recheck_rule: str = "ahead"  # keep the window only while it is ahead with confidence; "behind": until behind
     probe: str = "retrieval"  # or "labels" (label_probe_loss over probe_label_column)
     probe_label_column: str = "label"
 
@@ -94,7 +95,7 @@ class ExplorePlan:
 def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, probe_rows: int, budget: float = 0.05,
                      max_fraction: float = 0.3, min_blocks: int = 10, alpha: float = 0.05,
                      levels: list[str] | None = None, sample_rows: int = 0,
-                     probe_temperature: float = 0.05, recheck_blocks: int = 10, recheck_rule: str = "behind",
+                     probe_temperature: float = 0.05, recheck_blocks: int = 10, recheck_rule: str = "ahead",
                      probe: str = "retrieval",
                      probe_label_column: str = "label") -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""
@@ -464,14 +465,13 @@ class StepExplorer(TrainerCallback):
         stats = self.test.statistics(self.level)
         head = (f"re-check {self.rechecks} at step {step} ({self.test.blocks} blocks, window − random "
                 f"{stats['mean']:.3g}, one-sided bounds [{stats['low']:.3g}, {stats['high']:.3g}])")
-        if decision.status == "random" and not self.test.active:
-            self.finish("random", None, f"{head}: the window ({self.level}) fell behind random batches with "
-                        "confidence; back to random batches", step, levels=decision.levels, estimate="recheck")
-            return
-        if decision.status != "window" and self.plan.recheck_rule == "ahead":
-            self.finish("random", None, f"{head}: the window ({self.level}) is no longer ahead of random batches "
-                        "with confidence (explore_recheck_rule='ahead'); back to random batches", step,
-                        levels=decision.levels, estimate="recheck")
+        verdict = recheck_verdict(decision, self.plan.recheck_rule)
+        why = {"behind": "fell behind random batches with confidence",
+               "not_ahead": "is no longer ahead of random batches with confidence (explore_recheck_rule='ahead')",
+               "failed": f"could not be re-checked ({decision.reason})"}
+        if verdict != "keep":
+            self.finish("random", None, f"{head}: the window ({self.level}) {why[verdict]}; back to random batches",
+                        step, levels=decision.levels, estimate="recheck")
             return
         why = "ahead of random batches" if decision.status == "window" else "not behind random batches with confidence"
         self.finish("window", self.current.window, f"{head}: the window is {why}; kept", step,

@@ -79,9 +79,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         explore_recheck_blocks (`int`, *optional*, defaults to `10`):
             `window="explore"`: after a window is chosen at step s, re-check it against random batches at 2s, 4s…
             for up to this many blocks; revert to random batches when it is behind with confidence (0: never).
-        explore_recheck_rule (`str`, *optional*, defaults to `"behind"`):
-            `window="explore"`: what ends a window at a re-check: `"behind"` (it is behind random batches with
-            confidence) or `"ahead"` (it is not ahead of them with confidence: the window must keep earning its place).
+        explore_recheck_rule (`str`, *optional*, defaults to `"ahead"`):
+            `window="explore"`: what ends a window at a re-check: `"ahead"` (it is not ahead of random batches with
+            confidence: the window must keep earning its place) or `"behind"` (it is behind them with confidence).
 
         > Batch policy: the builder
 
@@ -222,10 +222,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     explore_probe_temperature: float = field(default=0.05, metadata={
         "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
                 "positives); small values follow ranking metrics such as ndcg@10 closely."})
-    explore_recheck_rule: str = field(default="behind", metadata={
-        "help": "'explore' window: what ends a window at a re-check: 'behind' (the window is behind random batches "
-                "with confidence) or 'ahead' (the window is not ahead of random batches with confidence).",
-        "choices": ["behind", "ahead"]})
+    explore_recheck_rule: str = field(default="ahead", metadata={
+        "help": "'explore' window: what ends a window at a re-check: 'ahead' (default: the window is not ahead of "
+                "random batches with confidence) or 'behind' (the window is behind random batches with confidence).",
+        "choices": ["ahead", "behind"]})
     explore_probe: str = field(default="retrieval", metadata={
         "help": "'explore' window: the probe the steps are scored on: 'retrieval' (each probe anchor against all "
                 "probe positives: what ndcg@k / instance retrieval evaluate) or 'labels' (a soft k-NN over the probe "
@@ -431,8 +431,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         if self.explore_min_blocks < 2:
             raise ValueError(f"explore_min_blocks must be >= 2 (a paired test needs two blocks), got "
                              f"{self.explore_min_blocks}.")
-        if self.explore_recheck_rule not in ("behind", "ahead"):
-            raise ValueError(f"explore_recheck_rule must be 'behind' or 'ahead', got {self.explore_recheck_rule!r}.")
+        if self.explore_recheck_rule not in ("ahead", "behind"):
+            raise ValueError(f"explore_recheck_rule must be 'ahead' or 'behind', got {self.explore_recheck_rule!r}.")
         if self.explore_probe not in ("retrieval", "labels"):
             raise ValueError(f"explore_probe must be 'retrieval' or 'labels', got {self.explore_probe!r}.")
         if self.explore_recheck_blocks < 0 or self.explore_recheck_blocks == 1:
