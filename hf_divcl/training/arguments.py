@@ -222,10 +222,6 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     explore_probe_temperature: float = field(default=0.05, metadata={
         "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
                 "positives); small values follow ranking metrics such as ndcg@10 closely."})
-    explore_recheck_rule: str = field(default="ahead", metadata={
-        "help": "'explore' window: what ends a window at a re-check: 'ahead' (default: the window is not ahead of "
-                "random batches with confidence) or 'behind' (the window is behind random batches with confidence).",
-        "choices": ["ahead", "behind"]})
     explore_probe: str = field(default="retrieval", metadata={
         "help": "'explore' window: the probe the steps are scored on: 'retrieval' (each probe anchor against all "
                 "probe positives: what ndcg@k / instance retrieval evaluate) or 'labels' (a soft k-NN over the probe "
@@ -238,6 +234,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "'explore' window: after a window is chosen at step s, re-check it at steps 2s, 4s, … with up to "
                 "this many blocks (window batch vs random batch, scored like exploration) and go back to random "
                 "batches if the window is behind with confidence (0: never re-check)."})
+    explore_recheck_rule: str = field(default="ahead", metadata={
+        "help": "'explore' window: what ends a window at a re-check: 'ahead' (default: the window is not ahead of "
+                "random batches with confidence) or 'behind' (the window is behind random batches with confidence).",
+        "choices": ["ahead", "behind"]})
 
     # batch policy: the builder
     builder: str = field(default="greedy", metadata={
