@@ -10,9 +10,10 @@ next batch not yet handed out), or the run stays on random batches with the reas
 
 A chosen window is re-checked as the model moves: when it was chosen at step ``s``, short re-checks start at
 ``2s``, ``4s``, … (while one fits before the end). A re-check is a small exploration with two arms — the window's
-own planned batch and a random batch drawn from a fresh candidate sample — for up to ``recheck_blocks`` blocks;
-the run goes back to random batches only when the window is *behind* random with confidence (the same one-sided
-test), and keeps the window otherwise (the evidence that chose it stands until contradicted).
+own planned batch and a random batch drawn from a fresh candidate sample — for up to ``recheck_blocks`` blocks,
+tested as exploration is. With ``recheck_rule="ahead"`` (the default) the window stays only while it is still ahead
+of random batches with confidence; with ``"behind"`` it goes only when it is behind with confidence
+(:func:`~hf_divcl.batch_policy.explore.recheck_verdict`).
 
 Cost (batch equivalents: one forward + backward of a training batch = 1, a forward alone ≈ 1/3): each refresh
 encodes ``S`` candidate rows (``S/(3B)``) and takes the probe gradient over ``P`` probe pairs (``P/B``); a step's
@@ -163,16 +164,12 @@ def schedule_exploration(dataset, args, global_batch: int):
 
 
 def check_probe_labels(dataset, column: str) -> None:
-    """Fail early, naming the column, when ``explore_probe="labels"`` has no usable label column."""
+    """Fail early, naming the column, when ``explore_probe="labels"`` has no label column (an unlabelled row is
+    already named by the dataset validation)."""
     if column not in dataset.column_names:
         raise ValueError(f"explore_probe='labels' reads each probe row's class from column {column!r}, which the "
                          f"training set does not have (columns: {dataset.column_names}). Set "
                          "explore_probe_label_column to the label column, or use explore_probe='retrieval'.")
-    values = dataset[column]
-    bad = next((i for i, x in enumerate(values) if x is None or (isinstance(x, float) and math.isnan(x))), None)
-    if bad is not None:
-        raise ValueError(f"explore_probe='labels': row {bad} has no label in column {column!r} ({values[bad]!r}); "
-                         "fill or drop unlabelled rows, or use explore_probe='retrieval'.")
 
 
 def probe_gradient(trainer: PolicyHost, params: list[torch.nn.Parameter], plan: ExplorePlan) -> list[torch.Tensor]:
@@ -473,8 +470,8 @@ class StepExplorer(TrainerCallback):
             self.finish("random", None, f"{head}: the window ({self.level}) {why[verdict]}; back to random batches",
                         step, levels=decision.levels, estimate="recheck")
             return
-        why = "ahead of random batches" if decision.status == "window" else "not behind random batches with confidence"
-        self.finish("window", self.current.window, f"{head}: the window is {why}; kept", step,
+        kept = "ahead of random batches" if decision.status == "window" else "not behind random batches with confidence"
+        self.finish("window", self.current.window, f"{head}: the window is {kept}; kept", step,
                     self.level, levels=decision.levels, estimate="recheck", apply=False)
 
     # -- the decision --------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             `window="explore"` with `explore_probe="labels"`: the column holding each row's class.
         explore_recheck_blocks (`int`, *optional*, defaults to `10`):
             `window="explore"`: after a window is chosen at step s, re-check it against random batches at 2s, 4s…
-            for up to this many blocks; revert to random batches when it is behind with confidence (0: never).
+            for up to this many blocks and keep or drop it by `explore_recheck_rule` (0: never re-check).
         explore_recheck_rule (`str`, *optional*, defaults to `"ahead"`):
             `window="explore"`: what ends a window at a re-check: `"ahead"` (it is not ahead of random batches with
             confidence: the window must keep earning its place) or `"behind"` (it is behind them with confidence).
@@ -232,8 +232,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "input of the model)."})
     explore_recheck_blocks: int = field(default=10, metadata={
         "help": "'explore' window: after a window is chosen at step s, re-check it at steps 2s, 4s, … with up to "
-                "this many blocks (window batch vs random batch, scored like exploration) and go back to random "
-                "batches if the window is behind with confidence (0: never re-check)."})
+                "this many blocks (window batch vs random batch, scored like exploration); explore_recheck_rule says "
+                "when it goes back to random batches (0: never re-check)."})
     explore_recheck_rule: str = field(default="ahead", metadata={
         "help": "'explore' window: what ends a window at a re-check: 'ahead' (default: the window is not ahead of "
                 "random batches with confidence) or 'behind' (the window is behind random batches with confidence).",
