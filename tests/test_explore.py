@@ -11,6 +11,7 @@ from hf_divcl.batch_policy.explore import (
     block_order,
     label_probe_loss,
     look_schedule,
+    preconditioned_score,
     preconditioner,
     recheck_verdict,
     retrieval_probe_loss,
@@ -126,6 +127,32 @@ def test_step_score_predicts_the_probe_loss_drop_to_first_order():
         drop = probe_loss(w) - probe_loss(w - lr * g * c)
     assert score.dtype == torch.float64 and score.dim() == 0
     assert score.item() == pytest.approx(drop.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("optim", ["adam_fresh", "adam_warm", "adamw_groups", "sgd"])
+def test_the_fused_score_is_the_step_score_under_the_optimizers_preconditioner(optim):
+    torch.manual_seed(2)
+    ws = [torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64)), torch.nn.Parameter(torch.randn(4,
+                                                                                                   dtype=torch.float64))]
+    opt = {"adam_fresh": lambda: torch.optim.Adam(ws, lr=0.01),
+           "adam_warm": lambda: torch.optim.Adam(ws, lr=0.01, betas=(0.5, 0.9), eps=1e-6),
+           "adamw_groups": lambda: torch.optim.AdamW([{"params": ws[:1], "betas": (0.9, 0.95)},
+                                                       {"params": ws[1:], "eps": 1e-3}], lr=0.01),
+           "sgd": lambda: torch.optim.SGD(ws, lr=0.1, momentum=0.9)}[optim]()
+    for _ in range(0 if optim == "adam_fresh" else 3):
+        opt.zero_grad()
+        (ws[0].sin().sum() + ws[1].exp().sum()).backward()
+        opt.step()
+    grads = [torch.randn_like(w) for w in ws]
+    probe = [torch.randn_like(w) for w in ws]
+    precond, name = preconditioner(opt, ws, grads)
+    score, fused_name = preconditioned_score(opt, ws, grads, probe, 0.01)
+    assert fused_name == name == ("identity" if optim == "sgd" else "adam")
+    assert score.dtype == torch.float64 and score.dim() == 0
+    assert score.item() == pytest.approx(step_score(grads, precond, probe, 0.01).item(), rel=1e-12)
+    # float32 gradients against a float32 probe gradient: the same score to float32 accuracy
+    score32, _ = preconditioned_score(opt, ws, [g.float() for g in grads], [q.float() for q in probe], 0.01)
+    assert score32.item() == pytest.approx(score.item(), rel=1e-5)
 
 
 def _run(test: SequentialTest, mean: dict[str, float], seed: int, sd: float = 1.0):

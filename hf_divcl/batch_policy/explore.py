@@ -43,6 +43,7 @@ __all__ = [
     "block_order",
     "label_probe_loss",
     "look_schedule",
+    "preconditioned_score",
     "preconditioner",
     "recheck_verdict",
     "retrieval_probe_loss",
@@ -120,20 +121,12 @@ def preconditioner(optimizer, params: Sequence[torch.nn.Parameter],
     Anything else (SGD, Adafactor without ``exp_avg_sq``…): ``None`` = the identity (the step is ``lr·g``, up to
     momentum, which is common to every arm of a block).
     """
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-    if inner is None:
+    states = _adam_states(getattr(optimizer, "optimizer", optimizer), params)  # accelerate wraps the optimizer
+    if states is None:
         return None, "identity"
-    adam = "betas" in inner.defaults and "eps" in inner.defaults
     out = []
-    for p, g in zip(params, grads, strict=True):
-        st = inner.state.get(p, {})
-        if "exp_avg_sq" not in st and not (adam and not st):
-            return None, "identity"
-        group = next((gr for gr in inner.param_groups if any(q is p for q in gr["params"])), inner.defaults)
-        beta2 = group.get("betas", (0.9, 0.999))[1]
-        eps = group.get("eps", 1e-8)
-        step = float(st["step"]) if "step" in st else 0.0
-        v = st["exp_avg_sq"] * beta2 + (1 - beta2) * g * g if "exp_avg_sq" in st else (1 - beta2) * g * g
+    for (sq, beta2, eps, step), g in zip(states, grads, strict=True):
+        v = sq * beta2 + (1 - beta2) * g * g if sq is not None else (1 - beta2) * g * g
         out.append(1.0 / ((v / (1 - beta2 ** (step + 1))).sqrt() + eps))
     return out, "adam"
 
@@ -147,6 +140,50 @@ def step_score(grads: Sequence[torch.Tensor], precond: Sequence[torch.Tensor] | 
         d = g if precond is None else g * precond[i]
         terms.append((d.double() * q.double()).sum())
     return lr * torch.stack(terms).sum()
+
+
+def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads: Sequence[torch.Tensor],
+                         probe_grad: Sequence[torch.Tensor], lr: float) -> tuple[torch.Tensor, str]:
+    """``step_score(grads, preconditioner(optimizer, params, grads)[0], probe_grad, lr)`` and the preconditioner's
+    name, without materialising the preconditioner or float64 copies: per parameter one scratch tensor and five
+    passes (``v̂``, ``√v̂+ε``, ``q/(√v̂+ε)``, the dot with ``g``), each tensor's dot in its own dtype, summed in
+    float64. No host sync. This is the explorer's per-step cost, so it must stay a small fraction of a step."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    states = _adam_states(inner, params)
+    terms = []
+    for i, (g, q) in enumerate(zip(grads, probe_grad, strict=True)):
+        dtype = torch.promote_types(g.dtype, q.dtype)
+        g, q = g.reshape(-1).to(dtype), q.reshape(-1).to(dtype)
+        if states is None:
+            terms.append(torch.dot(g, q).double())
+            continue
+        sq, beta2, eps, step = states[i]
+        bias = 1 - beta2 ** (step + 1)
+        d = torch.mul(g, g).mul_((1 - beta2) / bias)
+        if sq is not None:
+            d.add_(sq.reshape(-1).to(dtype), alpha=beta2 / bias)
+        d.sqrt_().add_(eps)
+        torch.div(q, d, out=d)
+        terms.append(torch.dot(g, d).double())
+    return lr * torch.stack(terms).sum(), "identity" if states is None else "adam"
+
+
+def _adam_states(inner, params: Sequence[torch.nn.Parameter]) -> list[tuple[Any, float, float, float]] | None:
+    """Per parameter ``(exp_avg_sq or None, β2, ε, step)`` of an Adam-family optimizer; ``None`` when any parameter
+    has no second moment (the identity preconditioner, as :func:`preconditioner`)."""
+    if inner is None:
+        return None
+    adam = "betas" in inner.defaults and "eps" in inner.defaults
+    groups = {id(p): gr for gr in inner.param_groups for p in gr["params"]}
+    out = []
+    for p in params:
+        st = inner.state.get(p, {})
+        if "exp_avg_sq" not in st and not (adam and not st):
+            return None
+        group = groups.get(id(p), inner.defaults)
+        out.append((st.get("exp_avg_sq"), group.get("betas", (0.9, 0.999))[1], group.get("eps", 1e-8),
+                    float(st["step"]) if "step" in st else 0.0))
+    return out
 
 
 @dataclass

@@ -45,12 +45,11 @@ from .explore import (
     SequentialTest,
     block_order,
     label_probe_loss,
-    preconditioner,
+    preconditioned_score,
     recheck_verdict,
     retrieval_probe_loss,
-    step_score,
 )
-from .follower import ProbeEnv, calibration_sample
+from .follower import ProbeEnv, calibration_sample, seeded_rows
 from .progress import ProgressCalibration, default_progress_levels
 
 if TYPE_CHECKING:
@@ -239,8 +238,9 @@ class StepExplorer(TrainerCallback):
         probe gradient in force (flattened), so a resumed run scores and draws exactly as the original."""
         if self.finished or self.sample_rows is None or self.probe_grad is None:
             return {}
-        return {"explore_sample_rows": self.sample_rows, "explore_sample_emb": self.sample_emb,
-                "explore_probe_grad": torch.cat([g.detach().reshape(-1).float().cpu() for g in self.probe_grad])}
+        arrays = {"explore_sample_rows": self.sample_rows, "explore_sample_emb": self.sample_emb,
+                  "explore_probe_grad": torch.cat([g.detach().reshape(-1).float().cpu() for g in self.probe_grad])}
+        return {k: v for k, v in arrays.items() if v is not None}  # a re-check's sample has no embeddings
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "explore":
@@ -262,7 +262,7 @@ class StepExplorer(TrainerCallback):
         self.refreshed_at = int(state["refreshed_at"])
         saved = self.trainer.saved
         rows, emb, grad = (saved.array(f"explore_{k}") for k in ("sample_rows", "sample_emb", "probe_grad"))
-        if not self.finished and (rows is None or emb is None or grad is None):
+        if not self.finished and (rows is None or grad is None or (emb is None and self.phase == "explore")):
             raise ValueError("Cannot resume window='explore' mid-exploration: the checkpoint lacks its arrays "
                              "(divcl_state/explore_*.npy). Resume from another checkpoint or start afresh.")
         if not self.finished:
@@ -303,7 +303,7 @@ class StepExplorer(TrainerCallback):
 
     def source(self, epoch: int, index: int, n_batches: int, planned: torch.Tensor) -> torch.Tensor | None:
         """The sampler's hook: the rows of global batch ``index`` of ``epoch`` (``None``: the planned batch)."""
-        if self.finished or self.sample_emb is None:
+        if self.finished or self.sample_rows is None:
             return None
         ga = max(1, int(self.trainer.args.gradient_accumulation_steps))
         slot = (epoch * n_batches + index) // ga
@@ -316,7 +316,10 @@ class StepExplorer(TrainerCallback):
         if arm != planned_arm and planned.numel() == self.trainer.global_batch_size():
             if slot not in self.drawn:
                 gen = torch.Generator().manual_seed(mix_seed(int(self.trainer.args.seed), 7_000_003 + slot))
-                pick = draw_level(self.sample_emb, parse_level(arm), planned.numel(), 1, gen)[0]
+                if arm == RANDOM_ARM:  # a re-check's random arm: no embeddings needed
+                    pick = torch.randperm(len(self.sample_rows), generator=gen)[:planned.numel()]
+                else:
+                    pick = draw_level(self.sample_emb, parse_level(arm), planned.numel(), 1, gen)[0]
                 self.drawn[slot] = self.sample_rows[pick].tolist()
             rows = torch.tensor(self.drawn[slot], dtype=torch.long)
         b = self.trainer.divcl_sampler.batch_size if self.trainer.divcl_sampler is not None else rows.numel()
@@ -337,15 +340,20 @@ class StepExplorer(TrainerCallback):
         return self._params
 
     def refresh(self, block_index: int) -> None:
-        """Embed a new candidate sample and take the probe gradient (one process; broadcast under DDP)."""
+        """Draw a new candidate sample and take the probe gradient (one process; broadcast under DDP). Exploration
+        embeds the sample (its levels are drawn from the embeddings); a re-check does not (its other arm is random
+        batches), which saves the encoding pass."""
         t = self.trainer
         t0 = time.perf_counter()
         payload: list[Any] = [None, None, None]
         if t.is_world_process_zero():
             try:
                 with ProbeEnv(t):
-                    rows, emb = calibration_sample(t, self.plan.sample_rows,
-                                                   seed=mix_seed(t.args.seed, self.block_key(block_index)))
+                    seed = mix_seed(t.args.seed, self.block_key(block_index))
+                    if self.phase == "explore":
+                        rows, emb = calibration_sample(t, self.plan.sample_rows, seed=seed)
+                    else:
+                        rows, emb = seeded_rows(len(t.train_dataset), self.plan.sample_rows, seed), None
                     grad = probe_gradient(t, self.params(), self.plan)
                 payload = [rows, emb, [g.cpu() for g in grad]]
             except (ValueError, RuntimeError) as err:
@@ -361,11 +369,11 @@ class StepExplorer(TrainerCallback):
         self.probe_grad = [g.to(device) for g in payload[2]]
         self.refreshed_at = block_index
         self.passes["probe_refreshes"] += 1
-        self.passes["encoded_rows"] += len(self.sample_rows)
+        self.passes["encoded_rows"] += len(self.sample_rows) if self.sample_emb is not None else 0
         self.seconds += time.perf_counter() - t0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not self.finished and self.sample_emb is None:
+        if not self.finished and self.probe_grad is None:  # a resumed run has its own from the checkpoint
             self.refresh(self.test.blocks)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -381,10 +389,10 @@ class StepExplorer(TrainerCallback):
         block, arm = found
         params = self.params()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        precond, self.preconditioner_name = preconditioner(self.trainer.optimizer, params, grads)
         lr = self.trainer.lr_scheduler.get_last_lr()[0] if self.trainer.lr_scheduler is not None \
             else args.learning_rate
-        block["scores"][arm] = step_score(grads, precond, self.probe_grad, float(lr))
+        block["scores"][arm], self.preconditioner_name = preconditioned_score(
+            self.trainer.optimizer, params, grads, self.probe_grad, float(lr))
         self.drawn.pop(slot, None)
         self.passes["scored_steps"] += 1
         self.seconds += time.perf_counter() - t0
@@ -411,7 +419,7 @@ class StepExplorer(TrainerCallback):
                 self.conclude(decision, state.global_step)
                 return
         self.seconds += time.perf_counter() - t0
-        if done and self.test.blocks - self.refreshed_at >= self.plan.refresh_blocks:
+        if done and self.phase == "explore" and self.test.blocks - self.refreshed_at >= self.plan.refresh_blocks:
             self.refresh(self.test.blocks)
         if len(self.blocks) > self.test.looks[-1] + 1 and not self.finished:
             self.conclude(self.test.decision, state.global_step)
@@ -485,8 +493,11 @@ class StepExplorer(TrainerCallback):
             return payload[0]
         return value
 
-    def level_diversity(self, level: str) -> torch.Tensor:
-        """Effective rank ``(16,)`` of batches drawn at ``level`` from the current candidate sample."""
+    def level_diversity(self, level: str) -> torch.Tensor | None:
+        """Effective rank ``(16,)`` of batches drawn at ``level`` from the current candidate sample (``None`` when
+        the sample has no embeddings: a re-check's)."""
+        if self.sample_emb is None:
+            return None
         gen = torch.Generator().manual_seed(mix_seed(int(self.trainer.args.seed), 99_991))
         idx = draw_level(self.sample_emb, parse_level(level), self.trainer.global_batch_size(), 16, gen)
         return measure_diversity(self.sample_emb[idx], "effective_rank")
@@ -513,7 +524,7 @@ class StepExplorer(TrainerCallback):
         self.finished = True
         self.drawn.clear()
         self.keys.clear()
-        diversity = {name: self.level_diversity(name).mean().item() if self.sample_emb is not None else None
+        diversity = {name: None if (d := self.level_diversity(name)) is None else d.mean().item()
                      for name in [RANDOM_ARM, *(levels or {})]}
         rows = [{"level": name, "metric": diversity[name], "gain_vs_random": s.get("mean", float("nan")),
                  "ci_low": s.get("low", -math.inf), "ci_high": s.get("high", math.inf), "blocks": s.get("blocks", 0),

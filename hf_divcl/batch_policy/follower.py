@@ -49,6 +49,7 @@ __all__ = [
     "probe_losses",
     "rows_loss",
     "schedule_progress",
+    "seeded_rows",
 ]
 
 CALIBRATIONS_FILE = "divcl_calibrations.jsonl"
@@ -166,10 +167,14 @@ def schedule_progress(dataset, args, global_batch: int):
 
 # -- what a calibration measures on the trainer's model -------------------------------------------------------------
 
+def seeded_rows(n: int, size: int, seed: int) -> torch.Tensor:
+    """``min(size, n)`` distinct rows of ``range(n)`` drawn from ``seed``, sorted ``(S,)``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(size, n)].sort().values
+
+
 def calibration_sample(trainer: PolicyHost, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``size`` seeded training rows ``(S,)`` and their anchor embeddings ``(S, d)`` under the current model."""
-    n = len(trainer.train_dataset)
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(size, n)].sort().values
+    rows = seeded_rows(len(trainer.train_dataset), size, seed)
     column = trainer.bank_columns(trainer.train_dataset)[0]
     values = trainer.train_dataset.select(rows.tolist())[column]
     with torch.no_grad():
