@@ -4,12 +4,14 @@ gradients, a decision recorded with its evidence, exact resume mid-exploration, 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import Value
 
-from hf_divcl.batch_policy.explorer import EXPLORE_FILE, plan_exploration
+from hf_divcl.batch_policy.explorer import EXPLORE_FILE, SCORE_COST, explore_min_steps, plan_exploration
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
 from hf_divcl.publish.card import write_model_card
@@ -38,12 +40,39 @@ def run(tiny_model_dir, out, resume=None, n=400, **kw):
 def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
     plan = plan_exploration(total_steps=1000, batch_size=32, train_rows=10_000, probe_rows=256)
     assert plan.levels == ["local:32", "spread:4"] and plan.max_blocks == 100  # 30 % of 1000 steps / 3 arms
-    assert plan.cost_per_refresh == pytest.approx(256 / 96 + 8) and plan.refresh_blocks == 25  # 4 refreshes fit
+    # 300 scored steps (18), two re-checks after a decision at step 30 (at 60 and 240: 2 × (8 + 20 × 0.06)) and
+    # one refresh (256/96 + 8) fit in 5 % of 1000 batches; a second refresh would not
+    assert plan.cost_per_refresh == pytest.approx(256 / 96 + 8) and plan.max_rechecks == 2
+    assert plan.refresh_blocks == 100 and plan.planned_cost == pytest.approx(18 + 2 * 9.2 + 256 / 96 + 8)
     short = plan_exploration(total_steps=50, batch_size=32, train_rows=10_000, probe_rows=256)
     assert short.max_blocks == 0 and short.steps == [] and "too short to explore" in short.reason
-    assert "≥ 100 steps" in short.reason
+    assert "≥ 100 steps" in short.reason and f"≥ {explore_min_steps(32)} steps" not in short.reason
     cheap = plan_exploration(total_steps=200, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.01)
     assert cheap.max_blocks == 0 and "calibration_budget=0.01" in cheap.reason
+    assert "at any length" in cheap.reason and "lower explore_max_fraction" in cheap.reason
+    tight = plan_exploration(total_steps=200, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.03)
+    assert tight.max_blocks == 0 and f"≥ {explore_min_steps(32, budget=0.03):,} steps" in tight.reason
+
+
+@pytest.mark.parametrize("budget", [0.02, 0.05, 0.2])
+def test_everything_the_plan_can_spend_fits_in_the_budget(budget):
+    for steps in (300, 500, 1000, 1600, 5000, 40_000):
+        for batch, probe in ((16, 64), (32, 256), (128, 256), (512, 1024)):
+            plan = plan_exploration(total_steps=steps, batch_size=batch, train_rows=10**6, probe_rows=probe,
+                                    budget=budget)
+            if plan.max_blocks:
+                worst = (SCORE_COST * 3 * plan.max_blocks + plan.max_rechecks * plan.recheck_cost
+                         + math.ceil(plan.max_blocks / plan.refresh_blocks) * plan.cost_per_refresh)
+                assert worst == pytest.approx(plan.planned_cost) and worst <= budget * steps + 1e-9
+
+
+def test_the_readme_and_the_guide_state_the_plans_own_minimum_run_length():
+    n = explore_min_steps(32)
+    assert plan_exploration(total_steps=n, batch_size=32, train_rows=10**6, probe_rows=256).max_blocks > 0
+    assert plan_exploration(total_steps=n - 1, batch_size=32, train_rows=10**6, probe_rows=256).max_blocks == 0
+    root = Path(__file__).resolve().parents[1]
+    for doc in (root / "README.md", root / "docs" / "usage.md"):
+        assert f"at least {n:,} steps at B = 32" in " ".join(doc.read_text().split()), doc.name
 
 
 @pytest.mark.slow

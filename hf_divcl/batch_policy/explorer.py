@@ -15,11 +15,13 @@ tested as exploration is. With ``recheck_rule="ahead"`` (the default) the window
 of random batches with confidence; with ``"behind"`` it goes only when it is behind with confidence
 (:func:`~hf_divcl.batch_policy.explore.recheck_verdict`).
 
-Cost (batch equivalents: one forward + backward of a training batch = 1, a forward alone ≈ 1/3): each refresh
-encodes ``S`` candidate rows (``S/(3B)``) and takes the probe gradient over ``P`` probe pairs (``P/B``); a step's
-score is one pass over the gradients. Refreshes are spaced so that their total stays within
-``calibration_budget`` of the run; between refreshes the probe gradient is stale but common to every arm of a
-block.
+Cost (batch equivalents: one forward + backward of a training batch = 1, a forward alone ≈ 1/3): each
+exploration refresh encodes ``S`` candidate rows (``S/(3B)``) and takes the probe gradient over ``P`` probe pairs
+(``P/B``); a re-check refreshes once and encodes nothing (``P/B``); each scored step costs :data:`SCORE_COST`
+(the fused score, a few passes over the parameters). :func:`plan_exploration` fits all of it — every scored
+step of a full-length exploration, the re-checks that can follow, and as many refreshes as the rest affords —
+within ``calibration_budget`` of the run; between refreshes the probe gradient is stale but common to every arm
+of a block. The seconds actually spent, by kind, are in each record's ``cost``.
 """
 
 from __future__ import annotations
@@ -57,9 +59,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPLORE_FILE", "ExplorePlan", "StepExplorer", "plan_exploration", "schedule_exploration"]
+__all__ = ["EXPLORE_FILE", "SCORE_COST", "ExplorePlan", "StepExplorer", "explore_min_steps", "plan_exploration",
+           "schedule_exploration"]
 
 EXPLORE_FILE = "divcl_explore.jsonl"
+# A scored step's extra work in batch equivalents: the fused score (preconditioned_score) over every trainable
+# parameter. Measured 0.04-0.06 on MiniLM at B = 32 on CPU (benchmarks/explore_cost.py); smaller models or
+# larger batches cost less.
+SCORE_COST = 0.06
 
 
 @dataclass
@@ -78,6 +85,10 @@ class ExplorePlan:
     total_steps: int
     cost_per_refresh: float  # batch equivalents
     reason: str = ""
+    score_cost: float = SCORE_COST  # per scored step, batch equivalents
+    recheck_cost: float = 0.0  # per re-check (one probe refresh and its scored steps), batch equivalents
+    max_rechecks: int = 0  # re-checks the budget holds after the exploration
+    planned_cost: float = 0.0  # the most the plan can spend, batch equivalents (≤ calibration_budget × steps)
     recheck_blocks: int = 10
     recheck_rule: str = "ahead"  # keep the window only while it is ahead with confidence; "behind": until behind
     probe: str = "retrieval"  # or "labels" (label_probe_loss over probe_label_column)
@@ -96,9 +107,10 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
                      max_fraction: float = 0.3, min_blocks: int = 10, alpha: float = 0.05,
                      levels: list[str] | None = None, sample_rows: int = 0,
                      probe_temperature: float = 0.05, recheck_blocks: int = 10, recheck_rule: str = "ahead",
-                     probe: str = "retrieval",
-                     probe_label_column: str = "label") -> ExplorePlan:
-    """Size an exploration: at most ``max_fraction`` of the steps, refreshes within ``budget`` of the run."""
+                     probe: str = "retrieval", probe_label_column: str = "label",
+                     _explain: bool = True) -> ExplorePlan:
+    """Size an exploration: at most ``max_fraction`` of the steps; its scored steps, the re-checks that can follow
+    and its refreshes all within ``budget`` of the run (in batch equivalents)."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
     lv = [x for x in lv if x != RANDOM_ARM]
@@ -107,12 +119,18 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     k = 1 + len(lv)
     max_blocks = int(max_fraction * total_steps) // k
     per_refresh = sample_rows / (3 * batch_size) + probe_rows / batch_size
-    refreshes = math.floor(budget * total_steps / per_refresh)
+    recheck = probe_rows / batch_size + 2 * recheck_blocks * SCORE_COST
+    budget_units = budget * total_steps
+    scoring = SCORE_COST * k * max(max_blocks, 0)
+    spare = budget_units - scoring - per_refresh  # after the scored steps and the first refresh
+    rechecks = min(_recheck_slots(total_steps, min_blocks * k, recheck_blocks),
+                   max(0, math.floor(spare / recheck))) if recheck_blocks >= 2 else 0
+    refreshes = math.floor((budget_units - scoring - rechecks * recheck) / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
               "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks,
               "recheck_rule": recheck_rule, "probe": probe,
-              "probe_label_column": probe_label_column}
+              "probe_label_column": probe_label_column, "recheck_cost": recheck, "max_rechecks": rechecks}
     if not lv:
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
     if max_blocks < min_blocks:
@@ -122,15 +140,51 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
             f"{max_blocks} blocks of {k} arms, the test needs at least {min_blocks} (≥ {need} steps); batches stay "
             "random"), **common)
     if refreshes < 1:
-        need = math.ceil(per_refresh / max(budget, 1e-9))
+        need = explore_min_steps(batch_size, probe_rows, budget=budget, max_fraction=max_fraction,
+                                 min_blocks=min_blocks, levels=lv, sample_rows=sample_rows,
+                                 recheck_blocks=recheck_blocks) if _explain else 0
+        longer = f" (≥ {need:,} steps)" if need else (
+            f" — at any length, since scoring {max_fraction:.0%} of the steps alone costs "
+            f"{SCORE_COST * max_fraction:.1%} of the run: raise calibration_budget or lower explore_max_fraction"
+            if _explain else "")
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
             f"the run is too short to explore within calibration_budget={budget:g}: one probe refresh costs "
-            f"{per_refresh:.1f} batch equivalents, the budget affords {budget * total_steps:.1f} (≥ {need} steps); "
-            "batches stay random"), **common)
+            f"{per_refresh:.1f} batch equivalents and scoring {max_blocks * k} steps {scoring:.1f}, the budget "
+            f"affords {budget_units:.1f}{longer}; batches stay random"), **common)
+    refreshes = min(refreshes, max_blocks)
     refresh_blocks = max(1, math.ceil(max_blocks / refreshes))
-    return ExplorePlan(max_blocks=max_blocks, refresh_blocks=refresh_blocks, reason=(
+    planned = scoring + math.ceil(max_blocks / refresh_blocks) * per_refresh + rechecks * recheck
+    return ExplorePlan(max_blocks=max_blocks, refresh_blocks=refresh_blocks, planned_cost=planned, reason=(
         f"up to {max_blocks} blocks of {k} arms ({max_blocks * k} steps), probe refreshed every {refresh_blocks} "
-        f"block(s) within {budget:.0%} of the run"), **common)
+        f"block(s), up to {rechecks} re-check(s) of a chosen window, at most {planned:.1f} batch equivalents "
+        f"({planned / max(total_steps, 1):.1%} of the run, budget {budget:.0%})"), **common)
+
+
+def explore_min_steps(batch_size: int, probe_rows: int = 256, **plan_kwargs: Any) -> int:
+    """The shortest run (in steps) that :func:`plan_exploration` lets explore at this batch size (0: none up to
+    10⁶ steps). The README's and the usage guide's sizing line are this number at B = 32."""
+    def explores(steps: int) -> bool:
+        return plan_exploration(total_steps=steps, batch_size=batch_size, train_rows=10**9, probe_rows=probe_rows,
+                                _explain=False, **plan_kwargs).max_blocks > 0
+    steps = 16
+    while not explores(steps):
+        if steps > 10**6:
+            return 0
+        steps *= 2
+    low = steps // 2  # does not explore (or is below the first try)
+    while steps - low > 1:  # the sizes are monotone: a longer run has more blocks and more budget
+        mid = (low + steps) // 2
+        low, steps = (low, mid) if explores(mid) else (mid, steps)
+    return steps
+
+
+def _recheck_slots(total_steps: int, first_decision: int, blocks: int) -> int:
+    """How many re-checks can follow a decision at step ``first_decision`` (the earliest possible): at twice the
+    step, then twice again, each while it and its ``2 · blocks`` steps fit before the end."""
+    n, at = 0, 2 * first_decision
+    while blocks >= 2 and at + 2 * blocks + 2 <= total_steps:
+        n, at = n + 1, 2 * (at + 2 * blocks)
+    return n
 
 
 def schedule_exploration(dataset, args, global_batch: int):
@@ -210,6 +264,9 @@ class StepExplorer(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.passes = {"probe_refreshes": 0, "encoded_rows": 0, "scored_steps": 0}
+        self.split = {"refresh": 0.0, "score": 0.0, "test": 0.0, "apply": 0.0}  # seconds by kind of work
+        self.run_before = 0.0  # training wall-clock of earlier processes (a resumed run)
+        self.started: float | None = None
         self.finished = False  # no experiment running (exploration over, no re-check under way)
         self.phase = "explore"  # or "recheck"
         self.level: str | None = None  # the level of the window in force
@@ -228,7 +285,8 @@ class StepExplorer(TrainerCallback):
         blocks = [{**b, "scores": {k: float(v) for k, v in b["scores"].items()}} for b in self.blocks]
         return {"kind": "explore", "test": self.test.state_dict(), "blocks": blocks,
                 "drawn": {str(k): v for k, v in self.drawn.items()}, "history": self.history,
-                "seconds": self.seconds, "passes": self.passes, "finished": self.finished,
+                "seconds": self.seconds, "passes": self.passes, "split": self.split,
+                "run_seconds": self.run_seconds(), "finished": self.finished,
                 "refreshed_at": self.refreshed_at, "plan": self.plan.to_dict(), "phase": self.phase,
                 "level": self.level, "next_check": self.next_check, "rechecks": self.rechecks,
                 "start_slot": self.start_slot}
@@ -258,6 +316,8 @@ class StepExplorer(TrainerCallback):
         self.history = list(state["history"])
         self.seconds = float(state["seconds"])
         self.passes = dict(state["passes"])
+        self.split = {**self.split, **state.get("split", {})}
+        self.run_before = float(state.get("run_seconds", 0.0))
         self.finished = bool(state["finished"])
         self.refreshed_at = int(state["refreshed_at"])
         saved = self.trainer.saved
@@ -370,9 +430,19 @@ class StepExplorer(TrainerCallback):
         self.refreshed_at = block_index
         self.passes["probe_refreshes"] += 1
         self.passes["encoded_rows"] += len(self.sample_rows) if self.sample_emb is not None else 0
-        self.seconds += time.perf_counter() - t0
+        self.spend("refresh", t0)
+
+    def spend(self, kind: str, t0: float) -> None:
+        took = time.perf_counter() - t0
+        self.seconds += took
+        self.split[kind] = self.split.get(kind, 0.0) + took
+
+    def run_seconds(self) -> float:
+        """Training wall-clock so far, this process's and earlier ones' (resumed runs), exploration included."""
+        return self.run_before + (time.perf_counter() - self.started if self.started is not None else 0.0)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
         if not self.finished and self.probe_grad is None:  # a resumed run has its own from the checkpoint
             self.refresh(self.test.blocks)
 
@@ -395,7 +465,7 @@ class StepExplorer(TrainerCallback):
             self.trainer.optimizer, params, grads, self.probe_grad, float(lr))
         self.drawn.pop(slot, None)
         self.passes["scored_steps"] += 1
-        self.seconds += time.perf_counter() - t0
+        self.spend("score", t0)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.finished:
@@ -415,10 +485,10 @@ class StepExplorer(TrainerCallback):
                 return
             decision = self.test.add_block(scores)
             if decision.status != "exploring":
-                self.seconds += time.perf_counter() - t0
+                self.spend("test", t0)
                 self.conclude(decision, state.global_step)
                 return
-        self.seconds += time.perf_counter() - t0
+        self.spend("test", t0)
         if done and self.phase == "explore" and self.test.blocks - self.refreshed_at >= self.plan.refresh_blocks:
             self.refresh(self.test.blocks)
         if len(self.blocks) > self.test.looks[-1] + 1 and not self.finished:
@@ -446,7 +516,7 @@ class StepExplorer(TrainerCallback):
         """The next re-check at twice ``step``, if it and its blocks fit before the run ends."""
         n = self.plan.recheck_blocks
         at = max(2 * step, step + 1)
-        fits = n >= 2 and at + 2 * n + 2 <= self.plan.total_steps
+        fits = n >= 2 and at + 2 * n + 2 <= self.plan.total_steps and self.rechecks < self.plan.max_rechecks
         self.next_check = at if fits and self.level is not None and self.trainer.divcl_sampler is not None else None
 
     def start_recheck(self, step: int) -> None:
@@ -532,16 +602,23 @@ class StepExplorer(TrainerCallback):
         cal = ProgressCalibration(status, window, level, reason, temperature=float(t.args.temperature),
                                   batch_size=t.global_batch_size(), estimate=estimate, confidence=1 - self.plan.alpha,
                                   n_pairs=self.test.blocks, step=step, levels=rows,
-                                  random_metric=diversity[RANDOM_ARM] or float("nan"),
-                                  cost={"seconds": self.seconds, **{k: float(v) for k, v in self.passes.items()},
-                                        "preconditioner": self.preconditioner_name})
+                                  random_metric=diversity[RANDOM_ARM] or float("nan"))
+        before = self.history[-1]["cost"].get("seconds", 0.0) if self.history else 0.0
         record = cal.to_dict()
-        self.history.append(record)
+        self.history.append(record)  # in force before it is applied: the run files read it
         if apply:
+            t0 = time.perf_counter()
             sampler = t.divcl_sampler
             replan = window is not None or self.phase == "recheck"
             cut = self.agreed(sampler.yielded_global() if sampler is not None and replan else None)
             t.apply_window(window, cut=cut)
+            self.spend("apply", t0)
+        run = self.run_seconds()
+        record["cost"] = {"seconds": self.seconds, **{k: float(v) for k, v in self.passes.items()},
+                          **{f"{k}_seconds": v for k, v in self.split.items()}, "run_seconds": run,
+                          "fraction_of_run": self.seconds / run if run > 0 else None,
+                          "preconditioner": self.preconditioner_name}
+        record["wall_seconds"] = self.seconds - before  # what this exploration or re-check cost
         self.level = level if window is not None else None
         self.schedule_recheck(step)
         logger.warning("window='explore' at step %d after %d blocks: %s — %s", step, self.test.blocks,
