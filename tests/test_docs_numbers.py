@@ -3,7 +3,7 @@ them fails until the docs say the new number."""
 
 from pathlib import Path
 
-from hf_divcl.batch_policy.explorer import plan_exploration
+from hf_divcl.batch_policy.explorer import explore_min_steps, plan_exploration
 from hf_divcl.batch_policy.follower import plan_calibrations
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -26,6 +26,9 @@ def test_progress_sizing_in_the_docs_matches_the_planner():
 
 
 def test_explore_sizing_in_the_docs_matches_the_planner():
-    need = first_steps(lambda t: plan_exploration(total_steps=t, batch_size=32, train_rows=47_000,
-                                                  probe_rows=256).max_blocks > 0)
-    assert f"at least {need} steps at B = 32" in (DOCS / "usage.md").read_text()
+    need = explore_min_steps(32)
+    assert all(plan_exploration(total_steps=t, batch_size=32, train_rows=47_000, probe_rows=256).max_blocks > 0
+               for t in range(need, 4 * need))
+    assert plan_exploration(total_steps=need - 1, batch_size=32, train_rows=47_000, probe_rows=256).max_blocks == 0
+    for doc in (DOCS / "usage.md", DOCS.parent / "README.md"):
+        assert f"at least {need:,} steps at B = 32" in " ".join(doc.read_text().split()), doc.name

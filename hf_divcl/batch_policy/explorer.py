@@ -161,8 +161,9 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
 
 
 def explore_min_steps(batch_size: int, probe_rows: int = 256, **plan_kwargs: Any) -> int:
-    """The shortest run (in steps) that :func:`plan_exploration` lets explore at this batch size (0: none up to
-    10⁶ steps). The README's and the usage guide's sizing line are this number at B = 32."""
+    """The run length (in steps) from which on every run explores under :func:`plan_exploration` at this batch
+    size (0: none up to 10⁶ steps). Not quite monotone near it (the block count is rounded), so the search ends
+    with a scan. The README's and the usage guide's sizing line are this number at B = 32."""
     def explores(steps: int) -> bool:
         return plan_exploration(total_steps=steps, batch_size=batch_size, train_rows=10**9, probe_rows=probe_rows,
                                 _explain=False, **plan_kwargs).max_blocks > 0
@@ -171,11 +172,8 @@ def explore_min_steps(batch_size: int, probe_rows: int = 256, **plan_kwargs: Any
         if steps > 10**6:
             return 0
         steps *= 2
-    low = steps // 2  # does not explore (or is below the first try)
-    while steps - low > 1:  # the sizes are monotone: a longer run has more blocks and more budget
-        mid = (low + steps) // 2
-        low, steps = (low, mid) if explores(mid) else (mid, steps)
-    return steps
+    fails = [t for t in range(steps // 4, 2 * steps) if not explores(t)]
+    return max(fails, default=steps // 4 - 1) + 1
 
 
 def _recheck_slots(total_steps: int, first_decision: int, blocks: int) -> int:
