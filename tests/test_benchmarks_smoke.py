@@ -168,3 +168,13 @@ def test_probe_choice_smoke(tmp_path):
     res = json.loads(out.read_text())
     assert len(res["rows"]) == 2 * 3 and set(res["spearman_all"]) == {"infonce_random", "retrieval_train_tau",
                                                                        "retrieval_sharp"}
+
+
+@pytest.mark.slow
+def test_explore_cost_smoke(tmp_path):
+    out = tmp_path / "c.json"
+    run("explore_cost.py", "--output", str(out))
+    summary = json.loads(out.read_text())["summary"]
+    kinds = summary["median"]
+    assert kinds["refreshes"] >= 1 and kinds["scored_steps"] >= 6 and kinds["plain_step_s"] > 0
+    assert summary["score_model"] > 0 and kinds["score_batch_eq"] > 0 and kinds["refresh_batch_eq"] > 0

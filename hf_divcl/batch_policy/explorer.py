@@ -262,7 +262,7 @@ class StepExplorer(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.passes = {"probe_refreshes": 0, "encoded_rows": 0, "scored_steps": 0}
-        self.split = {"refresh": 0.0, "score": 0.0, "test": 0.0, "apply": 0.0}  # seconds by kind of work
+        self.split = {"refresh": 0.0, "draw": 0.0, "score": 0.0, "test": 0.0, "apply": 0.0}  # seconds by kind
         self.run_before = 0.0  # training wall-clock of earlier processes (a resumed run)
         self.started: float | None = None
         self.finished = False  # no experiment running (exploration over, no re-check under way)
@@ -373,12 +373,14 @@ class StepExplorer(TrainerCallback):
         planned_arm = RANDOM_ARM if self.phase == "explore" else self.level  # the arm the sampler's batch serves
         if arm != planned_arm and planned.numel() == self.trainer.global_batch_size():
             if slot not in self.drawn:
+                t0 = time.perf_counter()
                 gen = torch.Generator().manual_seed(mix_seed(int(self.trainer.args.seed), 7_000_003 + slot))
                 if arm == RANDOM_ARM:  # a re-check's random arm: no embeddings needed
                     pick = torch.randperm(len(self.sample_rows), generator=gen)[:planned.numel()]
                 else:
                     pick = draw_level(self.sample_emb, parse_level(arm), planned.numel(), 1, gen)[0]
                 self.drawn[slot] = self.sample_rows[pick].tolist()
+                self.spend("draw", t0)
             rows = torch.tensor(self.drawn[slot], dtype=torch.long)
         b = self.trainer.divcl_sampler.batch_size if self.trainer.divcl_sampler is not None else rows.numel()
         for i in range(0, rows.numel(), b):
