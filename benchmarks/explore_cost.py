@@ -67,8 +67,8 @@ def task_setup(a):
     from hf_divcl.data.wordnet import wordnet_pairs
     from hf_divcl.models.loading import load_sentence_transformer
 
-    train = wordnet_pairs(kind="example", source="embedded").select(range(a.rows)).select_columns(
-        ["anchor", "positive"])
+    train = wordnet_pairs(kind="example", source="embedded")
+    train = train.select(range(min(a.rows, len(train)))).select_columns(["anchor", "positive"])
     return train, lambda: load_sentence_transformer("all-MiniLM-L6-v2", device="cpu"), {"learning_rate": 5e-5}
 
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=["text", "vision"], default="text")
     p.add_argument("--steps", type=int, default=None, help="per run (text 150, vision 400)")
     p.add_argument("--batch-size", type=int, default=None, help="text 32, vision 128")
-    p.add_argument("--rows", type=int, default=None, help="training rows (text 3000, vision 8192)")
+    p.add_argument("--rows", type=int, default=None, help="training rows (text: all 2,500 of the embedded sample, vision 8192)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3,
                    help="calibration_budget of the explore run: high, so that it refreshes several times")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     text = a.task == "text"
     a.steps = a.steps or (24 if a.smoke else 150 if text else 400)
     a.batch_size = a.batch_size or (8 if a.smoke else 32 if text else 128)
-    a.rows = a.rows or (300 if a.smoke else 3000 if text else 8192)
+    a.rows = a.rows or (300 if a.smoke else 2500 if text else 8192)
     a.rounds = 1 if a.smoke else a.rounds
     a.budget = 1.0 if a.smoke else a.budget
     smoke_out = str(Path(tempfile.gettempdir()) / f"explore_cost_{a.task}_smoke.json")

@@ -146,10 +146,9 @@ def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads:
                          probe_grad: Sequence[torch.Tensor], lr: float) -> tuple[torch.Tensor, str]:
     """``step_score(grads, preconditioner(optimizer, params, grads)[0], probe_grad, lr)`` and the preconditioner's
     name, without materialising the preconditioner or float64 copies: per parameter one scratch tensor and five
-    passes (``v̂``, ``√v̂+ε``, ``q/(√v̂+ε)``, the dot with ``g``), each tensor's dot in its own dtype, summed in
-    float64. No host sync. This is the explorer's per-step cost, so it must stay a small fraction of a step."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    states = _adam_states(inner, params)
+    passes over it (``v``, its root, ``+ε``, ``q/·``, the dot with ``g``), each tensor's dot in its own dtype, summed
+    in float64. No host sync. This is the explorer's per-step cost, so it must stay a small fraction of a step."""
+    states = _adam_states(getattr(optimizer, "optimizer", optimizer), params)
     terms = []
     for i, (g, q) in enumerate(zip(grads, probe_grad, strict=True)):
         dtype = torch.promote_types(g.dtype, q.dtype)
@@ -159,12 +158,15 @@ def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads:
             continue
         sq, beta2, eps, step = states[i]
         bias = 1 - beta2 ** (step + 1)
-        d = torch.mul(g, g).mul_((1 - beta2) / bias)
+        # √(v_t/bias) + ε = √(c/bias) · (√w + ε·√(bias/c)) with w = sq + g²·(1-β2)/β2 and c = β2 (w = g², c = 1-β2
+        # without a second moment yet): five passes, the constant factor applied to the tensor's dot at the end
         if sq is not None:
-            d.add_(sq.reshape(-1).to(dtype), alpha=beta2 / bias)
-        d.sqrt_().add_(eps)
-        torch.div(q, d, out=d)
-        terms.append(torch.dot(g, d).double())
+            w, c = torch.addcmul(sq.reshape(-1).to(dtype), g, g, value=(1 - beta2) / beta2), beta2
+        else:
+            w, c = torch.mul(g, g), 1 - beta2
+        w.sqrt_().add_(eps * math.sqrt(bias / c))
+        torch.div(q, w, out=w)
+        terms.append(torch.dot(g, w).double() * math.sqrt(bias / c))
     return lr * torch.stack(terms).sum(), "identity" if states is None else "adam"
 
 
