@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", choices=["text", "vision"], default="text")
     p.add_argument("--steps", type=int, default=None, help="per run (text 150, vision 400)")
     p.add_argument("--batch-size", type=int, default=None, help="text 32, vision 128")
-    p.add_argument("--rows", type=int, default=None, help="training rows (text: all 2,500 of the embedded sample, vision 8192)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="training rows (text: all 2,500 of the embedded sample; vision 8192)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3,
                    help="calibration_budget of the explore run: high, so that it refreshes several times")
