@@ -38,19 +38,22 @@ def run(tiny_model_dir, out, resume=None, n=400, **kw):
 
 def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
     plan = plan_exploration(total_steps=1000, batch_size=32, train_rows=10_000, probe_rows=256)
-    assert plan.levels == ["local:32", "spread:4"] and plan.max_blocks == 100  # 30 % of 1000 steps / 3 arms
-    # 300 scored steps (18), two re-checks after a decision at step 30 (at 60 and 240: 2 × (8 + 20 × 0.06)) and
-    # one refresh (256/96 + 8) fit in 5 % of 1000 batches; a second refresh would not
-    assert plan.cost_per_refresh == pytest.approx(256 / 96 + 8) and plan.max_rechecks == 2
-    assert plan.refresh_blocks == 100 and plan.planned_cost == pytest.approx(18 + 2 * 9.2 + 256 / 96 + 8)
+    assert plan.levels == ["local:32", "spread:4"] and plan.cost_per_refresh == pytest.approx(256 / 96 + 8)
+    # 5 % of 1000 batches = 50 batch equivalents: one refresh (10.7), then the re-checks after a decision at step 30
+    # (3 of the 4 that fit in time, 8 + 20 · SCORE_COST each), then as many blocks of 3 scored steps as the rest holds
+    recheck = 8 + 20 * SCORE_COST
+    assert plan.max_rechecks == 3 and plan.recheck_cost == pytest.approx(recheck)
+    assert plan.max_blocks == int((50 - plan.cost_per_refresh - 3 * recheck) / (3 * SCORE_COST)) < 100
+    assert plan.refresh_blocks == plan.max_blocks  # no budget left for a second refresh
+    assert plan.planned_cost == pytest.approx(plan.cost_per_refresh + 3 * recheck + 3 * SCORE_COST * plan.max_blocks)
+    long = plan_exploration(total_steps=20_000, batch_size=32, train_rows=10_000, probe_rows=256)
+    assert long.max_blocks == 2000 and long.refresh_blocks < 100  # 30 % of the steps, refreshed throughout
     short = plan_exploration(total_steps=50, batch_size=32, train_rows=10_000, probe_rows=256)
     assert short.max_blocks == 0 and short.steps == [] and "too short to explore" in short.reason
     assert "≥ 100 steps" in short.reason and f"≥ {explore_min_steps(32)} steps" not in short.reason
     cheap = plan_exploration(total_steps=200, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.01)
     assert cheap.max_blocks == 0 and "calibration_budget=0.01" in cheap.reason
-    assert "at any length" in cheap.reason and "lower explore_max_fraction" in cheap.reason
-    tight = plan_exploration(total_steps=200, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.03)
-    assert tight.max_blocks == 0 and f"≥ {explore_min_steps(32, budget=0.03):,} steps" in tight.reason
+    assert f"≥ {explore_min_steps(32, budget=0.01):,} steps" in cheap.reason
 
 
 @pytest.mark.parametrize("budget", [0.02, 0.05, 0.2])

@@ -64,9 +64,9 @@ __all__ = ["EXPLORE_FILE", "SCORE_COST", "ExplorePlan", "StepExplorer", "explore
 
 EXPLORE_FILE = "divcl_explore.jsonl"
 # A scored step's extra work in batch equivalents: the fused score (preconditioned_score) over every trainable
-# parameter. Measured 0.04-0.06 on MiniLM at B = 32 on CPU (benchmarks/explore_cost.py); smaller models or
-# larger batches cost less.
-SCORE_COST = 0.06
+# parameter. Measured 0.07-0.09 on MiniLM at B = 32 on CPU, 0.03-0.05 on the tiny ViT at B = 128
+# (benchmarks/explore_cost.py, docs/results.md); rounded up.
+SCORE_COST = 0.1
 
 
 @dataclass
@@ -110,21 +110,26 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
                      probe: str = "retrieval", probe_label_column: str = "label",
                      _explain: bool = True) -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps; its scored steps, the re-checks that can follow
-    and its refreshes all within ``budget`` of the run (in batch equivalents)."""
+    and its refreshes all within ``budget`` of the run (in batch equivalents). The budget goes first to one refresh
+    and ``min_blocks`` blocks, then to the re-checks, then to the exploration's length, then to more refreshes."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
     lv = [x for x in lv if x != RANDOM_ARM]
     for name in lv:
         parse_level(name)  # fail early on a typo
     k = 1 + len(lv)
-    max_blocks = int(max_fraction * total_steps) // k
     per_refresh = sample_rows / (3 * batch_size) + probe_rows / batch_size
     recheck = probe_rows / batch_size + 2 * recheck_blocks * SCORE_COST
     budget_units = budget * total_steps
-    scoring = SCORE_COST * k * max(max_blocks, 0)
-    spare = budget_units - scoring - per_refresh  # after the scored steps and the first refresh
+    block_cost = SCORE_COST * k
+    # in order: one refresh and the shortest exploration the test allows; the re-checks (a window without them is
+    # what measured worst, docs/results.md); as long an exploration as the rest affords; more refreshes
+    base = per_refresh + block_cost * min_blocks
     rechecks = min(_recheck_slots(total_steps, min_blocks * k, recheck_blocks),
-                   max(0, math.floor(spare / recheck))) if recheck_blocks >= 2 else 0
+                   max(0, math.floor((budget_units - base) / recheck))) if recheck_blocks >= 2 else 0
+    held = int(max_fraction * total_steps) // k  # blocks the run holds
+    max_blocks = min(held, max(0, math.floor((budget_units - per_refresh - rechecks * recheck) / block_cost)))
+    scoring = block_cost * max_blocks
     refreshes = math.floor((budget_units - scoring - rechecks * recheck) / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
@@ -133,24 +138,22 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
               "probe_label_column": probe_label_column, "recheck_cost": recheck, "max_rechecks": rechecks}
     if not lv:
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
-    if max_blocks < min_blocks:
+    if held < min_blocks:
         need = math.ceil(min_blocks * k / max(max_fraction, 1e-9))
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
             f"the run is too short to explore: {total_steps} steps at explore_max_fraction={max_fraction:g} hold "
-            f"{max_blocks} blocks of {k} arms, the test needs at least {min_blocks} (≥ {need} steps); batches stay "
+            f"{held} blocks of {k} arms, the test needs at least {min_blocks} (≥ {need} steps); batches stay "
             "random"), **common)
-    if refreshes < 1:
+    if max_blocks < min_blocks or refreshes < 1:
         need = explore_min_steps(batch_size, probe_rows, budget=budget, max_fraction=max_fraction,
                                  min_blocks=min_blocks, levels=lv, sample_rows=sample_rows,
-                                 recheck_blocks=recheck_blocks) if _explain else 0
-        longer = f" (≥ {need:,} steps)" if need else (
-            f" — at any length, since scoring {max_fraction:.0%} of the steps alone costs "
-            f"{SCORE_COST * max_fraction:.1%} of the run: raise calibration_budget or lower explore_max_fraction"
-            if _explain else "")
+                                 recheck_blocks=recheck_blocks) if _explain and budget > 0 else 0
+        longer = f" (≥ {need:,} steps)" if need else ""
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
             f"the run is too short to explore within calibration_budget={budget:g}: one probe refresh costs "
-            f"{per_refresh:.1f} batch equivalents and scoring {max_blocks * k} steps {scoring:.1f}, the budget "
-            f"affords {budget_units:.1f}{longer}; batches stay random"), **common)
+            f"{per_refresh:.1f} batch equivalents and scoring {min_blocks} blocks of {k} arms "
+            f"{block_cost * min_blocks:.1f}, the budget affords {budget_units:.1f}{longer}; batches stay random"),
+            **common)
     refreshes = min(refreshes, max_blocks)
     refresh_blocks = max(1, math.ceil(max_blocks / refreshes))
     planned = scoring + math.ceil(max_blocks / refresh_blocks) * per_refresh + rechecks * recheck
