@@ -46,6 +46,13 @@ def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
     assert plan.max_blocks == int((50 - plan.cost_per_refresh - 3 * recheck) / (3 * SCORE_COST)) < 100
     assert plan.refresh_blocks == plan.max_blocks  # no budget left for a second refresh
     assert plan.planned_cost == pytest.approx(plan.cost_per_refresh + 3 * recheck + 3 * SCORE_COST * plan.max_blocks)
+    # 300 steps hold a refresh and 10 blocks (13.7 of 15) but not a re-check as well: no exploration, unless
+    # re-checks are off
+    short = plan_exploration(total_steps=300, batch_size=32, train_rows=10_000, probe_rows=256)
+    assert short.max_blocks == 0 and "one re-check of a chosen window" in short.reason
+    assert "explore_recheck_blocks=0" in short.reason and f"≥ {explore_min_steps(32)} steps" in short.reason
+    once = plan_exploration(total_steps=300, batch_size=32, train_rows=10_000, probe_rows=256, recheck_blocks=0)
+    assert once.max_blocks >= 10 and once.max_rechecks == 0
     long = plan_exploration(total_steps=20_000, batch_size=32, train_rows=10_000, probe_rows=256)
     assert long.max_blocks == 2000 and long.refresh_blocks < 100  # 30 % of the steps, refreshed throughout
     short = plan_exploration(total_steps=50, batch_size=32, train_rows=10_000, probe_rows=256)

@@ -18,10 +18,11 @@ of random batches with confidence; with ``"behind"`` it goes only when it is beh
 Cost (batch equivalents: one forward + backward of a training batch = 1, a forward alone ≈ 1/3): each
 exploration refresh encodes ``S`` candidate rows (``S/(3B)``) and takes the probe gradient over ``P`` probe pairs
 (``P/B``); a re-check refreshes once and encodes nothing (``P/B``); each scored step costs :data:`SCORE_COST`
-(the fused score, a few passes over the parameters). :func:`plan_exploration` fits all of it — every scored
-step of a full-length exploration, the re-checks that can follow, and as many refreshes as the rest affords —
-within ``calibration_budget`` of the run; between refreshes the probe gradient is stale but common to every arm
-of a block. The seconds actually spent, by kind, are in each record's ``cost``.
+(the fused score, a few passes over the parameters). :func:`plan_exploration` fits all of it within
+``calibration_budget`` of the run — one refresh and the shortest exploration, then the re-checks that can follow
+(at least one, or no exploration), then a longer exploration, then more refreshes. Between refreshes the probe
+gradient is stale but common to every arm of a block. The seconds actually spent, by kind, are in each record's
+``cost``.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
                      _explain: bool = True) -> ExplorePlan:
     """Size an exploration: at most ``max_fraction`` of the steps; its scored steps, the re-checks that can follow
     and its refreshes all within ``budget`` of the run (in batch equivalents). The budget goes first to one refresh
-    and ``min_blocks`` blocks, then to the re-checks, then to the exploration's length, then to more refreshes."""
+    and ``min_blocks`` blocks, then to the re-checks (a run that cannot afford one does not explore, unless
+    ``recheck_blocks`` is 0), then to the exploration's length, then to more refreshes."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
     lv = [x for x in lv if x != RANDOM_ARM]
@@ -123,10 +125,11 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     budget_units = budget * total_steps
     block_cost = SCORE_COST * k
     # in order: one refresh and the shortest exploration the test allows; the re-checks (a window without them is
-    # what measured worst, docs/results.md); as long an exploration as the rest affords; more refreshes
+    # what measured worst, docs/results.md), at least one unless they are off; as long an exploration as the rest
+    # affords; more refreshes
     base = per_refresh + block_cost * min_blocks
-    rechecks = min(_recheck_slots(total_steps, min_blocks * k, recheck_blocks),
-                   max(0, math.floor((budget_units - base) / recheck))) if recheck_blocks >= 2 else 0
+    slots = _recheck_slots(total_steps, min_blocks * k, recheck_blocks)
+    rechecks = min(slots, max(0, math.floor((budget_units - base) / recheck))) if recheck_blocks >= 2 else 0
     held = int(max_fraction * total_steps) // k  # blocks the run holds
     max_blocks = min(held, max(0, math.floor((budget_units - per_refresh - rechecks * recheck) / block_cost)))
     scoring = block_cost * max_blocks
@@ -144,16 +147,17 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
             f"the run is too short to explore: {total_steps} steps at explore_max_fraction={max_fraction:g} hold "
             f"{held} blocks of {k} arms, the test needs at least {min_blocks} (≥ {need} steps); batches stay "
             "random"), **common)
-    if max_blocks < min_blocks or refreshes < 1:
+    if max_blocks < min_blocks or refreshes < 1 or (slots and not rechecks):
         need = explore_min_steps(batch_size, probe_rows, budget=budget, max_fraction=max_fraction,
                                  min_blocks=min_blocks, levels=lv, sample_rows=sample_rows,
                                  recheck_blocks=recheck_blocks) if _explain and budget > 0 else 0
         longer = f" (≥ {need:,} steps)" if need else ""
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
             f"the run is too short to explore within calibration_budget={budget:g}: one probe refresh costs "
-            f"{per_refresh:.1f} batch equivalents and scoring {min_blocks} blocks of {k} arms "
-            f"{block_cost * min_blocks:.1f}, the budget affords {budget_units:.1f}{longer}; batches stay random"),
-            **common)
+            f"{per_refresh:.1f} batch equivalents, scoring {min_blocks} blocks of {k} arms "
+            f"{block_cost * min_blocks:.1f}" + (f" and one re-check of a chosen window {recheck:.1f}" if slots else "")
+            + f", the budget affords {budget_units:.1f}{longer}; batches stay random"
+            + (" (explore_recheck_blocks=0 explores without re-checks)" if slots else "")), **common)
     refreshes = min(refreshes, max_blocks)
     refresh_blocks = max(1, math.ceil(max_blocks / refreshes))
     planned = scoring + math.ceil(max_blocks / refresh_blocks) * per_refresh + rechecks * recheck
