@@ -620,6 +620,8 @@ class StepExplorer(TrainerCallback):
             cut = self.agreed(sampler.yielded_global() if sampler is not None and replan else None)
             t.apply_window(window, cut=cut)
             self.spend("apply", t0)
+        else:
+            t.record_policy()  # the window stays: only its record is new
         run = self.run_seconds()
         record["cost"] = {"seconds": self.seconds, **{k: float(v) for k, v in self.passes.items()},
                           **{f"{k}_seconds": v for k, v in self.split.items()}, "run_seconds": run,

@@ -291,6 +291,11 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.diversity.window = window
         if cut is not None:
             sampler.replan(cut)
+        self.record_policy()
+
+    def record_policy(self) -> None:
+        """Rewrite the window file (``divcl_window.json``) from the policy in force, e.g. after a decision that keeps
+        it."""
         write_window_file(self)
 
     def model_copy(self) -> torch.nn.Module:
