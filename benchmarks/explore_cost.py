@@ -14,6 +14,7 @@ window's application); a step timer gives the plain run's median step. From thes
     python benchmarks/explore_cost.py --task text      # MiniLM, WordNet pairs, B = 32, 150 steps, 2 rounds
     python benchmarks/explore_cost.py --task vision    # tiny ViT SimCLR, Fashion-MNIST, B = 128, 400 steps
     python benchmarks/explore_cost.py --smoke          # MiniLM, B = 8, 24 steps, 1 round (< 1 min)
+    python benchmarks/explore_cost.py --score-only     # the step score alone: reference vs fused on MiniLM
 
 Timings are only meaningful with nothing else running on the machine.
 """
@@ -128,6 +129,38 @@ def summarise(rounds: list[dict], score_cost: float) -> dict:
             "refresh_model": rows[0]["refresh_model"], "score_model": score_cost}
 
 
+def score_microbenchmark(a) -> dict:
+    """The step score on the model's own parameters, AdamW state after one step: the reference
+    (``step_score(grads, preconditioner(...))``) against the fused ``preconditioned_score``, ``--repeats`` each,
+    alternating, with the same random gradients."""
+    import torch
+
+    from hf_divcl.batch_policy.explore import preconditioned_score, preconditioner, step_score
+
+    model = task_setup(a)[1]()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    probe = [torch.randn(p.shape, generator=gen) for p in params]
+    times: dict[str, list[float]] = {"reference": [], "fused": []}
+    values = {}
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        values["reference"] = step_score(grads, preconditioner(opt, params, grads)[0], probe, 1e-4).item()
+        times["reference"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        values["fused"] = preconditioned_score(opt, params, grads, probe, 1e-4)[0].item()
+        times["fused"].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v[1:] or v) for k, v in times.items()}  # the first call warms the allocator
+    return {"parameters": sum(p.numel() for p in params), "tensors": len(params), "seconds": times,
+            "median_s": med, "speedup": med["reference"] / med["fused"], "values": values,
+            "relative_difference": abs(values["fused"] - values["reference"]) / abs(values["reference"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["text", "vision"], default="text")
@@ -139,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=0.3,
                    help="calibration_budget of the explore run: high, so that it refreshes several times")
     p.add_argument("--max-fraction", type=float, default=0.9, help="explore_max_fraction of the explore run")
+    p.add_argument("--score-only", action="store_true",
+                   help="only time the step score (reference vs fused) on the model's parameters; writes "
+                        "benchmarks/results/explore_score_{task}.json")
+    p.add_argument("--repeats", type=int, default=6, help="--score-only: timings of each")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None, help="default: benchmarks/results/explore_cost_{task}.json")
     a = p.parse_args(argv)
@@ -154,6 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from hf_divcl.batch_policy.explorer import SCORE_COST
+
+    machine = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
+               "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    if a.score_only:
+        res = score_microbenchmark(a)
+        print(f"step score over {res['parameters']:,} parameters ({res['tensors']} tensors): reference "
+              f"{res['median_s']['reference']:.4f} s, fused {res['median_s']['fused']:.4f} s "
+              f"({res['speedup']:.1f}x), relative difference {res['relative_difference']:.1e}")
+        path = Path(a.output if a.output else f"benchmarks/results/explore_score_{a.task}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": a.task, "result": res, "machine": machine}, indent=2) + "\n")
+        print(f"wrote {path}")
+        return 0
 
     setup = task_setup(a)
     rounds = []
@@ -172,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(model {SCORE_COST}), level draw {m['draw_batch_eq']:.3f}; explore run +{m['extra_wall_s']:.1f} s "
           f"wall-clock, explorer accounted for {m['explorer_s']:.1f} s")
     out = {"task": a.task, "config": {k: v for k, v in vars(a).items()}, "summary": summary, "runs": rounds,
-           "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
-                       "threads": torch.get_num_threads(), "cpus": os.cpu_count()}}
+           "machine": machine}
     Path(a.output).parent.mkdir(parents=True, exist_ok=True)
     Path(a.output).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.output}")

@@ -46,7 +46,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         window_keep_fraction (`float`, *optional*, defaults to `0.9`):
             `window="auto"`: keep the levels whose mean gradient norm reaches this fraction of the peak.
         calibration_budget (`float`, *optional*, defaults to `0.05`):
-            `window="progress"`: the calibrations' cost cap, as a fraction of the run's training batches.
+            `window="progress"`: the calibrations' cost cap, as a fraction of the run's training batches;
+            `window="explore"`: the cap on everything exploring can spend (scored steps, re-checks, probe refreshes).
         calibration_pairs (`int` or `None`, *optional*, defaults to `None`):
             `window="progress"`: scored batches per level, each paired with a random one (default: 3 to 8).
         calibration_levels (`str` or `None`, *optional*, defaults to `None`):
@@ -187,7 +188,8 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         "help": "'auto' window: diversity levels whose mean gradient norm is at least this fraction of the peak."})
     calibration_budget: float = field(default=0.05, metadata={
         "help": "'progress' window: the calibrations together cost at most this fraction of the run's training "
-                "batches; a run too short for one keeps random batches and says so."})
+                "batches; 'explore': everything exploring can spend (scored steps, re-checks, probe refreshes) fits "
+                "in it. A run too short keeps random batches and says so."})
     calibration_pairs: int | None = field(default=None, metadata={
         "help": "'progress' window: scored batches per level, each paired with a random one (default: as many as "
                 "the budget affords, 3 to 8)."})
