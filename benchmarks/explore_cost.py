@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None, help="default: benchmarks/results/explore_cost_{task}.json")
     a = p.parse_args(argv)
+    a.score_output = a.output if a.score_only else None
     text = a.task == "text"
     a.steps = a.steps or (24 if a.smoke else 150 if text else 400)
     a.batch_size = a.batch_size or (8 if a.smoke else 32 if text else 128)
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step score over {res['parameters']:,} parameters ({res['tensors']} tensors): reference "
               f"{res['median_s']['reference']:.4f} s, fused {res['median_s']['fused']:.4f} s "
               f"({res['speedup']:.1f}x), relative difference {res['relative_difference']:.1e}")
-        path = Path(a.output if a.output else f"benchmarks/results/explore_score_{a.task}.json")
+        path = Path(a.score_output or f"benchmarks/results/explore_score_{a.task}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"task": a.task, "result": res, "machine": machine}, indent=2) + "\n")
         print(f"wrote {path}")
