@@ -230,14 +230,26 @@ def check_probe_labels(dataset, column: str) -> None:
                          "explore_probe_label_column to the label column, or use explore_probe='retrieval'.")
 
 
+def probe_embeddings(trainer: PolicyHost, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anchor and positive embeddings ``(P, d)`` of the probe rows, with autograd, computed in chunks of the global
+    batch size: each chunk is collated (and padded) as a training batch is, so the probe's cost is ``P/B`` training
+    batches as the plan counts it, not one batch padded to the longest of all ``P`` rows."""
+    n, b = len(data), max(1, trainer.global_batch_size())
+    us, vs = [], []
+    for lo in range(0, n, b):
+        features, _ = trainer.collect_features(trainer.collate_rows(data, list(range(lo, min(lo + b, n)))))
+        if len(features) < 2:
+            raise ValueError("window='explore' needs (anchor, positive) pairs (or two image views) for its probe.")
+        us.append(trainer.model(dict(features[0]))["sentence_embedding"])
+        vs.append(trainer.model(dict(features[1]))["sentence_embedding"])
+    return torch.cat(us), torch.cat(vs)
+
+
 def probe_gradient(trainer: PolicyHost, params: list[torch.nn.Parameter], plan: ExplorePlan) -> list[torch.Tensor]:
     """Gradient of the probe loss over the whole probe set: :func:`retrieval_probe_loss` (anchors against all probe
     positives) or, with ``plan.probe == "labels"``, :func:`label_probe_loss`."""
     data = trainer.probe_dataset
-    features, _ = trainer.collect_features(trainer.collate_rows(data, list(range(len(data)))))
-    if len(features) < 2:
-        raise ValueError("window='explore' needs (anchor, positive) pairs (or two image views) for its probe.")
-    u, v = (trainer.model(dict(f))["sentence_embedding"] for f in features[:2])
+    u, v = probe_embeddings(trainer, data)
     if plan.probe == "labels":
         _, codes = np.unique(np.asarray(data[plan.probe_label_column], dtype=object).astype(str), return_inverse=True)
         loss = label_probe_loss(u.float(), v.float(), torch.as_tensor(codes), plan.probe_temperature)
