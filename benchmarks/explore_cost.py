@@ -35,23 +35,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _timer():
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times: list[float] = []
-            self._t0 = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self._t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self._t0)
-
-    return StepTimer()
-
-
 def task_setup(a):
     """``(train dataset, make_model(), extra training arguments)``."""
     if a.task == "vision":
@@ -74,6 +57,8 @@ def task_setup(a):
 
 
 def run_once(window: str, a, setup, workdir: Path) -> dict:
+    from step_time import _timer  # this script's folder is on the path when it runs
+
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer
 

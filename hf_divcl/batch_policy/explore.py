@@ -121,7 +121,7 @@ def preconditioner(optimizer, params: Sequence[torch.nn.Parameter],
     Anything else (SGD, Adafactor without ``exp_avg_sq``…): ``None`` = the identity (the step is ``lr·g``, up to
     momentum, which is common to every arm of a block).
     """
-    states = _adam_states(getattr(optimizer, "optimizer", optimizer), params)  # accelerate wraps the optimizer
+    states = _adam_states(optimizer, params)
     if states is None:
         return None, "identity"
     out = []
@@ -148,7 +148,7 @@ def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads:
     name, without materialising the preconditioner or float64 copies: per parameter one scratch tensor and five
     passes over it (``v``, its root, ``+ε``, ``q/·``, the dot with ``g``), each tensor's dot in its own dtype, summed
     in float64. No host sync. This is the explorer's per-step cost, so it must stay a small fraction of a step."""
-    states = _adam_states(getattr(optimizer, "optimizer", optimizer), params)
+    states = _adam_states(optimizer, params)
     terms = []
     for i, (g, q) in enumerate(zip(grads, probe_grad, strict=True)):
         dtype = torch.promote_types(g.dtype, q.dtype)
@@ -170,9 +170,10 @@ def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads:
     return lr * torch.stack(terms).sum(), "identity" if states is None else "adam"
 
 
-def _adam_states(inner, params: Sequence[torch.nn.Parameter]) -> list[tuple[Any, float, float, float]] | None:
+def _adam_states(optimizer, params: Sequence[torch.nn.Parameter]) -> list[tuple[Any, float, float, float]] | None:
     """Per parameter ``(exp_avg_sq or None, β2, ε, step)`` of an Adam-family optimizer; ``None`` when any parameter
     has no second moment (the identity preconditioner, as :func:`preconditioner`)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
     if inner is None:
         return None
     adam = "betas" in inner.defaults and "eps" in inner.defaults

@@ -279,7 +279,6 @@ class StepExplorer(TrainerCallback):
         self.refreshed_at = -1
         self.preconditioner_name = ""
         self.history: list[dict[str, Any]] = []
-        self.seconds = 0.0
         self.passes = {"probe_refreshes": 0, "encoded_rows": 0, "scored_steps": 0}
         self.split = {"refresh": 0.0, "draw": 0.0, "score": 0.0, "test": 0.0, "apply": 0.0}  # seconds by kind
         self.run_before = 0.0  # training wall-clock of earlier processes (a resumed run)
@@ -331,9 +330,9 @@ class StepExplorer(TrainerCallback):
                        for b in state["blocks"]]
         self.drawn = {int(k): list(v) for k, v in state["drawn"].items()}
         self.history = list(state["history"])
-        self.seconds = float(state["seconds"])
         self.passes = dict(state["passes"])
-        self.split = {**self.split, **state.get("split", {})}
+        # a checkpoint from before the split by kind keeps its total as one kind
+        self.split = {**self.split, **(state.get("split") or {"earlier": float(state["seconds"])})}
         self.run_before = float(state.get("run_seconds", 0.0))
         self.finished = bool(state["finished"])
         self.refreshed_at = int(state["refreshed_at"])
@@ -452,9 +451,12 @@ class StepExplorer(TrainerCallback):
         self.spend("refresh", t0)
 
     def spend(self, kind: str, t0: float) -> None:
-        took = time.perf_counter() - t0
-        self.seconds += took
-        self.split[kind] = self.split.get(kind, 0.0) + took
+        self.split[kind] += time.perf_counter() - t0
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent exploring and re-checking so far, all kinds together."""
+        return sum(self.split.values())
 
     def run_seconds(self) -> float:
         """Training wall-clock so far, this process's and earlier ones' (resumed runs), exploration included."""
