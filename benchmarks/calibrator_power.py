@@ -198,9 +198,12 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
     arm = d.level if d.status == "window" else "random"
     explore_steps = t
     def fits(at: int) -> bool:
-        return 2 * at + 2 * a.recheck_blocks + 2 <= a.steps
+        allowed = a.max_rechecks is None or len(rechecks) < a.max_rechecks
+        return allowed and 2 * at + 2 * a.recheck_blocks + 2 <= a.steps
 
-    rechecks, next_check = [], 2 * t if arm != "random" and a.recheck_blocks and fits(t) else None
+    rechecks: list[dict] = []
+
+    next_check = 2 * t if arm != "random" and a.recheck_blocks and fits(t) else None
     while t < a.steps:
         if next_check is not None and t >= next_check:
             # a re-check as the trainer's (explorer.py): the window's arm against random batches, up to
@@ -288,6 +291,23 @@ def t_interval(values: list[float]) -> dict:
             "wins": sum(v > 0 for v in values)}
 
 
+def apply_plan(a, levels: list[str], train_rows: int) -> None:
+    """Size the exploration as the trainer would for a run of ``a.steps`` steps (``plan_exploration`` with the
+    default budget and re-checks): its block counts, probe refresh interval and re-checks replace the flags."""
+    from hf_divcl.batch_policy.explorer import plan_exploration
+
+    plan = plan_exploration(total_steps=a.steps, batch_size=a.batch_size, train_rows=train_rows,
+                            probe_rows=a.probe_rows, min_blocks=a.min_blocks, alpha=a.alpha, levels=levels,
+                            recheck_blocks=a.recheck_blocks or 10, recheck_rule=a.recheck_rule,
+                            probe_temperature=a.probe_temperature)
+    if not plan.max_blocks:
+        raise SystemExit(f"--as-planned: the trainer would not explore a {a.steps}-step run: {plan.reason}")
+    a.max_blocks, a.refresh_blocks = plan.max_blocks, plan.refresh_blocks
+    a.recheck_blocks, a.max_rechecks = plan.recheck_blocks, plan.max_rechecks
+    a.plan = plan.reason
+    print(f"as planned for {a.steps} steps: {plan.reason}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="debian")
@@ -322,9 +342,13 @@ def main() -> None:
     p.add_argument("--calibrator", choices=["explore", "oneshot"], default="explore",
                    help="oneshot: window='progress''s one-shot calibration, for comparison")
     p.add_argument("--oneshot-pairs", type=int, default=3, help="oneshot: scored pairs per level and calibration")
+    p.add_argument("--as-planned", action="store_true",
+                   help="blocks, refreshes and re-checks as the trainer's plan_exploration sizes them for a run of "
+                        "--steps steps (overrides --min-blocks/--max-blocks/--refresh-blocks/--recheck-blocks)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None)
     a = p.parse_args()
+    a.max_rechecks = None
     if a.smoke:
         a.source, a.domain, a.kind, a.limit = "embedded", None, "example", 600
         a.temperatures, a.probe_rows, a.batch_size, a.steps = [0.05, 0.5], 64, 8, 40
@@ -334,6 +358,8 @@ def main() -> None:
     torch.set_num_threads(1)  # a small model: one thread is fastest and leaves the other core alone
     feats = features(a)
     levels = [x.strip().format(B=a.batch_size, B8=8 * a.batch_size) for x in a.levels.split(",")]
+    if a.as_planned:
+        apply_plan(a, levels, train_rows=feats["train_anchor"].shape[0] - a.probe_rows)
     null_levels = [f"random_{chr(98 + i)}" for i in range(len(levels))]  # as many null arms as levels
     result: dict = {"config": vars(a), "levels": levels, "truth": {}, "planted": {}, "null": {},
                     "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}

@@ -94,12 +94,15 @@ def end_distributed() -> None:
 
     With Gloo (multi-process runs on CPU), a process that exits with its process group alive can abort during
     interpreter shutdown (``terminate called without an active exception``, SIGABRT) after finishing its work, and
-    the launcher then reports the whole run as failed. Call it on success only: a process that failed may leave
-    the others inside a collective, where destroying the group would wait for them.
+    the launcher then reports the whole run as failed. Destroying the group is not enough on its own: a process
+    that tears its group down while another is still working (rank 0 saving the final model) aborted in about 1
+    run in 15, so every process first waits at a barrier until all are done. Call it on success only: a process
+    that failed may leave the others inside a collective, where the barrier would wait for them.
     """
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -20,6 +20,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from transformers import TrainerCallback
 
+from hf_divcl import end_distributed
 from hf_divcl.training.callbacks import DiversityCallback
 
 BATCH = 8
@@ -59,6 +60,7 @@ def main() -> None:
     trainer.add_callback(saver)
     trainer.train()
     torch.save(saver.steps, os.path.join(out, f"steps_rank{trainer.args.process_index}.pt"))
+    end_distributed()
 
 
 if __name__ == "__main__":

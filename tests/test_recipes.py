@@ -109,11 +109,12 @@ def test_command_line_reports_config_errors(tmp_path, capsys):
 def test_text_recipe_under_two_accelerate_processes(tiny_model_dir, tmp_path):
     out = tmp_path / "text2"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    str(ROOT / "recipes" / "text_wordnet.py"),
-                    *smoke(out, model=tiny_model_dir, max_train_rows=200, per_device_train_batch_size=8)],
-                   check=True, env=env, timeout=600, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           str(ROOT / "recipes" / "text_wordnet.py"),
+                           *smoke(out, model=tiny_model_dir, max_train_rows=200, per_device_train_batch_size=8)],
+                          env=env, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
     check_output(out)
     log = read_diversity_log(out / "diversity_log.jsonl")
     assert all(r["divcl/global_batch_size"] == 16 for r in log)

@@ -165,6 +165,7 @@ from accelerate import Accelerator
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from hf_divcl.sampler import DiversityWindowBatchSampler
+from hf_divcl import end_distributed
 from hf_divcl.diversity.window import DiversityWindow
 
 acc = Accelerator(cpu=True)
@@ -179,6 +180,7 @@ dl = acc.prepare(DataLoader(ds, batch_sampler=s, collate_fn=lambda rows: [r["idx
 out = {"rank": acc.process_index, "world": acc.num_processes, "full_plan": [list(b) for b in s],
        "shard": [list(b) for b in dl]}
 json.dump(out, open(sys.argv[1] + f"/rank{acc.process_index}.json", "w"))
+end_distributed()
 '''
 
 

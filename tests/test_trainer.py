@@ -179,7 +179,9 @@ def test_collapse_alarm_stops_training_cleanly(tiny_model_dir, tmp_path):
 
 def _run(args, env_extra=None, check=True):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(args, env=env, check=check, timeout=600, capture_output=True, text=True)
+    done = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
+    assert not check or done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-4000:]}"
+    return done
 
 
 def _steps(path):
