@@ -129,7 +129,8 @@ def test_step_score_predicts_the_probe_loss_drop_to_first_order():
     assert score.item() == pytest.approx(drop.item(), rel=1e-4)
 
 
-@pytest.mark.parametrize("optim", ["adam_fresh", "adam_warm", "adamw_groups", "sgd"])
+@pytest.mark.parametrize("optim", ["adam_fresh", "adam_warm", "adamw_groups", "adamw_fused", "adam_uneven_steps",
+                                   "sgd"])
 def test_the_fused_score_is_the_step_score_under_the_optimizers_preconditioner(optim):
     torch.manual_seed(2)
     ws = [torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64)), torch.nn.Parameter(torch.randn(4,
@@ -138,11 +139,20 @@ def test_the_fused_score_is_the_step_score_under_the_optimizers_preconditioner(o
            "adam_warm": lambda: torch.optim.Adam(ws, lr=0.01, betas=(0.5, 0.9), eps=1e-6),
            "adamw_groups": lambda: torch.optim.AdamW([{"params": ws[:1], "betas": (0.9, 0.95)},
                                                        {"params": ws[1:], "eps": 1e-3}], lr=0.01),
+           "adamw_fused": lambda: torch.optim.AdamW(ws, lr=0.01, fused=True),  # the Trainer's default optimizer
+           "adam_uneven_steps": lambda: torch.optim.Adam(ws, lr=0.01),
            "sgd": lambda: torch.optim.SGD(ws, lr=0.1, momentum=0.9)}[optim]()
-    for _ in range(0 if optim == "adam_fresh" else 3):
+    for k in range(0 if optim == "adam_fresh" else 3):
         opt.zero_grad()
-        (ws[0].sin().sum() + ws[1].exp().sum()).backward()
+        skip = optim == "adam_uneven_steps" and k > 0  # the second parameter then lags two steps behind
+        (ws[0].sin().sum() + (0 if skip else ws[1].exp().sum())).backward()
+        if skip:
+            ws[1].grad = None
         opt.step()
+    if optim in ("adamw_fused", "adam_uneven_steps"):
+        steps = [opt.state[w]["step"] for w in ws]
+        assert all(isinstance(t, torch.Tensor) for t in steps)  # kept as tensors: the score never reads them
+        assert [float(t) for t in steps] == ([3.0, 1.0] if optim == "adam_uneven_steps" else [3.0, 3.0])
     grads = [torch.randn_like(w) for w in ws]
     probe = [torch.randn_like(w) for w in ws]
     precond, name = preconditioner(opt, ws, grads)
@@ -153,6 +163,25 @@ def test_the_fused_score_is_the_step_score_under_the_optimizers_preconditioner(o
     # float32 gradients against a float32 probe gradient: the same score to float32 accuracy
     score32, _ = preconditioned_score(opt, ws, [g.float() for g in grads], [q.float() for q in probe], 0.01)
     assert score32.item() == pytest.approx(score.item(), rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_fused_score_never_syncs_with_the_host_under_fused_adamw_on_the_gpu():
+    ws = [torch.nn.Parameter(torch.randn(64, 32, device="cuda")) for _ in range(3)]
+    opt = torch.optim.AdamW(ws, lr=0.01, fused=True)  # keeps its step counts on the GPU
+    for _ in range(2):
+        opt.zero_grad()
+        sum(w.sin().sum() for w in ws).backward()
+        opt.step()
+    grads, probe = [torch.randn_like(w) for w in ws], [torch.randn_like(w) for w in ws]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        score, _ = preconditioned_score(opt, ws, grads, probe, 0.01)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    reference = step_score(grads, preconditioner(opt, ws, grads)[0], probe, 0.01)
+    assert score.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
 def _run(test: SequentialTest, mean: dict[str, float], seed: int, sd: float = 1.0):

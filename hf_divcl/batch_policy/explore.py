@@ -127,7 +127,7 @@ def preconditioner(optimizer, params: Sequence[torch.nn.Parameter],
     out = []
     for (sq, beta2, eps, step), g in zip(states, grads, strict=True):
         v = sq * beta2 + (1 - beta2) * g * g if sq is not None else (1 - beta2) * g * g
-        out.append(1.0 / ((v / (1 - beta2 ** (step + 1))).sqrt() + eps))
+        out.append(1.0 / ((v / (1 - beta2 ** (float(step) + 1))).sqrt() + eps))
     return out, "adam"
 
 
@@ -149,30 +149,55 @@ def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads:
     passes over it (``v``, its root, ``+ε``, ``q/·``, the dot with ``g``), each tensor's dot in its own dtype, summed
     in float64. No host sync. This is the explorer's per-step cost, so it must stay a small fraction of a step."""
     states = _adam_states(optimizer, params)
+    scales = None if states is None else _bias_scales(states)
     terms = []
     for i, (g, q) in enumerate(zip(grads, probe_grad, strict=True)):
         dtype = torch.promote_types(g.dtype, q.dtype)
         g, q = g.reshape(-1).to(dtype), q.reshape(-1).to(dtype)
-        if states is None:
+        if scales is None:
             terms.append(torch.dot(g, q).double())
             continue
-        sq, beta2, eps, step = states[i]
-        bias = 1 - beta2 ** (step + 1)
-        # √(v_t/bias) + ε = √(c/bias) · (√w + ε·√(bias/c)) with w = sq + g²·(1-β2)/β2 and c = β2 (w = g², c = 1-β2
-        # without a second moment yet): five passes, the constant factor applied to the tensor's dot at the end
+        sq, beta2 = states[i][:2]
+        # √(v_t/bias) + ε = √(c/bias) · (√w + ε·s) with s = √(bias/c), w = sq + g²·(1-β2)/β2 and c = β2 (w = g²,
+        # c = 1-β2 without a second moment yet): five passes, the factor 1/s applied to the tensor's dot at the end
         if sq is not None:
-            w, c = torch.addcmul(sq.reshape(-1).to(dtype), g, g, value=(1 - beta2) / beta2), beta2
+            w = torch.addcmul(sq.reshape(-1).to(dtype), g, g, value=(1 - beta2) / beta2)
         else:
-            w, c = torch.mul(g, g), 1 - beta2
-        w.sqrt_().add_(eps * math.sqrt(bias / c))
+            w = torch.mul(g, g)
+        scale, eps_scale = scales[i]
+        w.sqrt_().add_(eps_scale)
         torch.div(q, w, out=w)
-        terms.append(torch.dot(g, w).double() * math.sqrt(bias / c))
+        terms.append(torch.dot(g, w).double() * scale)
     return lr * torch.stack(terms).sum(), "identity" if states is None else "adam"
 
 
-def _adam_states(optimizer, params: Sequence[torch.nn.Parameter]) -> list[tuple[Any, float, float, float]] | None:
-    """Per parameter ``(exp_avg_sq or None, β2, ε, step)`` of an Adam-family optimizer; ``None`` when any parameter
-    has no second moment (the identity preconditioner, as :func:`preconditioner`)."""
+def _bias_scales(states: list[tuple[Any, float, float, Any]]) -> list[tuple[Any, Any]]:
+    """``(s, ε·s)`` per parameter with ``s = √(bias_t / c)``, ``bias_t = 1 − β2^(t+1)``, ``c = β2`` with a second
+    moment (``1 − β2`` without). Adam keeps ``t`` as a tensor, on the parameter's device when fused or capturable
+    (the Trainer's default ``adamw_torch_fused``): reading it per parameter would be one host sync each, so tensor
+    steps are stacked per ``(β2, c, ε)`` and the factors stay 0-dim float64 tensors on that device."""
+    out: list[tuple[Any, Any]] = [(0.0, 0.0)] * len(states)
+    groups: dict[tuple[float, float, float, bool], list[int]] = {}
+    for i, (sq, beta2, eps, step) in enumerate(states):
+        key = (beta2, beta2 if sq is not None else 1 - beta2, eps, isinstance(step, torch.Tensor))
+        groups.setdefault(key, []).append(i)
+    for (beta2, c, eps, tensor), idx in groups.items():
+        if tensor and len({states[i][3].device for i in idx}) == 1:
+            t = torch.stack([states[i][3].reshape(()) for i in idx]).double()
+            scale = ((1 - torch.pow(beta2, t + 1)) / c).sqrt()
+            pairs = zip(scale.unbind(), (eps * scale).unbind(), strict=True)
+        else:
+            values = [math.sqrt((1 - beta2 ** (float(states[i][3]) + 1)) / c) for i in idx]
+            pairs = ((v, eps * v) for v in values)
+        for i, pair in zip(idx, pairs, strict=True):
+            out[i] = pair
+    return out
+
+
+def _adam_states(optimizer, params: Sequence[torch.nn.Parameter]) -> list[tuple[Any, float, float, Any]] | None:
+    """Per parameter ``(exp_avg_sq or None, β2, ε, step)`` of an Adam-family optimizer, ``step`` as the optimizer
+    keeps it (a number, or a 0-dim tensor, possibly on the parameter's device: never read here); ``None`` when any
+    parameter has no second moment (the identity preconditioner, as :func:`preconditioner`)."""
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
     if inner is None:
         return None
@@ -185,7 +210,7 @@ def _adam_states(optimizer, params: Sequence[torch.nn.Parameter]) -> list[tuple[
             return None
         group = groups.get(id(p), inner.defaults)
         out.append((st.get("exp_avg_sq"), group.get("betas", (0.9, 0.999))[1], group.get("eps", 1e-8),
-                    float(st["step"]) if "step" in st else 0.0))
+                    st.get("step", 0.0)))
     return out
 
 
