@@ -96,8 +96,9 @@ def end_distributed() -> None:
     interpreter shutdown (``terminate called without an active exception``, SIGABRT) after finishing its work, and
     the launcher then reports the whole run as failed. Destroying the group is not enough on its own: a process
     that tears its group down while another is still working (rank 0 saving the final model) aborted in about 1
-    run in 15, so every process first waits at a barrier until all are done. Call it on success only: a process
-    that failed may leave the others inside a collective, where the barrier would wait for them.
+    run in 15, so every process first waits at a barrier until all are done. Call it on success only (a process
+    that failed may leave the others inside a collective, where the barrier would wait for them), and as soon as
+    no collective follows: the barrier waits for the slowest process, up to the group's timeout.
     """
     import torch
 

@@ -195,7 +195,11 @@ def run_recipe(cfg: RecipeConfig, args) -> dict[str, Any]:
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
-    if not trainer.is_world_process_zero():
+    main = trainer.is_world_process_zero()
+    # no collective follows: every process ends its group now, so the others do not wait for the main process's
+    # evaluation, card and push (at a barrier that would time out on a long push)
+    end_distributed()
+    if not main:
         return {"main_process": False, "steps": trainer.state.global_step}
     after = evaluate_model(cfg, model, train, test, show_progress_bar=progress)
     return finish_run(trainer, cfg, base=base, description=description, train=train, test=test, before=before,
