@@ -2,9 +2,9 @@
 
 Each round trains the same model, data and seed twice in this process, in alternating order: once with
 ``window="none"`` (random batches, no exploration) and once with ``window="explore"`` held in exploration for most
-of the run (``explore_min_blocks`` = ``max_blocks``: one look at the end), so every kind of its work is exercised
-many times. The explorer times its own work by kind (probe refreshes, level-batch draws, step scores, tests, the
-window's application); a step timer gives the plain run's median step. From these:
+of the run (``explore_alpha`` = 10⁻⁹: the test never decides before ``max_blocks``), so every kind of its work is
+exercised many times. The explorer times its own work by kind (probe refreshes, level-batch draws, step scores,
+tests, the window's application); a step timer gives the plain run's median step. From these:
 
 - each kind in *batch equivalents* (its seconds over the plain run's median step), next to the planner's model
   (``ExplorePlan.cost_per_refresh``, ``SCORE_COST``);
@@ -13,7 +13,7 @@ window's application); a step timer gives the plain run's median step. From thes
 
     python benchmarks/explore_cost.py --task text      # MiniLM, WordNet pairs, B = 32, 150 steps, 2 rounds
     python benchmarks/explore_cost.py --task vision    # tiny ViT SimCLR, Fashion-MNIST, B = 128, 400 steps
-    python benchmarks/explore_cost.py --smoke          # MiniLM, B = 8, 24 steps, 1 round (< 1 min)
+    python benchmarks/explore_cost.py --smoke          # MiniLM, B = 8, 30 steps, 1 round (< 1 min)
     python benchmarks/explore_cost.py --score-only     # the step score alone: reference vs fused on MiniLM
 
 Timings are only meaningful with nothing else running on the machine.
@@ -67,7 +67,7 @@ def run_once(window: str, a, setup, workdir: Path) -> dict:
     if window == "explore":
         max_blocks = int(a.max_fraction * a.steps) // 3
         explore = {"calibration_budget": a.budget, "explore_max_fraction": a.max_fraction,
-                   "explore_min_blocks": max_blocks, "explore_recheck_blocks": 0,
+                   "explore_min_blocks": max(2, max_blocks // 4), "explore_alpha": 1e-9, "explore_recheck_blocks": 0,
                    "calibration_levels": f"local:{a.batch_size},spread:4"}
     timer = _timer()
     args = DivCLTrainingArguments(
@@ -83,6 +83,9 @@ def run_once(window: str, a, setup, workdir: Path) -> dict:
            "steps": len(timer.times)}
     if window == "explore":
         ex = trainer.follower
+        if ex is None:
+            reason = json.loads((workdir / window / "divcl_window.json").read_text()).get("reason", "")
+            raise SystemExit(f"the explore run did not explore ({reason}): use more --steps or a larger --budget")
         out.update({"explorer_s": ex.seconds, "split_s": dict(ex.split), "passes": dict(ex.passes),
                     "plan": ex.plan.to_dict(), "decision": ex.history[-1]["decision"] if ex.history else None})
     return out
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.score_output = a.output if a.score_only else None
     text = a.task == "text"
-    a.steps = a.steps or (24 if a.smoke else 150 if text else 400)
+    a.steps = a.steps or (30 if a.smoke else 150 if text else 400)
     a.batch_size = a.batch_size or (8 if a.smoke else 32 if text else 128)
     a.rows = a.rows or (300 if a.smoke else 2500 if text else 8192)
     a.rounds = 1 if a.smoke else a.rounds

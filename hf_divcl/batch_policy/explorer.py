@@ -68,6 +68,13 @@ EXPLORE_FILE = "divcl_explore.jsonl"
 # parameter. Measured 0.07-0.09 on MiniLM at B = 32 on CPU, 0.03-0.05 on the tiny ViT at B = 128
 # (benchmarks/explore_cost.py, docs/results.md); rounded up.
 SCORE_COST = 0.1
+# Blocks an exploration needs, in multiples of its first look (min_blocks), and the most blocks one probe gradient
+# may score. On the adapter setting of benchmarks/calibrator_power.py (τ = 0.5, a true +0.11 for local:32, 30
+# seeds) the test chose the level in 29/30 runs with up to 80 blocks and the probe refreshed every 10 (median
+# decision at 40 blocks), 13/30 with 31 blocks, 5/30 with 20 and 0/30 with 10; with 31 blocks and one refresh for
+# all of them 3/30 (docs/results.md).
+POWER_LOOKS = 4
+REFRESH_EVERY = 10
 
 
 @dataclass
@@ -110,10 +117,12 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
                      probe_temperature: float = 0.05, recheck_blocks: int = 10, recheck_rule: str = "ahead",
                      probe: str = "retrieval", probe_label_column: str = "label",
                      _explain: bool = True) -> ExplorePlan:
-    """Size an exploration: at most ``max_fraction`` of the steps; its scored steps, the re-checks that can follow
-    and its refreshes all within ``budget`` of the run (in batch equivalents). The budget goes first to one refresh
-    and ``min_blocks`` blocks, then to the re-checks (a run that cannot afford one does not explore, unless
-    ``recheck_blocks`` is 0), then to the exploration's length, then to more refreshes."""
+    """Size an exploration: at most ``max_fraction`` of the steps; its scored steps, probe refreshes and the
+    re-checks that can follow all within ``budget`` of the run (in batch equivalents). A run explores only when the
+    budget holds ``POWER_LOOKS × min_blocks`` blocks with the probe refreshed at least every
+    ``min(min_blocks, REFRESH_EVERY)`` blocks — fewer blocks or a staler probe left the test almost blind
+    (docs/results.md) — and one re-check (unless ``recheck_blocks`` is 0). The rest goes to more re-checks, then to
+    a longer exploration, then to more refreshes."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
     lv = [x for x in lv if x != RANDOM_ARM]
@@ -124,16 +133,22 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     recheck = probe_rows / batch_size + 2 * recheck_blocks * SCORE_COST
     budget_units = budget * total_steps
     block_cost = SCORE_COST * k
-    # in order: one refresh and the shortest exploration the test allows; the re-checks (a window without them is
-    # what measured worst, docs/results.md), at least one unless they are off; as long an exploration as the rest
-    # affords; more refreshes
-    base = per_refresh + block_cost * min_blocks
-    slots = _recheck_slots(total_steps, min_blocks * k, recheck_blocks)
-    rechecks = min(slots, max(0, math.floor((budget_units - base) / recheck))) if recheck_blocks >= 2 else 0
+    stale = max(1, min(min_blocks, REFRESH_EVERY))  # the most blocks one probe gradient scores
+
+    def cost(blocks: int) -> float:  # scoring and the refreshes it needs
+        return block_cost * blocks + math.ceil(blocks / stale) * per_refresh
+
+    need = POWER_LOOKS * min_blocks
+    slots = _recheck_slots(total_steps, min_blocks * k, recheck_blocks)  # after the earliest decision
+    rechecks = min(slots, max(0, math.floor((budget_units - cost(need)) / recheck))) if recheck_blocks >= 2 else 0
     held = int(max_fraction * total_steps) // k  # blocks the run holds
-    max_blocks = min(held, max(0, math.floor((budget_units - per_refresh - rechecks * recheck) / block_cost)))
-    scoring = block_cost * max_blocks
-    refreshes = math.floor((budget_units - scoring - rechecks * recheck) / per_refresh)
+    left = budget_units - rechecks * recheck
+    lo, hi = 0, held  # the longest exploration the rest affords (cost grows with the blocks)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid) <= left else (lo, mid - 1)
+    max_blocks = lo
+    refreshes = math.floor((left - block_cost * max_blocks) / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
               "cost_per_refresh": per_refresh, "recheck_blocks": recheck_blocks,
@@ -141,26 +156,27 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
               "probe_label_column": probe_label_column, "recheck_cost": recheck, "max_rechecks": rechecks}
     if not lv:
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason="no candidate level to explore", **common)
-    if held < min_blocks:
-        need = math.ceil(min_blocks * k / max(max_fraction, 1e-9))
+    if held < need:
+        steps_needed = math.ceil(need * k / max(max_fraction, 1e-9))
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
             f"the run is too short to explore: {total_steps} steps at explore_max_fraction={max_fraction:g} hold "
-            f"{held} blocks of {k} arms, the test needs at least {min_blocks} (≥ {need} steps); batches stay "
-            "random"), **common)
-    if max_blocks < min_blocks or refreshes < 1 or (slots and not rechecks):
-        need = explore_min_steps(batch_size, probe_rows, budget=budget, max_fraction=max_fraction,
-                                 min_blocks=min_blocks, levels=lv, sample_rows=sample_rows,
-                                 recheck_blocks=recheck_blocks) if _explain and budget > 0 else 0
-        longer = f" (≥ {need:,} steps)" if need else ""
+            f"{held} blocks of {k} arms, the test needs {need} ({POWER_LOOKS} × explore_min_blocks) "
+            f"(≥ {steps_needed} steps); batches stay random"), **common)
+    if max_blocks < need or (slots and not rechecks):
+        longer = explore_min_steps(batch_size, probe_rows, budget=budget, max_fraction=max_fraction,
+                                   min_blocks=min_blocks, levels=lv, sample_rows=sample_rows,
+                                   recheck_blocks=recheck_blocks) if _explain and budget > 0 else 0
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
-            f"the run is too short to explore within calibration_budget={budget:g}: one probe refresh costs "
-            f"{per_refresh:.1f} batch equivalents, scoring {min_blocks} blocks of {k} arms "
-            f"{block_cost * min_blocks:.1f}" + (f" and one re-check of a chosen window {recheck:.1f}" if slots else "")
-            + f", the budget affords {budget_units:.1f}{longer}; batches stay random"
-            + (" (explore_recheck_blocks=0 explores without re-checks)" if slots else "")), **common)
+            f"the run is too short to explore within calibration_budget={budget:g}: the test needs {need} blocks "
+            f"of {k} arms ({need * block_cost:.1f} batch equivalents of scoring) with the probe refreshed every "
+            f"{stale} blocks ({math.ceil(need / stale)} × {per_refresh:.1f})"
+            + (f" and one re-check of a chosen window {recheck:.1f}" if slots else "")
+            + f", the budget affords {budget_units:.1f}" + (f" (≥ {longer:,} steps)" if longer else "")
+            + "; batches stay random" + (" (explore_recheck_blocks=0 explores without re-checks)" if slots else "")),
+            **common)
     refreshes = min(refreshes, max_blocks)
-    refresh_blocks = max(1, math.ceil(max_blocks / refreshes))
-    planned = scoring + math.ceil(max_blocks / refresh_blocks) * per_refresh + rechecks * recheck
+    refresh_blocks = max(1, min(stale, math.ceil(max_blocks / refreshes)))
+    planned = block_cost * max_blocks + math.ceil(max_blocks / refresh_blocks) * per_refresh + rechecks * recheck
     return ExplorePlan(max_blocks=max_blocks, refresh_blocks=refresh_blocks, planned_cost=planned, reason=(
         f"up to {max_blocks} blocks of {k} arms ({max_blocks * k} steps), probe refreshed every {refresh_blocks} "
         f"block(s), up to {rechecks} re-check(s) of a chosen window, at most {planned:.1f} batch equivalents "

@@ -205,23 +205,25 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     # -- bank ------------------------------------------------------------------------------------------------------
 
-    def build_bank(self, dataset) -> EmbeddingBank:
-        """The bank the sampler plans from: a checkpoint's, the user's, or a (cached) reference encoding."""
+    def build_bank(self, dataset, views: int = 2) -> EmbeddingBank:
+        """The bank the sampler plans from: a checkpoint's, the user's, or a (cached) reference encoding of the
+        first ``views`` bank columns."""
         bank = self.saved.bank()
         if bank is not None:
             return bank
         if self.user_bank is not None:
             return EmbeddingBank.from_user(self.user_bank, len(dataset))
         t0 = time.perf_counter()
-        bank = self.encode_bank(self.model, dataset)
+        bank = self.encode_bank(self.model, dataset, views=views)
         self.model.train()
         logger.info("bank: %s (%.1f s)", bank, time.perf_counter() - t0)
         self.bank_seconds = time.perf_counter() - t0
         return bank
 
-    def encode_bank(self, model, dataset) -> EmbeddingBank:
-        """The bank columns of ``dataset`` encoded by ``model`` (cached on disk by model and data fingerprints)."""
-        columns = self.bank_columns(dataset)
+    def encode_bank(self, model, dataset, views: int = 2) -> EmbeddingBank:
+        """The first ``views`` bank columns of ``dataset`` encoded by ``model`` (cached on disk by model and data
+        fingerprints)."""
+        columns = self.bank_columns(dataset)[:views]
         return EmbeddingBank.from_reference(
             model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
             cache_dir=self.args.bank_cache_dir or banks_cache_dir(), show_progress_bar=not self.args.disable_tqdm,
@@ -275,14 +277,17 @@ class DivCLTrainer(SentenceTransformerTrainer):
     def apply_window(self, window: DiversityWindow | None, cut: int | None = None) -> None:
         """Switch the running sampler to ``window`` (with :meth:`window_builder`; the bank is encoded if random
         batches never needed one) or, with ``None``, to random batches; with ``cut``, re-plan the current epoch from
-        that global batch on. The window file is rewritten."""
+        that global batch on. The window file is rewritten.
+
+        A bank encoded here holds the anchors only: the window is given, so nothing calibrates it on the positives,
+        and planning reads view 0 (on lemma → definition pairs the definitions are most of the encoding)."""
         sampler = self.divcl_sampler
         if sampler is None:
             return
         if window is not None:
             if self.bank is None:
                 self._phase = "bank"
-                self.bank = self.build_bank(self.train_dataset)
+                self.bank = self.build_bank(self.train_dataset, views=1)
                 self._phase = "training"
                 sampler.set_bank(self.bank)
             sampler.set_policy(self.window_builder(), window)
