@@ -13,7 +13,7 @@ tests, the window's application); a step timer gives the plain run's median step
 
     python benchmarks/explore_cost.py --task text      # MiniLM, WordNet pairs, B = 32, 150 steps, 2 rounds
     python benchmarks/explore_cost.py --task vision    # tiny ViT SimCLR, Fashion-MNIST, B = 128, 400 steps
-    python benchmarks/explore_cost.py --smoke          # MiniLM, B = 8, 30 steps, 1 round (< 1 min)
+    python benchmarks/explore_cost.py --smoke          # MiniLM, B = 8, 60 steps, 1 round (< 1 min)
     python benchmarks/explore_cost.py --score-only     # the step score alone: reference vs fused on MiniLM
 
 Timings are only meaningful with nothing else running on the machine.
@@ -59,6 +59,7 @@ def task_setup(a):
 def run_once(window: str, a, setup, workdir: Path) -> dict:
     from step_time import _timer  # this script's folder is on the path when it runs
 
+    from hf_divcl.batch_policy.explorer import POWER_LOOKS
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer
 
@@ -67,7 +68,8 @@ def run_once(window: str, a, setup, workdir: Path) -> dict:
     if window == "explore":
         max_blocks = int(a.max_fraction * a.steps) // 3
         explore = {"calibration_budget": a.budget, "explore_max_fraction": a.max_fraction,
-                   "explore_min_blocks": max(2, max_blocks // 4), "explore_alpha": 1e-9, "explore_recheck_blocks": 0,
+                   "explore_min_blocks": max(2, max_blocks // POWER_LOOKS), "explore_alpha": 1e-9,
+                   "explore_recheck_blocks": 0,
                    "calibration_levels": f"local:{a.batch_size},spread:4"}
     timer = _timer()
     args = DivCLTrainingArguments(
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.score_output = a.output if a.score_only else None
     text = a.task == "text"
-    a.steps = a.steps or (30 if a.smoke else 150 if text else 400)
+    a.steps = a.steps or (60 if a.smoke else 150 if text else 400)
     a.batch_size = a.batch_size or (8 if a.smoke else 32 if text else 128)
     a.rows = a.rows or (300 if a.smoke else 2500 if text else 8192)
     a.rounds = 1 if a.smoke else a.rounds

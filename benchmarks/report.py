@@ -87,8 +87,8 @@ def calibrator_rows(path: Path) -> list[dict]:
             stat = planted["final_minus_random"]
             name = "one-shot calibration (window=progress)" if oneshot else "explore (hf_divcl.batch_policy.explore)"
             if c.get("as_planned"):
-                name += (f", the trainer's plan: {c['max_blocks']} blocks, probe refreshed every "
-                         f"{c['refresh_blocks']}")
+                name += (f", as planned for {c['steps']} steps: up to {c['max_blocks']} blocks, probe refreshed "
+                         f"every {c['refresh_blocks']}")
             if c.get("recheck_blocks"):
                 name += f", re-checks ({c['recheck_blocks']} blocks, rule '{c.get('recheck_rule', 'behind')}')"
             rows.append({**common, "seeds": stat["n"], "policy": name,

@@ -28,7 +28,7 @@ def run(tiny_model_dir, out, resume=None, n=400, **kw):
     base = dict(output_dir=str(out), per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=1,
                 report_to=[], disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(out / "cache"),
                 save_strategy="no", seed=3, window="explore", calibration_budget=1.0, explore_min_blocks=2,
-                explore_max_fraction=0.9, max_steps=40)
+                explore_max_fraction=0.9, max_steps=60)
     base.update(kw)
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
                            args=DivCLTrainingArguments(**base), train_dataset=pairs(n))
@@ -37,35 +37,37 @@ def run(tiny_model_dir, out, resume=None, n=400, **kw):
 
 
 def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
-    plan = plan_exploration(total_steps=2000, batch_size=32, train_rows=10_000, probe_rows=256)
+    plan = plan_exploration(total_steps=3000, batch_size=32, train_rows=10_000, probe_rows=256)
     refresh = 256 / 96 + 8
     assert plan.levels == ["local:32", "spread:4"] and plan.cost_per_refresh == pytest.approx(refresh)
-    # 5 % of 2000 batches = 100 batch equivalents. First what the test needs to see: 40 blocks (4 looks' worth of
-    # explore_min_blocks = 10) of 3 scored steps, the probe refreshed every 10 blocks (4 refreshes); then the
-    # re-checks that can follow the earliest decision (step 30: the 4 that fit in time, at steps 60, 160, 360 and
-    # 760; 8 + 20 · SCORE_COST each); then as many blocks as the rest holds, still refreshed every 10: none more
+    # 5 % of 3000 batches = 150 batch equivalents. First what the test needs to see: 80 blocks (looks at 10, 20, 40
+    # and 80 with explore_min_blocks = 10) of 3 scored steps, the probe refreshed every 10 blocks (8 refreshes), and
+    # one re-check of a chosen window (8 + 20 · SCORE_COST); then as many blocks as the rest holds, still refreshed
+    # every 10 (100: 30 + 10 refreshes = 136.7 of 140); then more re-checks (none left)
     recheck = 8 + 20 * SCORE_COST
-    assert plan.max_rechecks == 4 and plan.recheck_cost == pytest.approx(recheck)
-    assert plan.max_blocks == 40 and plan.refresh_blocks == 10
-    assert plan.planned_cost == pytest.approx(40 * 3 * SCORE_COST + 4 * refresh + 4 * recheck)
-    assert plan.planned_cost <= 100
-    assert 41 * 3 * SCORE_COST + 5 * refresh + 4 * recheck > 100  # a 41st block would need a fifth refresh
-    # 1,000 steps: 50 batch equivalents hold the 40 blocks and their 4 refreshes (54.7) not at all
-    short = plan_exploration(total_steps=1000, batch_size=32, train_rows=10_000, probe_rows=256)
-    assert short.max_blocks == 0 and "the test needs 40 blocks" in short.reason
+    assert 80 * 3 * SCORE_COST + 8 * refresh + recheck <= 150
+    assert plan.max_blocks == 100 and plan.refresh_blocks == 10
+    assert plan.max_rechecks == 1 and plan.recheck_cost == pytest.approx(recheck)
+    assert plan.planned_cost == pytest.approx(100 * 3 * SCORE_COST + 10 * refresh + recheck)
+    assert plan.planned_cost <= 150
+    assert 101 * 3 * SCORE_COST + 11 * refresh + recheck > 150  # a 101st block would need an eleventh refresh
+    # 2,000 steps: 100 batch equivalents do not hold the 80 blocks and their 8 refreshes (109.3)
+    short = plan_exploration(total_steps=2000, batch_size=32, train_rows=10_000, probe_rows=256)
+    assert short.max_blocks == 0 and "the test needs 80 blocks" in short.reason
     assert "refreshed every 10 blocks" in short.reason and "one re-check of a chosen window" in short.reason
     assert "explore_recheck_blocks=0" in short.reason and f"≥ {explore_min_steps(32):,} steps" in short.reason
-    assert explore_min_steps(32) == 1294  # (12 + 4 · 10.67 + 10) / 5 %
-    once = plan_exploration(total_steps=1100, batch_size=32, train_rows=10_000, probe_rows=256, recheck_blocks=0)
-    assert once.max_blocks >= 40 and once.max_rechecks == 0 and once.refresh_blocks <= 10
+    assert explore_min_steps(32) == 2387  # (24 + 8 · 10.67 + 10) / 5 %
+    once = plan_exploration(total_steps=2200, batch_size=32, train_rows=10_000, probe_rows=256, recheck_blocks=0)
+    assert once.max_blocks >= 80 and once.max_rechecks == 0 and once.refresh_blocks <= 10
     long = plan_exploration(total_steps=20_000, batch_size=32, train_rows=10_000, probe_rows=256)
-    assert long.max_blocks > 500 and long.refresh_blocks <= 10  # a long run explores longer, never staler
+    assert long.max_blocks == 160 and long.refresh_blocks <= 10  # looks up to 160 blocks; the rest: re-checks,
+    assert long.max_rechecks > 1  # then fresher probes
     few = plan_exploration(total_steps=20_000, batch_size=32, train_rows=10_000, probe_rows=256, min_blocks=4)
     assert few.refresh_blocks <= 4  # a probe never scores more blocks than the first look holds
-    short = plan_exploration(total_steps=300, batch_size=32, train_rows=10_000, probe_rows=256)
+    short = plan_exploration(total_steps=600, batch_size=32, train_rows=10_000, probe_rows=256)
     assert short.max_blocks == 0 and short.steps == [] and "too short to explore" in short.reason
-    assert "≥ 400 steps" in short.reason and f"≥ {explore_min_steps(32):,} steps" not in short.reason
-    cheap = plan_exploration(total_steps=2000, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.01)
+    assert "≥ 800 steps" in short.reason and f"≥ {explore_min_steps(32):,} steps" not in short.reason
+    cheap = plan_exploration(total_steps=3000, batch_size=32, train_rows=10_000, probe_rows=256, budget=0.01)
     assert cheap.max_blocks == 0 and "calibration_budget=0.01" in cheap.reason
     assert f"≥ {explore_min_steps(32, budget=0.01):,} steps" in cheap.reason
 
@@ -108,7 +110,7 @@ def test_exploration_trains_each_arm_in_blocks_and_records_the_decision(tiny_mod
 
 @pytest.mark.slow
 def test_resume_mid_exploration_is_bit_identical(tiny_model_dir, tmp_path):
-    kw = dict(calibration_levels="local:16,spread:4", save_strategy="steps", save_steps=7, max_steps=30)
+    kw = dict(calibration_levels="local:16,spread:4", save_strategy="steps", save_steps=7, max_steps=60)
     full = run(tiny_model_dir, tmp_path / "full", **kw)
     state = json.loads((tmp_path / "full" / "checkpoint-7" / "divcl_state" / "progress.json").read_text())
     assert state["kind"] == "explore" and not state["finished"]  # the checkpoint is mid-exploration
@@ -122,7 +124,7 @@ def test_resume_mid_exploration_is_bit_identical(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_zero_learning_rate_and_a_short_run_keep_random_batches_with_the_reason(tiny_model_dir, tmp_path):
-    trainer = run(tiny_model_dir, tmp_path / "lr0", learning_rate=0.0, max_steps=30)
+    trainer = run(tiny_model_dir, tmp_path / "lr0", learning_rate=0.0, max_steps=60)
     assert trainer.divcl_sampler.builder == "random"
     assert "learning rate is 0" in trainer.follower.history[-1]["reason"]
     short = run(tiny_model_dir, tmp_path / "short", max_steps=6)
@@ -133,7 +135,7 @@ def test_a_zero_learning_rate_and_a_short_run_keep_random_batches_with_the_reaso
 
 @pytest.mark.slow
 def test_sgd_is_scored_with_the_identity_preconditioner(tiny_model_dir, tmp_path):
-    trainer = run(tiny_model_dir, tmp_path / "sgd", optim="sgd", learning_rate=0.05, max_steps=30,
+    trainer = run(tiny_model_dir, tmp_path / "sgd", optim="sgd", learning_rate=0.05, max_steps=60,
                   calibration_levels="spread:4")
     assert trainer.follower.history[-1]["cost"]["preconditioner"] == "identity"
 
@@ -213,7 +215,7 @@ def test_the_label_probe_scores_image_steps_by_soft_knn_and_a_missing_label_colu
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=5,
         report_to=[], disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"),
         save_strategy="no", seed=3, window="explore", calibration_budget=1.0, explore_min_blocks=2,
-        explore_max_fraction=0.9, max_steps=30, loss_type="nt_xent", explore_probe="labels",
+        explore_max_fraction=0.9, max_steps=60, loss_type="nt_xent", explore_probe="labels",
         calibration_levels="local:16")
     trainer = DivCLTrainer(model=model, args=args, train_dataset=fashion_mnist("train", limit=400))
     assert len(set(trainer.probe_dataset["label"])) == 10  # 40 held-out images of every class

@@ -69,12 +69,14 @@ EXPLORE_FILE = "divcl_explore.jsonl"
 # (benchmarks/explore_cost.py, docs/results.md); rounded up.
 SCORE_COST = 0.1
 # Blocks an exploration needs, in multiples of its first look (min_blocks), and the most blocks one probe gradient
-# may score. On the adapter setting of benchmarks/calibrator_power.py (τ = 0.5, a true +0.11 for local:32, 30
-# seeds) the test chose the level in 29/30 runs with up to 80 blocks and the probe refreshed every 10 (median
-# decision at 40 blocks), 13/30 with 31 blocks, 5/30 with 20 and 0/30 with 10; with 31 blocks and one refresh for
-# all of them 3/30 (docs/results.md).
-POWER_LOOKS = 4
+# may score. On the adapter setting of benchmarks/calibrator_power.py (30 seeds, true gains of local:32 +0.11 at
+# τ = 0.5 and +0.03 at τ = 0.2) the test chose the level in 29/30 and 25/30 runs with up to 80 blocks and the probe
+# refreshed every 10; in 14/30 and 6/30 with up to 40 (the trainer's plan at 1,300 steps), 13/30 with 31, 0/30
+# with 10; with 80 blocks scored by one probe gradient 6/30 and 8/30 (docs/results.md).
+POWER_LOOKS = 8
 REFRESH_EVERY = 10
+# and at most 16 × min_blocks (looks at 1, 2, 4, 8, 16 × min_blocks): budget beyond that goes to re-checks
+LONGEST_LOOK = 16
 
 
 @dataclass
@@ -121,8 +123,8 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     re-checks that can follow all within ``budget`` of the run (in batch equivalents). A run explores only when the
     budget holds ``POWER_LOOKS × min_blocks`` blocks with the probe refreshed at least every
     ``min(min_blocks, REFRESH_EVERY)`` blocks — fewer blocks or a staler probe left the test almost blind
-    (docs/results.md) — and one re-check (unless ``recheck_blocks`` is 0). The rest goes to more re-checks, then to
-    a longer exploration, then to more refreshes."""
+    (docs/results.md) — and one re-check (unless ``recheck_blocks`` is 0). The rest goes to a longer exploration
+    (up to ``LONGEST_LOOK × min_blocks`` blocks), then to more re-checks, then to more refreshes."""
     sample_rows = min(train_rows, sample_rows or 8 * batch_size)
     lv = levels or [x.name for x in default_progress_levels(sample_rows, batch_size)]
     lv = [x for x in lv if x != RANDOM_ARM]
@@ -139,15 +141,19 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
         return block_cost * blocks + math.ceil(blocks / stale) * per_refresh
 
     need = POWER_LOOKS * min_blocks
-    slots = _recheck_slots(total_steps, min_blocks * k, recheck_blocks)  # after the earliest decision
-    rechecks = min(slots, max(0, math.floor((budget_units - cost(need)) / recheck))) if recheck_blocks >= 2 else 0
+    slots = _recheck_slots(total_steps, min_blocks * k, recheck_blocks) if recheck_blocks >= 2 else 0
+    first = 1 if slots and budget_units >= cost(need) + recheck else 0  # the one re-check a window must get
     held = int(max_fraction * total_steps) // k  # blocks the run holds
-    left = budget_units - rechecks * recheck
-    lo, hi = 0, held  # the longest exploration the rest affords (cost grows with the blocks)
+    lo, hi = 0, min(held, LONGEST_LOOK * min_blocks)  # the longest exploration the rest affords
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if cost(mid) <= left else (lo, mid - 1)
+        lo, hi = (mid, hi) if cost(mid) <= budget_units - first * recheck else (lo, mid - 1)
     max_blocks = lo
+    # more re-checks only from what a longer exploration leaves: length is what gives the test its power, and the
+    # first re-check dropped every harmful window in the paper's regime (docs/results.md)
+    rechecks = first + min(slots - first, max(0, math.floor((budget_units - first * recheck - cost(max_blocks))
+                                                            / recheck))) if first else 0
+    left = budget_units - rechecks * recheck
     refreshes = math.floor((left - block_cost * max_blocks) / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,
               "alpha": alpha, "probe_temperature": probe_temperature, "total_steps": total_steps,
