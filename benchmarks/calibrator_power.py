@@ -342,13 +342,14 @@ def main() -> None:
     p.add_argument("--calibrator", choices=["explore", "oneshot"], default="explore",
                    help="oneshot: window='progress''s one-shot calibration, for comparison")
     p.add_argument("--oneshot-pairs", type=int, default=3, help="oneshot: scored pairs per level and calibration")
+    p.add_argument("--max-rechecks", type=int, default=None, help="re-checks after a decision at most (default: "
+                   "as many as fit in the steps)")
     p.add_argument("--as-planned", action="store_true",
                    help="blocks, refreshes and re-checks as the trainer's plan_exploration sizes them for a run of "
                         "--steps steps (overrides --min-blocks/--max-blocks/--refresh-blocks/--recheck-blocks)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None)
     a = p.parse_args()
-    a.max_rechecks = None
     if a.smoke:
         a.source, a.domain, a.kind, a.limit = "embedded", None, "example", 600
         a.temperatures, a.probe_rows, a.batch_size, a.steps = [0.05, 0.5], 64, 8, 40
