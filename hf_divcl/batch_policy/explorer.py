@@ -151,8 +151,8 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     max_blocks = lo
     # more re-checks only from what a longer exploration leaves: length is what gives the test its power, and the
     # first re-check dropped every harmful window in the paper's regime (docs/results.md)
-    rechecks = first + min(slots - first, max(0, math.floor((budget_units - first * recheck - cost(max_blocks))
-                                                            / recheck))) if first else 0
+    spare = budget_units - first * recheck - cost(max_blocks)
+    rechecks = first + min(slots - first, max(0, math.floor(spare / recheck))) if first else 0
     left = budget_units - rechecks * recheck
     refreshes = math.floor((left - block_cost * max_blocks) / per_refresh)
     common = {"levels": lv, "probe_rows": probe_rows, "sample_rows": sample_rows, "min_blocks": min_blocks,

@@ -70,7 +70,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             `window="explore"`: the largest fraction of the run's steps spent exploring.
         explore_min_blocks (`int`, *optional*, defaults to `10`):
             `window="explore"`: blocks before the sequential test's first look. A run explores only when its budget
-            holds 4 × this many blocks with the probe refreshed at least every `min(this, 10)` blocks.
+            holds 8 × this many blocks with the probe refreshed at least every `min(this, 10)` blocks.
         explore_probe_temperature (`float`, *optional*, defaults to `0.05`):
             `window="explore"`: temperature of the retrieval probe.
         explore_probe (`str`, *optional*, defaults to `"retrieval"`):
@@ -222,7 +222,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "random batches."})
     explore_min_blocks: int = field(default=10, metadata={
         "help": "'explore' window: blocks (one step per arm each) before the test's first look (>= 2); a run "
-                "explores only when calibration_budget holds 4x this many, the probe refreshed at least every "
+                "explores only when calibration_budget holds 8x this many, the probe refreshed at least every "
                 "min(this, 10) blocks."})
     explore_probe_temperature: float = field(default=0.05, metadata={
         "help": "'explore' window: temperature of the retrieval probe (each probe anchor against all probe "
