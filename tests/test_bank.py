@@ -129,6 +129,7 @@ def test_from_reference_encodes_once_then_uses_the_cache(tiny_model_dir, tmp_pat
 DIST = r'''
 import json, sys, torch
 import torch.distributed as dist
+from hf_divcl import end_distributed
 from hf_divcl.bank import EmbeddingBank
 from hf_divcl.models.loading import load_sentence_transformer
 dist.init_process_group("gloo")
@@ -136,7 +137,7 @@ model = load_sentence_transformer(sys.argv[1], device="cpu")
 texts = [f"sentence number {i} about {i % 4}" for i in range(23)]
 bank = EmbeddingBank.from_reference(model, texts, batch_size=4, show_progress_bar=False)
 torch.save(bank.all(dtype=torch.float32), f"{sys.argv[2]}/rank{dist.get_rank()}.pt")
-dist.destroy_process_group()
+end_distributed()  # barrier first: a rank tearing down while another still saves can abort
 '''
 
 
@@ -147,8 +148,10 @@ def test_two_processes_encode_shards_and_end_with_the_same_bank(tiny_model_dir, 
     script = tmp_path / "d.py"
     script.write_text(DIST)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-                    tiny_model_dir, str(tmp_path)], check=True, env=env, timeout=300, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), tiny_model_dir, str(tmp_path)],
+                          env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(r0, r1)
     model = load_sentence_transformer(tiny_model_dir, device="cpu")

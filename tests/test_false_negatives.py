@@ -424,6 +424,7 @@ def test_trainer_refuses_a_bad_margin_and_a_broken_guide_before_training(tiny_mo
 DIST = r'''
 import sys, torch
 import torch.distributed as dist
+from hf_divcl import end_distributed
 from hf_divcl.losses.infonce import contrastive_loss
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -447,7 +448,7 @@ for name, kind, hard, cut, guide in CASES:
     results[name] = {"loss": out.loss.detach(), "grads": [m.grad for m in mine], "stats": out.masked_stats,
                      "mask": out.negative_mask, "cut": cut}
 torch.save(results, f"{sys.argv[1]}/rank{rank}.pt")
-dist.destroy_process_group()
+end_distributed()  # barrier first: a rank tearing down while another still saves can abort
 '''
 
 
@@ -456,8 +457,9 @@ def test_two_processes_get_the_masked_loss_and_gradient_of_the_global_batch(tmp_
     script = tmp_path / "d.py"
     script.write_text(DIST)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                    str(tmp_path), str(ROOT / "tests")], check=True, env=env, timeout=300, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                          str(tmp_path), str(ROOT / "tests")], env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     specs = {"even": ("infonce", False, False), "uneven": ("infonce", True, False),
              "symmetric": ("symmetric", True, True), "nt_xent": ("nt_xent", False, False),

@@ -121,6 +121,7 @@ def test_infonce_loss_module_keeps_its_output_for_the_logger(tiny_model_dir):
 DIST = r'''
 import sys, torch
 import torch.distributed as dist
+from hf_divcl import end_distributed
 from hf_divcl.losses.infonce import contrastive_loss
 dist.init_process_group("gloo")
 rank, kind = dist.get_rank(), sys.argv[2]
@@ -135,7 +136,7 @@ out = contrastive_loss(ul, vl, 0.1, **opts)
 (out.loss * (hi - lo) / 8).backward()  # weight so the sum over ranks is the global mean
 torch.save({"loss": out.loss.detach(), "gu": ul.grad, "gv": vl.grad, "anchors": out.anchors, "offset": out.offset,
             "logits": out.logits}, f"{sys.argv[1]}/rank{rank}.pt")
-dist.destroy_process_group()
+end_distributed()  # barrier first: a rank tearing down while another still saves can abort
 '''
 
 
@@ -145,8 +146,9 @@ def test_two_processes_see_the_global_batch_and_get_its_exact_gradient(tmp_path,
     script = tmp_path / "d.py"
     script.write_text(DIST)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                    str(tmp_path), kind], check=True, env=env, timeout=300, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                          str(tmp_path), kind], env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     g = torch.Generator().manual_seed(0)
     u = torch.randn(8, 5, generator=g, dtype=torch.float64)
