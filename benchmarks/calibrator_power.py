@@ -308,6 +308,17 @@ def apply_plan(a, levels: list[str], train_rows: int) -> None:
     print(f"as planned for {a.steps} steps: {plan.reason}", flush=True)
 
 
+def run_null(feats, a, tau: float, decide_run, null_levels: list[str], result: dict, save) -> None:
+    """The null at ``tau``: every arm is random batches under its own generator; count the false windows."""
+    nulls = [decide_run(feats, a, 5000 + s, a.dup, null_levels, null=True) for s in range(a.seeds)]
+    false = sum(r["status"] == "window" for r in nulls)
+    result["null"][str(tau)] = {"false_windows": false, "rate": false / a.seeds, "wilson95": wilson(false, a.seeds),
+                                "blocks_median": statistics.median(r.get("blocks", 0) for r in nulls),
+                                "runs": nulls}
+    print(f"τ={tau}: null false windows {false} of {a.seeds}", flush=True)
+    save()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="debian")
@@ -335,6 +346,7 @@ def main() -> None:
                         "while it is ahead with confidence")
     p.add_argument("--skip-truth", action="store_true", help="no fixed-arm truth runs (the truth tables exist)")
     p.add_argument("--skip-null", action="store_true", help="no null runs")
+    p.add_argument("--skip-planted", action="store_true", help="no runs on the real levels (only the null)")
     p.add_argument("--truth-seeds", type=int, default=8)
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9 (set --lr)")
@@ -389,6 +401,9 @@ def main() -> None:
         if a.truth_only:
             continue
         decide_run = explore if a.calibrator == "explore" else oneshot
+        if a.skip_planted:
+            run_null(feats, a, tau, decide_run, null_levels, result, save)
+            continue
         runs = [decide_run(feats, a, 1000 + s, dup, levels, null=False) for s in range(a.seeds)]
         rnd = [fixed_arm(feats, a, 1000 + s, dup, "random", levels) for s in range(a.seeds)]
         chosen = {lv: sum(r["level"] == lv for r in runs) for lv in levels}
@@ -412,16 +427,8 @@ def main() -> None:
               f"{result['planted'][str(tau)]['rechecked']}, reverted {result['planted'][str(tau)]['reverted']}",
               flush=True)
         save()
-        if a.skip_null:
-            continue
-        nulls = [decide_run(feats, a, 5000 + s, dup, null_levels, null=True) for s in range(a.seeds)]
-        false = sum(r["status"] == "window" for r in nulls)
-        result["null"][str(tau)] = {"false_windows": false, "rate": false / a.seeds,
-                                    "wilson95": wilson(false, a.seeds),
-                                    "blocks_median": statistics.median(r.get("blocks", 0) for r in nulls),
-                                    "runs": nulls}
-        print(f"τ={tau}: null false windows {false} of {a.seeds}", flush=True)
-        save()
+        if not a.skip_null:
+            run_null(feats, a, tau, decide_run, null_levels, result, save)
     print(f"wrote {out}")
 
 
