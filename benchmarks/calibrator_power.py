@@ -294,11 +294,11 @@ def t_interval(values: list[float]) -> dict:
 def apply_plan(a, levels: list[str], train_rows: int) -> None:
     """Size the exploration as the trainer would for a run of ``a.steps`` steps (``plan_exploration`` with the
     default budget and re-checks): its block counts, probe refresh interval and re-checks replace the flags."""
-    from hf_divcl.batch_policy.explorer import plan_exploration
+    from hf_divcl.batch_policy.explorer import RECHECK_BLOCKS, plan_exploration
 
     plan = plan_exploration(total_steps=a.steps, batch_size=a.batch_size, train_rows=train_rows,
                             probe_rows=a.probe_rows, min_blocks=a.min_blocks, alpha=a.alpha, levels=levels,
-                            recheck_blocks=a.recheck_blocks or 10, recheck_rule=a.recheck_rule,
+                            recheck_blocks=a.recheck_blocks or RECHECK_BLOCKS, recheck_rule=a.recheck_rule,
                             probe_temperature=a.probe_temperature)
     if not plan.max_blocks:
         raise SystemExit(f"--as-planned: the trainer would not explore a {a.steps}-step run: {plan.reason}")
@@ -340,7 +340,8 @@ def main() -> None:
     p.add_argument("--growth", type=float, default=2.0, help="ratio between the test's looks")
     p.add_argument("--refresh-blocks", type=int, default=1, help="probe gradient refreshed every N blocks")
     p.add_argument("--recheck-blocks", type=int, default=0,
-                   help="re-check a chosen window at 2s, 4s, … with up to N blocks (0: none, as in the results)")
+                   help="re-check a chosen window at 2s, 4s, … with up to N blocks (0: none, as in the results; with "
+                        "--as-planned 0 means the trainer's default)")
     p.add_argument("--recheck-rule", choices=["ahead", "behind"], default="ahead",
                    help="behind: drop the window when it is behind random with confidence; ahead: keep it only "
                         "while it is ahead with confidence")
@@ -358,7 +359,7 @@ def main() -> None:
                    "as many as fit in the steps)")
     p.add_argument("--as-planned", action="store_true",
                    help="blocks, refreshes and re-checks as the trainer's plan_exploration sizes them for a run of "
-                        "--steps steps (overrides --min-blocks/--max-blocks/--refresh-blocks/--recheck-blocks)")
+                        "--steps steps with --recheck-blocks' re-checks (overrides --max-blocks/--refresh-blocks)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--output", default=None)
     a = p.parse_args()

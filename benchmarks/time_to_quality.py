@@ -13,11 +13,12 @@ the batch sampler differs:
                      is re-checked at 2s, 4s… and kept only while it is ahead with confidence
     explore_once     the same without re-checks (explore_recheck_blocks=0)
     explore_labels   explore_behind scored on the label probe (a soft k-NN over the probe rows' classes; images)
-    explore_ahead    explore whose re-checks keep the window only while it is ahead with confidence (the default)
+    explore_ahead    explore whose re-checks of up to 10 blocks keep the window only while it is ahead with
+                     confidence (the default until re-checks grew to 40 blocks)
     explore_ahead20  explore_ahead with re-checks of up to 20 blocks (more power to confirm a window that helps)
-    explore_ahead40  explore_ahead with re-checks of up to 40 blocks (twice the gain kept of the 10-block default in
-                     calibrator_power's adapter setting, recheck_variants_2500.json)
-    explore_behind   explore whose re-checks drop the window only when it is behind with confidence
+    explore_ahead40  explore_ahead with re-checks of up to 40 blocks: today's default, the same as explore
+    explore_behind   explore whose re-checks of up to 10 blocks drop the window only when it is behind with
+                     confidence
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -93,9 +94,10 @@ POLICIES = {
     "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
     "explore": {"window": "explore"},
     "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
-    "explore_labels": {"window": "explore", "explore_probe": "labels", "explore_recheck_rule": "behind"},
-    "explore_ahead": {"window": "explore", "explore_recheck_rule": "ahead"},
-    "explore_behind": {"window": "explore", "explore_recheck_rule": "behind"},
+    "explore_labels": {"window": "explore", "explore_probe": "labels", "explore_recheck_rule": "behind",
+                       "explore_recheck_blocks": 10},
+    "explore_ahead": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 10},
+    "explore_behind": {"window": "explore", "explore_recheck_rule": "behind", "explore_recheck_blocks": 10},
     "explore_ahead20": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 20},
     "explore_ahead40": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 40},
 }

@@ -159,6 +159,7 @@ def main():
     p.add_argument("--explore-min-blocks", type=int, default=10)
     p.add_argument("--explore-max-fraction", type=float, default=0.3)
     p.add_argument("--explore-alpha", type=float, default=0.05)
+    p.add_argument("--explore-recheck-blocks", type=int, default=40)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--oom-at-step", type=int, default=0, help="an allocation fails for lack of memory at step N")
     a = p.parse_args()
@@ -185,7 +186,7 @@ def main():
         window=a.window or ("none" if a.builder == "random" else "auto"), calibration_budget=a.calibration_budget,
         calibration_pairs=a.calibration_pairs, calibration_levels=a.calibration_levels,
         explore_min_blocks=a.explore_min_blocks, explore_alpha=a.explore_alpha, max_steps=a.max_steps,
-        explore_max_fraction=a.explore_max_fraction,
+        explore_max_fraction=a.explore_max_fraction, explore_recheck_blocks=a.explore_recheck_blocks,
         calibration_confidence=0.5,
         bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
         bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from datasets import Value
 
-from hf_divcl.batch_policy.explorer import EXPLORE_FILE, SCORE_COST, explore_min_steps, plan_exploration
+from hf_divcl.batch_policy.explorer import (
+    EXPLORE_FILE,
+    RECHECK_BLOCKS,
+    SCORE_COST,
+    explore_min_steps,
+    plan_exploration,
+)
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
 from hf_divcl.publish.card import write_model_card
@@ -42,21 +48,23 @@ def test_the_plan_sizes_exploration_to_the_run_and_says_when_it_is_too_short():
     assert plan.levels == ["local:32", "spread:4"] and plan.cost_per_refresh == pytest.approx(refresh)
     # 5 % of 3000 batches = 150 batch equivalents. First what the test needs to see: 80 blocks (looks at 10, 20, 40
     # and 80 with explore_min_blocks = 10) of 3 scored steps, the probe refreshed every 10 blocks (8 refreshes), and
-    # one re-check of a chosen window (8 + 20 · SCORE_COST); then as many blocks as the rest holds, still refreshed
-    # every 10 (100: 30 + 10 refreshes = 136.7 of 140); then more re-checks (none left)
-    recheck = 8 + 20 * SCORE_COST
+    # one re-check of a chosen window (8 + 2 · 40 · SCORE_COST); then as many blocks as the rest holds, still
+    # refreshed every 10 (91: 27.3 + 10 refreshes = 134.0 of 134); then more re-checks (none left)
+    recheck = 8 + 2 * RECHECK_BLOCKS * SCORE_COST
+    assert RECHECK_BLOCKS == 40 and DivCLTrainingArguments(output_dir="x").explore_recheck_blocks == RECHECK_BLOCKS
     assert 80 * 3 * SCORE_COST + 8 * refresh + recheck <= 150
-    assert plan.max_blocks == 100 and plan.refresh_blocks == 10
+    assert plan.max_blocks == 91 and plan.refresh_blocks == 10
     assert plan.max_rechecks == 1 and plan.recheck_cost == pytest.approx(recheck)
-    assert plan.planned_cost == pytest.approx(100 * 3 * SCORE_COST + 10 * refresh + recheck)
+    assert plan.planned_cost == pytest.approx(91 * 3 * SCORE_COST + 10 * refresh + recheck)
     assert plan.planned_cost <= 150
-    assert 101 * 3 * SCORE_COST + 11 * refresh + recheck > 150  # a 101st block would need an eleventh refresh
+    assert 92 * 3 * SCORE_COST + 10 * refresh + recheck > 150  # a 92nd block no longer fits
     # 2,000 steps: 100 batch equivalents do not hold the 80 blocks and their 8 refreshes (109.3)
     short = plan_exploration(total_steps=2000, batch_size=32, train_rows=10_000, probe_rows=256)
     assert short.max_blocks == 0 and "the test needs 80 blocks" in short.reason
     assert "refreshed every 10 blocks" in short.reason and "one re-check of a chosen window" in short.reason
     assert "explore_recheck_blocks=0" in short.reason and f"≥ {explore_min_steps(32):,} steps" in short.reason
-    assert explore_min_steps(32) == 2387  # (24 + 8 · 10.67 + 10) / 5 %
+    assert explore_min_steps(32) == 2507  # (24 + 8 · 10.67 + 16) / 5 %
+    assert explore_min_steps(32, recheck_blocks=10) == 2387  # (24 + 8 · 10.67 + 10) / 5 %
     once = plan_exploration(total_steps=2200, batch_size=32, train_rows=10_000, probe_rows=256, recheck_blocks=0)
     assert once.max_blocks >= 80 and once.max_rechecks == 0 and once.refresh_blocks <= 10
     long = plan_exploration(total_steps=20_000, batch_size=32, train_rows=10_000, probe_rows=256)
@@ -177,9 +185,10 @@ def test_a_window_chosen_mid_epoch_is_planned_in_parts_and_resumes_exactly(tiny_
 def test_a_window_that_falls_behind_at_its_recheck_is_dropped_and_a_resume_mid_recheck_is_exact(tiny_model_dir,
                                                                                                  tmp_path):
     # explore_alpha = 0.9 on this seed chooses the tight level early (no evidence: it makes a decision to re-check);
-    # the re-check at twice that step then finds the window behind random batches and drops it
+    # the re-check at twice that step (10 blocks: the default 40 would not fit in 60 steps) then finds the window
+    # behind random batches and drops it
     kw = dict(calibration_levels="local:16", explore_alpha=0.9, seed=0, max_steps=60, save_strategy="steps",
-              save_steps=10)
+              save_steps=10, explore_recheck_blocks=10)
     full = run(tiny_model_dir, tmp_path / "full", **kw)
     explore, recheck = (json.loads(x) for x in (tmp_path / "full" / EXPLORE_FILE).read_text().splitlines())
     assert explore["decision"] == "window" and explore["estimate"] == "explore"

@@ -63,10 +63,11 @@ def test_explore_under_two_processes_trains_the_same_arms_and_applies_one_decisi
     """window="explore" under DDP (the first process's block scores, re-plan cuts and re-check start are broadcast):
     both processes draw the arms' global batches alike — the same as one process while the weights are identical —
     the run records one decision and one re-check, and the two shards never overlap, before, during or after them."""
-    # explore_alpha = 0.9 makes a decision early (not evidence for it), so that a re-check follows within the run
+    # explore_alpha = 0.9 makes a decision early (not evidence for it), so that a re-check (10 blocks: the default 40
+    # would not fit) follows within the run
     flags = ["--rows", "400", "--window", "explore", "--calibration-budget", "1.0", "--explore-min-blocks", "3",
              "--explore-max-fraction", "0.9", "--calibration-levels", "local:16", "--explore-alpha", "0.9",
-             "--max-steps", "60", "--save-steps", "100"]
+             "--explore-recheck-blocks", "10", "--max-steps", "60", "--save-steps", "100"]
     one, two = tmp_path / "one", tmp_path / "two"
     train(tiny_model_dir, one, "--batch", "16", *flags)
     train(tiny_model_dir, two, "--batch", "8", *flags, launch=LAUNCH)
