@@ -19,6 +19,8 @@ the batch sampler differs:
     explore_ahead40  explore_ahead with re-checks of up to 40 blocks: today's default, the same as explore
     explore_behind   explore whose re-checks of up to 10 blocks drop the window only when it is behind with
                      confidence
+    explore_null     explore whose two candidate levels are random batches too (local:S and local:S+1 over the
+                     S = 8B-row candidate sample: every row is in the neighbourhood): what the machinery alone costs
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
@@ -100,6 +102,7 @@ POLICIES = {
     "explore_behind": {"window": "explore", "explore_recheck_rule": "behind", "explore_recheck_blocks": 10},
     "explore_ahead20": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 20},
     "explore_ahead40": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 40},
+    "explore_null": {"window": "explore"},  # + levels that are random batches, set in run_one
 }
 
 
@@ -252,6 +255,9 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
             opts["calibration_budget"] = a.explore_budget
         if a.explore_probe_rows:
             opts["calibration_probe_rows"] = a.explore_probe_rows
+    if policy == "explore_null":  # a neighbourhood as large as the sample is a random subset of it
+        sample = 8 * a.batch_size
+        opts.update(calibration_sample_rows=sample, calibration_levels=f"local:{sample},local:{sample + 1}")
     loss = None
     measured = {}
     if policy in ("spread", "spread_hardness"):
