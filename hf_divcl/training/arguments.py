@@ -17,6 +17,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from .._common import DIVERSITY_LOG_FILE, world_size
+from ..batch_policy.explorer import RECHECK_BLOCKS
 from ..batch_policy.selectors import SELECTORS
 from ..diversity.window import DiversityWindow
 
@@ -237,7 +238,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
     explore_probe_label_column: str = field(default="label", metadata={
         "help": "'explore' window with explore_probe='labels': the column holding each row's class (never an "
                 "input of the model)."})
-    explore_recheck_blocks: int = field(default=40, metadata={
+    explore_recheck_blocks: int = field(default=RECHECK_BLOCKS, metadata={
         "help": "'explore' window: after a window is chosen at step s, re-check it at steps 2s, 4s, … with up to "
                 "this many blocks (window batch vs random batch, scored like exploration; first look at half); "
                 "explore_recheck_rule says when it goes back to random batches (0: never re-check)."})
