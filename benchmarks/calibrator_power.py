@@ -13,7 +13,7 @@ Three experiments:
    against random (95 % t-interval). This says which level truly beats random, and by how much.
 2. **Real effects of several sizes**: the effect is not built in; it comes from the temperature. At τ = 0.05
    random batches are as good as any level here; the larger τ, the more tight batches (``local:B``) beat random
-   ones (the truth table measures it per τ). The explorer (``hf_divcl.batch_policy.explore``) runs on
+   ones (the truth table measures it per τ). The explorer (``hf_divcl.experimental.sequential``) runs on
    ``--seeds`` seeds per τ: decision rate per level with a 95 % Wilson interval, blocks needed, and the run's
    final ndcg@10 against random on the same seed. (``--dup m`` repeats every training pair m times: random
    batches crowded with identical rows. Measured: no level gains from that here, so it is off by default.)
@@ -144,7 +144,7 @@ class Run:
         return [p.grad.detach().clone() for p in self.params]
 
     def probe_gradient(self) -> list[torch.Tensor]:
-        from hf_divcl.batch_policy.explore import retrieval_probe_loss
+        from hf_divcl.experimental.sequential import retrieval_probe_loss
 
         loss = retrieval_probe_loss(self.model(self.A[self.probe]), self.model(self.P[self.probe]),
                                     self.a.probe_temperature)
@@ -164,7 +164,7 @@ def fixed_arm(feats, a, seed: int, dup: int, arm: str, levels: list[str]) -> flo
 
 def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dict:
     """Explore on the training steps until the test decides, then train on the decided arm to ``a.steps``."""
-    from hf_divcl.batch_policy.explore import (
+    from hf_divcl.experimental.sequential import (
         SequentialTest,
         block_order,
         preconditioner,
@@ -244,8 +244,8 @@ def oneshot(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
     """The one-shot progress calibration of ``window="progress"`` for comparison: at step 0 and after 10 % of the
     steps, ``a.oneshot_pairs`` extra scored batches per level, each paired with a random one, scored by the
     first-order gain on InfoNCE over random in-batch negatives of the probe; a level wins when the lower end of its
-    90 % paired interval is above 0 (``hf_divcl.batch_policy.progress.decide``)."""
-    from hf_divcl.batch_policy.progress import StepGain, decide
+    90 % paired interval is above 0 (``hf_divcl.experimental.progress.decide``)."""
+    from hf_divcl.experimental.progress import StepGain, decide
     from hf_divcl.losses.maths import contrastive_loss
 
     run = Run(feats, a, seed, dup, levels)
@@ -284,7 +284,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
 
 
 def t_interval(values: list[float]) -> dict:
-    from hf_divcl.batch_policy.progress import paired_interval
+    from hf_divcl.experimental.progress import paired_interval
 
     mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
     return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values),
@@ -294,7 +294,7 @@ def t_interval(values: list[float]) -> dict:
 def apply_plan(a, levels: list[str], train_rows: int) -> None:
     """Size the exploration as the trainer would for a run of ``a.steps`` steps (``plan_exploration`` with the
     default budget and re-checks): its block counts, probe refresh interval and re-checks replace the flags."""
-    from hf_divcl.batch_policy.explorer import RECHECK_BLOCKS, plan_exploration
+    from hf_divcl.experimental.explorer import RECHECK_BLOCKS, plan_exploration
 
     plan = plan_exploration(total_steps=a.steps, batch_size=a.batch_size, train_rows=train_rows,
                             probe_rows=a.probe_rows, min_blocks=a.min_blocks, alpha=a.alpha, levels=levels,

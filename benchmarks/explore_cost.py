@@ -59,7 +59,7 @@ def task_setup(a):
 def run_once(window: str, a, setup, workdir: Path) -> dict:
     from step_time import _timer  # this script's folder is on the path when it runs
 
-    from hf_divcl.batch_policy.explorer import POWER_LOOKS
+    from hf_divcl.experimental.explorer import POWER_LOOKS
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer
 
@@ -125,7 +125,7 @@ def score_microbenchmark(a) -> dict:
     alternating, with the same random gradients."""
     import torch
 
-    from hf_divcl.batch_policy.explore import preconditioned_score, preconditioner, step_score
+    from hf_divcl.experimental.sequential import preconditioned_score, preconditioner, step_score
 
     model = task_setup(a)[1]()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hf_divcl.batch_policy.explorer import SCORE_COST
+    from hf_divcl.experimental.explorer import SCORE_COST
 
     machine = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}

@@ -1,6 +1,6 @@
 """How often each pre-flight recommendation comes out the same when its samples are redrawn.
 
-The pre-flight (`hf_divcl.batch_policy.preflight`) encodes a seeded sample of rows and measures random batches of
+The pre-flight (`hf_divcl.policies.preflight`) encodes a seeded sample of rows and measures random batches of
 them. This benchmark encodes each data set once, then for every seed redraws the row sample, the batches and the
 general-domain reference sample, and counts the recommendations. Two data sets: a fine-grained subset (WordNet
 lemma → gloss pairs of the `noun.animal` lexicographer file, where the rule should say "outside the evidence") and
@@ -47,7 +47,7 @@ def main() -> None:
     if a.smoke:
         a.seeds, a.rows, a.pool = 3, 256, 600
 
-    from hf_divcl.batch_policy.preflight import duplicate_rows_per_batch, random_batch_stats, recommend
+    from hf_divcl.policies.preflight import duplicate_rows_per_batch, random_batch_stats, recommend
     from hf_divcl.data.wordnet import wordnet_pairs
     from hf_divcl.models.loading import load_sentence_transformer
     from hf_divcl.planning.dedupe import duplicate_groups

@@ -6,7 +6,7 @@ lemma → definition pairs, a zero-initialised residual adapter trained with Inf
 - **truth**: each arm (random, ``local:B``, ``local:8B``, ``spread:4``) trains alone for ``--steps`` steps on
   ``--truth-seeds`` seeds; a level's effect is its mean final held-out ndcg@10 minus random's;
 - **probes**: after ``--warm`` random steps, every arm's batches are scored at the same weights by the step score
-  of ``hf_divcl.batch_policy.explore`` (``lr·⟨P(g), ∇L_probe⟩``, Adam's preconditioner) under three probes:
+  of ``hf_divcl.experimental.sequential`` (``lr·⟨P(g), ∇L_probe⟩``, Adam's preconditioner) under three probes:
   ``infonce_random`` (InfoNCE over random in-batch negatives, B at a time, at the training τ: what the one-shot
   calibrator used), ``retrieval_train_tau`` (each probe anchor against all ``P`` probe positives at the training τ)
   and ``retrieval_sharp`` (the same at τ_probe = 0.05, the explore default); a level's probe effect is its mean
@@ -54,7 +54,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def probe_grad(run: Run, probe: str, tau: float, batch: int) -> list[torch.Tensor]:
-    from hf_divcl.batch_policy.explore import retrieval_probe_loss
+    from hf_divcl.experimental.sequential import retrieval_probe_loss
     from hf_divcl.losses.maths import contrastive_loss
 
     u, v = run.model(run.A[run.probe]), run.model(run.P[run.probe])
@@ -69,7 +69,7 @@ def probe_grad(run: Run, probe: str, tau: float, batch: int) -> list[torch.Tenso
 
 def probe_effects(feats, a, seed: int, levels: list[str]) -> dict[str, dict[str, float]]:
     """Per probe, per level: mean step score minus random's, at the weights after ``a.warm`` random steps."""
-    from hf_divcl.batch_policy.explore import preconditioner, step_score
+    from hf_divcl.experimental.sequential import preconditioner, step_score
 
     run = Run(feats, a, seed, 1, levels)
     for t in range(a.warm):

@@ -1,12 +1,12 @@
-"""Render every paired result in ``benchmarks/results/*.json`` into the README's results table.
+"""Render every paired result in ``benchmarks/results/*.json`` into the results table of ``docs/results.md``.
 
 One row per (benchmark file, policy): the task and regime, τ, steps × batch size, seeds, and policy − random on the
 same seeds — final quality and area under the quality curve (mean quality along the run) — each with its 95 %
 t-interval and the number of seeds the policy won. Rows whose interval excludes zero are marked (▲ above, ▼ below).
 
     python benchmarks/report.py            # print the table
-    python benchmarks/report.py --write    # replace the table between the README's markers
-    python benchmarks/report.py --check    # exit 1 when the README's table differs from the results (tests do this)
+    python benchmarks/report.py --write    # replace the table between the markers in docs/results.md
+    python benchmarks/report.py --check    # exit 1 when that table differs from the results (tests do this)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+RESULTS_DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- results:start (benchmarks/report.py --write) -->", "<!-- results:end -->"
 DEFAULT_TAU = {"text": 0.05, "vision": 0.2, "clip": 0.07}
 METRIC = {"text": "ndcg@10", "vision": "k-NN acc.", "clip": "zero-shot acc."}
@@ -85,7 +85,7 @@ def calibrator_rows(path: Path) -> list[dict]:
         planted = r.get("planted", {}).get(tau)
         if planted:
             stat = planted["final_minus_random"]
-            name = "one-shot calibration (window=progress)" if oneshot else "explore (hf_divcl.batch_policy.explore)"
+            name = "one-shot calibration (window=progress)" if oneshot else "explore (hf_divcl.experimental.sequential)"
             if c.get("as_planned"):
                 name += (f", as planned for {c['steps']} steps: up to {c['max_blocks']} blocks, probe refreshed "
                          f"every {c['refresh_blocks']}")
@@ -114,7 +114,7 @@ def render(rows: list[dict]) -> str:
     return "\n".join([head, *body])
 
 
-def readme_table(text: str) -> str | None:
+def doc_table(text: str) -> str | None:
     if START not in text or END not in text:
         return None
     return text.split(START, 1)[1].split(END, 1)[0].strip()
@@ -122,32 +122,32 @@ def readme_table(text: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help="replace the README's table")
-    p.add_argument("--check", action="store_true", help="exit 1 when the README's table is out of date")
-    p.add_argument("--readme", default=str(README))
+    p.add_argument("--write", action="store_true", help="replace the table between the markers in --doc")
+    p.add_argument("--check", action="store_true", help="exit 1 when the table in --doc is out of date")
+    p.add_argument("--doc", default=str(RESULTS_DOC), help="the Markdown file holding the markers")
     a = p.parse_args(argv)
     table = render(collect())
-    readme = Path(a.readme)
-    text = readme.read_text(encoding="utf-8")
-    current = readme_table(text)
+    doc = Path(a.doc)
+    text = doc.read_text(encoding="utf-8")
+    current = doc_table(text)
     if a.check:
         if current is None:
-            print(f"{readme} has no results markers ({START} … {END})", file=sys.stderr)
+            print(f"{doc} has no results markers ({START} … {END})", file=sys.stderr)
             return 1
         if current != table:
-            print(f"{readme}'s results table is out of date: run python benchmarks/report.py --write",
+            print(f"{doc}'s results table is out of date: run python benchmarks/report.py --write",
                   file=sys.stderr)
             return 1
         return 0
     if a.write:
         if current is None:
-            print(f"{readme} has no results markers ({START} … {END}); add them where the table goes",
+            print(f"{doc} has no results markers ({START} … {END}); add them where the table goes",
                   file=sys.stderr)
             return 1
         before, rest = text.split(START, 1)
         after = rest.split(END, 1)[1]
-        readme.write_text(f"{before}{START}\n{table}\n{END}{after}", encoding="utf-8")
-        print(f"wrote {len(table.splitlines()) - 2} rows into {readme}")
+        doc.write_text(f"{before}{START}\n{table}\n{END}{after}", encoding="utf-8")
+        print(f"wrote {len(table.splitlines()) - 2} rows into {doc}")
         return 0
     print(table)
     return 0

@@ -32,7 +32,7 @@ def _measure(b_size: int, model, pairs, learner, reference, gen, reps: int) -> d
     """Median seconds of each variant at batch size ``b_size`` and their fractions of a step."""
     import torch
 
-    from hf_divcl.batch_policy.learnability import LearnabilitySelector
+    from hf_divcl.experimental.learnability import LearnabilitySelector
     from hf_divcl.diversity.window import DiversityWindow, measure_diversity
     from hf_divcl.losses.infonce import InfoNCELoss
 

@@ -41,7 +41,7 @@ def main() -> None:
 
     import torch
 
-    from hf_divcl.batch_policy.calibration import calibrate_window
+    from hf_divcl.policies.calibration import calibrate_window
     from hf_divcl.data.wordnet import wordnet_split
     from hf_divcl.diversity.levels import default_levels, draw_level
     from hf_divcl.diversity.window import DiversityWindow, measure_diversity

@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "end_distributed": "_common",
     "EmbeddingBank": "bank",
-    "calibrate_window": "batch_policy.calibration",
-    "MegaBatchSelector": "batch_policy.selectors",
+    "calibrate_window": "policies.calibration",
+    "MegaBatchSelector": "experimental.selectors",
     "DivCLDataCollator": "collator",
     "DatasetError": "data.validation",
     "validate_training_dataset": "data.validation",
@@ -78,8 +78,8 @@ __all__ = [
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from ._common import end_distributed
     from .bank import EmbeddingBank
-    from .batch_policy.calibration import calibrate_window
-    from .batch_policy.selectors import MegaBatchSelector
+    from .policies.calibration import calibrate_window
+    from .experimental.selectors import MegaBatchSelector
     from .collator import DivCLDataCollator
     from .data.validation import DatasetError, validate_training_dataset
     from .diversity.bands import GradientBands, gradient_bands, infonce_loss

@@ -110,7 +110,9 @@ def end_distributed() -> None:
 def global_batch_size(args) -> int:
     """Rows in one global batch: the per-device batch times the processes whose batches the loss gathers
     (``gather_across_devices``), else the per-device batch."""
-    return args.per_device_train_batch_size * (world_size() if args.gather_across_devices else 1)
+    gather = args.loss_option("gather_across_devices") if hasattr(args, "loss_option") else \
+        getattr(args, "gather_across_devices", True)
+    return args.per_device_train_batch_size * (world_size() if gather else 1)
 
 
 def cache_root() -> Path:

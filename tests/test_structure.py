@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "hf_divcl"
 
 LAYERS = ("_common", "diversity", "data", "models", "losses", "bank", "planning", "evaluation", "publish",
-          "batch_policy", "sampler", "collator", "training", "cli")
+          "policies", "experimental", "sampler", "collator", "training", "cli")
 """Bottom to top: a module may import from its own layer (package or top-level module) and the layers before it.
 ``hf_divcl/__init__.py`` is the lazy public façade above them all: it may name every module, none may import it."""
 

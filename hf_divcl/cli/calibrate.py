@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..batch_policy.calibration import CalibrationResult, calibrate_window
+from ..policies.calibration import CalibrationResult, calibrate_window
 from ..diversity.window import METRICS
 from ..models.embed import PairEmbeddingConfig, check_temperatures, embed_pairs
 

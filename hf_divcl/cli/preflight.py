@@ -1,5 +1,5 @@
 """``hf-divcl preflight``: before training, what random batches of *your* data look like to *your* model at your
-batch size and τ, with a recommendation (:mod:`hf_divcl.batch_policy.preflight`).
+batch size and τ, with a recommendation (:mod:`hf_divcl.policies.preflight`).
 
     hf-divcl preflight --config text_wordnet --data my_pairs.tsv --per_device_train_batch_size 64
 

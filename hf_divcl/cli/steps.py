@@ -137,13 +137,13 @@ def preflight_step(cfg: RecipeConfig, args, model, train, description: str, *, m
                    n_batches: int = 64, near_threshold: float = 0.95, path: str | os.PathLike | None = None,
                    force: bool = False) -> dict[str, Any] | None:
     """Before training, on the main process: random batches of the training rows as the model sees them at the run's
-    global batch size and τ (:func:`hf_divcl.batch_policy.preflight.preflight`), printed and saved (default:
+    global batch size and τ (:func:`hf_divcl.policies.preflight.preflight`), printed and saved (default:
     ``output_dir/divcl_preflight.json``, which the model card shows); ``None`` with ``preflight: false`` (unless
     ``force``)."""
     if not (cfg.preflight or force) or not is_main_process():
         return None
     from .._common import atomic_write_text, global_batch_size
-    from ..batch_policy.preflight import PREFLIGHT_FILE, preflight
+    from ..policies.preflight import PREFLIGHT_FILE, preflight
 
     augment = None
     if "image" in getattr(model, "modalities", ["text"]):

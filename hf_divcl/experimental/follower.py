@@ -3,7 +3,7 @@
 :class:`DivCLTrainer` with ``window="progress"`` (the default) starts on random batches and calibrates at the
 steps that :func:`plan_calibrations` schedules — at the start, early (``recalibrate_early`` of the run) and at
 every epoch start, as far as ``calibration_budget`` affords — with
-:func:`hf_divcl.batch_policy.progress.calibrate_progress`.
+:func:`hf_divcl.experimental.progress.calibrate_progress`.
 Each calibration either places a window (the builder then plans the rest of the epoch inside it) or keeps random
 batches, with the reason. :class:`WindowFollower` runs them from Trainer callbacks; the trajectory of decisions
 goes to ``divcl_calibrations.jsonl``, the Trainer logs, the checkpoint and the card.
@@ -35,7 +35,7 @@ from ..losses.infonce import InfoNCELoss
 from .progress import ProgressCalibration, StepGain, calibrate_progress, default_progress_levels
 
 if TYPE_CHECKING:
-    from .host import PolicyHost
+    from ..policies.context import PolicyContext
 
 logger = logging.getLogger(__name__)
 
@@ -135,31 +135,30 @@ def plan_calibrations(*, total_steps: int, steps_per_epoch: int, batch_size: int
         f"(≥ {need} steps); batches stay random"), **common)
 
 
-def schedule_progress(dataset, args, global_batch: int):
-    """``(training rows, probe rows or None, plan)`` for ``window="progress"``: schedule the calibrations and, when
+def schedule_progress(dataset, args, settings, global_batch: int):
+    """``(training rows, probe rows or None, plan)`` for ``batch_policy="progress"`` (``settings``: the policy): schedule the calibrations and, when
     one fits the budget, hold out the probe rows (never trained on)."""
     n = len(dataset)
     ga = max(1, args.gradient_accumulation_steps)
-    probe = args.calibration_probe_rows or max(2, min(2 * global_batch, n // 20))
+    s = settings
+    probe = s.probe_rows or max(2, min(2 * global_batch, n // 20))
     rest = n - probe
     steps_per_epoch = max(1, math.ceil(max(rest, 1) / global_batch) // ga)
     total = total_training_steps(args, rest, global_batch)
-    every = args.recalibrate_every
+    every = s.recalibrate_every
     plan = plan_calibrations(
         total_steps=total, steps_per_epoch=steps_per_epoch, batch_size=global_batch, train_rows=max(rest, 0),
-        budget=args.calibration_budget, n_pairs=args.calibration_pairs,
-        levels=[x.strip() for x in args.calibration_levels.split(",")] if args.calibration_levels else None,
-        probe_rows=probe, sample_rows=args.calibration_sample_rows,
-        recalibrate_every=int(every) if every.isdigit() else every, recalibrate_early=args.recalibrate_early,
-        estimate=args.calibration_estimate, gradient_accumulation_steps=ga)
+        budget=s.budget, n_pairs=s.pairs, levels=s.level_list(), probe_rows=probe, sample_rows=s.sample_rows,
+        recalibrate_every=int(every) if every.isdigit() else every, recalibrate_early=s.recalibrate_early,
+        estimate=s.estimate, gradient_accumulation_steps=ga)
     if plan.steps and rest < max(4 * global_batch, plan.sample_rows // 2):
         plan.steps, plan.reason = [], (f"the training set ({n} rows) is too small to hold out {probe} probe rows "
                                        f"and still draw candidate batches of {global_batch}; batches stay random")
     if not plan.steps:
-        logger.warning("window='progress': %s.", plan.reason)
+        logger.warning("batch_policy='progress': %s.", plan.reason)
         return dataset, None, plan
     dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + HOLD_OUT_SEED)
-    logger.info("window='progress': %d probe rows held out; calibrations at steps %s with %d pairs per level "
+    logger.info("batch_policy='progress': %d probe rows held out; calibrations at steps %s with %d pairs per level "
                 "(%.1f batch equivalents each, %s)", probe, plan.steps, plan.n_pairs, plan.cost_per_calibration,
                 plan.reason)
     return dataset, probe_dataset, plan
@@ -172,7 +171,7 @@ def seeded_rows(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:min(size, n)].sort().values
 
 
-def calibration_sample(trainer: PolicyHost, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def calibration_sample(trainer: PolicyContext, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``size`` seeded training rows ``(S,)`` and their anchor embeddings ``(S, d)`` under the current model."""
     rows = seeded_rows(len(trainer.train_dataset), size, seed)
     column = trainer.bank_columns(trainer.train_dataset)[0]
@@ -183,7 +182,7 @@ def calibration_sample(trainer: PolicyHost, size: int, seed: int) -> tuple[torch
     return rows, emb.float().cpu()
 
 
-def rows_loss(trainer: PolicyHost, rows: torch.Tensor | list[int], dataset=None) -> torch.Tensor:
+def rows_loss(trainer: PolicyContext, rows: torch.Tensor | list[int], dataset=None) -> torch.Tensor:
     """The training loss on rows of ``dataset`` (default: the training set) as one batch — no step, nothing
     logged, recorded or gathered beyond what the loss itself does."""
     dataset = trainer.train_dataset if dataset is None else dataset
@@ -194,17 +193,17 @@ def rows_loss(trainer: PolicyHost, rows: torch.Tensor | list[int], dataset=None)
     return loss
 
 
-def probe_losses(trainer: PolicyHost) -> list[torch.Tensor]:
-    """The loss on each global-batch-sized chunk of the held-out probe set."""
-    n, b = len(trainer.probe_dataset), trainer.global_batch_size()
+def probe_losses(trainer: PolicyContext, probe) -> list[torch.Tensor]:
+    """The loss on each global-batch-sized chunk of the held-out probe set ``probe``."""
+    n, b = len(probe), trainer.global_batch_size()
     starts = range(0, n - b + 1, b) if n >= b else [0]
-    return [rows_loss(trainer, list(range(s, min(s + b, n))), trainer.probe_dataset) for s in starts]
+    return [rows_loss(trainer, list(range(s, min(s + b, n))), probe) for s in starts]
 
 
 class ProbeEnv(contextlib.AbstractContextManager):
     """Model in eval mode, RNG untouched, no cross-process gather, no step recording — restored on exit."""
 
-    def __init__(self, trainer: PolicyHost) -> None:
+    def __init__(self, trainer: PolicyContext) -> None:
         self.t = trainer
 
     def __enter__(self):
@@ -238,9 +237,11 @@ class ProbeEnv(contextlib.AbstractContextManager):
 class WindowFollower(TrainerCallback):
     """Runs the scheduled progress calibrations of a :class:`DivCLTrainer` and applies their decisions."""
 
-    def __init__(self, trainer: PolicyHost, plan: CalibrationPlan) -> None:
+    def __init__(self, trainer: PolicyContext, plan: CalibrationPlan, settings, probe) -> None:
         self.trainer = trainer
         self.plan = plan
+        self.settings = settings  # the ProgressWindow policy
+        self.probe = probe  # the held-out probe rows
         self.history: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.passes = {"backward": 0, "probe_forward": 0, "encoded_rows": 0}
@@ -267,11 +268,11 @@ class WindowFollower(TrainerCallback):
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         """Re-place the epoch-start calibrations on the real epoch length (known once the data loader exists:
         under DDP sentence-transformers drops the last partial batch), keeping their number and the budget."""
-        if train_dataloader is None or args.recalibrate_every != "epoch" or not self.plan.steps:
+        if train_dataloader is None or self.settings.recalibrate_every != "epoch" or not self.plan.steps:
             return
         spe = max(1, len(train_dataloader) // max(1, args.gradient_accumulation_steps))
         total = state.max_steps
-        planned = schedule(total, spe, "epoch", args.recalibrate_early)
+        planned = schedule(total, spe, "epoch", self.settings.recalibrate_early)
         keep = len(self.plan.steps)
         self.plan.steps = planned[:keep]
 
@@ -313,21 +314,21 @@ class WindowFollower(TrainerCallback):
 
     def _measure(self, step: int) -> ProgressCalibration:
         t = self.trainer
-        a = t.args
+        a, s = t.args, self.settings
         B = t.global_batch_size()
-        common = {"temperature": a.temperature, "batch_size": B, "estimate": a.calibration_estimate,
-                  "confidence": a.calibration_confidence, "step": step}
+        common = {"temperature": a.temperature, "batch_size": B, "estimate": s.estimate,
+                  "confidence": s.confidence, "step": step}
         try:
             with ProbeEnv(t):
                 rows, anchors = calibration_sample(t, self.plan.sample_rows, seed=mix_seed(a.seed, step))
                 self.passes["encoded_rows"] += len(rows)
                 gain = StepGain([p for p in t.model.parameters() if p.requires_grad],
-                                lambda idx: rows_loss(t, rows[idx]), lambda: probe_losses(t), a.learning_rate,
+                                lambda idx: rows_loss(t, rows[idx]), lambda: probe_losses(t, self.probe), a.learning_rate,
                                 optimizer=t.optimizer,
-                                estimate=a.calibration_estimate)
+                                estimate=s.estimate)
                 cal = calibrate_progress(anchors, B, a.temperature, gain, levels=self.plan.levels,
-                                         n_pairs=self.plan.n_pairs, confidence=a.calibration_confidence,
-                                         seed=mix_seed(a.seed, step), estimate=a.calibration_estimate, step=step)
+                                         n_pairs=self.plan.n_pairs, confidence=s.confidence,
+                                         seed=mix_seed(a.seed, step), estimate=s.estimate, step=step)
                 self.passes["backward"] += gain.backward_passes
                 self.passes["probe_forward"] += gain.probe_forward_passes
                 cal.cost.update({"backward_passes": float(gain.backward_passes),
@@ -344,4 +345,4 @@ class WindowFollower(TrainerCallback):
         """Use a calibration's decision: the trainer switches to the window (with the builder, encoding the bank if
         random batches never needed one) or to random batches; with ``cut``, the current epoch is re-planned from
         that global batch on (earlier ones were already handed out)."""
-        self.trainer.apply_window(cal.window if cal.decision == "window" else None, cut=cut)
+        self.trainer.apply_window(cal.window if cal.decision == "window" else None, self.settings.builder, cut=cut)

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..bank import EmbeddingBank
-    from .host import PolicyArguments, PolicyHost
+    from ..policies.context import PolicyContext
 
 __all__ = ["LearnabilitySelector", "batch_losses", "build_reference_bank", "hold_out_reference_rows", "joint_select"]
 
@@ -228,31 +228,31 @@ class LearnabilitySelector:
 # the reference model (builder="learnability")
 
 
-def hold_out_reference_rows(dataset, args: PolicyArguments, global_batch: int):
+def hold_out_reference_rows(dataset, settings, global_batch: int):
     """Split off the rows the held-out reference is fine-tuned on; the run never trains on them.
 
     Returns ``(training rows, reference rows)`` as datasets (fixed split, see :data:`HOLD_OUT_SEED`)."""
     n = len(dataset)
-    rows = args.learnability_reference_rows or min(2000, max(4 * global_batch, n // 20))
+    rows = settings.reference_rows or min(2000, max(4 * global_batch, n // 20))
     if rows < 2 or n - rows < 2 * global_batch:
-        raise ValueError(f"learnability_reference='held_out' needs {rows} held-out rows and at least "
+        raise ValueError(f"batch_policy='learnability' with reference='held_out' needs {rows} held-out rows and at least "
                          f"{2 * global_batch} rows left to train on, but the data set has {n} rows. Set "
-                         "learnability_reference_rows lower, pass a reference model path, or use builder='hard'.")
-    logger.info("builder='learnability': %d rows held out to fine-tune the reference model", rows)
+                         "reference_rows lower, pass a reference model path, or use batch_policy='hard'.")
+    logger.info("batch_policy='learnability': %d rows held out to fine-tune the reference model", rows)
     return hold_out(dataset, rows, HOLD_OUT_SEED)
 
 
-def train_reference_model(host: PolicyHost, steps: int) -> torch.nn.Module:
-    """Fine-tune a copy of the starting model on ``host.reference_dataset`` with the run's loss, learning rate and
+def train_reference_model(host: PolicyContext, data, steps: int) -> torch.nn.Module:
+    """Fine-tune a copy of the starting model on ``data`` (the held-out reference rows) with the run's loss, learning rate and
     global batch size, for ``steps`` AdamW steps on random batches. The run's RNG and augmentation state are left
     as they were, so the training run itself is the same as without a reference."""
     from ..losses.infonce import InfoNCELoss
     from .follower import ProbeEnv
 
-    a, data = host.args, host.reference_dataset
+    a = host.args
     ref = host.model_copy()
-    loss_fn = InfoNCELoss(ref, temperature=a.temperature, loss_type=a.loss_type, symmetric=a.symmetric_loss,
-                          gather_across_devices=False)
+    loss_fn = InfoNCELoss(ref, temperature=a.temperature, loss_type=a.loss_option("loss_type"),
+                          symmetric=a.loss_option("symmetric"), gather_across_devices=False)
     params = [p for p in ref.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=a.weight_decay)
     warm = max(1, steps // 10)
@@ -298,25 +298,25 @@ class ReferenceBank(NamedTuple):
     seconds: float
 
 
-def build_reference_bank(host: PolicyHost, dataset) -> ReferenceBank:
+def build_reference_bank(host: PolicyContext, dataset, settings, reference_rows=None) -> ReferenceBank:
     """The reference side of learnability: the training rows encoded by the reference model (cached on disk by
     model and data fingerprints, like the learner's bank)."""
     from sentence_transformers import SentenceTransformer
 
-    a = host.args
+    a, s = host.args, settings
     steps = None
     t0 = time.perf_counter()
-    if a.learnability_reference == "held_out":
+    if s.reference == "held_out":
         run_steps = total_training_steps(a, len(dataset), host.global_batch_size())
-        steps = a.learnability_reference_steps or max(10, round(0.2 * run_steps))
-        model = train_reference_model(host, steps)
-    elif a.learnability_reference == "guide":
+        steps = s.reference_steps or max(10, round(0.2 * run_steps))
+        model = train_reference_model(host, reference_rows, steps)
+    elif s.reference == "guide":
         model = host.guide_model()
     else:
         try:
-            model = SentenceTransformer(a.learnability_reference, device=str(a.device))
+            model = SentenceTransformer(s.reference, device=str(a.device))
         except Exception as err:
-            raise ValueError(f"Cannot load the learnability reference from {a.learnability_reference!r} "
+            raise ValueError(f"Cannot load the learnability reference from {s.reference!r} "
                              f"({type(err).__name__}: {err}).") from err
     if set(getattr(model, "modalities", ["text"])) != set(getattr(host.model, "modalities", ["text"])):
         raise ValueError(f"The learnability reference reads {getattr(model, 'modalities', ['text'])} but the model "
@@ -329,5 +329,5 @@ def build_reference_bank(host: PolicyHost, dataset) -> ReferenceBank:
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
-    logger.info("learnability reference (%s): %s (%.1f s)", a.learnability_reference, bank, seconds)
+    logger.info("learnability reference (%s): %s (%.1f s)", s.reference, bank, seconds)
     return ReferenceBank(bank, steps, seconds)

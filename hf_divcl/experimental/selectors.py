@@ -1,5 +1,5 @@
 """Per-step selectors: from a sampler's super-batch of ``M × B`` rows keep the ``B`` a policy wants. The collator
-calls one (``DivCLDataCollator.select``); :class:`~hf_divcl.batch_policy.learnability.LearnabilitySelector` is the
+calls one (``DivCLDataCollator.select``); :class:`~hf_divcl.experimental.learnability.LearnabilitySelector` is the
 other kind."""
 
 from __future__ import annotations

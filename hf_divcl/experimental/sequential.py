@@ -1,6 +1,6 @@
 """The training steps as the experiment: explore diversity levels against random batches on the run's own steps.
 
-Instead of extra scored batches (:mod:`hf_divcl.batch_policy.progress`), exploration makes some *training* steps
+Instead of extra scored batches (:mod:`hf_divcl.experimental.progress`), exploration makes some *training* steps
 the experiment. The steps are grouped in blocks of ``K`` consecutive steps; each block holds every arm once —
 random batches and each candidate diversity level — in an order drawn from the run's seed (:func:`block_order`),
 so every process agrees and each block pairs the arms in time. Each step is scored from the gradient it computes

@@ -3,8 +3,8 @@
 :func:`calibrate_window` draws batches of controlled diversity from the bank (tight neighbourhoods → random →
 spread), computes the exact mean InfoNCE gradient norm each produces at the training temperature, and places the
 window around the maximum: the batches whose gradients are within ``keep_fraction`` of the strongest
-(``method="gradient"``). ``method="progress"`` measures held-out progress instead
-(:func:`hf_divcl.batch_policy.progress.calibrate_progress`).
+(the paper's proposal). Measuring held-out progress per level instead is experimental
+(:func:`hf_divcl.experimental.progress.calibrate_progress`, ``batch_policy="progress"``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 from ..diversity.bands import gradient_bands
 from ..diversity.levels import SweepLevel, default_levels, draw_level, parse_level
 from ..diversity.window import METRICS, DiversityWindow, measure_diversity
-from .progress import calibrate_progress
 
 __all__ = ["CalibrationResult", "calibrate_window"]
 
@@ -81,22 +80,11 @@ def calibrate_window(
     keep_fraction: float = 0.9,
     seed: int = 0,
     max_rows: int = 50_000,
-    method: str = "gradient",
-    gain=None,
-    n_pairs: int = 4,
-    confidence: float = 0.9,
-):
-    """Choose a diversity window: around the largest InfoNCE gradient (``method="gradient"``, the paper's
-    proposal) or where one step buys the most held-out progress over random batches (``method="progress"``).
+) -> CalibrationResult:
+    """Choose a diversity window around the largest InfoNCE gradient (the paper's proposal).
 
-    ``method="progress"`` needs ``gain(rows) → float`` (e.g. :class:`hf_divcl.batch_policy.progress.StepGain`) and
-    returns a
-    :class:`hf_divcl.batch_policy.progress.ProgressCalibration`, whose decision may be ``"random"`` (no level beat
-    random
-    batches with ``confidence``); see :func:`hf_divcl.batch_policy.progress.calibrate_progress`. The gradient method
-    returns a
-    :class:`CalibrationResult`. On real data the largest gradient is often not the most progress: prefer
-    ``"progress"`` for training.
+    On real data the largest gradient is often not the most progress (docs/results.md): the window this returns is
+    a measurement of the gradient's dependence on diversity, not a recommendation to train in it.
 
     Args:
         anchors (`torch.Tensor` of shape `(N, d)`): one embedding per training row (e.g. ``bank.all()``).
@@ -110,19 +98,7 @@ def calibrate_window(
         keep_fraction (`float`): levels whose mean gradient is at least this fraction of the peak form the window.
         seed (`int`): seed of the batch draws.
         max_rows (`int`): calibrate on a seeded subset of at most this many rows.
-        method (`str`): ``"gradient"`` or ``"progress"``.
-        gain, n_pairs, confidence: ``method="progress"`` only (see
-        :func:`hf_divcl.batch_policy.progress.calibrate_progress`).
     """
-    if method == "progress":
-        if gain is None:
-            raise ValueError("method='progress' needs gain(rows) -> float, the held-out improvement one step on a "
-                             "batch buys (e.g. hf_divcl.batch_policy.progress.StepGain); DivCLTrainer builds it "
-                             "for you.")
-        return calibrate_progress(anchors[:max_rows], batch_size, temperature, gain, levels=levels,
-                                  n_pairs=n_pairs, metric=metric, confidence=confidence, seed=seed)
-    if method != "gradient":
-        raise ValueError(f"method must be 'gradient' or 'progress', got {method!r}.")
     if metric not in METRICS:
         raise ValueError(f"Unknown diversity metric {metric!r}; choose one of {sorted(METRICS)}.")
     if not 0 < keep_fraction <= 1:

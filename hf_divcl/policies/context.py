@@ -1,6 +1,10 @@
-"""What the batch-policy code needs from the trainer that runs it, declared here so that the dependency points one
-way: ``DivCLTrainer`` (in :mod:`hf_divcl.training`) satisfies these protocols; nothing in this package imports it.
+"""What a batch policy sees of the trainer that runs it, declared here so that the dependency points one way:
+``DivCLTrainer`` (in :mod:`hf_divcl.training`) satisfies this protocol; nothing in the policies imports it.
 Type-only: nothing here runs.
+
+The policy reads the run (arguments, model, data, bank, optimizer) and asks for three things: a bank
+(:meth:`PolicyContext.build_bank`), model inputs for rows (:meth:`PolicyContext.collate_rows`) and, mid-run, a
+different window for the sampler (:meth:`PolicyContext.apply_window`, the one call that changes what is trained on).
 """
 
 from __future__ import annotations
@@ -13,50 +17,26 @@ if TYPE_CHECKING:
     from ..bank import EmbeddingBank
     from ..diversity.window import DiversityWindow
 
-__all__ = ["PolicyArguments", "PolicyHost"]
+__all__ = ["PolicyContext"]
 
 
-class PolicyArguments(Protocol):
-    """The training arguments the policy reads (``DivCLTrainingArguments`` has them all)."""
+class PolicyContext(Protocol):
+    """The trainer, as a batch policy sees it."""
 
-    seed: int
-    output_dir: str
-    per_device_train_batch_size: int
-    gather_across_devices: bool
-    gradient_accumulation_steps: int
-    max_steps: int
-    num_train_epochs: float
-    learning_rate: float
-    temperature: float
-    builder: str
-    window: str
-    mega_batch_factor: int
-
-    def parsed_window(self) -> DiversityWindow | str | None: ...
-
-
-class PolicyHost(Protocol):
-    """The trainer, as the batch policy sees it: its arguments, model, data, bank and the few operations the
-    policy asks of it. The policy reads these and returns decisions; the trainer applies them
-    (:meth:`apply_window` is the one call that changes the running policy)."""
-
-    args: Any
+    args: Any  # DivCLTrainingArguments
     model: Any
     loss: Any
     optimizer: Any
+    lr_scheduler: Any
     data_collator: Any
     train_dataset: Any
-    probe_dataset: Any
-    reference_dataset: Any
     bank: EmbeddingBank | None
-    user_bank: Any
-    follower: Any
-    saved: Any
+    user_bank: Any  # a bank the user passed, or None
+    saved: Any  # the resumed checkpoint's hf_divcl state (SavedState)
     divcl_sampler: Any  # the DiversityWindowBatchSampler, once training has started
 
     def processes(self) -> int: ...
     def global_batch_size(self) -> int: ...
-    def window_builder(self) -> str: ...
     def is_world_process_zero(self) -> bool: ...
     def build_bank(self, dataset, views: int = 2) -> EmbeddingBank: ...
     def encode_bank(self, model, dataset, views: int = 2) -> EmbeddingBank: ...
@@ -65,5 +45,5 @@ class PolicyHost(Protocol):
     def collect_features(self, inputs: dict[str, Any]) -> tuple[list[dict[str, torch.Tensor]], Any]: ...
     def guide_model(self) -> Any: ...
     def model_copy(self) -> torch.nn.Module: ...
-    def apply_window(self, window: DiversityWindow | None, cut: int | None = None) -> None: ...
+    def apply_window(self, window: DiversityWindow | None, builder: str = "greedy", cut: int | None = None) -> None: ...
     def record_policy(self) -> None: ...

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..batch_policy.host import PolicyHost
+from ..policies.context import PolicyContext
 
 __all__ = ["TrainerHost"]
 
 
-class TrainerHost(PolicyHost, Protocol):
-    """``DivCLTrainer`` as its helpers see it: the batch policy's view plus the run's logger, selector, state and
+class TrainerHost(PolicyContext, Protocol):
+    """``DivCLTrainer`` as its helpers see it: the batch policy's view plus the run's logger, policy, state and
     counters."""
 
     diversity: Any  # the DiversityLogger
-    selector: Any
+    policy: Any  # the run's BatchPolicy
     state: Any  # transformers' TrainerState
-    calibration_plan: Any
     nonfinite_skipped: int
 
     def train(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -5,17 +5,15 @@
     ...                        train_dataset=pairs)
     >>> trainer.train()
 
-With no hf_divcl-specific argument this trains on random batches until a measured diversity window beats them
-(``window="progress"``, see :mod:`hf_divcl.batch_policy.follower`), with the project's InfoNCE on the global batch
-and full
-diversity logging. The data flow per run: dataset → (validated, row ids) → bank (reference encoding when a builder
-needs one, then updated from each step's embeddings, :mod:`hf_divcl.training.recorder`) → builder
-(:mod:`hf_divcl.planning`)
-→ :class:`~hf_divcl.sampler.DiversityWindowBatchSampler` → :class:`~hf_divcl.collator.DivCLDataCollator` (per-step
-selection with ``builder="learnability" | "hard"``) → model → loss →
-:class:`~hf_divcl.training.callbacks.DiversityLogger`
-→ run files (:mod:`hf_divcl.training.run_files`) → card → Hub. Checkpoints carry the bank and the epoch plan
-(:mod:`hf_divcl.training.checkpoints`), so ``resume_from_checkpoint`` continues the same plan.
+With no hf_divcl-specific argument this trains on random duplicate-free batches (``batch_policy="random"``) with
+the project's InfoNCE on the global batch and full diversity logging. The batch policy
+(:mod:`hf_divcl.policies`) decides everything about batches; the trainer only drives it. The data flow per run:
+dataset → (validated, rows held out by the policy, row ids) → bank (encoded when the policy reads embeddings, then
+updated from each step's embeddings, :mod:`hf_divcl.training.recorder`) → builder (:mod:`hf_divcl.planning`) →
+:class:`~hf_divcl.sampler.DiversityWindowBatchSampler` → :class:`~hf_divcl.collator.DivCLDataCollator` (per-step
+selection when the policy has a selector) → model → loss → :class:`~hf_divcl.training.callbacks.DiversityLogger` →
+run files (:mod:`hf_divcl.training.run_files`) → card → Hub. Checkpoints carry the bank, the epoch plan and the
+policy's state (:mod:`hf_divcl.training.checkpoints`), so ``resume_from_checkpoint`` continues the same plan.
 """
 
 from __future__ import annotations
@@ -35,15 +33,11 @@ from transformers import TrainerCallback
 
 from .._common import ROW_ID_COLUMN, banks_cache_dir, global_batch_size, input_columns, world_size
 from ..bank import EmbeddingBank
-from ..batch_policy.decide import decide_batch_policy, prepare_training_rows
-from ..batch_policy.explorer import ExplorePlan, StepExplorer
-from ..batch_policy.follower import CalibrationPlan, WindowFollower
-from ..batch_policy.learnability import LearnabilitySelector
-from ..batch_policy.selectors import MegaBatchSelector
 from ..collator import DivCLDataCollator
 from ..diversity.log import PREFIX, use_readable_console
 from ..diversity.window import DiversityWindow
 from ..losses.infonce import InfoNCELoss, check_false_negative_setup, load_guide_model
+from ..policies.rows import prepare_training_rows
 from ..sampler import DiversityWindowBatchSampler
 from .arguments import DivCLTrainingArguments
 from .callbacks import DiversityLogger
@@ -120,25 +114,19 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.recorder = StepRecorder(self)
         self._phase = "setup"
         self.nonfinite_skipped = 0
-        self.probe_dataset = None
-        self.reference_dataset = None
-        self.selector: LearnabilitySelector | MegaBatchSelector | None = None
-        self.follower: WindowFollower | StepExplorer | None = None
-        self.calibration_plan: CalibrationPlan | ExplorePlan | None = None
-        self.reference_steps: int | None = None
-        self.reference_seconds = 0.0
+        self.policy = args.policy.fresh()  # this run's own: a policy holds the run's state
+        if self.policy.experimental:
+            logger.warning("batch_policy=%r is experimental (hf_divcl.experimental): no benchmark supports it yet, "
+                           "and it may change.", self.policy.name)
         if train_dataset is not None:
-            rows = prepare_training_rows(train_dataset, args, model=model,
-                                         infonce=loss is None or isinstance(loss, InfoNCELoss))
-            train_dataset, self.probe_dataset = rows.dataset, rows.probe_dataset
-            self.reference_dataset, self.calibration_plan = rows.reference_dataset, rows.calibration_plan
+            train_dataset = prepare_training_rows(train_dataset, args, self.policy, model=model,
+                                                  infonce=loss is None or isinstance(loss, InfoNCELoss))
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
                          **kwargs)
         self.args: DivCLTrainingArguments
         log_file = os.path.join(args.output_dir, args.diversity_log_file) if args.diversity_log_file else None
-        window = args.parsed_window()
         self.diversity = DiversityLogger(
-            metric=window.metric if isinstance(window, DiversityWindow) else "effective_rank",
+            metric=self.policy.metric(),
             log_bands=args.log_bands, log_file=log_file, collapse_threshold=args.collapse_threshold,
             collapse_patience=args.collapse_patience, collapse_action=args.collapse_action,
             is_main_process=self.is_world_process_zero())
@@ -146,12 +134,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.add_callback(_DivCLControl(self))
         self.add_callback(RunFiles(self))
         use_readable_console(self.callback_handler, self.diversity.metric)  # one short console line per log
-        if isinstance(self.calibration_plan, ExplorePlan) and self.calibration_plan.steps:
-            self.follower = StepExplorer(self, self.calibration_plan)
-            self.add_callback(self.follower)
-        elif self.calibration_plan is not None and self.calibration_plan.steps:
-            self.follower = WindowFollower(self, self.calibration_plan)
-            self.add_callback(self.follower)
+        for callback in self.policy.callbacks(self):
+            self.add_callback(callback)
         self._check_false_negatives()
 
     # -- data, collator, loss --------------------------------------------------------------------------------------
@@ -175,26 +159,26 @@ class DivCLTrainer(SentenceTransformerTrainer):
         """Model inputs for rows of ``dataset``, collated as training batches are (no row ids: nothing is recorded)."""
         batch = self.data_collator([{k: v for k, v in dataset[int(i)].items() if k != ROW_ID_COLUMN} for i in rows])
         batch.pop("row_ids", None)
-        return self._prepare_inputs(batch)
+        return _to_device(batch, self.args.device)
 
     def get_default_loss(self, model) -> torch.nn.Module:
-        a = self.args
-        guide = self.guide_model() if a.false_negatives == "mask" else None
-        return InfoNCELoss(model, temperature=a.temperature, learnable_temperature=a.learnable_temperature,
-                           loss_type=a.loss_type, symmetric=a.symmetric_loss,
-                           gather_across_devices=a.gather_across_devices, whitening=a.whitening,
-                           whitening_eps=a.whitening_eps, false_negatives=a.false_negatives,
-                           false_negative_margin=a.false_negative_margin, guide=guide)
+        """:class:`InfoNCELoss` with ``loss_kwargs`` (``guide``, a folder there, loaded as a model)."""
+        options = dict(self.args.loss_kwargs or {})
+        options.pop("guide", None)
+        guide = self.guide_model() if options.get("false_negatives") == "mask" else None
+        return InfoNCELoss(model, **options, guide=guide)
 
     def guide_model(self):
-        """The ``false_negative_guide`` SentenceTransformer (loaded once, on the model's device), or ``None``."""
-        if self.args.false_negative_guide is not None and getattr(self, "_guide", None) is None:
-            self._guide = load_guide_model(self.args.false_negative_guide, device=str(self.args.device))
+        """The ``loss_kwargs["guide"]`` SentenceTransformer (loaded once, on the model's device), or ``None``."""
+        path = self.args.loss_option("guide")
+        if path is not None and getattr(self, "_guide", None) is None:
+            self._guide = load_guide_model(path, device=str(self.args.device))
         return getattr(self, "_guide", None)
 
     def _check_false_negatives(self) -> None:
         """Before training: masking needs hf_divcl's loss, and a guide must encode a few rows of every column."""
-        check_false_negative_setup(self.loss, self.args.false_negatives, self.train_dataset, self._input_columns)
+        check_false_negative_setup(self.loss, self.args.loss_option("false_negatives"), self.train_dataset,
+                                   self._input_columns)
 
     def _input_columns(self, dataset) -> list[str]:
         return input_columns(dataset.column_names, self.data_collator.valid_label_columns)
@@ -250,34 +234,34 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+        saved = self.saved.json("progress")
+        if saved is not None:  # the policy's own state (e.g. a window chosen before the checkpoint)
+            self.policy.load_state_dict(saved)
         self._phase = "bank"
-        policy = decide_batch_policy(self, dataset, batch_size, seed)
+        setup = self.policy.start(self, dataset, batch_size, seed)
         self._phase = "training"
-        self.bank, self.selector = policy.bank, policy.selector
-        if policy.reference is not None:
-            self.reference_steps, self.reference_seconds = policy.reference.steps, policy.reference.seconds
-        # the collator is built in __init__, before the bank exists: the selector is wired in here
-        self.data_collator.select = policy.selector
-        self.diversity.window = policy.logged_window
+        self.bank = setup.bank
+        self.data_collator.select = setup.selector  # the collator exists before the bank: its selector comes now
+        self.diversity.window = setup.logged_window
         a = self.args
         sampler = DiversityWindowBatchSampler(
-            dataset, batch_size=batch_size * policy.factor, drop_last=drop_last,
+            dataset, batch_size=batch_size * setup.factor, drop_last=drop_last,
             valid_label_columns=valid_label_columns, generator=generator, seed=seed, bank=self.bank,
-            window=policy.window, builder=policy.builder, builder_kwargs=policy.builder_kwargs,
-            temperature=a.temperature, processes=self.processes(), on_infeasible=a.on_infeasible, dedupe=a.dedupe,
-            show_progress=False if a.disable_tqdm else None, replan_chunk_rows=a.replan_chunk_rows)
+            window=setup.window, builder=setup.builder, builder_kwargs=setup.builder_kwargs,
+            temperature=a.temperature, processes=self.processes(), on_infeasible=setup.on_infeasible,
+            dedupe=a.dedupe, show_progress=False if a.disable_tqdm else None,
+            replan_chunk_rows=setup.replan_chunk_rows)
         state = self.saved.sampler()
         if state is not None:
             sampler.load_state_dict(state, skip=False)
-        if isinstance(self.follower, StepExplorer):
-            sampler.batch_source = self.follower.source
+        self.policy.attach(sampler)
         self.divcl_sampler = sampler
         return sampler
 
-    def apply_window(self, window: DiversityWindow | None, cut: int | None = None) -> None:
-        """Switch the running sampler to ``window`` (with :meth:`window_builder`; the bank is encoded if random
-        batches never needed one) or, with ``None``, to random batches; with ``cut``, re-plan the current epoch from
-        that global batch on. The window file is rewritten.
+    def apply_window(self, window: DiversityWindow | None, builder: str = "greedy", cut: int | None = None) -> None:
+        """Switch the running sampler to ``window`` planned by ``builder`` (the bank is encoded if random batches
+        never needed one) or, with ``None``, to random batches; with ``cut``, re-plan the current epoch from that
+        global batch on. The window file is rewritten.
 
         A bank encoded here holds the anchors only: the window is given, so nothing calibrates it on the positives,
         and planning reads view 0 (on lemma → definition pairs the definitions are most of the encoding)."""
@@ -290,7 +274,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 self.bank = self.build_bank(self.train_dataset, views=1)
                 self._phase = "training"
                 sampler.set_bank(self.bank)
-            sampler.set_policy(self.window_builder(), window)
+            sampler.set_policy(builder, window)
         else:
             sampler.set_policy("random", None)
         self.diversity.window = window
@@ -308,13 +292,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
         with self.recorder.paused():
             return copy.deepcopy(self.model)
 
-    def window_builder(self) -> str:
-        """The builder that plans window batches (``greedy`` when the arguments say ``random``)."""
-        return self.args.builder if self.args.builder != "random" else "greedy"
-
     def processes(self) -> int:
         """Processes whose batches form one global batch (1 without ``gather_across_devices``)."""
-        return world_size() if self.args.gather_across_devices else 1
+        return world_size() if self.args.loss_option("gather_across_devices") else 1
 
     def global_batch_size(self) -> int:
         return global_batch_size(self.args)
@@ -334,8 +314,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
         track = row_ids is not None and self.model.training
         if track and not ours:
             self.recorder.start()
-        if track and isinstance(self.follower, StepExplorer) and not self.follower.finished:
-            self.follower.note(row_ids)
+        if track:
+            self.policy.on_batch(row_ids)
         if row_ids is not None and ours and self.loss.false_negatives == "duplicates":
             self.loss.batch_groups = self.row_groups()[row_ids.cpu()]
         try:
@@ -372,12 +352,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
             self.flush_bank()
             logs = {**logs, **self.diversity.summary(step=self.state.global_step, bank=self.bank,
                                                      selection_seconds=self.selection_seconds()),
-                    PREFIX + "nonfinite_skipped": float(self.nonfinite_skipped)}
-            if isinstance(self.selector, LearnabilitySelector):
-                logs.update({PREFIX + k: v for k, v in self.selector.summary().items()})
-            elif self.args.window == "progress":
-                logs[PREFIX + "window_active"] = float(self.diversity.window is not None)
-                logs[PREFIX + "calibration_seconds"] = self.follower.seconds if self.follower is not None else 0.0
+                    PREFIX + "nonfinite_skipped": float(self.nonfinite_skipped),
+                    **{PREFIX + k: v for k, v in self.policy.logs().items()}}
         super().log(logs, start_time)
         if any(k.startswith(PREFIX) for k in logs):
             self.diversity.write({"step": self.state.global_step, "epoch": self.state.epoch, **logs})
@@ -418,7 +394,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         # hf_divcl's state goes first: trainer_state.json, written last by the Trainer, marks the checkpoint complete
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"  # where the Trainer saves
         self.flush_bank()
         try:
             if self.args.should_save and self._run_id is not None:
@@ -427,8 +403,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 window = self.diversity.window
                 save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
                                  window=window.to_dict() if window is not None else None,
-                                 progress=self.follower.state_dict() if self.follower is not None else None,
-                                 bank=self.bank, arrays=getattr(self.follower, "state_arrays", dict)())
+                                 progress=self.policy.state_dict(), bank=self.bank, arrays=self.policy.state_arrays())
             super()._save_checkpoint(model, trial)
         except OSError as err:  # disk full, a size or quota limit: stop with what resumes the run
             if isinstance(err, CheckpointWriteError):
@@ -479,3 +454,9 @@ class DivCLTrainer(SentenceTransformerTrainer):
                      private=bool(self.args.hub_private_repo if private is None else private), endpoint=endpoint,
                      commit_message=commit_message, **({"log_file": log} if log else {}),
                      **{k: v for k, v in kwargs.items() if k in ("revision", "retries", "backoff", "timeout")})
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with every tensor (at any depth of dicts) on ``device``, as the Trainer moves its own batches."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else _to_device(v, device) if isinstance(v, dict) else v
+            for k, v in batch.items()}

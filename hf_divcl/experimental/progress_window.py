@@ -1,0 +1,165 @@
+"""``batch_policy="progress"``: random batches until a diversity level measured by held-out progress per step beats
+them with confidence; re-measured as the model moves (:mod:`.follower` schedules the calibrations within
+``budget``, :mod:`.progress` measures and decides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .._common import global_batch_size
+from ..diversity.levels import parse_level
+from ..policies.base import BatchPolicy, SamplerSetup
+from ..policies.context import PolicyContext
+from ..policies.registry import register_policy
+from ..policies.window import check_builder, check_on_infeasible
+from .follower import WindowFollower, schedule_progress
+
+__all__ = ["ProgressWindow", "level_names"]
+
+
+def level_names(levels: str | list[str] | None) -> list[str] | None:
+    """Candidate levels from ``"local:64,spread:4"`` or a list; ``None`` for the defaults."""
+    if not levels:
+        return None
+    names = [x.strip() for x in levels.split(",")] if isinstance(levels, str) else [str(x).strip() for x in levels]
+    for name in names:
+        parse_level(name)  # fail now, naming the level
+    return names
+
+
+class _Following(BatchPolicy):
+    """What ``"progress"`` and ``"explore"`` share: start on random batches, switch to a window the runner chose (its
+    decision survives a resume), describe the decision."""
+
+    def level_list(self) -> list[str] | None:
+        return level_names(self.levels)
+
+    def check_common(self) -> None:
+        check_builder(self.builder, self.name)
+        check_on_infeasible(self.on_infeasible, self.name)
+        if not 0 <= self.budget <= 1:
+            raise ValueError(f"batch_policy={self.name!r}: budget must be in [0, 1], got {self.budget}.")
+        if self.probe_rows and self.probe_rows < 2:
+            raise ValueError(f"batch_policy={self.name!r}: probe_rows must be 0 (automatic) or >= 2 (a contrastive "
+                             f"loss needs two pairs), got {self.probe_rows}.")
+        if int(self.replan_chunk_rows) < 0:
+            raise ValueError(f"batch_policy={self.name!r}: replan_chunk_rows must be >= 0 (0: re-plan the rest of an "
+                             f"epoch in one go), got {self.replan_chunk_rows}.")
+        self.level_list()
+
+    runner: Any = None
+    plan: Any = None
+    probe_dataset: Any = None
+
+    @property
+    def window(self):
+        current = self.runner.current if self.runner is not None else None
+        return current.window if current is not None and current.decision == "window" else None
+
+    def callbacks(self, ctx: PolicyContext) -> list[Any]:
+        if self.plan is not None and self.plan.steps:
+            self.runner = self.make_runner(ctx)
+            return [self.runner]
+        return []
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.runner is not None:
+            self.runner.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.runner.state_dict() if self.runner is not None else None
+
+    def state_arrays(self) -> dict[str, Any]:
+        return getattr(self.runner, "state_arrays", dict)()
+
+    def start(self, ctx: PolicyContext, dataset: Any, batch_size: int, seed: int) -> SamplerSetup:
+        window = self.window  # a resumed run continues with its last decision
+        bank = ctx.build_bank(dataset) if window is not None or ctx.user_bank is not None else None
+        return SamplerSetup(self.builder if window is not None else "random", window, self.builder_kwargs, bank=bank,
+                            logged_window=window, on_infeasible=self.on_infeasible,
+                            replan_chunk_rows=int(self.replan_chunk_rows))
+
+    def describe(self, ctx: PolicyContext) -> dict[str, Any]:
+        current = self.runner.current if self.runner is not None else None
+        plan = self.plan
+        if current is not None:
+            reason = current.reason
+        elif plan is not None and not plan.steps:
+            reason = plan.reason
+        else:
+            reason = "exploring" if self.name == "explore" else "not calibrated yet"
+        return {"decision": current.decision if current is not None else "random", "reason": reason,
+                "calibration_plan": plan.to_dict() if plan else None,
+                "calibrations": len(self.runner.history) if self.runner is not None else 0}
+
+
+@register_policy
+@dataclass
+class ProgressWindow(_Following):
+    """Random batches unless a diversity level, measured during the run by the held-out gain of one optimizer step
+    against paired random batches, trains better with confidence.
+
+    Args:
+        budget: the calibrations' cost cap, as a fraction of the run's training batches.
+        pairs: scored batches per level, each paired with a random one (default: as many as the budget affords, 3-8).
+        levels: candidate levels, e.g. ``"local:64,local:256,spread:4"`` (default: two neighbourhood sizes, one
+            spread level).
+        estimate: ``"first_order"`` (lr·<step direction, probe gradient>) or ``"lookahead"`` (step, probe, restore).
+        confidence: a level wins only if this two-sided interval of its gain over random lies above 0.
+        probe_rows: training rows held out as the probe set (0: 2 × the global batch, at most 5 % of the rows).
+        sample_rows: rows encoded per calibration for candidate batches (0: 8 × the global batch).
+        recalibrate_every: ``"epoch"``, a number of steps, or ``"none"``.
+        recalibrate_early: also re-calibrate after this fraction of the steps (0: not).
+        builder, builder_kwargs, on_infeasible: plan the window's batches once one is chosen.
+        replan_chunk_rows: a window chosen mid-epoch with more rows than this left is planned in parts (the rest in a
+            background thread); 0 plans it in one go.
+    """
+
+    budget: float = 0.05
+    pairs: int | None = None
+    levels: str | list[str] | None = None
+    estimate: str = "first_order"
+    confidence: float = 0.9
+    probe_rows: int = 0
+    sample_rows: int = 0
+    recalibrate_every: str = "epoch"
+    recalibrate_early: float = 0.1
+    builder: str = "greedy"
+    builder_kwargs: dict[str, Any] | None = None
+    on_infeasible: str = "closest"
+    replan_chunk_rows: int = 65_536
+
+    name = "progress"
+    experimental = True
+    summary = "random batches until a level measured by held-out progress per step beats them"
+
+    def __post_init__(self) -> None:
+        self.check_common()
+        if self.pairs is not None and self.pairs < 2:
+            raise ValueError(f"batch_policy='progress': pairs must be >= 2 (a confidence interval needs two pairs), "
+                             f"got {self.pairs}.")
+        if self.estimate not in ("first_order", "lookahead"):
+            raise ValueError(f"batch_policy='progress': estimate must be 'first_order' or 'lookahead', got "
+                             f"{self.estimate!r}.")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"batch_policy='progress': confidence must be in (0, 1), got {self.confidence}.")
+        if not 0 <= self.recalibrate_early < 1:
+            raise ValueError(f"batch_policy='progress': recalibrate_early must be in [0, 1), got "
+                             f"{self.recalibrate_early}.")
+        every = str(self.recalibrate_every).strip().lower()
+        if every not in ("epoch", "none") and not (every.isdigit() and int(every) > 0):
+            raise ValueError(f"batch_policy='progress': recalibrate_every must be 'epoch', 'none' or a number of "
+                             f"steps > 0, got {self.recalibrate_every!r}.")
+        self.recalibrate_every = every
+
+    def prepare(self, dataset: Any, args: Any) -> Any:
+        dataset, self.probe_dataset, self.plan = schedule_progress(dataset, args, self, global_batch_size(args))
+        return dataset
+
+    def make_runner(self, ctx: PolicyContext) -> WindowFollower:
+        return WindowFollower(ctx, self.plan, self, self.probe_dataset)
+
+    def logs(self) -> dict[str, float]:
+        return {"window_active": float(self.window is not None),
+                "calibration_seconds": self.runner.seconds if self.runner is not None else 0.0}
