@@ -47,10 +47,10 @@ def main() -> None:
     if a.smoke:
         a.seeds, a.rows, a.pool = 3, 256, 600
 
-    from hf_divcl.policies.preflight import duplicate_rows_per_batch, random_batch_stats, recommend
     from hf_divcl.data.wordnet import wordnet_pairs
     from hf_divcl.models.loading import load_sentence_transformer
     from hf_divcl.planning.dedupe import duplicate_groups
+    from hf_divcl.policies.preflight import duplicate_rows_per_batch, random_batch_stats, recommend
 
     t0 = time.perf_counter()
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")

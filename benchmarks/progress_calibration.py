@@ -48,9 +48,9 @@ def main() -> None:
     import torch
     from scipy.stats import pearsonr, spearmanr
 
+    from hf_divcl.data.wordnet import wordnet_split
     from hf_divcl.experimental.follower import ProbeEnv, calibration_sample, probe_losses, rows_loss
     from hf_divcl.experimental.progress import StepGain, calibrate_progress, decide
-    from hf_divcl.data.wordnet import wordnet_split
     from hf_divcl.models.loading import load_sentence_transformer
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer

@@ -32,8 +32,8 @@ def _measure(b_size: int, model, pairs, learner, reference, gen, reps: int) -> d
     """Median seconds of each variant at batch size ``b_size`` and their fractions of a step."""
     import torch
 
-    from hf_divcl.experimental.learnability import LearnabilitySelector
     from hf_divcl.diversity.window import DiversityWindow, measure_diversity
+    from hf_divcl.experimental.learnability import LearnabilitySelector
     from hf_divcl.losses.infonce import InfoNCELoss
 
     feats = [model.preprocess(list(pairs["anchor"][:b_size])), model.preprocess(list(pairs["positive"][:b_size]))]

@@ -41,13 +41,13 @@ def main() -> None:
 
     import torch
 
-    from hf_divcl.policies.calibration import calibrate_window
     from hf_divcl.data.wordnet import wordnet_split
     from hf_divcl.diversity.levels import default_levels, draw_level
     from hf_divcl.diversity.window import DiversityWindow, measure_diversity
     from hf_divcl.evaluation.retrieval import retrieval_metrics
     from hf_divcl.losses.maths import contrastive_loss
     from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.policies.calibration import calibrate_window
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer
 

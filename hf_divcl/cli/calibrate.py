@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..policies.calibration import CalibrationResult, calibrate_window
 from ..diversity.window import METRICS
 from ..models.embed import PairEmbeddingConfig, check_temperatures, embed_pairs
+from ..policies.calibration import CalibrationResult, calibrate_window
 
 __all__ = ["CalibrateConfig", "run_calibrate"]
 

@@ -113,7 +113,12 @@ def parse_config(parser, classes: Sequence[type], argv: Sequence[str], *, config
 
 
 def unknown_key(key: str, keys: list[str], where: str) -> ValueError:
-    """The error for a key no configuration class has, with the closest valid ones."""
+    """The error for a key no configuration class has: its new spelling when it moved, else the closest valid ones."""
+    from ..training.arguments import RENAMED
+
+    if key in RENAMED:
+        return ValueError(f"{where}: {key!r} is no longer a key; it is now {RENAMED[key]} (YAML: batch_policy: "
+                          "NAME and batch_policy_kwargs: {...}; loss_kwargs: {...}).")
     close = difflib.get_close_matches(key, keys, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     return ValueError(f"{where}: unknown key {key!r}.{hint} `--help` lists the keys.")

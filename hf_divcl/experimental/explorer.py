@@ -1,7 +1,8 @@
 """``batch_policy="explore"``'s runner: a :class:`DivCLTrainer` run whose first steps are the experiment.
 
 From step 0 the sampler asks :class:`StepExplorer` for each global batch (:meth:`StepExplorer.source`): blocks of
-consecutive steps hold every arm once (random batches and each candidate level, :mod:`hf_divcl.experimental.sequential`),
+consecutive steps hold every arm once (random batches and each candidate level,
+:mod:`hf_divcl.experimental.sequential`),
 a level's batch is drawn from a candidate sample of training rows embedded by the current model, a random arm's
 batch is the sampler's own planned one. Each step is scored at ``on_pre_optimizer_step`` from the gradient it has
 just computed, with the optimizer's preconditioner and the retrieval probe's gradient; the group-sequential test
@@ -66,13 +67,15 @@ def probe_embeddings(trainer: PolicyContext, data) -> tuple[torch.Tensor, torch.
     for lo in range(0, n, b):
         features, _ = trainer.collect_features(trainer.collate_rows(data, list(range(lo, min(lo + b, n)))))
         if len(features) < 2:
-            raise ValueError("batch_policy='explore' needs (anchor, positive) pairs (or two image views) for its probe.")
+            raise ValueError("batch_policy='explore' needs (anchor, positive) pairs (or two image views) for its "
+                             "probe.")
         us.append(trainer.model(dict(features[0]))["sentence_embedding"])
         vs.append(trainer.model(dict(features[1]))["sentence_embedding"])
     return torch.cat(us), torch.cat(vs)
 
 
-def probe_gradient(trainer: PolicyContext, params: list[torch.nn.Parameter], plan: ExplorePlan, data) -> list[torch.Tensor]:
+def probe_gradient(trainer: PolicyContext, params: list[torch.nn.Parameter], plan: ExplorePlan,
+                   data) -> list[torch.Tensor]:
     """Gradient of the probe loss over the whole probe set: :func:`retrieval_probe_loss` (anchors against all probe
     positives) or, with ``plan.probe == "labels"``, :func:`label_probe_loss`."""
     u, v = probe_embeddings(trainer, data)

@@ -136,8 +136,8 @@ def plan_calibrations(*, total_steps: int, steps_per_epoch: int, batch_size: int
 
 
 def schedule_progress(dataset, args, settings, global_batch: int):
-    """``(training rows, probe rows or None, plan)`` for ``batch_policy="progress"`` (``settings``: the policy): schedule the calibrations and, when
-    one fits the budget, hold out the probe rows (never trained on)."""
+    """``(training rows, probe rows or None, plan)`` for ``batch_policy="progress"`` (``settings``: the policy):
+    schedule the calibrations and, when one fits the budget, hold out the probe rows (never trained on)."""
     n = len(dataset)
     ga = max(1, args.gradient_accumulation_steps)
     s = settings
@@ -323,7 +323,8 @@ class WindowFollower(TrainerCallback):
                 rows, anchors = calibration_sample(t, self.plan.sample_rows, seed=mix_seed(a.seed, step))
                 self.passes["encoded_rows"] += len(rows)
                 gain = StepGain([p for p in t.model.parameters() if p.requires_grad],
-                                lambda idx: rows_loss(t, rows[idx]), lambda: probe_losses(t, self.probe), a.learning_rate,
+                                lambda idx: rows_loss(t, rows[idx]), lambda: probe_losses(t, self.probe),
+                                a.learning_rate,
                                 optimizer=t.optimizer,
                                 estimate=s.estimate)
                 cal = calibrate_progress(anchors, B, a.temperature, gain, levels=self.plan.levels,

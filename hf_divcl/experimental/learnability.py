@@ -235,7 +235,8 @@ def hold_out_reference_rows(dataset, settings, global_batch: int):
     n = len(dataset)
     rows = settings.reference_rows or min(2000, max(4 * global_batch, n // 20))
     if rows < 2 or n - rows < 2 * global_batch:
-        raise ValueError(f"batch_policy='learnability' with reference='held_out' needs {rows} held-out rows and at least "
+        raise ValueError(f"batch_policy='learnability' with reference='held_out' needs {rows} held-out rows and at "
+                         f"least "
                          f"{2 * global_batch} rows left to train on, but the data set has {n} rows. Set "
                          "reference_rows lower, pass a reference model path, or use batch_policy='hard'.")
     logger.info("batch_policy='learnability': %d rows held out to fine-tune the reference model", rows)
@@ -243,9 +244,9 @@ def hold_out_reference_rows(dataset, settings, global_batch: int):
 
 
 def train_reference_model(host: PolicyContext, data, steps: int) -> torch.nn.Module:
-    """Fine-tune a copy of the starting model on ``data`` (the held-out reference rows) with the run's loss, learning rate and
-    global batch size, for ``steps`` AdamW steps on random batches. The run's RNG and augmentation state are left
-    as they were, so the training run itself is the same as without a reference."""
+    """Fine-tune a copy of the starting model on ``data`` (the held-out reference rows) with the run's loss, learning
+    rate and global batch size, for ``steps`` AdamW steps on random batches. The run's RNG and augmentation state are
+    left as they were, so the training run itself is the same as without a reference."""
     from ..losses.infonce import InfoNCELoss
     from .follower import ProbeEnv
 

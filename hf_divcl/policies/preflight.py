@@ -143,7 +143,8 @@ def recommend(stats: dict[str, float], reachable_rank: int,
             f"{stats['duplicate_rows']:.2f} rows per random batch share a text or image with another row; each such "
             "pair is a false negative the loss pushes apart")
     if crowded:
-        return regime, "batches are crowded: measure a spread window (window=\"progress\", the default)", (
+        return regime, ("batches are crowded: try a spread window (batch_policy=\"window\" above random's "
+                        "effective rank) against the default random batches"), (
             f"random batches reach an effective rank of {stats['effective_rank']:.1f} of {reachable_rank}; where "
             "random batches were this crowded (from-scratch Fashion-MNIST), steering toward more diversity gained "
             "+0.0056 k-NN accuracy (4 of 5 seeds, not significant) and tight batches lost 0.021 (significant)")
@@ -153,16 +154,16 @@ def recommend(stats: dict[str, float], reachable_rank: int,
             "another row's (likely false negatives); exact-text NO_DUPLICATES batches do not catch them, and masking "
             "by the model itself lost quality in our paired benchmarks")
     if reference_rank is not None and stats["effective_rank"] < BELOW_REFERENCE * reference_rank:
-        return regime, "random batches, and let window=\"progress\" measure a spread window", (
+        return regime, ("random batches (the default); the experimental batch_policy=\"explore\" can "
+                        "measure a spread window on the run itself"), (
             f"random batches are less diverse than the general-domain reference (effective rank "
             f"{stats['effective_rank']:.1f} against {reference_rank:.1f}), as in fine-grained domain data; no paired "
             "benchmark of ours covers this regime yet, so keep random batches unless the run's own measurement "
-            "finds a level that beats them (the default does exactly that)")
+            "finds a level that beats them")
     return regime, "random batches are fine here", (
         f"random batches are already diverse (effective rank {stats['effective_rank']:.1f} of {reachable_rank}); "
         "in paired benchmarks in this regime (all-MiniLM-L6-v2 on dictionary example → definition pairs) no batch "
-        "policy beat random batches, and "
-        "window=\"progress\" keeps them unless a measured level does")
+        "policy beat random batches, the default (batch_policy=\"random\")")
 
 
 def _row_keys(dataset, column: str) -> list[str]:

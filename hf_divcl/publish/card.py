@@ -59,7 +59,7 @@ def _series(records: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 def plot_diversity_trajectory(records: Sequence[dict], path: str | Path, metric: str = "effective_rank",
                               calibrations: Sequence[dict] = ()) -> Path:
     """Batch diversity per logged step with the window shaded, the fraction of batches inside it, and (with
-    ``window="progress"``) a marker at each calibration naming its decision."""
+    ``batch_policy="progress"`` / ``"explore"``) a marker at each decision."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     xs, ys = _series(records, f"{metric}")
@@ -135,10 +135,10 @@ def _metadata(model, tags: Sequence[str]) -> str:
 
 
 def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """The batch policy for the card: with ``window="progress"``, each calibration's decision and its evidence
-    (from ``divcl_calibrations.jsonl``)."""
+    """The batch policy for the card: its name and, with ``batch_policy="progress"`` or ``"explore"``, each
+    decision and its evidence (from ``divcl_calibrations.jsonl`` / ``divcl_explore.jsonl``)."""
     rows, raw = [], []
-    for path in (out / "divcl_calibrations.jsonl", out / "divcl_explore.jsonl"):  # window="progress" / "explore"
+    for path in (out / "divcl_calibrations.jsonl", out / "divcl_explore.jsonl"):  # "progress" / "explore"
         if not path.is_file():
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -166,7 +166,8 @@ def _policy_context(out: Path, info: dict[str, Any]) -> dict[str, Any]:
         start += " The chosen window was re-checked against random batches as the model moved."
     summary = (f"{start} Final decision: {'a diversity window' if decision == 'window' else 'random batches'} — "
                f"{why}." if progress else "")
-    return {"policy": info.get("policy", "fixed"), "policy_summary": summary, "calibrations": rows,
+    return {"policy": info.get("policy", "window"), "experimental": bool(info.get("experimental")),
+            "policy_reason": info.get("reason", ""), "policy_summary": summary, "calibrations": rows,
             "random_batches": decision != "window", "raw_calibrations": raw}
 
 
@@ -176,7 +177,8 @@ def _mean(records: Sequence[dict], key: str) -> float | None:
 
 
 def _selection_context(records: Sequence[dict], run: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """Per-step selection (builder='learnability'/'hard') and false-negative masking, with their logged effect."""
+    """Per-step selection (batch_policy='learnability'/'hard') and false-negative masking, with their logged
+    effect."""
     out: dict[str, Any] = {"selection": None, "false_negatives": None}
     sel = run.get("selection")
     if sel:
@@ -248,18 +250,22 @@ def _settings_rows(records, run, info, policy, cal, base_model, dataset, train_r
                                           f"{run.get('batch_size') or _fmt(global_batch / processes)})"
                      if run else _fmt(global_batch)))
     rows.append(("steps / epochs", f"{steps} / {_fmt(epoch, 3)}" if epoch is not None else str(steps)))
+    if info.get("policy"):
+        rows.append(("batch policy", f"`{esc(info['policy'])}`" + (" (experimental)" if info.get("experimental")
+                                                                   else "")))
     rows.append(("batch builder", esc(info.get("builder") or "the Trainer's own sampler (random batches)")))
     if window.get("low") is not None and not policy["random_batches"]:
         rows.append(("diversity window", f"{esc(metric)} ∈ [{_fmt(window['low'])}, {_fmt(window['high'])}]"))
         rows.append(("how the window was chosen",
-                     f"measured held-out progress per step against random batches (window=\"{policy['policy']}\")"
+                     f"measured held-out progress per step against random batches (batch_policy="
+                     f"\"{policy['policy']}\")"
                      if policy["policy"] in ("progress", "explore") else
                      "calibrated on the starting model's embeddings of this data set" if cal else "set by the user"))
         if in_window is not None:
             rows.append(("batches inside the window", f"{in_window:.1%}"))
     else:
         rows.append(("diversity window", "none in force at the end: random batches"
-                     + (f" (window=\"{policy['policy']}\": no measured level beat them)"
+                     + (f" (batch_policy=\"{policy['policy']}\": no measured level beat them)"
                         if policy["policy"] in ("progress", "explore") else "")))
     if run.get("bank_source") and run.get("dimension"):
         rows.append(("embedding bank", esc(run["bank_source"])))

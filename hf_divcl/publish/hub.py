@@ -136,12 +136,20 @@ def _escapes(root: Path, rel: Path) -> bool:
 
 @contextmanager
 def _request_timeout(seconds: float | None) -> Iterator[None]:
-    """Give every request of huggingface_hub's shared HTTP client a timeout, restoring the client afterwards."""
+    """Give every request of huggingface_hub's shared HTTP client a timeout, restoring the client afterwards.
+
+    The timeout goes in through the public ``set_client_factory``: a factory that wraps the one installed, so that
+    every client made during the push has it (the library makes a new one after a connection error) and a caller's
+    own factory (proxy, certificates) still builds the client.
+    """
     if seconds is None:
         yield
         return
+    from huggingface_hub import set_client_factory
     from huggingface_hub.utils import _http
 
+    # huggingface_hub has no public getter for the installed factory; without it, a caller's own factory could be
+    # neither wrapped nor put back afterwards
     previous = _http._GLOBAL_CLIENT_FACTORY
 
     def factory():
@@ -149,11 +157,11 @@ def _request_timeout(seconds: float | None) -> Iterator[None]:
         client.timeout = type(client.timeout)(seconds)
         return client
 
-    _http.set_client_factory(factory)
+    set_client_factory(factory)
     try:
         yield
     finally:
-        _http.set_client_factory(previous)
+        set_client_factory(previous)
 
 
 def select_files(output_dir: str | os.PathLike) -> tuple[list[str], list[str]]:

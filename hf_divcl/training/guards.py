@@ -74,11 +74,11 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 _ADVICE = {
     "bank": ["lower bank_encode_batch_size", "pass a smaller or memory-mapped bank (EmbeddingBank(path=...))",
-             "use builder='random' (no bank)"],
+             "use batch_policy='random' (no bank)"],
     "training": ["lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch)",
                  "lower the model's max_seq_length", "set gradient_checkpointing=True",
                  "use bf16/fp16 on a GPU", "use CachedMultipleNegativesRankingLoss for very large batches",
-                 "for millions of rows use builder='pool' or 'random' (lighter epoch planning)"],
+                 "for millions of rows use the 'pool' builder or batch_policy='random' (lighter epoch planning)"],
 }
 
 
