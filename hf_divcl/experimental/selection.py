@@ -122,6 +122,9 @@ class Learnability(_Selection):
     def reference_name(self) -> str:
         return self.reference
 
+    def uses_guide(self) -> bool:
+        return self.reference == "guide"
+
     def check(self, args: Any) -> None:
         if self.reference == "guide" and args.loss_option("guide") is None:
             raise ValueError("batch_policy='learnability' with reference='guide' needs loss_kwargs={'guide': "

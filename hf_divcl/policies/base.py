@@ -81,6 +81,10 @@ class BatchPolicy:
         """The diversity metric the logs report the window's hit rate in."""
         return "effective_rank"
 
+    def uses_guide(self) -> bool:
+        """Whether the policy reads the loss's guide model (``loss_kwargs["guide"]``)."""
+        return False
+
     def check(self, args: Any) -> None:
         """Fail at argument time when the settings cannot work with these training arguments."""
 

@@ -277,7 +277,7 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
         if self.bank_source not in BANK_SOURCES:
             raise ValueError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}.")
         if self.loss_option("guide") is not None and self.loss_option("false_negatives") != "mask" \
-                and not (self.batch_policy == "learnability" and getattr(policy, "reference", None) == "guide"):
+                and not policy.uses_guide():
             raise ValueError("loss_kwargs['guide'] serves false-negative masking (loss_kwargs={'false_negatives': "
                              "'mask'}) or the learnability reference (batch_policy='learnability' with "
                              "reference='guide'); set one of them.")

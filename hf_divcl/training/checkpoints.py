@@ -36,7 +36,7 @@ __all__ = ["DATA_FILE", "RUN_FILE", "STATE_DIR", "SavedState", "checkpoint_probl
 
 DATA_FILE = "divcl_data.json"  # in each checkpoint: run id and training data identity
 RUN_FILE = "divcl_run_id.json"  # in output_dir: the run last started there
-STATE_DIR = "divcl_state"  # in each checkpoint: sampler plan, window, progress calibrations, bank
+STATE_DIR = "divcl_state"  # in each checkpoint: sampler plan, window, the batch policy's state, bank
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -197,10 +197,10 @@ def start_run(output_dir: str | os.PathLike, resume: str | None, data: dict[str,
 
 
 def save_divcl_state(folder: str | os.PathLike, *, sampler: dict[str, Any], window: dict[str, Any] | None,
-                     progress: dict[str, Any] | None, bank=None,
+                     policy: dict[str, Any] | None, bank=None,
                      arrays: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``folder/divcl_state/``: the sampler state (plan as ``.npy``, never pickled; ``sampler.json`` last, so
-    a torn save is never read), the window, the progress calibrations or exploration (with its ``arrays``, as
+    a torn save is never read), the window, the batch policy's own state (``policy.json``, with its ``arrays`` as
     ``.npy``) and the bank."""
     state_dir = Path(folder) / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -221,8 +221,8 @@ def save_divcl_state(folder: str | os.PathLike, *, sampler: dict[str, Any], wind
     os.replace(tmp, state_dir / "sampler.json")
     if window is not None:
         (state_dir / "window.json").write_text(json.dumps(window))
-    if progress is not None:
-        (state_dir / "progress.json").write_text(json.dumps(progress))
+    if policy is not None:
+        (state_dir / "policy.json").write_text(json.dumps(policy))
     if bank is not None:
         bank.save(state_dir / "bank")
 
@@ -236,7 +236,7 @@ class SavedState:
         self.dir = self.checkpoint / STATE_DIR if self.checkpoint is not None else None
 
     def json(self, name: str) -> dict[str, Any] | None:
-        """``divcl_state/{name}.json`` (``"window"``, ``"progress"``) parsed, or ``None``."""
+        """``divcl_state/{name}.json`` (``"window"``, ``"policy"``) parsed, or ``None``."""
         path = self.dir / f"{name}.json" if self.dir is not None else None
         return json.loads(path.read_text()) if path is not None and path.is_file() else None
 

@@ -234,7 +234,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             logger.warning("batch_sampler=%s was set explicitly: diversity-window batches are off; hf_divcl still "
                            "logs the batch geometry.", self.args.batch_sampler)
             return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
-        saved = self.saved.json("progress")
+        saved = self.saved.json("policy")
         if saved is not None:  # the policy's own state (e.g. a window chosen before the checkpoint)
             self.policy.load_state_dict(saved)
         self._phase = "bank"
@@ -403,7 +403,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
                 window = self.diversity.window
                 save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
                                  window=window.to_dict() if window is not None else None,
-                                 progress=self.policy.state_dict(), bank=self.bank, arrays=self.policy.state_arrays())
+                                 policy=self.policy.state_dict(), bank=self.bank, arrays=self.policy.state_arrays())
             super()._save_checkpoint(model, trial)
         except OSError as err:  # disk full, a size or quota limit: stop with what resumes the run
             if isinstance(err, CheckpointWriteError):
