@@ -15,24 +15,27 @@ in the same ``output_dir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._common import atomic_write_text
+from .._common import ROW_ID_COLUMN, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DATA_FILE", "RUN_FILE", "STATE_DIR", "SavedState", "checkpoint_problem", "complete_checkpoints",
-           "resolve_resume_checkpoint", "save_divcl_state", "start_run", "write_checkpoint_identity"]
+           "data_identity", "resolve_resume_checkpoint", "save_divcl_state", "start_run", "write_checkpoint_identity",
+           "writing_checkpoint"]
 
 DATA_FILE = "divcl_data.json"  # in each checkpoint: run id and training data identity
 RUN_FILE = "divcl_run_id.json"  # in output_dir: the run last started there
@@ -141,6 +144,38 @@ def _current_run_only(output_dir: str | os.PathLike, complete: list[Path]) -> li
         logger.warning("Ignoring %s: left in %s by an earlier run (not run %s).", ", ".join(p.name for p in stale),
                        output_dir, run["run_id"])
     return current
+
+
+def data_identity(dataset) -> dict[str, Any]:
+    """What a checkpoint records about its training data (compared on resume): the fingerprint (``datasets`` keys
+    its own cache on this private attribute; no public one exists), the rows and the columns."""
+    return {"data_fingerprint": getattr(dataset, "_fingerprint", None),
+            "rows": len(dataset) if hasattr(dataset, "__len__") else None,
+            "columns": [c for c in getattr(dataset, "column_names", None) or [] if c != ROW_ID_COLUMN]}
+
+
+@contextlib.contextmanager
+def writing_checkpoint(trainer: Any, folder: Path) -> Iterator[None]:
+    """Around the Trainer's own checkpoint save: first flush the bank and write hf_divcl's part (the run's identity,
+    the sampler plan, the window, the policy's state, the bank) into ``folder``; a failed write (disk full, a quota)
+    becomes a :class:`~hf_divcl.training.guards.CheckpointWriteError` naming the checkpoint that resumes the run."""
+    from .guards import CheckpointWriteError, checkpoint_write_error
+
+    trainer.flush_bank()
+    try:
+        if trainer.args.should_save and trainer.run_id is not None:
+            write_checkpoint_identity(folder, trainer.run_id, data_identity(trainer.train_dataset))
+        sampler = trainer.divcl_sampler
+        if trainer.args.should_save and sampler is not None:
+            window = trainer.diversity.window
+            save_divcl_state(folder, sampler=sampler.state_dict(), bank=trainer.bank,
+                             window=window.to_dict() if window is not None else None,
+                             policy=trainer.policy.state_dict(), arrays=trainer.policy.state_arrays())
+        yield
+    except OSError as err:
+        if isinstance(err, CheckpointWriteError):
+            raise
+        raise checkpoint_write_error(err, folder, complete_checkpoints(trainer.args.output_dir)[0]) from err
 
 
 def write_checkpoint_identity(folder: str | os.PathLike, run_id: str, data: dict[str, Any]) -> None:

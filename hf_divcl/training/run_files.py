@@ -24,7 +24,7 @@ from ..losses.infonce import InfoNCELoss, loss_settings, loss_temperature
 if TYPE_CHECKING:
     from .host import TrainerHost
 
-__all__ = ["RunFiles", "write_run_file", "write_window_file"]
+__all__ = ["RunFiles", "push_run", "write_run_file", "write_window_file"]
 
 
 class RunFiles(TrainerCallback):
@@ -73,3 +73,33 @@ def write_window_file(trainer: TrainerHost) -> None:
                             if sampler is not None else 1,
                             **policy.describe(trainer)}
     atomic_write_text(Path(a.output_dir, WINDOW_FILE), json.dumps(info, indent=2, default=str))
+
+
+def push_run(trainer: TrainerHost, repo_id: str | None = None, *, token: str | None = None,
+             private: bool | None = None, commit_message: str = "Upload model trained with hf_divcl",
+             endpoint: str | None = None, dataset_description: str | None = None, **kwargs: Any) -> str:
+    """``DivCLTrainer.push_to_hub``: save the model, write ``training_args.json`` and the model card (with both plots)
+    into ``output_dir`` and upload it with :func:`hf_divcl.publish.hub.push_to_hub`. Returns the commit URL ("" on
+    processes other than the main one)."""
+    from ..publish.card import write_model_card
+    from ..publish.hub import push_to_hub as _push
+
+    repo_id = repo_id or trainer.args.hub_model_id
+    if not repo_id:
+        raise ValueError("push_to_hub needs a repo id: pass repo_id='namespace/name' or set hub_model_id.")
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out))
+    if not trainer.is_world_process_zero():
+        return ""
+    (out / "training_args.json").write_text(trainer.args.to_json_string())  # token fields are masked
+    log = trainer.args.diversity_log_file
+    if log and (out / log).is_file():
+        card_data = getattr(trainer.model, "model_card_data", None)
+        base = getattr(card_data, "base_model", None) or "a sentence-transformers model"
+        n = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
+        write_model_card(out, model=trainer.model, base_model=base, train_rows=n, repo_id=repo_id,
+                         dataset=dataset_description or f"the training set ({n} rows)", log_file=log)
+    return _push(out, repo_id, token=token or trainer.args.hub_token,
+                 private=bool(trainer.args.hub_private_repo if private is None else private), endpoint=endpoint,
+                 commit_message=commit_message, **({"log_file": log} if log else {}),
+                 **{k: v for k, v in kwargs.items() if k in ("revision", "retries", "backoff", "timeout")})

@@ -22,67 +22,40 @@ import copy
 import dataclasses
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
-from transformers import TrainerCallback
 
-from .._common import ROW_ID_COLUMN, banks_cache_dir, global_batch_size, input_columns, world_size
+from .._common import ROW_ID_COLUMN, global_batch_size, input_columns, world_size
 from ..bank import EmbeddingBank
 from ..collator import DivCLDataCollator
 from ..diversity.log import PREFIX, use_readable_console
 from ..diversity.window import DiversityWindow
 from ..losses.infonce import InfoNCELoss, check_false_negative_setup, load_guide_model
+from ..models.vision import image_views
 from ..policies.rows import prepare_training_rows
 from ..sampler import DiversityWindowBatchSampler
 from .arguments import DivCLTrainingArguments
+from .bank_keeper import BankControl, build_bank, encode_bank, refresh_bank
 from .callbacks import DiversityLogger
 from .checkpoints import (
     SavedState,
     complete_checkpoints,
+    data_identity,
     resolve_resume_checkpoint,
-    save_divcl_state,
     start_run,
-    write_checkpoint_identity,
+    writing_checkpoint,
 )
-from .guards import (
-    CheckpointWriteError,
-    OutOfMemoryAdvice,
-    checkpoint_write_error,
-    handle_nonfinite_loss,
-    is_out_of_memory,
-    out_of_memory_advice,
-)
+from .guards import OutOfMemoryAdvice, handle_nonfinite_loss, is_out_of_memory, out_of_memory_advice
 from .recorder import StepRecorder
-from .run_files import RunFiles, write_window_file
+from .run_files import RunFiles, push_run, write_window_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DivCLTrainer"]
-
-class _DivCLControl(TrainerCallback):
-    """Epoch-end bank maintenance and the learnable temperature's gradient across processes."""
-
-    def __init__(self, trainer: DivCLTrainer) -> None:
-        self.trainer = trainer
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.trainer.flush_bank()
-        k = args.bank_refresh_epochs
-        if k and state.epoch is not None and round(state.epoch) % k == 0:
-            self.trainer.refresh_bank()
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        loss = self.trainer.loss
-        p = getattr(loss, "log_temperature", None)
-        if isinstance(p, torch.nn.Parameter) and p.grad is not None and torch.distributed.is_available() \
-                and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= torch.distributed.get_world_size()
 
 
 class DivCLTrainer(SentenceTransformerTrainer):
@@ -131,7 +104,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
             collapse_patience=args.collapse_patience, collapse_action=args.collapse_action,
             is_main_process=self.is_world_process_zero())
         self.add_callback(self.diversity)
-        self.add_callback(_DivCLControl(self))
+        self.add_callback(BankControl(self))
         self.add_callback(RunFiles(self))
         use_readable_console(self.callback_handler, self.diversity.metric)  # one short console line per log
         for callback in self.policy.callbacks(self):
@@ -143,16 +116,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
     def get_data_collator(self, model, args, processing_class=None):
         collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
         if "image" in getattr(model, "modalities", ["text"]):
-            try:
-                from ..models.augment import TwoViewAugment, to_model_inputs
-            except ImportError as err:  # kornia is an optional extra
-                raise ImportError("Image training needs kornia: pip install 'hf_divcl[vision]'.") from err
-            from ..models.vision import processor_image_size
-
-            size = args.image_size or processor_image_size(model) or 224
-            collator.augment = TwoViewAugment(size, scale=(args.augment_scale_min, 1.0), jitter=args.augment_jitter,
-                                              seed=args.seed)
-            collator.to_inputs = lambda views: to_model_inputs(model, views)
+            collator.augment, collator.to_inputs = image_views(model, args.image_size, args.augment_scale_min,
+                                                               args.augment_jitter, args.seed)
         return collator
 
     def collate_rows(self, dataset, rows: list[int]) -> dict[str, Any]:
@@ -190,40 +155,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
     # -- bank ------------------------------------------------------------------------------------------------------
 
     def build_bank(self, dataset, views: int = 2) -> EmbeddingBank:
-        """The bank the sampler plans from: a checkpoint's, the user's, or a (cached) reference encoding of the
-        first ``views`` bank columns."""
-        bank = self.saved.bank()
-        if bank is not None:
-            return bank
-        if self.user_bank is not None:
-            return EmbeddingBank.from_user(self.user_bank, len(dataset))
-        t0 = time.perf_counter()
-        bank = self.encode_bank(self.model, dataset, views=views)
-        self.model.train()
-        logger.info("bank: %s (%.1f s)", bank, time.perf_counter() - t0)
-        self.bank_seconds = time.perf_counter() - t0
-        return bank
+        """The bank the sampler plans from (see :func:`~hf_divcl.training.bank_keeper.build_bank`)."""
+        return build_bank(self, dataset, views)
 
     def encode_bank(self, model, dataset, views: int = 2) -> EmbeddingBank:
-        """The first ``views`` bank columns of ``dataset`` encoded by ``model`` (cached on disk by model and data
-        fingerprints)."""
-        columns = self.bank_columns(dataset)[:views]
-        return EmbeddingBank.from_reference(
-            model, [list(dataset[c]) for c in columns], batch_size=self.args.bank_encode_batch_size,
-            cache_dir=self.args.bank_cache_dir or banks_cache_dir(), show_progress_bar=not self.args.disable_tqdm,
-            data_fingerprint_=f"{dataset._fingerprint}-{'-'.join(columns)}")
+        """``dataset`` encoded by ``model`` (see :func:`~hf_divcl.training.bank_keeper.encode_bank`)."""
+        return encode_bank(self, model, dataset, views)
 
     def flush_bank(self) -> None:
         """Write the buffered training-step embeddings into the bank (one host transfer per flush)."""
         self.recorder.flush(self.bank, self.state.global_step)
 
     def refresh_bank(self) -> None:
-        if self.bank is None or self.train_dataset is None:
-            return
-        columns = self.bank_columns(self.train_dataset)[:self.bank.num_views]
-        self.bank.refresh(self.model, [list(self.train_dataset[c]) for c in columns], step=self.state.global_step,
-                          batch_size=self.args.bank_encode_batch_size, show_progress_bar=not self.args.disable_tqdm)
-        self.model.train()
+        """Re-encode every training row with the current model (``bank_refresh_epochs``)."""
+        refresh_bank(self)
 
     # -- batch policy and sampler ----------------------------------------------------------------------------------
 
@@ -366,7 +311,7 @@ class DivCLTrainer(SentenceTransformerTrainer):
         resume = resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint,
                                            set_aside=self.is_world_process_zero())
         # refuses a checkpoint trained on other data; records this run's id so a later resume never picks another's
-        self._run_id = start_run(self.args.output_dir, resume, self._data_identity(),
+        self.run_id = start_run(self.args.output_dir, resume, data_identity(self.train_dataset),
                                  write=self.is_world_process_zero())
         self.recorder.attach(self.model)
         try:
@@ -382,33 +327,12 @@ class DivCLTrainer(SentenceTransformerTrainer):
             if self.divcl_sampler is not None:
                 self.divcl_sampler.close()  # no background planning outlives training
 
-    _run_id: str | None = None
-
-    def _data_identity(self) -> dict[str, Any]:
-        """What a checkpoint records about its training data (compared on resume, see
-        :mod:`hf_divcl.training.checkpoints`)."""
-        ds = self.train_dataset
-        return {"data_fingerprint": getattr(ds, "_fingerprint", None),
-                "rows": len(ds) if hasattr(ds, "__len__") else None,
-                "columns": [c for c in getattr(ds, "column_names", None) or [] if c != ROW_ID_COLUMN]}
+    run_id: str | None = None  # set by train(): checkpoints record it
 
     def _save_checkpoint(self, model, trial) -> None:
         # hf_divcl's state goes first: trainer_state.json, written last by the Trainer, marks the checkpoint complete
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"  # where the Trainer saves
-        self.flush_bank()
-        try:
-            if self.args.should_save and self._run_id is not None:
-                write_checkpoint_identity(folder, self._run_id, self._data_identity())
-            if self.args.should_save and self.divcl_sampler is not None:
-                window = self.diversity.window
-                save_divcl_state(folder, sampler=self.divcl_sampler.state_dict(),
-                                 window=window.to_dict() if window is not None else None,
-                                 policy=self.policy.state_dict(), bank=self.bank, arrays=self.policy.state_arrays())
+        with writing_checkpoint(self, Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"):
             super()._save_checkpoint(model, trial)
-        except OSError as err:  # disk full, a size or quota limit: stop with what resumes the run
-            if isinstance(err, CheckpointWriteError):
-                raise
-            raise checkpoint_write_error(err, folder, complete_checkpoints(self.args.output_dir)[0]) from err
 
     def _load_from_checkpoint(self, checkpoint_path, *args, **kwargs) -> None:
         self.saved = SavedState(checkpoint_path)
@@ -427,33 +351,11 @@ class DivCLTrainer(SentenceTransformerTrainer):
                     commit_message: str = "Upload model trained with diversity-window batches (hf_divcl)",
                     endpoint: str | None = None, dataset_description: str | None = None, **kwargs) -> str:
         """Save the model, write ``training_args.json`` and the model card (with both plots) into ``output_dir``
-        and upload it with :func:`hf_divcl.publish.hub.push_to_hub` (retries, no pickles, token never written);
-        ``revision``, ``retries``, ``backoff`` and ``timeout`` are passed on to it.
-
-        Returns the commit URL. A failed upload leaves ``output_dir`` as it was; call again to retry.
-        """
-        from ..publish.card import write_model_card
-        from ..publish.hub import push_to_hub as _push
-
-        repo_id = repo_id or self.args.hub_model_id
-        if not repo_id:
-            raise ValueError("push_to_hub needs a repo id: pass repo_id='namespace/name' or set hub_model_id.")
-        out = Path(self.args.output_dir)
-        self.save_model(str(out))
-        if not self.is_world_process_zero():
-            return ""
-        (out / "training_args.json").write_text(self.args.to_json_string())  # token fields are masked
-        log = self.args.diversity_log_file
-        if log and (out / log).is_file():
-            card_data = getattr(self.model, "model_card_data", None)
-            base = getattr(card_data, "base_model", None) or "a sentence-transformers model"
-            n = len(self.train_dataset) if self.train_dataset is not None else 0
-            write_model_card(out, model=self.model, base_model=base, train_rows=n, repo_id=repo_id,
-                             dataset=dataset_description or f"the training set ({n} rows)", log_file=log)
-        return _push(out, repo_id, token=token or self.args.hub_token,
-                     private=bool(self.args.hub_private_repo if private is None else private), endpoint=endpoint,
-                     commit_message=commit_message, **({"log_file": log} if log else {}),
-                     **{k: v for k, v in kwargs.items() if k in ("revision", "retries", "backoff", "timeout")})
+        and upload it (:func:`hf_divcl.training.run_files.push_run`: retries, no pickles, token never written);
+        ``revision``, ``retries``, ``backoff`` and ``timeout`` are passed on. Returns the commit URL; a failed upload
+        leaves ``output_dir`` as it was: call again to retry."""
+        return push_run(self, repo_id, token=token, private=private, commit_message=commit_message,
+                        endpoint=endpoint, dataset_description=dataset_description, **kwargs)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
