@@ -3,8 +3,10 @@ cache root, atomic writes, resource paths."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DIVERSITY_LOG_FILE",
@@ -105,6 +107,29 @@ def end_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def agree(value: Any) -> Any:
+    """``value`` as the first process has it: broadcast from rank 0 under ``torch.distributed`` (every process must
+    call this at the same point of the run), returned unchanged in a single process. How the experimental policies'
+    decisions stay the same on every rank."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_world_size() > 1:
+        payload = [value]
+        torch.distributed.broadcast_object_list(payload, src=0)
+        return payload[0]
+    return value
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to ``path`` (its folder created): the decision logs of the experimental
+    policies (``divcl_calibrations.jsonl``, ``divcl_explore.jsonl``). Call it on the main process only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def global_batch_size(args) -> int:

@@ -66,7 +66,7 @@ class ExplorePlan:
     score_cost: float = SCORE_COST  # per scored step, batch equivalents
     recheck_cost: float = 0.0  # per re-check (one probe refresh and its scored steps), batch equivalents
     max_rechecks: int = 0  # re-checks the budget holds after the exploration
-    planned_cost: float = 0.0  # the most the plan can spend, batch equivalents (≤ calibration_budget × steps)
+    planned_cost: float = 0.0  # the most the plan can spend, batch equivalents (≤ budget × steps)
     recheck_blocks: int = RECHECK_BLOCKS
     recheck_rule: str = "ahead"  # keep the window only while it is ahead with confidence; "behind": until behind
     probe: str = "retrieval"  # or "labels" (label_probe_loss over probe_label_column)
@@ -133,20 +133,20 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     if held < need:
         steps_needed = math.ceil(need * k / max(max_fraction, 1e-9))
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
-            f"the run is too short to explore: {total_steps} steps at explore_max_fraction={max_fraction:g} hold "
-            f"{held} blocks of {k} arms, the test needs {need} ({POWER_LOOKS} × explore_min_blocks) "
+            f"the run is too short to explore: {total_steps} steps at max_fraction={max_fraction:g} hold "
+            f"{held} blocks of {k} arms, the test needs {need} ({POWER_LOOKS} × min_blocks) "
             f"(≥ {steps_needed} steps); batches stay random"), **common)
     if max_blocks < need or (slots and not rechecks):
         longer = explore_min_steps(batch_size, probe_rows, budget=budget, max_fraction=max_fraction,
                                    min_blocks=min_blocks, levels=lv, sample_rows=sample_rows,
                                    recheck_blocks=recheck_blocks) if _explain and budget > 0 else 0
         return ExplorePlan(max_blocks=0, refresh_blocks=0, reason=(
-            f"the run is too short to explore within calibration_budget={budget:g}: the test needs {need} blocks "
+            f"the run is too short to explore within budget={budget:g}: the test needs {need} blocks "
             f"of {k} arms ({need * block_cost:.1f} batch equivalents of scoring) with the probe refreshed every "
             f"{stale} blocks ({math.ceil(need / stale)} × {per_refresh:.1f})"
             + (f" and one re-check of a chosen window {recheck:.1f}" if slots else "")
             + f", the budget affords {budget_units:.1f}" + (f" (≥ {longer:,} steps)" if longer else "")
-            + "; batches stay random" + (" (explore_recheck_blocks=0 explores without re-checks)" if slots else "")),
+            + "; batches stay random" + (" (recheck_blocks=0 explores without re-checks)" if slots else "")),
             **common)
     refreshes = min(refreshes, max_blocks)
     refresh_blocks = max(1, min(stale, math.ceil(max_blocks / refreshes)))
@@ -183,7 +183,7 @@ def _recheck_slots(total_steps: int, first_decision: int, blocks: int) -> int:
 
 
 def schedule_exploration(dataset, args, settings, global_batch: int):
-    """``(training rows, probe rows or None, plan)`` for ``window="explore"``: size the exploration and, when one
+    """``(training rows, probe rows or None, plan)`` for ``batch_policy="explore"``: size the exploration and, when one
     fits, hold out the probe rows (never trained on)."""
     n = len(dataset)
     s = settings
@@ -200,19 +200,19 @@ def schedule_exploration(dataset, args, settings, global_batch: int):
                                            f"and still draw candidate batches of {global_batch} from "
                                            f"{plan.sample_rows} rows; batches stay random")
     if not plan.max_blocks:
-        logger.warning("window='explore': %s.", plan.reason)
+        logger.warning("batch_policy='explore': %s.", plan.reason)
         return dataset, None, plan
     if plan.probe == "labels":
         check_probe_labels(dataset, plan.probe_label_column)
     dataset, probe_dataset = hold_out(dataset, probe, int(args.seed) + HOLD_OUT_SEED)
-    logger.info("window='explore': %d probe rows held out; %s.", probe, plan.reason)
+    logger.info("batch_policy='explore': %d probe rows held out; %s.", probe, plan.reason)
     return dataset, probe_dataset, plan
 
 
 def check_probe_labels(dataset, column: str) -> None:
-    """Fail early, naming the column, when ``explore_probe="labels"`` has no label column (an unlabelled row is
+    """Fail early, naming the column, when ``probe="labels"`` has no label column (an unlabelled row is
     already named by the dataset validation)."""
     if column not in dataset.column_names:
-        raise ValueError(f"explore_probe='labels' reads each probe row's class from column {column!r}, which the "
-                         f"training set does not have (columns: {dataset.column_names}). Set "
-                         "explore_probe_label_column to the label column, or use explore_probe='retrieval'.")
+        raise ValueError(f"batch_policy='explore' with probe='labels' reads each probe row's class from column "
+                         f"{column!r}, which the training set does not have (columns: {dataset.column_names}). Set "
+                         "probe_label_column to the label column, or use probe='retrieval'.")

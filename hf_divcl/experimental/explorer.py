@@ -22,32 +22,28 @@ to every arm of a block. The seconds actually spent, by kind, are in each record
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from .._common import mix_seed
+from .._common import agree, append_jsonl, mix_seed
 from ..diversity.levels import draw_level, parse_level
 from ..diversity.window import DiversityWindow, measure_diversity
 from .explore_plan import EXPLORE_FILE, ExplorePlan
 from .follower import ProbeEnv, calibration_sample, seeded_rows
+from .probe import probe_gradient
 from .progress import ProgressCalibration
+from .recheck import Rechecks
 from .sequential import (
     RANDOM_ARM,
     SequentialTest,
     block_order,
-    label_probe_loss,
     preconditioned_score,
-    recheck_verdict,
-    retrieval_probe_loss,
 )
 
 if TYPE_CHECKING:
@@ -55,43 +51,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StepExplorer", "probe_embeddings", "probe_gradient"]
+__all__ = ["StepExplorer"]
 
 
-def probe_embeddings(trainer: PolicyContext, data) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor and positive embeddings ``(P, d)`` of the probe rows, with autograd, computed in chunks of the global
-    batch size: each chunk is collated (and padded) as a training batch is, so the probe's cost is ``P/B`` training
-    batches as the plan counts it, not one batch padded to the longest of all ``P`` rows."""
-    n, b = len(data), max(1, trainer.global_batch_size())
-    us, vs = [], []
-    for lo in range(0, n, b):
-        features, _ = trainer.collect_features(trainer.collate_rows(data, list(range(lo, min(lo + b, n)))))
-        if len(features) < 2:
-            raise ValueError("batch_policy='explore' needs (anchor, positive) pairs (or two image views) for its "
-                             "probe.")
-        us.append(trainer.model(dict(features[0]))["sentence_embedding"])
-        vs.append(trainer.model(dict(features[1]))["sentence_embedding"])
-    return torch.cat(us), torch.cat(vs)
-
-
-def probe_gradient(trainer: PolicyContext, params: list[torch.nn.Parameter], plan: ExplorePlan,
-                   data) -> list[torch.Tensor]:
-    """Gradient of the probe loss over the whole probe set: :func:`retrieval_probe_loss` (anchors against all probe
-    positives) or, with ``plan.probe == "labels"``, :func:`label_probe_loss`."""
-    u, v = probe_embeddings(trainer, data)
-    if plan.probe == "labels":
-        _, codes = np.unique(np.asarray(data[plan.probe_label_column], dtype=object).astype(str), return_inverse=True)
-        loss = label_probe_loss(u.float(), v.float(), torch.as_tensor(codes), plan.probe_temperature)
-    else:
-        loss = retrieval_probe_loss(u.float(), v.float(), plan.probe_temperature)
-    if not bool(torch.isfinite(loss.detach())):
-        raise ValueError(f"the probe loss is {loss.item()} (not finite)")
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
-
-
-class StepExplorer(TrainerCallback):
-    """Runs a ``window="explore"`` exploration inside training and applies its decision."""
+class StepExplorer(Rechecks, TrainerCallback):
+    """Runs a ``batch_policy="explore"`` exploration inside training and applies its decision."""
 
     def __init__(self, trainer: PolicyContext, plan: ExplorePlan, builder: str, probe) -> None:
         self.trainer = trainer
@@ -149,8 +113,8 @@ class StepExplorer(TrainerCallback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "explore":
-            raise ValueError("Cannot resume window='explore' from a checkpoint of another window policy; resume "
-                             "with the checkpoint's window setting.")
+            raise ValueError("Cannot resume batch_policy='explore' from a checkpoint of another batch policy; resume "
+                             "with the checkpoint's batch_policy.")
         self.phase, self.level = state.get("phase", "explore"), state.get("level")
         self.next_check, self.rechecks = state.get("next_check"), int(state.get("rechecks", 0))
         self.start_slot = int(state.get("start_slot", 0))
@@ -170,14 +134,14 @@ class StepExplorer(TrainerCallback):
         saved = self.trainer.saved
         rows, emb, grad = (saved.array(f"explore_{k}") for k in ("sample_rows", "sample_emb", "probe_grad"))
         if not self.finished and (rows is None or grad is None or (emb is None and self.phase == "explore")):
-            raise ValueError("Cannot resume window='explore' mid-exploration: the checkpoint lacks its arrays "
+            raise ValueError("Cannot resume batch_policy='explore' mid-exploration: the checkpoint lacks its arrays "
                              "(divcl_state/explore_*.npy). Resume from another checkpoint or start afresh.")
         if not self.finished:
             self.sample_rows, self.sample_emb = rows.long(), emb
             params = self.params()
             sizes = [p.numel() for p in params]
             if grad.numel() != sum(sizes):
-                raise ValueError(f"Cannot resume window='explore': the saved probe gradient has {grad.numel()} "
+                raise ValueError(f"Cannot resume batch_policy='explore': the saved probe gradient has {grad.numel()} "
                                  f"values, the model {sum(sizes)} trainable parameters.")
             self.probe_grad = [g.reshape(p.shape).to(device=p.device, dtype=p.dtype)
                                for g, p in zip(torch.split(grad, sizes), params, strict=True)]
@@ -269,7 +233,7 @@ class StepExplorer(TrainerCallback):
                 if isinstance(err, RuntimeError) and "out of memory" in str(err).lower():
                     raise
                 payload = [None, None, f"{type(err).__name__}: {err}"]
-        payload = self.agreed(payload)
+        payload = agree(payload)
         if isinstance(payload[2], str):
             self.finish("random", None, f"exploration failed: {payload[2]}; kept random batches", block_index)
             return
@@ -329,7 +293,7 @@ class StepExplorer(TrainerCallback):
         for b in done:
             b["tested"] = True
             # one host sync per block; under DDP the first process's scores decide, so every process agrees
-            scores = self.agreed({k: float(v) for k, v in b["scores"].items()})
+            scores = agree({k: float(v) for k, v in b["scores"].items()})
             b["scores"] = {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items()}
             if args.learning_rate <= 0:
                 self.finish("random", None, "the learning rate is 0: no step makes progress to compare; kept "
@@ -346,74 +310,7 @@ class StepExplorer(TrainerCallback):
         if len(self.blocks) > self.test.looks[-1] + 1 and not self.finished:
             self.conclude(self.test.decision, state.global_step)
 
-    # -- re-checks -----------------------------------------------------------------------------------------------
-
-    def block_key(self, index: int) -> int:
-        """A block's key for its arm order and candidate sample: exploration's blocks count from 0, each re-check's
-        from its own offset, so no two blocks of a run share one."""
-        return index + 1_000_003 * self.rechecks
-
-    def recheck_test(self) -> SequentialTest:
-        n = self.plan.recheck_blocks
-        return SequentialTest([self.level], alpha=self.plan.alpha, min_blocks=max(2, n // 2), max_blocks=n)
-
-    def next_slot(self) -> int:
-        """The first step whose batches the sampler has not handed out yet (the same on every process)."""
-        sampler = self.trainer.divcl_sampler
-        ga = max(1, int(self.trainer.args.gradient_accumulation_steps))
-        plan = sampler.plan()
-        return self.agreed(-(-(sampler.epoch * len(plan.batches) + sampler.yielded_global()) // ga))
-
-    def schedule_recheck(self, step: int) -> None:
-        """The next re-check at twice ``step``, if it and its blocks fit before the run ends."""
-        n = self.plan.recheck_blocks
-        at = max(2 * step, step + 1)
-        fits = n >= 2 and at + 2 * n + 2 <= self.plan.total_steps and self.rechecks < self.plan.max_rechecks
-        self.next_check = at if fits and self.level is not None and self.trainer.divcl_sampler is not None else None
-
-    def start_recheck(self, step: int) -> None:
-        """Open a re-check of the window in force: two arms (its planned batch, a random batch from a fresh
-        candidate sample) from the next step whose batches are not handed out yet."""
-        self.rechecks += 1
-        self.phase = "recheck"
-        self.next_check = None
-        self.test = self.recheck_test()
-        self.blocks, self.finished = [], False
-        self.drawn.clear()
-        self.keys.clear()
-        self.start_slot = self.next_slot()
-        logger.info("window='explore': re-check %d of the window (%s) from step %d, up to %d blocks.",
-                    self.rechecks, self.level, self.start_slot, self.plan.recheck_blocks)
-        self.refresh(0)
-
-    def end_recheck(self, decision, step: int) -> None:
-        """Revert to random batches when the window is behind with confidence (``recheck_rule="behind"``) or not
-        ahead with confidence (``"ahead"``); keep it otherwise."""
-        stats = self.test.statistics(self.level)
-        head = (f"re-check {self.rechecks} at step {step} ({self.test.blocks} blocks, window − random "
-                f"{stats['mean']:.3g}, one-sided bounds [{stats['low']:.3g}, {stats['high']:.3g}])")
-        verdict = recheck_verdict(decision, self.plan.recheck_rule)
-        why = {"behind": "fell behind random batches with confidence",
-               "not_ahead": "is no longer ahead of random batches with confidence (explore_recheck_rule='ahead')",
-               "failed": f"could not be re-checked ({decision.reason})"}
-        if verdict != "keep":
-            self.finish("random", None, f"{head}: the window ({self.level}) {why[verdict]}; back to random batches",
-                        step, levels=decision.levels, estimate="recheck")
-            return
-        kept = "ahead of random batches" if decision.status == "window" else "not behind random batches with confidence"
-        self.finish("window", self.current.window, f"{head}: the window is {kept}; kept", step,
-                    self.level, levels=decision.levels, estimate="recheck", apply=False)
-
     # -- the decision --------------------------------------------------------------------------------------------
-
-    def agreed(self, value: Any) -> Any:
-        """``value`` as the first process has it (broadcast under DDP; every process calls this at the same point)."""
-        if self.trainer.args.world_size > 1 and torch.distributed.is_available() and \
-                torch.distributed.is_initialized():
-            payload = [value]
-            torch.distributed.broadcast_object_list(payload, src=0)
-            return payload[0]
-        return value
 
     def level_diversity(self, level: str) -> torch.Tensor | None:
         """Effective rank ``(16,)`` of batches drawn at ``level`` from the current candidate sample (``None`` when
@@ -462,7 +359,7 @@ class StepExplorer(TrainerCallback):
             t0 = time.perf_counter()
             sampler = t.divcl_sampler
             replan = window is not None or self.phase == "recheck"
-            cut = self.agreed(sampler.yielded_global() if sampler is not None and replan else None)
+            cut = agree(sampler.yielded_global() if sampler is not None and replan else None)
             t.apply_window(window, self.builder, cut=cut)
             self.spend("apply", t0)
         else:
@@ -475,12 +372,10 @@ class StepExplorer(TrainerCallback):
         record["wall_seconds"] = self.seconds - before  # what this exploration or re-check cost
         self.level = level if window is not None else None
         self.schedule_recheck(step)
-        logger.warning("window='explore' at step %d after %d blocks: %s — %s", step, self.test.blocks,
+        logger.warning("batch_policy='explore' at step %d after %d blocks: %s — %s", step, self.test.blocks,
                        f"window {window.metric} in [{window.low:.2f}, {window.high:.2f}] ({level})" if window
                        else "random batches", reason)
         if t.is_world_process_zero():
-            Path(t.args.output_dir).mkdir(parents=True, exist_ok=True)
-            with open(os.path.join(t.args.output_dir, EXPLORE_FILE), "a") as fh:
-                fh.write(json.dumps({**record, "blocks": [{"start": b["start"], "order": b["order"],
-                                                           "scores": {k: float(v) for k, v in b["scores"].items()}}
-                                                          for b in self.blocks]}) + "\n")
+            blocks = [{"start": b["start"], "order": b["order"],
+                       "scores": {k: float(v) for k, v in b["scores"].items()}} for b in self.blocks]
+            append_jsonl(Path(t.args.output_dir, EXPLORE_FILE), {**record, "blocks": blocks})

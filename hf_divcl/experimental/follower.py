@@ -1,8 +1,8 @@
 """A window that follows the model: progress calibrations scheduled over a run, sized to a wall-clock budget.
 
-:class:`DivCLTrainer` with ``window="progress"`` (the default) starts on random batches and calibrates at the
+:class:`DivCLTrainer` with ``batch_policy="progress"`` starts on random batches and calibrates at the
 steps that :func:`plan_calibrations` schedules — at the start, early (``recalibrate_early`` of the run) and at
-every epoch start, as far as ``calibration_budget`` affords — with
+every epoch start, as far as ``budget`` affords — with
 :func:`hf_divcl.experimental.progress.calibrate_progress`.
 Each calibration either places a window (the builder then plans the rest of the epoch inside it) or keeps random
 batches, with the reason. :class:`WindowFollower` runs them from Trainer callbacks; the trajectory of decisions
@@ -16,10 +16,8 @@ levels and ``n`` pairs; ``"lookahead"`` adds two probe forwards per scored batch
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
-from .._common import HOLD_OUT_SEED, hold_out, mix_seed, total_training_steps
+from .._common import HOLD_OUT_SEED, agree, append_jsonl, hold_out, mix_seed, total_training_steps
 from ..diversity.levels import parse_level
 from ..losses.infonce import InfoNCELoss
 from .progress import ProgressCalibration, StepGain, calibrate_progress, default_progress_levels
@@ -130,7 +128,7 @@ def plan_calibrations(*, total_steps: int, steps_per_epoch: int, batch_size: int
     one = calibration_cost(batch_size, MIN_PAIRS, a, probe_rows, sample_rows, estimate)
     need = math.ceil(one / max(budget, 1e-9) / gradient_accumulation_steps)
     return CalibrationPlan([], 0, cost_per_calibration=one, reason=(
-        f"the run is too short for a measured calibration: {total_steps} steps at calibration_budget={budget:g} "
+        f"the run is too short for a measured calibration: {total_steps} steps at budget={budget:g} "
         f"afford {budget * total_batches:.1f} batch equivalents, one calibration needs {one:.1f} "
         f"(≥ {need} steps); batches stay random"), **common)
 
@@ -296,8 +294,7 @@ class WindowFollower(TrainerCallback):
         if t.is_world_process_zero():
             cal = self._measure(step)
             payload = [cal.to_dict(), sampler.yielded_global() if (replan and sampler is not None) else None]
-        if t.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(payload, src=0)
+        payload = agree(payload)
         cal = ProgressCalibration.from_dict(payload[0])
         record = cal.to_dict()
         self.history.append(record)
@@ -307,9 +304,7 @@ class WindowFollower(TrainerCallback):
         record["wall_seconds"] = took
         logger.warning("%s", cal.format())
         if t.is_world_process_zero():
-            Path(t.args.output_dir).mkdir(parents=True, exist_ok=True)
-            with open(os.path.join(t.args.output_dir, CALIBRATIONS_FILE), "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_jsonl(Path(t.args.output_dir, CALIBRATIONS_FILE), record)
         return cal
 
     def _measure(self, step: int) -> ProgressCalibration:
