@@ -78,19 +78,19 @@ __all__ = [
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from ._common import end_distributed
     from .bank import EmbeddingBank
-    from .policies.calibration import calibrate_window
-    from .experimental.selectors import MegaBatchSelector
     from .collator import DivCLDataCollator
     from .data.validation import DatasetError, validate_training_dataset
     from .diversity.bands import GradientBands, gradient_bands, infonce_loss
     from .diversity.log import read_diversity_log
     from .diversity.metrics import batch_diversity, participation_ratio
     from .diversity.window import DiversityWindow
+    from .experimental.selectors import MegaBatchSelector
     from .losses.infonce import InfoNCELoss
     from .losses.maths import contrastive_loss
     from .models.loading import load_sentence_transformer
     from .planning.dedupe import duplicate_groups
     from .planning.plan import plan_epoch
+    from .policies.calibration import calibrate_window
     from .publish.card import write_model_card
     from .publish.hub import push_to_hub
     from .sampler import DiversityWindowBatchSampler

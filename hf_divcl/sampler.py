@@ -15,23 +15,21 @@ each split into ``W`` consecutive local batches, so the window applies to what t
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from ._common import banks_cache_dir, is_image_feature, mix_seed, world_size
-from .batch_policy.calibration import calibrate_window
+from ._common import world_size
 from .diversity.window import DiversityWindow
 from .planning.base import BatchBuilder
-from .planning.dedupe import duplicate_groups
+from .planning.dataset import default_bank, row_duplicate_groups
 from .planning.plan import EpochPlan, plan_epoch
+from .planning.replan import BackgroundReplanner
+from .policies.calibration import calibrate_window
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +119,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._plan: tuple[int, EpochPlan] | None = None
         self._skip = 0  # batches to skip at the start of the current epoch (resume)
         # ``(epoch, index, n_batches, planned rows) → rows or None``: hands out another global batch in place of
-        # the planned one (``window="explore"``); ``None`` keeps the plan
+        # the planned one (``batch_policy="explore"``); ``None`` keeps the plan
         self.batch_source: Callable[[int, int, int, torch.Tensor], torch.Tensor | None] | None = None
         self._sourced_cache: tuple[tuple[int, int], torch.Tensor | None] | None = None
         self.plan_seconds = 0.0  # wall time spent planning epochs (window calibration included)
         self.replan_chunk_rows = int(opts["replan_chunk_rows"] or 0)
         if self.replan_chunk_rows < 0:
             raise ValueError(f"replan_chunk_rows must be >= 0 (0: re-plan in one go), got {self.replan_chunk_rows}.")
-        # parts of a re-plan still being planned in the background:
-        # (plan they belong to, [(first global batch, end, future)], the bank snapshot they read)
-        self._pending: tuple[EpochPlan, list[tuple[int, int, Future]], Any] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._replanner = BackgroundReplanner()  # the parts of a re-plan still being planned in the background
         self.background_plan_seconds = 0.0  # planning done in the background thread (not on the training path)
         self.replan_wait_seconds = 0.0  # time the data loader waited for a part planned in the background
         if self.num_rows == 0:
@@ -163,43 +158,13 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
     def embeddings(self) -> torch.Tensor:
         """``(N, d)`` bank snapshot the plan is computed from."""
         if self._bank is None:
-            self._bank = self._default_bank()
+            self._bank = default_bank(self.dataset, self.valid_label_columns, self._default_model)
         bank = self._bank
         x = bank.all(view=0, dtype=bank.dtype) if hasattr(bank, "all") and not isinstance(bank, torch.Tensor) else bank
         if x.shape[0] != self.num_rows:
             raise ValueError(f"The bank has {x.shape[0]} rows but the dataset has {self.num_rows}; rebuild the bank "
                              "for this dataset.")
         return x
-
-    def _text_columns(self) -> list[str]:
-        feats = getattr(self.dataset, "features", None) or {}
-        labels = set(self.valid_label_columns or [])
-        cols = [c for c in self.dataset.column_names if c not in labels
-                and getattr(feats.get(c), "dtype", None) in ("string", "large_string")]
-        return cols
-
-    def _default_bank(self):
-        from .bank import EmbeddingBank
-        from .models.loading import DEFAULT_TEXT_MODEL, load_sentence_transformer
-
-        cols = self._text_columns()
-        how = ("build one from the model you train, e.g. EmbeddingBank.from_reference(model, [ds['anchor'], "
-               "ds['positive']]), and pass DiversityWindowBatchSampler.configure(bank=...)")
-        if not self._default_model:
-            raise ValueError("DiversityWindowBatchSampler needs a bank (one embedding per row) to plan batches: "
-                             f"{how}; or configure(default_model=True) to encode the data with the packaged "
-                             f"{DEFAULT_TEXT_MODEL} (or default_model='path/to/model'). DivCLTrainer builds the bank "
-                             "from the model being trained by itself.")
-        if not cols:
-            raise ValueError(f"default_model needs text columns; this dataset has none ({self.dataset.column_names}): "
-                             f"{how}.")
-        name = DEFAULT_TEXT_MODEL if self._default_model is True else str(self._default_model)
-        cache = banks_cache_dir()
-        logger.warning("No bank given (default_model=%r): encoding columns %s of %d rows with %s to plan batches "
-                       "(cached in %s). The batches follow that model's geometry, not the model you train.",
-                       self._default_model, cols[:2], self.num_rows, name, cache)
-        model = load_sentence_transformer(name, device="cpu")
-        return EmbeddingBank.from_reference(model, [list(self.dataset[c]) for c in cols[:2]], cache_dir=cache)
 
     def window(self) -> DiversityWindow | None:
         if self._window == "auto":
@@ -220,10 +185,6 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             logger.info("calibrated window: %s", cal.format())
         return self._window
 
-    def _image_columns(self) -> list[str]:
-        feats = getattr(self.dataset, "features", None) or {}
-        return [c for c in self.dataset.column_names if is_image_feature(feats.get(c))]
-
     def groups(self) -> torch.Tensor | None:
         """Duplicate groups (:meth:`row_groups`) when ``dedupe`` is on, so duplicates never meet in a batch."""
         return self.row_groups() if self._dedupe else None
@@ -233,13 +194,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         same image bytes share a group (they are false negatives of each other). Hard-negative columns (third and
         later) are not compared: a row's hard negative may well be another row's positive."""
         if self._groups is None:
-            cols = [[(k, t) for t in self.dataset[c]] for k, c in enumerate(self._text_columns()[:2])]
-            for c in self._image_columns():  # compare the encoded bytes (or paths), never decode
-                cells = self.dataset.data.column(c).to_pylist()
-                cols.append([hashlib.sha256(x["bytes"]).digest() if x and x.get("bytes") is not None
-                             else (x or {}).get("path") or f"row{i}" for i, x in enumerate(cells)])
-            if cols:
-                self._groups = duplicate_groups(*cols)
+            self._groups = row_duplicate_groups(self.dataset, self.valid_label_columns)
         return self._groups
 
     # -- planning -----------------------------------------------------------------------------------------------
@@ -258,7 +213,7 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                               on_infeasible=self.on_infeasible, progress=self.show_progress,
                               **(self.builder_kwargs if builder != "random" else {}))
             self.plan_seconds += time.perf_counter() - t0
-            self._drop_pending()
+            self._replanner.drop()
             self._plan = (epoch, plan)
             self._check_in_window(plan, epoch)
         return self._plan[1]
@@ -278,13 +233,14 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
     def local_batches(self, epoch: int | None = None) -> list[list[int]]:
         """Global batches split into ``processes`` consecutive local batches of ``batch_size``."""
         plan = self.plan(epoch)
+        applied = self._replanner.applied  # each part put in by the background re-planner changes the batches
         cached = getattr(self, "_local_cache", None)
-        if cached is not None and cached[0] is plan:
-            return cached[1]
+        if cached is not None and cached[0] is plan and cached[1] == applied:
+            return cached[2]
         out = []
         for gb in plan.batches:
             out.extend(gb[i:i + self.batch_size].tolist() for i in range(0, gb.numel(), self.batch_size))
-        self._local_cache = (plan, out)
+        self._local_cache = (plan, applied, out)
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -340,12 +296,10 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         window; earlier batches are kept, and so is the set of rows (each row still appears once per epoch).
 
         When more than ``replan_chunk_rows`` rows are left (and the builder is not ``random``), the rest is planned
-        in parts so that the first window batch is ready at once: the rows left are shuffled, the first part (about
-        4,096 rows) is planned here, and the following parts (each twice the previous, up to ``replan_chunk_rows``
-        rows) are planned in order by one background thread from a snapshot of the bank taken now, reusing the
-        first part's target calibration. Until a part is ready its rows stay in random batches; the data loader
-        waits for a part before handing out its first batch (:attr:`replan_wait_seconds`), so the batches never
-        depend on timing. A part that fails to plan is logged and keeps its random batches.
+        in parts so that the first window batch is ready at once: the first part here, the others by one background
+        thread (:class:`~hf_divcl.planning.replan.BackgroundReplanner`). Until a part is ready its rows stay in random
+        batches; the data loader waits for a part before handing out its first batch (:attr:`replan_wait_seconds`),
+        so the batches never depend on timing. A part that fails to plan is logged and keeps its random batches.
 
         Deterministic for (plan, seed, epoch, from_global_batch, bank), so every rank computes the same plan.
         """
@@ -355,151 +309,41 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             raise RuntimeError(f"Cannot re-plan from global batch {cut}: {self.yielded_global()} were already handed "
                                "to the data loader.")
         self._settle(cut - 1)  # parts that start before the cut are kept: they must be planned first
-        self._drop_pending()
+        self._replanner.drop()
         plan = self.plan()
         if len(plan.batches) - cut < 2:  # nothing left to re-arrange
             return plan
         t0 = time.perf_counter()
-        rest = torch.cat(plan.batches[cut:])
         window = self.window() if self.builder != "random" else None
         uses_bank = self.builder != "random" or self._bank is not None
         groups = self.groups()
-        g = self.global_batch_size
-        head_values = plan.values[:cut] if plan.metric == (window.metric if window else plan.metric) \
-            else torch.full((cut,), float("nan"))
-        head_in = plan.in_window[:cut] if window is not None and plan.window == window \
-            else torch.zeros(cut, dtype=torch.bool)
-        chunked = self.builder != "random" and 0 < self.replan_chunk_rows < rest.numel()
-        snap, order = None, None
-        if chunked:
-            # the parts take the rows left in a seeded random order, ``rest = snap_rows[order]``, and read their
-            # embeddings as they are now from a snapshot (kept in row order: a sorted gather is ~2x faster)
-            snap_rows = rest.sort().values
-            order = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(
-                mix_seed(mix_seed(self.seed, self.epoch), cut)))
-            rest = snap_rows[order]
-            snap = _Snapshot(self._bank, self.embeddings(), snap_rows) if uses_bank else None
-        elif uses_bank:
-            snap = self.embeddings()[rest]
-        grp = groups[rest] if groups is not None else None
-        bounds = _part_bounds(rest.numel(), g, self.replan_chunk_rows) if chunked else [(0, rest.numel())]
-        opts = {"batch_size": g, "builder": self.builder, "seed": self.seed,
-                "on_infeasible": self.on_infeasible, "progress": False if chunked else self.show_progress,
-                "builder_kwargs": self.builder_kwargs if self.builder != "random" else {}}
-
-        key = mix_seed(self.epoch, cut)  # fixed now: the background thread must not read the sampler's state
-
-        def part(k: int, window, calibration) -> tuple[EpochPlan, list[torch.Tensor]]:
-            lo, hi = bounds[k]
-            emb = None if snap is None else snap.take(order[lo:hi]) if chunked else snap
-            return _plan_rows(rest[lo:hi], emb,
-                              None if grp is None else grp[lo:hi], window=window, calibration=calibration,
-                              epoch=mix_seed(key, k) if chunked else key,
-                              **opts)
-
-        try:
-            first, batches = part(0, window, None)
-        except BaseException:
-            if isinstance(snap, _Snapshot):
-                snap.release()
-            raise
-        window = first.window if window is not None else None  # ``on_infeasible="closest"`` may have moved it
-        values, in_window = [head_values, first.values], [head_in, first.in_window]
-        batches = list(plan.batches[:cut]) + batches
-        spans = []
-        for k in range(1, len(bounds)):
-            lo, hi = bounds[k]
-            placeholder = list(torch.split(rest[lo:hi], g))  # random batches of the part's rows until it is planned
-            spans.append((len(batches), len(batches) + len(placeholder)))
-            batches += placeholder
-            values.append(torch.full((len(placeholder),), float("nan")))
-            in_window.append(torch.zeros(len(placeholder), dtype=torch.bool))
-        metric = window.metric if window is not None else plan.metric
-        took = time.perf_counter() - t0
-        new = EpochPlan(batches=batches, values=torch.cat(values), in_window=torch.cat(in_window), metric=metric,
-                        builder={**first.builder, "replanned_from": cut, "replan_parts": len(bounds),
-                                 "replan_part_batches": [-(-(hi - lo) // g) for lo, hi in bounds]}, window=window,
-                        seconds=plan.seconds + took, achievable=first.achievable, calibration=first.calibration)
+        new, took = self._replanner.replan(
+            plan, cut, embeddings=self.embeddings() if uses_bank else None, bank=self._bank, groups=groups,
+            window=window, batch_size=self.global_batch_size, builder=self.builder, builder_kwargs=self.builder_kwargs,
+            seed=self.seed, epoch=self.epoch, on_infeasible=self.on_infeasible, chunk_rows=self.replan_chunk_rows,
+            progress=self.show_progress, started=t0)
         self.plan_seconds += took
         self._plan = (self._plan[0], new)
         self._local_cache = None
-        if spans:  # submitted last, so the background thread does not compete with the work above
-            parts = [(a, b, self._background().submit(_timed, part, k, window, first.calibration))
-                     for k, (a, b) in enumerate(spans, start=1)]
-            self._pending = (new, parts, snap)
-            logger.info("re-planned global batches %d-%d of epoch %d in %.2f s; %d more parts (%d rows) are being "
-                        "planned in the background", cut, parts[0][0] - 1, self.epoch, took, len(parts),
-                        rest.numel() - bounds[0][1])
-        elif isinstance(snap, _Snapshot):
-            snap.release()
         return new
 
-    # -- parts planned in the background ------------------------------------------------------------------------
-
-    def _background(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf_divcl-replan")
-        return self._executor
+    # -- parts planned in the background (:class:`~hf_divcl.planning.replan.BackgroundReplanner`) -----------------
 
     def _settle(self, upto: int | None) -> None:
         """Put into the plan every background part that starts at or before global batch ``upto`` (all with
         ``None``), waiting for those not finished yet."""
-        pending = self._pending
-        if pending is None:
-            return
-        plan, parts, snap = pending
-        if self._plan is None or self._plan[1] is not plan:
-            self._drop_pending()
-            return
-        keep = []
-        for first, end, fut in parts:
-            if upto is not None and first > upto:
-                keep.append((first, end, fut))
-                continue
-            t0 = time.perf_counter()
-            was_done = fut.done()
-            result = fut.result()
-            if not was_done:
-                waited = time.perf_counter() - t0
-                self.replan_wait_seconds += waited
-                self.plan_seconds += waited
-            if result is None:
-                continue  # the part failed to plan (logged): its random batches stay
-            sub, rows, seconds = result
-            self.background_plan_seconds += seconds
-            if len(rows) != end - first:
-                raise RuntimeError(f"A background part planned {len(rows)} batches for global batches {first}-"
-                                   f"{end - 1} ({end - first} expected).")
-            plan.batches[first:end] = rows
-            if sub.metric == plan.metric:
-                plan.values[first:end] = sub.values
-            plan.in_window[first:end] = sub.in_window
-            self._local_cache = None
-        self._pending = (plan, keep, snap) if keep else None
-        if not keep and isinstance(snap, _Snapshot):
-            snap.release()
-
-    def _drop_pending(self) -> None:
-        """Forget parts still being planned (their plan was replaced); those not started are cancelled."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            for _, _, fut in pending[1]:
-                fut.cancel()
-            if isinstance(pending[2], _Snapshot):
-                pending[2].release()
+        waited, background = self._replanner.settle(self._plan[1] if self._plan is not None else None, upto)
+        self.replan_wait_seconds += waited
+        self.plan_seconds += waited
+        self.background_plan_seconds += background
 
     def close(self) -> None:
         """Stop background planning (parts not started are cancelled); the sampler still works afterwards."""
-        self._drop_pending()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._replanner.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        self._settle(None)  # a copy carries the whole plan
-        state = dict(self.__dict__)
-        state.update(_executor=None, _pending=None)
-        return state
+        self._settle(None)  # a copy carries the whole plan (and no background thread: see BackgroundReplanner)
+        return dict(self.__dict__)
 
     def yielded_global(self) -> int:
         """Global batches of the current epoch handed out so far (a started one counts)."""
@@ -552,86 +396,3 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
                                                               metric=window.metric if window else "effective_rank",
                                                               builder={"name": "restored"}, window=window,
                                                               seconds=0.0))
-
-
-class _Abandoned(Exception):
-    """A background part whose re-plan was replaced reads rows no longer kept."""
-
-
-class _Snapshot:
-    """Rows ``rows`` (sorted) of the bank as they are at a re-plan, for the parts planned later.
-
-    With an :class:`~hf_divcl.bank.EmbeddingBank` nothing is copied until the bank is about to change (its
-    ``on_write`` hook): until then the parts read the live rows, which still hold the values of the re-plan. Any
-    other bank (a tensor the caller owns) is copied at once. Either way every part sees the rows as they were.
-    """
-
-    def __init__(self, bank: Any, live: torch.Tensor, rows: torch.Tensor) -> None:
-        self.rows = rows
-        self._live: torch.Tensor | None = live
-        self._copy: torch.Tensor | None = None
-        self._lock = threading.Lock()
-        self._remove = bank.on_write(self.freeze) if hasattr(bank, "on_write") else None
-        if self._remove is None:
-            self.freeze()
-
-    def freeze(self) -> None:
-        """Copy the rows now (the bank is about to change)."""
-        with self._lock:
-            if self._copy is None and self._live is not None:
-                self._copy, self._live = self._live[self.rows], None
-
-    def take(self, positions: torch.Tensor) -> torch.Tensor:
-        """``(n, d)`` embeddings of ``rows[positions]`` as they were at the re-plan."""
-        with self._lock:
-            if self._copy is not None:
-                return self._copy[positions]
-            if self._live is None:
-                raise _Abandoned
-            return self._live[self.rows[positions]]
-
-    def release(self) -> None:
-        """No part needs the rows any more: stop watching the bank and drop the copy."""
-        if self._remove is not None:
-            self._remove()
-            self._remove = None
-        with self._lock:
-            self._live = self._copy = None
-
-
-def _part_bounds(n_rows: int, global_batch: int, chunk_rows: int, first_rows: int = 4096) -> list[tuple[int, int]]:
-    """Row ranges of the parts of a re-plan: whole global batches, the first about ``first_rows`` rows, each next
-    one twice the previous up to ``chunk_rows``; the last part takes what is left (a partial batch included)."""
-    n_full = n_rows // global_batch
-    cap = max(2, chunk_rows // global_batch)
-    size = min(cap, max(2, -(-first_rows // global_batch)))
-    bounds, start = [], 0
-    while n_full - (start + size) >= 2:  # a further part of at least two batches remains
-        bounds.append((start * global_batch, (start + size) * global_batch))
-        start, size = start + size, min(cap, 2 * size)
-    bounds.append((start * global_batch, n_rows))
-    return bounds
-
-
-def _plan_rows(rows: torch.Tensor, emb: torch.Tensor | None, groups: torch.Tensor | None, *, batch_size: int,
-               builder, window: DiversityWindow | None, seed: int, epoch: int, on_infeasible: str,
-               builder_kwargs: dict[str, Any], calibration: dict[str, Any] | None,
-               progress: bool | None = False) -> tuple[EpochPlan, list[torch.Tensor]]:
-    """Plan ``rows`` (their embeddings ``emb``, in the same order) into batches → (the plan, batches of row ids)."""
-    sub = plan_epoch(emb if emb is not None else rows.numel(), batch_size, builder=builder, window=window, seed=seed,
-                     epoch=epoch, drop_last=False, groups=groups, on_infeasible=on_infeasible, progress=progress,
-                     calibration=calibration, **builder_kwargs)
-    return sub, [rows[b] for b in sub.batches]
-
-
-def _timed(part: Callable[..., tuple[EpochPlan, list[torch.Tensor]]], k: int, *args: Any):
-    """Run ``part(k, ...)`` in the background thread → (plan, batches, seconds), or ``None`` (logged) if it failed."""
-    t0 = time.perf_counter()
-    try:
-        sub, rows = part(k, *args)
-    except _Abandoned:
-        return None
-    except Exception:  # the part keeps its random batches; training goes on
-        logger.warning("Planning part %d of a re-plan failed; its rows stay in random batches.", k, exc_info=True)
-        return None
-    return sub, rows, time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,19 +60,54 @@ def test_callback_logs_geometry_bands_and_plots_from_an_unchanged_trainer(tiny_m
     assert not trainer.model._forward_hooks  # the hook is gone after training
     console = capsys.readouterr().out
     assert "step 4/5 · loss " in console and "eff. rank " in console and "'divcl/" not in console
+    assert "% of anchors in band" in console
 
 
 def test_console_line_is_short_and_says_what_matters():
     record = {"loss": 2.01234, "learning_rate": 4.2e-5, "grad_norm": 3.0, "epoch": 0.5,
               "divcl/effective_rank": 18.31, "divcl/window_low": 16.6, "divcl/window_high": 23.9,
               "divcl/in_window_fraction": 0.6, "divcl/grad_norm_p50": 3.21, "divcl/band_lower_mean": 0.37,
-              "divcl/band_upper_mean": 32.7, "divcl/step_seconds": 1.93,
+              "divcl/band_upper_mean": 32.7, "divcl/band_inside_fraction": 0.75, "divcl/step_seconds": 1.93,
               **{f"divcl/other_{i}": float(i) for i in range(25)}}
     line = format_log_line(record, 20, 60)
     assert line == ("step 20/60 · loss 2.012 · lr 4.2e-05 · eff. rank 18.3 (window 16.6–23.9, 60% of batches in) "
-                    "· ‖∇‖ 3.21 (band 0.37–32.7) · 1.9 s/step")
+                    "· ‖∇‖ 3.21, 75% of anchors in band · 1.9 s/step")
+    # the median norm is never set against the mean of the band's bounds
+    assert "0.37" not in line and "32.7" not in line
+    without_share = {k: v for k, v in record.items() if k != "divcl/band_inside_fraction"}
+    assert "· ‖∇‖ 3.21 · 1.9 s/step" in format_log_line(without_share, 20, 60)
     assert format_log_line({**record, "divcl/collapse_alarm": 1.0}, 20, 60).endswith("COLLAPSE ALARM (see the warning)")
     assert format_log_line({"train_runtime": 9.0, "train_loss": 2.0}, 60, 60) is None  # other logs: unchanged
+
+
+@pytest.mark.parametrize("disable_tqdm", [False, True], ids=["progress-bar", "printer"])
+def test_the_console_callback_is_replaced_in_place_and_prints_the_short_line(tiny_model_dir, tmp_path, capsys,
+                                                                             disable_tqdm):
+    """attach() puts a readable console callback where the Trainer's own was (same place, same max_str_len),
+    built with its public constructor; every training log then prints the short line with the window's metric."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = plain_trainer(tiny_model_dir, tmp_path, TrainerCallback(), attach=False, disable_tqdm=disable_tqdm)
+    callbacks = trainer.callback_handler.callbacks
+    console_cls = PrinterCallback if disable_tqdm else ProgressCallback
+    before = next(c for c in callbacks if type(c) is console_cls)
+    if not disable_tqdm:
+        before.max_str_len = 37
+    where = callbacks.index(before)
+    DiversityCallback(window="participation_ratio:1:8", plots=False).attach(trainer)
+    callbacks = trainer.callback_handler.callbacks
+    after = callbacks[where + 1]  # the DiversityCallback went in before it, right after DefaultFlowCallback
+    assert isinstance(after, console_cls) and type(after) is not console_cls and before not in callbacks
+    assert [type(c) for c in callbacks].count(type(after)) == 1
+    if not disable_tqdm:
+        assert after.max_str_len == 37
+    trainer.train()
+    lines = [line for line in capsys.readouterr().out.splitlines() if " · loss " in line]
+    assert [line.split(" · ")[0] for line in lines] == ["step 2/5", "step 4/5", "step 5/5"]
+    for line in lines:
+        assert "participation ratio " in line and "(window 1–8, " in line
+        assert re.search(r"· ‖∇‖ [0-9.e+-]+, 100% of anchors in band · ", line), line
 
 
 def test_collapse_alarm_stops_an_unchanged_trainer(tiny_model_dir, tmp_path):

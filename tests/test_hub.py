@@ -344,6 +344,45 @@ def test_slow_server_still_succeeds_and_download_timeout_is_retried(hub_client, 
     assert len(server.requests_matching(r"/resolve/main/config\.json$", method="HEAD")) == 2
 
 
+@pytest.fixture
+def own_client_factory(hub_client):
+    """A caller's own huggingface_hub client factory for one test (the library's client plus a marker header), as
+    one sets for a proxy or certificates; the library's factory is put back afterwards."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    library = _http._GLOBAL_CLIENT_FACTORY  # no public getter: read only to restore the library's own afterwards
+
+    def factory():
+        client = library()
+        client.headers["X-Divcl-Own-Client"] = "kept"
+        return client
+
+    set_client_factory(factory)
+    try:
+        yield factory
+    finally:
+        set_client_factory(library)
+
+
+def test_a_stalled_request_times_out_and_the_callers_client_factory_is_kept(hub_client, own_client_factory,
+                                                                           output_dir: Path) -> None:
+    from huggingface_hub import get_session
+
+    server = hub_client.server
+    server.delay(r"/preupload/main$", 30.0, times=1)  # answers long after the push's timeout
+    url = push_to_hub(output_dir, REPO, token=hub_client.token, endpoint=hub_client.endpoint, timeout=0.5,
+                      retries=1, **FAST)
+    assert url and server.repo_files(REPO)["model.safetensors"] == (output_dir / "model.safetensors").read_bytes()
+    # the first pre-upload request was cut off by the timeout and the push retried it
+    assert len(server.requests_matching(r"/preupload/main$")) == 2
+    # every request went through the caller's client, and afterwards that client has no timeout again
+    assert server.requests and all({k.lower(): v for k, v in r.headers.items()}.get("x-divcl-own-client") == "kept"
+                                   for r in server.requests)
+    session = get_session()
+    assert session.headers.get("X-Divcl-Own-Client") == "kept" and session.timeout.read is None
+
+
 def test_wrong_token_gives_clear_401(hub_client, output_dir: Path) -> None:
     wrong = "hf_wrongTOKEN" + "z" * 20
     before = tree_digest(output_dir)

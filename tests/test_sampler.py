@@ -278,7 +278,7 @@ def test_no_bank_and_no_default_model_asks_for_a_bank(tiny_model_dir, tmp_path):
 
 def test_auto_window_is_calibrated_on_the_real_positives(data):
     from hf_divcl.bank import EmbeddingBank
-    from hf_divcl.batch_policy.calibration import calibrate_window
+    from hf_divcl.policies.calibration import calibrate_window
 
     ds, anchors = data
     gen = torch.Generator().manual_seed(1)
@@ -386,3 +386,21 @@ def test_a_bank_that_changes_after_the_decision_does_not_change_the_parts():
     moving_bank.update(torch.arange(1200), torch.randn(1200, x.shape[1]), step=5)  # every row moves
     assert list(it_moving) == rest_still
     assert not moving_bank.__dict__.get("_write_listeners")  # the re-plan is done: the bank is not watched
+
+
+def test_a_copy_during_a_replan_in_parts_carries_the_whole_plan_and_close_keeps_the_sampler_working():
+    """A pickled or deep-copied sampler whose re-plan is still being planned in the background waits for every part
+    and hands out the same epoch as the original; ``close`` stops the background thread and the sampler goes on."""
+    import copy
+    import pickle
+
+    ds, bank = make_data(n=1200)
+    s, it, head = switched_sampler(bank, ds)
+    clone, deep = pickle.loads(pickle.dumps(s)), copy.deepcopy(s)
+    epoch = head + list(it)
+    assert list(clone) == list(deep) == epoch
+    assert clone.plan().builder["replan_parts"] > 2 and not clone.plan().values[4:-1].isnan().any()
+    s.close()
+    assert list(s) == epoch
+    s.set_epoch(1)
+    assert sorted(x for b in s for x in b) == list(range(1200))

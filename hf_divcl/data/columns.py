@@ -46,6 +46,9 @@ def column_values(dataset, name: str):
     import pyarrow as pa
 
     col = dataset.data.column(name)
+    # datasets has no public accessor for the indices mapping (select / shuffle / filter): its public routes to the
+    # mapped column (``with_format("arrow")[name]``, ``flatten_indices()``) go through Python lists or rewrite every
+    # column, tens of times slower than one Arrow ``take``
     indices = getattr(dataset, "_indices", None)
     if indices is not None:
         col = col.take(indices.column(0))

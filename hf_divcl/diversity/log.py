@@ -40,7 +40,8 @@ def read_diversity_log(path: str | os.PathLike) -> list[dict[str, Any]]:
 def format_log_line(logs: dict[str, Any], step: int, max_steps: int, metric: str = "effective_rank") -> str | None:
     """One line a person can follow for a training log with ``divcl/*`` keys (``None`` for any other log):
     loss, learning rate, the batch diversity against the window and the share of batches inside it, the median
-    per-anchor gradient norm against its band, seconds per step, and the collapse alarm when it fires."""
+    per-anchor gradient norm and the share of anchors whose exact norm lies inside their own band
+    (``divcl/band_inside_fraction``), seconds per step, and the collapse alarm when it fires."""
     if "loss" not in logs or not any(k.startswith(PREFIX) for k in logs):
         return None
 
@@ -59,10 +60,9 @@ def format_log_line(logs: dict[str, Any], step: int, max_steps: int, metric: str
             frac = num(PREFIX + "in_window_fraction")
             text += f" (window {low:.3g}–{high:.3g}" + (f", {frac:.0%} of batches in)" if frac is not None else ")")
         parts.append(text)
-    g, lo_band, hi_band = (num(PREFIX + k) for k in ("grad_norm_p50", "band_lower_mean", "band_upper_mean"))
+    g, inside = num(PREFIX + "grad_norm_p50"), num(PREFIX + "band_inside_fraction")
     if g is not None:
-        parts.append(f"‖∇‖ {g:.3g}" + (f" (band {lo_band:.2g}–{hi_band:.3g})" if lo_band is not None and
-                                         hi_band is not None else ""))
+        parts.append(f"‖∇‖ {g:.3g}" + (f", {inside:.0%} of anchors in band" if inside is not None else ""))
     if num(PREFIX + "step_seconds") is not None:
         parts.append(f"{num(PREFIX + 'step_seconds'):.2g} s/step")
     if num(PREFIX + "collapse_alarm"):
@@ -74,7 +74,9 @@ class _ReadableProgress(ProgressCallback):
     """The Trainer's progress bar, printing :func:`format_log_line` for training logs (the full record still
     goes to ``report_to``, ``state.log_history`` and ``diversity_log.jsonl``)."""
 
-    metric = "effective_rank"
+    def __init__(self, metric: str = "effective_rank") -> None:
+        super().__init__()
+        self.metric = metric
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         line = format_log_line(logs or {}, state.global_step, state.max_steps, self.metric)
@@ -87,7 +89,9 @@ class _ReadableProgress(ProgressCallback):
 class _ReadablePrinter(PrinterCallback):
     """:class:`PrinterCallback` (``disable_tqdm=True``) printing :func:`format_log_line` for training logs."""
 
-    metric = "effective_rank"
+    def __init__(self, metric: str = "effective_rank") -> None:
+        super().__init__()
+        self.metric = metric
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         line = format_log_line(logs or {}, state.global_step, state.max_steps, self.metric)
@@ -99,11 +103,16 @@ class _ReadablePrinter(PrinterCallback):
 
 def use_readable_console(handler: CallbackHandler, metric: str = "effective_rank") -> None:
     """Swap the Trainer's console callback (progress bar or printer) for one that prints one short line per
-    training log instead of the dict of every key."""
+    training log instead of the dict of every key: a subclass built with its public constructor takes the place of
+    the Trainer's own in ``handler.callbacks``, so the callbacks keep their order (``remove_callback`` /
+    ``add_callback`` would move it to the end), with the same ``max_str_len``."""
     for i, cb in enumerate(handler.callbacks):
-        new_cls = {ProgressCallback: _ReadableProgress, PrinterCallback: _ReadablePrinter}.get(type(cb))
-        if new_cls is not None:
-            new = new_cls.__new__(new_cls)
-            new.__dict__.update(cb.__dict__)
-            new.metric = metric
-            handler.callbacks[i] = new
+        if type(cb) is ProgressCallback:
+            new: ProgressCallback | PrinterCallback = _ReadableProgress(metric)
+            if hasattr(cb, "max_str_len"):  # a documented setting of the progress bar (transformers >= 4.47)
+                new.max_str_len = cb.max_str_len
+        elif type(cb) is PrinterCallback:
+            new = _ReadablePrinter(metric)
+        else:
+            continue
+        handler.callbacks[i] = new

@@ -12,14 +12,14 @@ from ..policies.context import PolicyContext
 from ..policies.registry import register_policy
 from .explore_plan import RECHECK_BLOCKS, schedule_exploration
 from .explorer import StepExplorer
-from .progress_window import _Following
+from .following import FollowingPolicy
 
 __all__ = ["ExploreWindow"]
 
 
 @register_policy
 @dataclass
-class ExploreWindow(_Following):
+class ExploreWindow(FollowingPolicy):
     """The first steps explore random batches against candidate diversity levels; a level is kept only when it is
     ahead with confidence (and while it stays so at its re-checks).
 

@@ -35,7 +35,7 @@ from ..collator import DivCLDataCollator
 from ..diversity.log import PREFIX, use_readable_console
 from ..diversity.window import DiversityWindow
 from ..losses.infonce import InfoNCELoss, check_false_negative_setup, load_guide_model
-from ..models.vision import image_views
+from ..models.views import image_views
 from ..policies.rows import prepare_training_rows
 from ..sampler import DiversityWindowBatchSampler
 from .arguments import DivCLTrainingArguments
