@@ -123,6 +123,21 @@ def agree(value: Any) -> Any:
     return value
 
 
+def parse_json_object(value: Any, name: str) -> dict[str, Any]:
+    """An option holding a mapping (``batch_policy_kwargs``, ``loss_kwargs``): a dict, a JSON object string (the
+    command line, YAML) or ``None`` (empty) → a new dict; anything else fails naming the option."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} must be a JSON object, got {value!r} ({err}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a dict (or a JSON object), got {type(value).__name__}.")
+    return dict(value)
+
+
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append ``record`` as one JSON line to ``path`` (its folder created): the decision logs of the experimental
     policies (``divcl_calibrations.jsonl``, ``divcl_explore.jsonl``). Call it on the main process only."""

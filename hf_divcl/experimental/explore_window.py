@@ -41,7 +41,6 @@ class ExploreWindow(FollowingPolicy):
         builder, builder_kwargs, on_infeasible, replan_chunk_rows: as for ``batch_policy="progress"``.
     """
 
-    budget: float = 0.05
     alpha: float = 0.05
     max_fraction: float = 0.3
     min_blocks: int = 10
@@ -50,20 +49,13 @@ class ExploreWindow(FollowingPolicy):
     probe_label_column: str = "label"
     recheck_blocks: int = RECHECK_BLOCKS
     recheck_rule: str = "ahead"
-    levels: str | list[str] | None = None
-    probe_rows: int = 0
-    sample_rows: int = 0
-    builder: str = "greedy"
-    builder_kwargs: dict[str, Any] | None = None
-    on_infeasible: str = "closest"
-    replan_chunk_rows: int = 65_536
 
     name = "explore"
     experimental = True
     summary = "the first training steps explore diversity levels against random batches, a sequential test decides"
 
     def __post_init__(self) -> None:
-        self.check_common()
+        super().__post_init__()
         if not 0 < self.alpha < 1:
             raise ValueError(f"batch_policy='explore': alpha must be in (0, 1), got {self.alpha}.")
         if not 0 < self.max_fraction <= 1:

@@ -5,7 +5,8 @@ decision across a resume."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..diversity.levels import parse_level
 from ..policies.base import BatchPolicy, SamplerSetup
@@ -25,14 +26,39 @@ def level_names(levels: str | list[str] | None) -> list[str] | None:
     return names
 
 
+@dataclass
 class FollowingPolicy(BatchPolicy):
     """What ``"progress"`` and ``"explore"`` share: start on random batches, switch to a window the runner chose (its
-    decision survives a resume), describe the decision."""
+    decision survives a resume), describe the decision.
+
+    Args (shared):
+        budget: the cap on what measuring costs, as a fraction of the run's training batches.
+        levels: candidate levels, e.g. ``"local:64,local:256,spread:4"`` (default: two neighbourhood sizes, one
+            spread level); random batches are always the baseline.
+        probe_rows: training rows held out as the probe set (0: automatic).
+        sample_rows: rows encoded per measurement to draw candidate batches from (0: 8 × the global batch).
+        builder, builder_kwargs, on_infeasible: plan the window's batches once one is chosen.
+        replan_chunk_rows: a window chosen mid-epoch with more rows than this left is planned in parts (the rest in a
+            background thread); 0 plans it in one go.
+    """
+
+    budget: float = 0.05
+    levels: str | list[str] | None = None
+    probe_rows: int = 0
+    sample_rows: int = 0
+    builder: str = "greedy"
+    builder_kwargs: dict[str, Any] | None = None
+    on_infeasible: str = "closest"
+    replan_chunk_rows: int = 65_536
+
+    runner: ClassVar[Any] = None  # the WindowFollower / StepExplorer of this run (set per instance)
+    plan: ClassVar[Any] = None  # what the runner may spend, planned before training
+    probe_dataset: ClassVar[Any] = None  # the held-out probe rows
 
     def level_list(self) -> list[str] | None:
         return level_names(self.levels)
 
-    def check_common(self) -> None:
+    def __post_init__(self) -> None:
         check_builder(self.builder, self.name)
         check_on_infeasible(self.on_infeasible, self.name)
         if not 0 <= self.budget <= 1:
@@ -44,10 +70,6 @@ class FollowingPolicy(BatchPolicy):
             raise ValueError(f"batch_policy={self.name!r}: replan_chunk_rows must be >= 0 (0: re-plan the rest of an "
                              f"epoch in one go), got {self.replan_chunk_rows}.")
         self.level_list()
-
-    runner: Any = None
-    plan: Any = None
-    probe_dataset: Any = None
 
     @property
     def window(self):

@@ -38,26 +38,18 @@ class ProgressWindow(FollowingPolicy):
             background thread); 0 plans it in one go.
     """
 
-    budget: float = 0.05
     pairs: int | None = None
-    levels: str | list[str] | None = None
     estimate: str = "first_order"
     confidence: float = 0.9
-    probe_rows: int = 0
-    sample_rows: int = 0
     recalibrate_every: str = "epoch"
     recalibrate_early: float = 0.1
-    builder: str = "greedy"
-    builder_kwargs: dict[str, Any] | None = None
-    on_infeasible: str = "closest"
-    replan_chunk_rows: int = 65_536
 
     name = "progress"
     experimental = True
     summary = "random batches until a level measured by held-out progress per step beats them"
 
     def __post_init__(self) -> None:
-        self.check_common()
+        super().__post_init__()
         if self.pairs is not None and self.pairs < 2:
             raise ValueError(f"batch_policy='progress': pairs must be >= 2 (a confidence interval needs two pairs), "
                              f"got {self.pairs}.")

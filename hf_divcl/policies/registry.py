@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import json
 import logging
 from typing import Any
 
+from .._common import parse_json_object
 from .base import BatchPolicy
 
 logger = logging.getLogger(__name__)
@@ -59,19 +59,6 @@ def get_policy_class(name: str) -> type[BatchPolicy]:
                      f"{', '.join(names['experimental'])} (experimental, in hf_divcl.experimental).")
 
 
-def _parse_kwargs(kwargs: dict[str, Any] | str | None) -> dict[str, Any]:
-    if kwargs is None:
-        return {}
-    if isinstance(kwargs, str):
-        try:
-            kwargs = json.loads(kwargs) if kwargs.strip() else {}
-        except json.JSONDecodeError as err:
-            raise ValueError(f"batch_policy_kwargs must be a JSON object, got {kwargs!r} ({err}).") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"batch_policy_kwargs must be a dict (or a JSON object), got {type(kwargs).__name__}.")
-    return dict(kwargs)
-
-
 def _settings_of(cls: type[BatchPolicy]) -> list[str]:
     fields = getattr(cls, "__dataclass_fields__", {})
     return [name for name, f in fields.items() if f.init]
@@ -97,7 +84,7 @@ def resolve_policy(policy: str | type[BatchPolicy] | BatchPolicy, kwargs: dict[s
 
     A name is looked up in the registry; a class is registered under its ``name`` and built with ``kwargs``; an
     instance is kept (``kwargs`` must then be empty: its settings are its own)."""
-    kw = _parse_kwargs(kwargs)
+    kw = parse_json_object(kwargs, "batch_policy_kwargs")
     if isinstance(policy, BatchPolicy):
         if kw:
             raise ValueError("batch_policy is a policy instance, which holds its own settings; leave "

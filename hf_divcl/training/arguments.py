@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from .._common import DIVERSITY_LOG_FILE, world_size
+from .._common import DIVERSITY_LOG_FILE, parse_json_object, world_size
 from ..losses.false_negatives import check_false_negatives
 from ..losses.infonce import LOSS_TYPES, InfoNCELoss
 from ..policies.base import BatchPolicy
@@ -84,19 +83,6 @@ def check_renamed(options: Any) -> None:
         lines = "\n".join(f"  {name}=... is now {RENAMED[name]}" for name in moved)
         raise TypeError(f"DivCLTrainingArguments has no option {', '.join(map(repr, moved))}: batch policies take "
                         f"their settings in batch_policy_kwargs and the loss in loss_kwargs.\n{lines}")
-
-
-def _parse_dict(value: Any, name: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{name} must be a JSON object, got {value!r} ({err}).") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a dict (or a JSON object), got {type(value).__name__}.")
-    return dict(value)
 
 
 def check_loss_kwargs(kwargs: dict[str, Any]) -> None:
@@ -261,14 +247,14 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             # process as a separate single-process job (no DDP, every rank saving).
             self.use_cpu = True
         super().__post_init__()
-        self.loss_kwargs = _parse_dict(self.loss_kwargs, "loss_kwargs") or None
+        self.loss_kwargs = parse_json_object(self.loss_kwargs, "loss_kwargs") or None
         check_loss_kwargs(self.loss_kwargs or {})
         policy = resolve_policy(self.batch_policy, self.batch_policy_kwargs)
         if not isinstance(self.batch_policy, str):  # a class or an instance: keep a name and settings that serialise
             self.batch_policy, self.batch_policy_kwargs = policy.name, policy.settings()
         else:
             self.batch_policy = self.batch_policy.strip()
-            self.batch_policy_kwargs = _parse_dict(self.batch_policy_kwargs, "batch_policy_kwargs") or None
+            self.batch_policy_kwargs = parse_json_object(self.batch_policy_kwargs, "batch_policy_kwargs") or None
         self._policy = policy
         for name in ("collapse_action", "nonfinite_action"):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
