@@ -48,8 +48,9 @@ def _not_a_dataset(dataset) -> str:
     if kind == "DataFrame" and module.startswith("pandas"):
         fix = "Convert it with datasets.Dataset.from_pandas(df, preserve_index=False)."
     elif kind == "IterableDataset":
-        fix = ("Streaming data sets cannot be planned: the diversity-window sampler needs random access to every "
-               "row. Load it without streaming=True, or materialise it with datasets.Dataset.from_generator(...).")
+        fix = ("A streaming data set trains with batch_policy='random' only: the other policies plan batches from "
+               "every row, which needs random access and a length. Load it without streaming=True, or materialise "
+               "it with datasets.Dataset.from_generator(...).")
     elif kind in ("DatasetDict", "IterableDatasetDict"):
         fix = (f"Pass one split, e.g. train_dataset=ds['train'] (splits: {list(dataset.keys())}); several data sets "
                "at once are not planned by the diversity-window sampler.")

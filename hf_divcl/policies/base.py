@@ -61,6 +61,7 @@ class BatchPolicy:
     name: ClassVar[str] = ""
     experimental: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    streams: ClassVar[bool] = False  # trains on an IterableDataset (streaming=True): no bank, no plan, no length
 
     # -- settings ----------------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ class RandomBatches(BatchPolicy):
     """Random batches (the sampler's seeded shuffle; rows with identical text never share one when ``dedupe``)."""
 
     name = "random"
+    streams = True
     summary = "random duplicate-free batches with every diagnostic (the default)"
 
     def start(self, ctx: PolicyContext, dataset: Any, batch_size: int, seed: int) -> SamplerSetup:
