@@ -404,3 +404,27 @@ def test_a_copy_during_a_replan_in_parts_carries_the_whole_plan_and_close_keeps_
     assert list(s) == epoch
     s.set_epoch(1)
     assert sorted(x for b in s for x in b) == list(range(1200))
+
+
+def test_image_duplicate_groups_follow_a_selected_or_shuffled_dataset():
+    """Rows with the same image bytes share a duplicate group in the order the sampler sees the rows, also after
+    ``select`` / ``shuffle`` (an index mapping over the Arrow table)."""
+    import io
+
+    from datasets import Features, Image
+    from PIL import Image as PILImage
+
+    from hf_divcl.planning.dataset import row_duplicate_groups
+
+    def png(value):
+        buf = io.BytesIO()
+        PILImage.new("L", (4, 4), value).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    shades = [1, 2, 1, 3, 4, 2]
+    ds = Dataset.from_dict({"image": [png(v) for v in shades]}, features=Features({"image": Image()}))
+    for view in (ds, ds.select([5, 4, 3, 2, 1, 0]), ds.shuffle(seed=3)):
+        values = [row["image"].getpixel((0, 0)) for row in view]  # each row's shade, as the sampler sees the row
+        groups = row_duplicate_groups(view).tolist()
+        same = {(i, j) for i in range(6) for j in range(6) if values[i] == values[j]}
+        assert {(i, j) for i in range(6) for j in range(6) if groups[i] == groups[j]} == same

@@ -40,7 +40,10 @@ def row_duplicate_groups(dataset, label_columns: list[str] | None = None) -> tor
     (third text column and later) are not compared: a row's hard negative may well be another row's positive."""
     cols = [[(k, t) for t in dataset[c]] for k, c in enumerate(text_columns(dataset, label_columns)[:2])]
     for c in image_columns(dataset):  # compare the encoded bytes (or paths), never decode
-        cells = dataset.data.column(c).to_pylist()
+        from datasets import Image
+
+        # through the dataset (not its Arrow table), so a select / shuffle / filter maps rows as the sampler sees them
+        cells = dataset.cast_column(c, Image(decode=False))[c]
         cols.append([hashlib.sha256(x["bytes"]).digest() if x and x.get("bytes") is not None
                      else (x or {}).get("path") or f"row{i}" for i, x in enumerate(cells)])
     return duplicate_groups(*cols) if cols else None
