@@ -5,6 +5,12 @@ local row ids it trained on and the loss.
 
     python tests/divcl_run.py MODEL_DIR OUT_DIR [--rows 200] [--batch 16] [--save-steps 5] [--kill-at 7] [--resume]
 
+The batch policy: ``batch_policy="auto"`` planned by ``--builder`` (default greedy); ``--builder random``:
+``batch_policy="random"``; ``--window progress`` / ``explore`` / ``low:high``: ``batch_policy="progress"`` /
+``"explore"`` / ``"window"`` with that builder, the ``--calibration-*`` and ``--explore-*`` flags as their
+``batch_policy_kwargs`` (``budget``, ``pairs``, ``levels``; ``min_blocks``, ``alpha``, ``max_fraction``,
+``recheck_blocks``). ``--batch-policy NAME [--batch-policy-kwargs JSON]`` sets both directly instead.
+
 Fault injection (SIGKILL of this process, on the rank given by --kill-rank): ``--kill-at N`` after step N,
 ``--kill-mid-step N`` after step N's forward pass and before its backward, ``--kill-mid-save N:PHASE`` while
 checkpoint-N is written (PHASE: divcl = after hf_divcl state, before the model; optimizer = after the model, during
@@ -130,6 +136,27 @@ class KillAt(TrainerCallback):
             die()
 
 
+def policy_options(a: argparse.Namespace) -> dict:
+    """``batch_policy`` and ``batch_policy_kwargs`` from the flags (see the module's docstring)."""
+    if a.batch_policy:
+        return {"batch_policy": a.batch_policy, "batch_policy_kwargs": a.batch_policy_kwargs}
+    window = a.window or ("none" if a.builder == "random" else "auto")
+    if window == "none":
+        return {"batch_policy": "random"}
+    if window == "auto":
+        return {"batch_policy": "auto", "batch_policy_kwargs": {"builder": a.builder}}
+    if window == "progress":
+        return {"batch_policy": "progress", "batch_policy_kwargs": {
+            "budget": a.calibration_budget, "pairs": a.calibration_pairs, "levels": a.calibration_levels,
+            "confidence": 0.5, "builder": a.builder}}
+    if window == "explore":
+        return {"batch_policy": "explore", "batch_policy_kwargs": {
+            "budget": a.calibration_budget, "levels": a.calibration_levels, "min_blocks": a.explore_min_blocks,
+            "alpha": a.explore_alpha, "max_fraction": a.explore_max_fraction,
+            "recheck_blocks": a.explore_recheck_blocks, "builder": a.builder}}
+    return {"batch_policy": "window", "batch_policy_kwargs": {"window": window, "builder": a.builder}}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -152,7 +179,10 @@ def main():
     p.add_argument("--resume", action="store_true", help="resume from the newest complete checkpoint")
     p.add_argument("--resume-if-any", action="store_true", help="--resume when a complete checkpoint exists")
     p.add_argument("--builder", default="greedy")
-    p.add_argument("--window", default=None, help="default: 'auto' ('none' with --builder random)")
+    p.add_argument("--window", default=None, help="'auto' (default; 'none' with --builder random), 'progress', "
+                                                  "'explore' or 'low:high'")
+    p.add_argument("--batch-policy", default=None, help="a batch_policy name (overrides --window and --builder)")
+    p.add_argument("--batch-policy-kwargs", default=None, help="with --batch-policy: its settings as JSON")
     p.add_argument("--calibration-budget", type=float, default=0.05)
     p.add_argument("--calibration-pairs", type=int, default=None)
     p.add_argument("--calibration-levels", default=None)
@@ -182,12 +212,7 @@ def main():
     args = DivCLTrainingArguments(
         output_dir=a.out, per_device_train_batch_size=a.batch, num_train_epochs=a.epochs, learning_rate=1e-3,
         logging_steps=2, save_steps=a.save_steps, save_strategy="steps", report_to=[], disable_tqdm=True,
-        collapse_threshold=0, builder=a.builder,
-        window=a.window or ("none" if a.builder == "random" else "auto"), calibration_budget=a.calibration_budget,
-        calibration_pairs=a.calibration_pairs, calibration_levels=a.calibration_levels,
-        explore_min_blocks=a.explore_min_blocks, explore_alpha=a.explore_alpha, max_steps=a.max_steps,
-        explore_max_fraction=a.explore_max_fraction, explore_recheck_blocks=a.explore_recheck_blocks,
-        calibration_confidence=0.5,
+        collapse_threshold=0, **policy_options(a), max_steps=a.max_steps,
         bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
         bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)
     callbacks = [KillAt(a.kill_at)] if a.kill_at and (a.kill_rank is None or a.kill_rank == RANK) else []

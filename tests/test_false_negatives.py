@@ -335,8 +335,8 @@ def _pairs(n=48):
 def _args(tmp_path, **kw):
     from hf_divcl.training.arguments import DivCLTrainingArguments
 
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3, window="none",
-                builder="random", max_steps=4, logging_steps=2, report_to=[], disable_tqdm=True,
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3,
+                batch_policy="random", max_steps=4, logging_steps=2, report_to=[], disable_tqdm=True,
                 collapse_threshold=0, save_strategy="no", bank_cache_dir=str(tmp_path / "cache"))
     base.update(kw)
     return DivCLTrainingArguments(**base)
@@ -351,8 +351,8 @@ def test_trainer_with_masking_trains_and_logs_the_masked_counts(tiny_model_dir, 
     from hf_divcl.training.trainer import DivCLTrainer
 
     model = SentenceTransformer(tiny_model_dir, device="cpu")
-    trainer = DivCLTrainer(model=model, args=_args(tmp_path, false_negatives="mask", false_negative_margin=0.02),
-                           train_dataset=_pairs())
+    args = _args(tmp_path, loss_kwargs={"false_negatives": "mask", "false_negative_margin": 0.02})
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=_pairs())
     assert trainer.loss.false_negatives == "mask" and trainer.loss.false_negative_margin == 0.02
     trainer.train()
     log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
@@ -384,7 +384,8 @@ def test_trainer_masks_exactly_the_in_batch_duplicates(tiny_model_dir, tmp_path)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     trainer = Recording(model=SentenceTransformer(tiny_model_dir, device="cpu"),
-                        args=_args(tmp_path, false_negatives="duplicates", dedupe=False, logging_steps=1),
+                        args=_args(tmp_path, loss_kwargs={"false_negatives": "duplicates"}, dedupe=False,
+                                  logging_steps=1),
                         train_dataset=data)
     trainer.train()
     logs = [r for r in trainer.state.log_history if "divcl/masked_negatives_total" in r]
@@ -401,9 +402,9 @@ def test_trainer_refuses_a_bad_margin_and_a_broken_guide_before_training(tiny_mo
     from hf_divcl.training.trainer import DivCLTrainer
 
     with pytest.raises(ValueError, match="false_negatives must be one of"):
-        DivCLTrainingArguments(output_dir=str(tmp_path), false_negatives="drop")
+        DivCLTrainingArguments(output_dir=str(tmp_path), loss_kwargs={"false_negatives": "drop"})
     with pytest.raises(ValueError, match="false_negative_margin"):
-        DivCLTrainingArguments(output_dir=str(tmp_path), false_negative_margin=3.0)
+        DivCLTrainingArguments(output_dir=str(tmp_path), loss_kwargs={"false_negative_margin": 3.0})
     model = SentenceTransformer(tiny_model_dir, device="cpu")
 
     class Zero(torch.nn.Module):
@@ -414,7 +415,8 @@ def test_trainer_refuses_a_bad_margin_and_a_broken_guide_before_training(tiny_mo
 
     loss = InfoNCELoss(model, false_negatives="mask", guide=Zero())
     with pytest.raises(ValueError, match=r"column 'anchor'.*all-zero"):
-        DivCLTrainer(model=model, args=_args(tmp_path, false_negatives="mask"), train_dataset=_pairs(), loss=loss)
+        DivCLTrainer(model=model, args=_args(tmp_path, loss_kwargs={"false_negatives": "mask"}),
+                     train_dataset=_pairs(), loss=loss)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Learnability selection (builder='learnability' / 'hard'): the scores against float64 references, the joint
+"""Learnability selection (batch_policy='learnability' / 'hard'): the scores against float64 references, the joint
 chunk-by-chunk choice, determinism, the window, the trainer wiring and its bad-input errors."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hf_divcl.bank import EmbeddingBank
-from hf_divcl.batch_policy.learnability import LearnabilitySelector, _gains, batch_losses, joint_select
 from hf_divcl.diversity.window import DiversityWindow, measure_diversity
+from hf_divcl.experimental.learnability import LearnabilitySelector, _gains, batch_losses, joint_select
 
 
 def _unit(k: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -148,7 +148,7 @@ def test_selector_refuses_a_reference_of_other_rows():
 def test_a_bank_never_updated_by_training_is_reported(caplog):
     sel = LearnabilitySelector(_bank(64, 8, 0), 8, 0.1, reference=_bank(64, 8, 5))
     rows = torch.arange(32)
-    with caplog.at_level(logging.WARNING, logger="hf_divcl.batch_policy.learnability"):
+    with caplog.at_level(logging.WARNING, logger="hf_divcl.experimental.learnability"):
         for _ in range(200):
             sel(rows)
     assert "was ever updated by training" in caplog.text
@@ -172,8 +172,8 @@ def _args(tmp_path: Path, **kw):
                                   bank_cache_dir=str(tmp_path / "cache"), **kw)
 
 
-@pytest.mark.parametrize("builder", ["learnability", "hard"])
-def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_rows(tiny_model_dir, tmp_path, builder):
+@pytest.mark.parametrize("policy", ["learnability", "hard"])
+def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_rows(tiny_model_dir, tmp_path, policy):
     from sentence_transformers import SentenceTransformer
 
     from hf_divcl.training.trainer import DivCLTrainer
@@ -187,42 +187,42 @@ def test_trainer_selects_from_super_batches_and_never_trains_on_the_reference_ro
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     trainer = Recording(model=SentenceTransformer(tiny_model_dir, device="cpu"),
-                        args=_args(tmp_path, builder=builder, window="none"), train_dataset=_pairs(240))
+                        args=_args(tmp_path, batch_policy=policy), train_dataset=_pairs(240))
     trainer.train()
     assert trainer.divcl_sampler.batch_size == 32  # super-batches of 4 × B rows ...
     assert [len(rows) for rows in trained] == [8] * 6  # ... of which B are trained on
     run = json.loads((tmp_path / "out" / "divcl_run.json").read_text())
     window = json.loads((tmp_path / "out" / "divcl_window.json").read_text())
-    assert window["policy"] == builder and run["selection"]["mode"] == builder
+    assert window["policy"] == policy and run["selection"]["mode"] == policy
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    assert all(f"divcl/{builder}_selected" in r for r in logs)
+    assert all(f"divcl/{policy}_selected" in r for r in logs)
     assert not trainer.model._forward_hooks  # the capture hook lives only while training
     from hf_divcl.publish.card import write_model_card
 
     card = write_model_card(tmp_path / "out", base_model="tiny-bert", dataset="WordNet pairs",
                             train_rows=len(trainer.train_dataset)).read_text()
-    assert f"### Batch selection: {builder}" in card and "4 × the batch size" in card
-    assert ("learner loss − reference loss" if builder == "learnability" else "hard-example selection") in card
-    if builder == "learnability":
-        held = set(trainer.reference_dataset["anchor"])
-        assert run["selection"]["reference_rows"] == len(trainer.reference_dataset) == 32
+    assert f"### Batch selection: {policy}" in card and "4 × the batch size" in card
+    assert ("learner loss − reference loss" if policy == "learnability" else "hard-example selection") in card
+    if policy == "learnability":
+        held = set(trainer.policy.reference_rows_dataset["anchor"])
+        assert run["selection"]["reference_rows"] == len(trainer.policy.reference_rows_dataset) == 32
         assert len(trainer.train_dataset) == 240 - 32
         assert held.isdisjoint(trainer.train_dataset.select([r for rows in trained for r in rows])["anchor"])
-        assert trainer.reference_steps == 10
+        assert trainer.policy.reference_result.steps == 10
 
 
 def test_learnability_arguments_fail_early_with_what_to_do(tmp_path):
-    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.policies.registry import available_policies
 
-    with pytest.raises(ValueError, match="needs false_negative_guide"):
-        _args(tmp_path, builder="learnability", learnability_reference="guide")
+    with pytest.raises(ValueError, match=r"needs loss_kwargs=\{'guide'"):
+        _args(tmp_path, batch_policy="learnability", batch_policy_kwargs={"reference": "guide"})
     with pytest.raises(ValueError, match="neither"):
-        _args(tmp_path, builder="learnability", learnability_reference=str(tmp_path / "missing"))
+        _args(tmp_path, batch_policy="learnability", batch_policy_kwargs={"reference": str(tmp_path / "missing")})
     with pytest.raises(ValueError, match="is not a folder"):
-        _args(tmp_path, false_negatives="mask", false_negative_guide=str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="learnability_chunks"):
-        _args(tmp_path, builder="hard", learnability_chunks=0)
-    assert DivCLTrainingArguments.__dataclass_fields__["builder"].metadata["choices"][-2:] == ["learnability", "hard"]
+        _args(tmp_path, loss_kwargs={"false_negatives": "mask", "guide": str(tmp_path / "missing")})
+    with pytest.raises(ValueError, match="batch_policy='hard': chunks must be >= 1"):
+        _args(tmp_path, batch_policy="hard", batch_policy_kwargs={"chunks": 0})
+    assert {"learnability", "hard"} <= set(available_policies()["experimental"])
 
 
 def test_a_reference_slice_too_large_for_the_data_is_refused(tiny_model_dir, tmp_path):
@@ -232,5 +232,5 @@ def test_a_reference_slice_too_large_for_the_data_is_refused(tiny_model_dir, tmp
 
     with pytest.raises(ValueError, match="needs 30 held-out rows"):
         DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
-                     args=_args(tmp_path, builder="learnability", window="none", learnability_reference_rows=30),
+                     args=_args(tmp_path, batch_policy="learnability", batch_policy_kwargs={"reference_rows": 30}),
                      train_dataset=_pairs(40))

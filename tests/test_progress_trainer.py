@@ -1,5 +1,5 @@
-"""The default DivCLTrainer (window="progress"): random until measured otherwise, a window that follows the model,
-probe rows never trained on, exact resume between re-calibrations, and faults that fall back to random."""
+"""DivCLTrainer with batch_policy="progress" (experimental): random until measured otherwise, a window that follows
+the model, probe rows never trained on, exact resume between re-calibrations, and faults that fall back to random."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_divcl.batch_policy.follower import CALIBRATIONS_FILE
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.experimental.follower import CALIBRATIONS_FILE
 from hf_divcl.publish.card import write_model_card
 from hf_divcl.training.arguments import DivCLTrainingArguments
 from hf_divcl.training.trainer import DivCLTrainer
@@ -23,12 +23,13 @@ def pairs(n=160):
     return wordnet_pairs(kind="example", source="embedded").select(range(n)).select_columns(["anchor", "positive"])
 
 
-def run(tiny_model_dir, out, resume=None, **kw):
+def run(tiny_model_dir, out, resume=None, policy=None, **kw):
+    """A batch_policy="progress" run; ``policy``: its batch_policy_kwargs."""
     from sentence_transformers import SentenceTransformer
 
     base = dict(output_dir=str(out), per_device_train_batch_size=16, learning_rate=1e-3, logging_steps=1,
                 report_to=[], disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(out / "cache"),
-                save_strategy="no", seed=3)
+                save_strategy="no", seed=3, batch_policy="progress", batch_policy_kwargs=policy)
     base.update(kw)
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
                            args=DivCLTrainingArguments(**base), train_dataset=pairs())
@@ -43,12 +44,13 @@ def losses(trainer) -> dict[int, float]:
 @pytest.mark.slow
 def test_default_trainer_on_a_short_run_keeps_random_batches_says_why_and_encodes_no_bank(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    trainer = run(tiny_model_dir, out, max_steps=6)  # no hf_divcl-specific argument besides logging
+    trainer = run(tiny_model_dir, out, max_steps=6)  # the progress policy's defaults, no other hf_divcl argument
+    assert trainer.policy.name == "progress" and trainer.policy.settings() == type(trainer.policy)().settings()
     info = json.loads((out / "divcl_window.json").read_text())
     assert info["policy"] == "progress" and info["decision"] == "random" and info["window"] is None
     assert "too short" in info["reason"] and "steps" in info["reason"]
     assert trainer.divcl_sampler.builder == "random" and trainer.bank is None  # no reference encoding paid
-    assert trainer.probe_dataset is None and len(trainer.train_dataset) == 160  # nothing held out
+    assert trainer.policy.probe_dataset is None and len(trainer.train_dataset) == 160  # nothing held out
     log = read_diversity_log(out / "diversity_log.jsonl")
     assert all(r["divcl/window_active"] == 0.0 and "divcl/effective_rank" in r for r in log)
     card = write_model_card(out, model=trainer.model, base_model="tiny", dataset="pairs", train_rows=160)
@@ -59,9 +61,9 @@ def test_default_trainer_on_a_short_run_keeps_random_batches_says_why_and_encode
 @pytest.mark.slow
 def test_a_following_window_recalibrates_on_schedule_and_never_trains_on_the_probe(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    trainer = run(tiny_model_dir, out, num_train_epochs=2, calibration_budget=1.0, calibration_pairs=3,
-                  calibration_confidence=0.5, replan_chunk_rows=32)  # a re-plan in parts of 2 batches
-    plan = trainer.calibration_plan
+    trainer = run(tiny_model_dir, out, num_train_epochs=2, policy={
+        "budget": 1.0, "pairs": 3, "confidence": 0.5, "replan_chunk_rows": 32})  # a re-plan in parts of 2 batches
+    plan = trainer.policy.plan
     steps_per_epoch = -(-len(trainer.train_dataset) // 16)
     assert plan.steps == [0, 2, steps_per_epoch]  # start, early (10 %), epoch 1
     history = [json.loads(line) for line in (out / CALIBRATIONS_FILE).read_text().splitlines()]
@@ -69,7 +71,7 @@ def test_a_following_window_recalibrates_on_schedule_and_never_trains_on_the_pro
     for h in history:
         assert h["decision"] in ("window", "random") and h["cost"]["backward_passes"] >= 3 * 2
         assert (h["window"] is not None) == (h["decision"] == "window")
-    probe = set(trainer.probe_dataset["anchor"])
+    probe = set(trainer.policy.probe_dataset["anchor"])
     assert len(probe) == 8 and not probe & set(trainer.train_dataset["anchor"])  # held out, never trained on
     # the epoch plan in force is still a partition of the training rows, whatever was re-planned
     rows = torch.cat(trainer.divcl_sampler.plan().batches)
@@ -85,8 +87,8 @@ def test_a_following_window_recalibrates_on_schedule_and_never_trains_on_the_pro
 @pytest.mark.slow
 def test_resume_between_recalibrations_restores_the_window_and_repeats_the_next_one_exactly(tiny_model_dir,
                                                                                              tmp_path):
-    kw = dict(num_train_epochs=2, calibration_budget=1.0, calibration_pairs=3, calibration_confidence=0.5,
-              save_strategy="steps", save_steps=6, replan_chunk_rows=32)  # re-plans in parts, saved mid-way
+    kw = dict(num_train_epochs=2, policy={"budget": 1.0, "pairs": 3, "confidence": 0.5, "replan_chunk_rows": 32},
+              save_strategy="steps", save_steps=6)  # re-plans in parts, saved mid-way
     full = run(tiny_model_dir, tmp_path / "full", **kw)
     # checkpoint-6 sits between the early (step 2) and the epoch-1 (step 10) calibrations
     resumed = run(tiny_model_dir, tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-6"), **kw)
@@ -94,7 +96,7 @@ def test_resume_between_recalibrations_restores_the_window_and_repeats_the_next_
     assert [s for s in b if s > 6] == [s for s in a if s > 6]
     assert all(a[s] == b[s] for s in b if s > 6)  # bit-identical on CPU
     history = [json.loads(line) for line in (tmp_path / "full" / CALIBRATIONS_FILE).read_text().splitlines()]
-    resumed_history = resumed.follower.history
+    resumed_history = resumed.policy.runner.history
     assert [h["step"] for h in resumed_history] == [h["step"] for h in history]
     assert [h["decision"] for h in resumed_history] == [h["decision"] for h in history]
     assert [h["window"] for h in resumed_history] == [h["window"] for h in history]
@@ -103,12 +105,12 @@ def test_resume_between_recalibrations_restores_the_window_and_repeats_the_next_
 @pytest.mark.slow
 def test_a_zero_learning_rate_falls_back_to_random_and_a_tiny_probe_is_refused(tiny_model_dir, tmp_path):
     out = tmp_path / "lr0"
-    trainer = run(tiny_model_dir, out, max_steps=4, learning_rate=0.0, calibration_budget=1.0, calibration_pairs=2)
+    trainer = run(tiny_model_dir, out, max_steps=4, learning_rate=0.0, policy={"budget": 1.0, "pairs": 2})
     h = json.loads((out / CALIBRATIONS_FILE).read_text().splitlines()[0])
     assert h["decision"] == "random" and "learning rate > 0" in h["reason"]
     assert trainer.divcl_sampler.builder == "random"
-    with pytest.raises(ValueError, match="calibration_probe_rows"):
-        DivCLTrainingArguments(output_dir="x", calibration_probe_rows=1)
+    with pytest.raises(ValueError, match="batch_policy='progress': probe_rows must be 0"):
+        DivCLTrainingArguments(output_dir="x", batch_policy="progress", batch_policy_kwargs={"probe_rows": 1})
 
 
 @pytest.mark.slow

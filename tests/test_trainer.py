@@ -1,8 +1,9 @@
-"""DivCLTrainer with a fixed window: a gradient-window (window="auto") run, logging, other losses, bad input,
+"""DivCLTrainer with a fixed window: a gradient-window (batch_policy="auto") run, logging, other losses, bad input,
 collapse alarm, kill + resume, 2 processes.
 
-These runs set window="auto" (the gradient-magnitude window, calibrated once at the start) so that a window is in
-force from the first step; the default run (window="progress") is tested in tests/test_progress_trainer.py."""
+These runs set batch_policy="auto" (the gradient-magnitude window, calibrated once at the start) so that a window is
+in force from the first step; the default run (batch_policy="random") is tested in
+test_random_builder_pays_no_reference_encoding, batch_policy="progress" in tests/test_progress_trainer.py."""
 
 from __future__ import annotations
 
@@ -50,22 +51,23 @@ def fixed_set_loss(model, ds, n=128) -> float:
 
 
 def make_args(tmp_path, **kw):
-    """Small-run arguments with window="auto" (not the default "progress"): the batches aim at a window at once."""
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3, window="auto",
-                logging_steps=2, report_to=[], disable_tqdm=True, collapse_threshold=0,
+    """Small-run arguments with batch_policy="auto" (not the default "random"): the batches aim at a window at
+    once."""
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, learning_rate=1e-3,
+                batch_policy="auto", logging_steps=2, report_to=[], disable_tqdm=True, collapse_threshold=0,
                 bank_cache_dir=str(tmp_path / "cache"), save_strategy="no")
     base.update(kw)
     return DivCLTrainingArguments(**base)
 
 
 def test_gradient_window_trainer_trains_with_window_batches_and_logs_everything(tiny_model_dir, tmp_path):
-    """A window="auto" run (gradient-calibrated window, Greedy builder): it learns, logs every diversity and band
+    """A batch_policy="auto" run (gradient-calibrated window, Greedy builder): it learns, logs every diversity and band
     key, plans its batches in the window and saves a model that reloads identically."""
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(tiny_model_dir, device="cpu")
     args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), max_steps=12, logging_steps=3,
-                                  learning_rate=1e-3, report_to=[], disable_tqdm=True, window="auto",
+                                  learning_rate=1e-3, report_to=[], disable_tqdm=True, batch_policy="auto",
                                   bank_cache_dir=str(tmp_path / "cache"))
     data = pairs()
     before = fixed_set_loss(model, data)
@@ -117,9 +119,11 @@ def test_hard_negative_column_and_symmetric_loss_train(tiny_model_dir, tmp_path)
     ds = pairs(96)
     ds = ds.add_column("negative", list(ds["positive"])[1:] + list(ds["positive"])[:1])
     model = SentenceTransformer(tiny_model_dir, device="cpu")
-    trainer = DivCLTrainer(model=model, args=make_args(tmp_path, max_steps=2, symmetric_loss=True,
-                                                       builder="pool"), train_dataset=ds)
+    args = make_args(tmp_path, max_steps=2, loss_kwargs={"symmetric": True}, batch_policy_kwargs={"builder": "pool"})
+    trainer = DivCLTrainer(model=model, args=args, train_dataset=ds)
+    assert trainer.loss.symmetric and trainer.policy.builder == "pool"
     trainer.train()
+    assert trainer.divcl_sampler.builder == "pool"
     assert read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")[-1]["step"] == 2
 
 
@@ -155,10 +159,13 @@ def test_single_text_column_with_infonce_is_refused_before_training(tiny_model_d
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="builder_kwargs must be a JSON object"):
-        DivCLTrainingArguments(output_dir="x", builder_kwargs="{m: 3")
+    with pytest.raises(ValueError, match="batch_policy_kwargs must be a JSON object"):
+        DivCLTrainingArguments(output_dir="x", batch_policy="window", batch_policy_kwargs='{"window": "12:20", m: 3')
+    with pytest.raises(ValueError, match="builder_kwargs must be a dict"):
+        DivCLTrainingArguments(output_dir="x", batch_policy="window",
+                               batch_policy_kwargs={"window": "12:20", "builder_kwargs": "{m: 3"})
     with pytest.raises(ValueError, match="Bad window"):
-        DivCLTrainingArguments(output_dir="x", window="wide")
+        DivCLTrainingArguments(output_dir="x", batch_policy="window", batch_policy_kwargs={"window": "wide"})
     with pytest.raises(ValueError, match="bank_source"):
         DivCLTrainingArguments(output_dir="x", bank_source="disk")
 
@@ -248,7 +255,7 @@ def test_random_builder_pays_no_reference_encoding(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
-                           args=make_args(tmp_path, max_steps=4, builder="random", window="none"),
+                           args=make_args(tmp_path, max_steps=4, batch_policy="random"),
                            train_dataset=pairs())
     trainer.train()
     assert trainer.bank is None and not (tmp_path / "cache").exists()
@@ -270,13 +277,16 @@ def test_plain_sentence_transformers_arguments_keep_their_values_and_the_hub_tok
     assert isinstance(trainer.args, DivCLTrainingArguments)
     assert trainer.args.hub_token == token  # None stays None, so push_to_hub falls back to HF_TOKEN
     assert (trainer.args.learning_rate, trainer.args.logging_steps, trainer.args.hub_model_id) == (3e-5, 7, "me/model")
-    assert trainer.args.builder == "greedy"  # the hf_divcl options take their defaults
+    a = trainer.args  # the hf_divcl options take their defaults
+    assert (a.batch_policy, a.batch_policy_kwargs, a.loss_kwargs, a.temperature) == ("random", None, None, 0.05)
+    assert trainer.policy.name == "random"
 
 
 def test_on_infeasible_raise_from_the_arguments_reaches_the_planner(tiny_model_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    args = make_args(tmp_path, max_steps=1, window="effective_rank:15.8:16", on_infeasible="raise")
+    args = make_args(tmp_path, max_steps=1, batch_policy="window",
+                     batch_policy_kwargs={"window": "effective_rank:15.8:16", "on_infeasible": "raise"})
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args,
                            train_dataset=pairs(64))
     with pytest.raises(ValueError, match=r"window \[15\.800, 16\.000\] of effective_rank is not achievable"):
@@ -287,7 +297,7 @@ def test_on_infeasible_raise_from_the_arguments_reaches_the_planner(tiny_model_d
 def test_resume_refuses_changed_data_and_never_picks_an_earlier_runs_checkpoint(tiny_model_dir, tmp_path, caplog):
     from sentence_transformers import SentenceTransformer
 
-    from hf_divcl.training.checkpoints import DATA_FILE
+    from hf_divcl.training.checkpoints import DATA_FILE, data_identity
 
     def trainer(data, **kw):
         args = make_args(tmp_path, **{"save_strategy": "steps", "save_steps": 2, **kw})
@@ -298,7 +308,7 @@ def test_resume_refuses_changed_data_and_never_picks_an_earlier_runs_checkpoint(
     trainer(first, max_steps=4).train()
     saved = json.loads((out / "checkpoint-4" / DATA_FILE).read_text())
     changed = trainer(other, max_steps=4)
-    new_fp = changed._data_identity()["data_fingerprint"]
+    new_fp = data_identity(changed.train_dataset)["data_fingerprint"]
     assert saved["rows"] == 64 and saved["data_fingerprint"] != new_fp
     with pytest.raises(ValueError, match=rf"Cannot resume from .*checkpoint-4.*fingerprint {saved['data_fingerprint']}"
                                          rf" \(64 rows.*this training set has fingerprint {new_fp} \(64 rows"):

@@ -20,8 +20,9 @@ from hf_divcl.training.trainer import DivCLTrainer
 
 
 def make_args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), learning_rate=1e-3, window="auto", logging_steps=2, report_to=[],
-                disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"), save_strategy="no")
+    base = dict(output_dir=str(tmp_path / "out"), learning_rate=1e-3, batch_policy="auto", logging_steps=2,
+                report_to=[], disable_tqdm=True, collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"),
+                save_strategy="no")
     base.update(kw)
     return DivCLTrainingArguments(**base)
 
@@ -31,7 +32,8 @@ def test_simclr_two_views_of_fashion_mnist_train_a_tiny_vit(tmp_path):
 
     model = SentenceTransformer(build_tiny_vit_sentence_transformer(tmp_path / "vit"), device="cpu")
     data = fashion_mnist("train", limit=256)  # columns: image, label → one image column, two augmented views
-    args = make_args(tmp_path, max_steps=12, per_device_train_batch_size=32, loss_type="nt_xent")
+    args = make_args(tmp_path, max_steps=12, per_device_train_batch_size=32,
+                     loss_kwargs={"loss_type": "nt_xent"})
     trainer = DivCLTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     log = read_diversity_log(tmp_path / "out" / "diversity_log.jsonl")
@@ -64,7 +66,8 @@ def test_clip_style_image_text_pairs_train_both_towers(tmp_path):
     held = fashion_mnist("test", limit=200)
     before = zero_shot_loss(model, list(held["image"]), list(held["label"]))
     # 10 distinct descriptions: with dedupe on, a batch of ≤ 10 rows holds each class at most once (no false negatives)
-    args = make_args(tmp_path, max_steps=16, per_device_train_batch_size=8, symmetric_loss=True)
+    args = make_args(tmp_path, max_steps=16, per_device_train_batch_size=8,
+                     loss_kwargs={"symmetric": True})
     trainer = DivCLTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     for batch in trainer.divcl_sampler.local_batches(0):
