@@ -241,7 +241,7 @@ def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dic
 
 
 def oneshot(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dict:
-    """The one-shot progress calibration of ``window="progress"`` for comparison: at step 0 and after 10 % of the
+    """The one-shot progress calibration of ``batch_policy="progress"`` for comparison: at step 0 and after 10 % of the
     steps, ``a.oneshot_pairs`` extra scored batches per level, each paired with a random one, scored by the
     first-order gain on InfoNCE over random in-batch negatives of the probe; a level wins when the lower end of its
     90 % paired interval is above 0 (``hf_divcl.experimental.progress.decide``)."""
@@ -294,7 +294,7 @@ def t_interval(values: list[float]) -> dict:
 def apply_plan(a, levels: list[str], train_rows: int) -> None:
     """Size the exploration as the trainer would for a run of ``a.steps`` steps (``plan_exploration`` with the
     default budget and re-checks): its block counts, probe refresh interval and re-checks replace the flags."""
-    from hf_divcl.experimental.explorer import RECHECK_BLOCKS, plan_exploration
+    from hf_divcl.experimental.explore_plan import RECHECK_BLOCKS, plan_exploration
 
     plan = plan_exploration(total_steps=a.steps, batch_size=a.batch_size, train_rows=train_rows,
                             probe_rows=a.probe_rows, min_blocks=a.min_blocks, alpha=a.alpha, levels=levels,
@@ -353,7 +353,7 @@ def main() -> None:
     p.add_argument("--optim", choices=["adamw", "sgd"], default="adamw", help="sgd: momentum 0.9 (set --lr)")
     p.add_argument("--truth-only", action="store_true", help="only the fixed-arm runs (no explorer, no null)")
     p.add_argument("--calibrator", choices=["explore", "oneshot"], default="explore",
-                   help="oneshot: window='progress''s one-shot calibration, for comparison")
+                   help="oneshot: batch_policy='progress''s one-shot calibration, for comparison")
     p.add_argument("--oneshot-pairs", type=int, default=3, help="oneshot: scored pairs per level and calibration")
     p.add_argument("--max-rechecks", type=int, default=None, help="re-checks after a decision at most (default: "
                    "as many as fit in the steps)")

@@ -1,10 +1,10 @@
-"""What ``window="explore"`` costs, measured inside real runs, against the planner's cost model.
+"""What ``batch_policy="explore"`` costs, measured inside real runs, against the planner's cost model.
 
 Each round trains the same model, data and seed twice in this process, in alternating order: once with
-``window="none"`` (random batches, no exploration) and once with ``window="explore"`` held in exploration for most
-of the run (``explore_alpha`` = 10⁻⁹: the test never decides before ``max_blocks``), so every kind of its work is
-exercised many times. The explorer times its own work by kind (probe refreshes, level-batch draws, step scores,
-tests, the window's application); a step timer gives the plain run's median step. From these:
+``batch_policy="random"`` (random batches, no exploration) and once with ``batch_policy="explore"`` held in
+exploration for most of the run (``alpha`` = 10⁻⁹: the test never decides before ``max_blocks``), so every kind of
+its work is exercised many times. The explorer times its own work by kind (probe refreshes, level-batch draws, step
+scores, tests, the window's application); a step timer gives the plain run's median step. From these:
 
 - each kind in *batch equivalents* (its seconds over the plain run's median step), next to the planner's model
   (``ExplorePlan.cost_per_refresh``, ``SCORE_COST``);
@@ -47,7 +47,8 @@ def task_setup(a):
         tmp = Path(tempfile.mkdtemp(prefix="explore-cost-vit-"))
         path = build_tiny_vit_sentence_transformer(tmp / "vit", seed=0)
         return train, lambda: SentenceTransformer(path, device="cpu"), {
-            "temperature": 0.2, "learning_rate": 1e-3, "loss_type": "nt_xent", "augment_scale_min": 0.5}
+            "loss_kwargs": {"temperature": 0.2, "loss_type": "nt_xent"}, "learning_rate": 1e-3,
+            "augment_scale_min": 0.5}
     from hf_divcl.data.wordnet import wordnet_pairs
     from hf_divcl.models.loading import load_sentence_transformer
 
@@ -59,24 +60,22 @@ def task_setup(a):
 def run_once(window: str, a, setup, workdir: Path) -> dict:
     from step_time import _timer  # this script's folder is on the path when it runs
 
-    from hf_divcl.experimental.explorer import POWER_LOOKS
+    from hf_divcl.experimental.explore_plan import POWER_LOOKS
     from hf_divcl.training.arguments import DivCLTrainingArguments
     from hf_divcl.training.trainer import DivCLTrainer
 
     train, make_model, extra = setup
-    explore = {}
+    policy = {"batch_policy": "random"}  # window="none": random batches, no exploration
     if window == "explore":
         max_blocks = int(a.max_fraction * a.steps) // 3
-        explore = {"calibration_budget": a.budget, "explore_max_fraction": a.max_fraction,
-                   "explore_min_blocks": max(2, max_blocks // POWER_LOOKS), "explore_alpha": 1e-9,
-                   "explore_recheck_blocks": 0,
-                   "calibration_levels": f"local:{a.batch_size},spread:4"}
+        policy = {"batch_policy": "explore", "batch_policy_kwargs": {
+            "budget": a.budget, "max_fraction": a.max_fraction, "min_blocks": max(2, max_blocks // POWER_LOOKS),
+            "alpha": 1e-9, "recheck_blocks": 0, "levels": f"local:{a.batch_size},spread:4", "builder": "greedy"}}
     timer = _timer()
     args = DivCLTrainingArguments(
         output_dir=str(workdir / window), per_device_train_batch_size=a.batch_size, max_steps=a.steps, seed=0,
         report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=max(1, a.steps // 4),
-        collapse_threshold=0, bank_cache_dir=str(workdir / f"cache-{window}"), window=window,
-        builder="random" if window == "none" else "greedy", **extra, **explore)
+        collapse_threshold=0, bank_cache_dir=str(workdir / f"cache-{window}"), **policy, **extra)
     trainer = DivCLTrainer(model=make_model(), args=args, train_dataset=train, callbacks=[timer])
     t0 = time.perf_counter()
     trainer.train()
@@ -84,7 +83,7 @@ def run_once(window: str, a, setup, workdir: Path) -> dict:
     out = {"window": window, "wall_s": wall, "median_step_s": statistics.median(timer.times[1:]),
            "steps": len(timer.times)}
     if window == "explore":
-        ex = trainer.follower
+        ex = trainer.policy.runner
         if ex is None:
             reason = json.loads((workdir / window / "divcl_window.json").read_text()).get("reason", "")
             raise SystemExit(f"the explore run did not explore ({reason}): use more --steps or a larger --budget")
@@ -160,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="training rows (text: all 2,500 of the embedded sample; vision 8192)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--budget", type=float, default=0.3,
-                   help="calibration_budget of the explore run: high, so that it refreshes several times")
-    p.add_argument("--max-fraction", type=float, default=0.9, help="explore_max_fraction of the explore run")
+                   help="budget of the explore run: high, so that it refreshes several times")
+    p.add_argument("--max-fraction", type=float, default=0.9, help="max_fraction of the explore run")
     p.add_argument("--score-only", action="store_true",
                    help="only time the step score (reference vs fused) on the model's parameters; writes "
                         "benchmarks/results/explore_score_{task}.json")
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hf_divcl.experimental.explorer import SCORE_COST
+    from hf_divcl.experimental.explore_plan import SCORE_COST
 
     machine = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}

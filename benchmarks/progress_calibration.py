@@ -2,7 +2,7 @@
 and which level does each pick at each τ?
 
 On all-MiniLM-L6-v2 and WordNet example → gloss pairs, with the probe set, candidate sample and levels that
-``DivCLTrainer(window="progress")`` uses, every scored batch is measured both ways, side by side:
+``batch_policy="progress"`` uses, every scored batch is measured both ways, side by side:
 
 - ``lookahead``: one step (direction sign(g), length lr), held-out probe loss before − after, weights restored;
 - ``first_order``: lr·⟨sign(g), ∇θ L_probe⟩.
@@ -64,10 +64,11 @@ def main() -> None:
             model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
             args = DivCLTrainingArguments(
                 output_dir=str(Path(tmp) / f"t{tau}"), per_device_train_batch_size=a.batch_size, max_steps=300,
-                learning_rate=a.lr, temperature=tau, calibration_pairs=a.pairs, report_to=[], disable_tqdm=True,
-                calibration_sample_rows=a.sample_rows, save_strategy="no", seed=0)
+                learning_rate=a.lr, loss_kwargs={"temperature": tau}, batch_policy="progress",
+                batch_policy_kwargs={"pairs": a.pairs, "sample_rows": a.sample_rows}, report_to=[],
+                disable_tqdm=True, save_strategy="no", seed=0)
             trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
-            plan = trainer.calibration_plan
+            plan, probe = trainer.policy.plan, trainer.policy.probe_dataset
             record: list[dict] = []
             with ProbeEnv(trainer):
                 rows, anchors = calibration_sample(trainer, plan.sample_rows, seed=0)
@@ -76,8 +77,9 @@ def main() -> None:
                 def loss_of(idx, rows=rows, trainer=trainer):
                     return rows_loss(trainer, rows[idx])
 
-                fo = StepGain(params, loss_of, functools.partial(probe_losses, trainer), a.lr, estimate="first_order")
-                la = StepGain(params, loss_of, functools.partial(probe_losses, trainer), a.lr, estimate="lookahead")
+                probe_of = functools.partial(probe_losses, trainer, probe)
+                fo = StepGain(params, loss_of, probe_of, a.lr, estimate="first_order")
+                la = StepGain(params, loss_of, probe_of, a.lr, estimate="lookahead")
                 fo.probe_gradient()
                 la._probe_loss = la.probe_loss()
 

@@ -63,8 +63,8 @@ def run_block(kind: str, data, args_ns, workdir: Path) -> dict:
                                              callbacks=[timer])
     else:
         trainer = DivCLTrainer(model=model, args=DivCLTrainingArguments(
-            **common, builder="greedy", bank_source="training", bank_cache_dir=str(workdir / "bank_cache"),
-            collapse_threshold=1.5), train_dataset=data, callbacks=[timer])
+            **common, batch_policy="progress", batch_policy_kwargs={"builder": "greedy"}, bank_source="training",
+            bank_cache_dir=str(workdir / "bank_cache"), collapse_threshold=1.5), train_dataset=data, callbacks=[timer])
     trainer.train()
     total = time.perf_counter() - t0
     steps = timer.times[1:]  # the first step includes dataloader start-up (and DivCL's planning of the epoch)

@@ -4,14 +4,14 @@ same seeds, counting the cost of selection and calibration?
 Every policy trains the same model on the same data with the same steps, learning rate, τ and batch size; only
 the batch sampler differs:
 
-    random           hf_divcl sampler, random builder (duplicate-free)
+    random           hf_divcl sampler, random batches (duplicate-free; batch_policy="random", the default)
     no_duplicates    sentence-transformers' NoDuplicatesBatchSampler
     gradient         the old default: gradient-magnitude window calibrated once at the start, Greedy-64
-    progress         the default DivCLTrainer (window="progress": measured progress vs random, 5 % budget)
+    progress         batch_policy="progress": measured progress vs random, 5 % budget (the earlier default)
     progress_follow  progress calibration re-measured every --follow-every steps (budget --follow-budget)
-    explore          window="explore" as configured by default: the first steps are the experiment, a chosen window
-                     is re-checked at 2s, 4s… and kept only while it is ahead with confidence
-    explore_once     the same without re-checks (explore_recheck_blocks=0)
+    explore          batch_policy="explore" as configured by default: the first steps are the experiment, a chosen
+                     window is re-checked at 2s, 4s… and kept only while it is ahead with confidence
+    explore_once     the same without re-checks (recheck_blocks=0)
     explore_labels   explore_behind scored on the label probe (a soft k-NN over the probe rows' classes; images)
     explore_ahead    explore whose re-checks of up to 10 blocks keep the window only while it is ahead with
                      confidence (the default until re-checks grew to 40 blocks)
@@ -63,46 +63,50 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-POLICIES = {
-    "random": {"builder": "random", "window": "none"},
-    "no_duplicates": {"batch_sampler": "no_duplicates", "builder": "random", "window": "none"},
-    "gradient": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto"},
-    "progress": {},
-    "progress_follow": {"builder_kwargs": {"m": 64}},  # + recalibrate_every / calibration_budget from flags
-    "best_fixed": {"builder": "greedy", "builder_kwargs": {"m": 64}},  # + window from --best-window
-    "cluster": {"builder": "cluster", "window": "auto"},
-    "pool": {"builder": "pool", "builder_kwargs": {"p": 3}, "window": "auto"},
-    "greedy": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto"},
-    "random_mask": {"builder": "random", "window": "none", "false_negatives": "mask"},
-    "tight": {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}, "window": "auto"},
-    "tight_mask": {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}, "window": "auto",
-                   "false_negatives": "mask"},
-    "window_mask": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto", "false_negatives": "mask"},
-    "learnability": {"builder": "learnability", "window": "none"},
-    "hard": {"builder": "hard", "window": "none"},
-    "learnability_window": {"builder": "learnability", "window": "auto"},
-    "random_mask_strict": {"builder": "random", "window": "none", "false_negatives": "mask",
-                           "false_negative_margin": -0.1},
-    "random_dup": {"builder": "random", "window": "none", "false_negatives": "duplicates", "dedupe": False},
-    "tight_dup": {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}, "window": "auto",
-                  "false_negatives": "duplicates", "dedupe": False},
-    "window_dup": {"builder": "greedy", "builder_kwargs": {"m": 64}, "window": "auto", "false_negatives": "duplicates",
-                   "dedupe": False},
-    "learnability_dup": {"builder": "learnability", "window": "none", "false_negatives": "duplicates",
-                         "dedupe": False},
-    "spread": {"builder": "greedy", "builder_kwargs": {"m": 64}},  # + the window measured in run_one
-    "mnrl_hardness": {"builder": "random", "window": "none"},  # + the loss made in run_one
-    "spread_hardness": {"builder": "greedy", "builder_kwargs": {"m": 64}},
-    "gist_guide": {"builder": "random", "window": "none", "false_negatives": "mask"},  # + the guide in run_one
-    "explore": {"window": "explore"},
-    "explore_once": {"window": "explore", "explore_recheck_blocks": 0},
-    "explore_labels": {"window": "explore", "explore_probe": "labels", "explore_recheck_rule": "behind",
-                       "explore_recheck_blocks": 10},
-    "explore_ahead": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 10},
-    "explore_behind": {"window": "explore", "explore_recheck_rule": "behind", "explore_recheck_blocks": 10},
-    "explore_ahead20": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 20},
-    "explore_ahead40": {"window": "explore", "explore_recheck_rule": "ahead", "explore_recheck_blocks": 40},
-    "explore_null": {"window": "explore"},  # + levels that are random batches, set in run_one
+_M64 = {"builder": "greedy", "builder_kwargs": {"m": 64}}
+_TIGHT = {"builder": "cluster", "builder_kwargs": {"clusters_per_batch": 1}}
+_MASK = {"false_negatives": "mask"}
+_DUP = {"false_negatives": "duplicates"}
+POLICIES = {  # DivCLTrainingArguments options per policy (loss_kwargs add to the task's)
+    "random": {"batch_policy": "random"},
+    "no_duplicates": {"batch_sampler": "no_duplicates", "batch_policy": "random"},
+    "gradient": {"batch_policy": "auto", "batch_policy_kwargs": _M64},
+    "progress": {"batch_policy": "progress"},
+    "progress_follow": {"batch_policy": "progress", "batch_policy_kwargs": {"builder_kwargs": {"m": 64}}},
+    # + recalibrate_every / budget from flags
+    "best_fixed": {"batch_policy": "window", "batch_policy_kwargs": _M64},  # + window from --best-window
+    "cluster": {"batch_policy": "auto", "batch_policy_kwargs": {"builder": "cluster"}},
+    "pool": {"batch_policy": "auto", "batch_policy_kwargs": {"builder": "pool", "builder_kwargs": {"p": 3}}},
+    "greedy": {"batch_policy": "auto", "batch_policy_kwargs": _M64},
+    "random_mask": {"batch_policy": "random", "loss_kwargs": _MASK},
+    "tight": {"batch_policy": "auto", "batch_policy_kwargs": _TIGHT},
+    "tight_mask": {"batch_policy": "auto", "batch_policy_kwargs": _TIGHT, "loss_kwargs": _MASK},
+    "window_mask": {"batch_policy": "auto", "batch_policy_kwargs": _M64, "loss_kwargs": _MASK},
+    "learnability": {"batch_policy": "learnability"},
+    "hard": {"batch_policy": "hard"},
+    "learnability_window": {"batch_policy": "learnability", "batch_policy_kwargs": {"window": "auto"}},
+    "random_mask_strict": {"batch_policy": "random", "loss_kwargs": {**_MASK, "false_negative_margin": -0.1}},
+    "random_dup": {"batch_policy": "random", "loss_kwargs": _DUP, "dedupe": False},
+    "tight_dup": {"batch_policy": "auto", "batch_policy_kwargs": _TIGHT, "loss_kwargs": _DUP, "dedupe": False},
+    "window_dup": {"batch_policy": "auto", "batch_policy_kwargs": _M64, "loss_kwargs": _DUP, "dedupe": False},
+    "learnability_dup": {"batch_policy": "learnability", "loss_kwargs": _DUP, "dedupe": False},
+    "spread": {"batch_policy": "window", "batch_policy_kwargs": _M64},  # + the window measured in run_one
+    "mnrl_hardness": {"batch_policy": "random"},  # + the loss made in run_one
+    "spread_hardness": {"batch_policy": "window", "batch_policy_kwargs": _M64},
+    "gist_guide": {"batch_policy": "random", "loss_kwargs": _MASK},  # + the guide in run_one
+    "explore": {"batch_policy": "explore"},
+    "explore_once": {"batch_policy": "explore", "batch_policy_kwargs": {"recheck_blocks": 0}},
+    "explore_labels": {"batch_policy": "explore", "batch_policy_kwargs": {"probe": "labels", "recheck_rule": "behind",
+                                                                         "recheck_blocks": 10}},
+    "explore_ahead": {"batch_policy": "explore", "batch_policy_kwargs": {"recheck_rule": "ahead",
+                                                                        "recheck_blocks": 10}},
+    "explore_behind": {"batch_policy": "explore", "batch_policy_kwargs": {"recheck_rule": "behind",
+                                                                         "recheck_blocks": 10}},
+    "explore_ahead20": {"batch_policy": "explore", "batch_policy_kwargs": {"recheck_rule": "ahead",
+                                                                          "recheck_blocks": 20}},
+    "explore_ahead40": {"batch_policy": "explore", "batch_policy_kwargs": {"recheck_rule": "ahead",
+                                                                          "recheck_blocks": 40}},
+    "explore_null": {"batch_policy": "explore"},  # + levels that are random batches, set in run_one
 }
 
 
@@ -154,7 +158,8 @@ def text_task(a):
         model.train()
         return out
 
-    return train, make_model, evaluate, {"temperature": a.temperature or 0.05, "learning_rate": a.lr or 5e-5}, \
+    return train, make_model, evaluate, {"loss_kwargs": {"temperature": a.temperature or 0.05},
+                                         "learning_rate": a.lr or 5e-5}, \
         "ndcg@10", {"anchor_column": "anchor", "start_model": lambda: make_model(0)}
 
 
@@ -181,8 +186,8 @@ def vision_task(a):
         model.train()
         return {"score": acc}
 
-    extra = {"temperature": a.temperature or 0.2, "learning_rate": a.lr or 1e-3, "loss_type": "nt_xent",
-             "augment_scale_min": 0.5}
+    extra = {"loss_kwargs": {"temperature": a.temperature or 0.2, "loss_type": "nt_xent"},
+             "learning_rate": a.lr or 1e-3, "augment_scale_min": 0.5}
     return train, make_model, evaluate, extra, "k-NN accuracy", {"anchor_column": "image", "start_model": None}
 
 
@@ -212,8 +217,8 @@ def clip_task(a):
         model.train()
         return {"score": float((pred == torch.tensor(test["label"])).float().mean())}
 
-    extra = {"temperature": a.temperature or 0.07, "learning_rate": a.lr or 1e-3, "symmetric_loss": True,
-             "dedupe": False}
+    extra = {"loss_kwargs": {"temperature": a.temperature or 0.07, "symmetric": True},
+             "learning_rate": a.lr or 1e-3, "dedupe": False}
     return train, make_model, evaluate, extra, "zero-shot accuracy", {"anchor_column": "image", "start_model": None}
 
 
@@ -244,30 +249,32 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     clock = _clock_callback(lambda: evaluate(model), a.eval_every, results)
     results.append({"step": 0, "seconds": 0.0, **evaluate(model)})
     opts = dict(POLICIES[policy])
+    kw = dict(opts.pop("batch_policy_kwargs", None) or {})  # the policy's settings
+    loss_kwargs = {**extra["loss_kwargs"], **opts.pop("loss_kwargs", {})}
     if policy == "progress_follow":
-        opts.update(recalibrate_every=str(a.follow_every), calibration_budget=a.follow_budget)
+        kw.update(recalibrate_every=str(a.follow_every), budget=a.follow_budget)
     if policy == "best_fixed":
         if not a.best_window:
             raise SystemExit("best_fixed needs --best-window low:high (e.g. from window_location.py at this τ)")
-        opts["window"] = a.best_window
+        kw["window"] = a.best_window
     if policy.startswith("explore"):
         if a.explore_budget is not None:
-            opts["calibration_budget"] = a.explore_budget
+            kw["budget"] = a.explore_budget
         if a.explore_probe_rows:
-            opts["calibration_probe_rows"] = a.explore_probe_rows
+            kw["probe_rows"] = a.explore_probe_rows
     if policy == "explore_null":  # a neighbourhood as large as the sample is a random subset of it
         sample = 8 * a.batch_size
-        opts.update(calibration_sample_rows=sample, calibration_levels=f"local:{sample},local:{sample + 1}")
+        kw.update(sample_rows=sample, levels=f"local:{sample},local:{sample + 1}")
     loss = None
     measured = {}
     if policy in ("spread", "spread_hardness"):
         mean, sd = random_rank(model, train, info["anchor_column"], a.batch_size, seed)
-        opts["window"] = f"{min(mean + sd, a.batch_size - 0.5):.2f}:{a.batch_size}"
-        measured = {"random_rank_mean": mean, "random_rank_sd": sd, "window": opts["window"]}
+        kw["window"] = f"{min(mean + sd, a.batch_size - 0.5):.2f}:{a.batch_size}"
+        measured = {"random_rank_mean": mean, "random_rank_sd": sd, "window": kw["window"]}
     if policy in ("mnrl_hardness", "spread_hardness"):
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-        loss = MultipleNegativesRankingLoss(model, scale=1.0 / extra["temperature"],
+        loss = MultipleNegativesRankingLoss(model, scale=1.0 / loss_kwargs["temperature"],
                                             hardness_mode="in_batch_negatives",
                                             hardness_strength=a.hardness_strength)
     if policy == "gist_guide":
@@ -276,7 +283,7 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
             if info["start_model"] is None:
                 raise SystemExit("gist_guide needs a pretrained starting model (text task)")
             info["start_model"]().save(str(guide))
-        opts["false_negative_guide"] = str(guide)
+        loss_kwargs["guide"] = str(guide)
     schedule = {}
     if a.schedule == "plateau":  # warm-up 5 %, constant, linear decay over the last 10 %
         schedule = {"lr_scheduler_type": "warmup_stable_decay",
@@ -289,12 +296,15 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         disable_tqdm=True, save_strategy="no",
         logging_steps=max(1, a.eval_every), collapse_threshold=0,
         bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
-        **{**extra, **opts, **schedule})
+        **{k: v for k, v in extra.items() if k != "loss_kwargs"}, **opts, **schedule,
+        batch_policy_kwargs=kw or None, loss_kwargs=loss_kwargs)
     clock.t0 = time.perf_counter()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, loss=loss, callbacks=[clock])
     trainer.train()
     log = [r for r in trainer.state.log_history if "divcl/in_window_fraction" in r]
-    follower = trainer.follower
+    follower = getattr(trainer.policy, "runner", None)  # batch_policy="progress" / "explore": the calibrations
+    plan = getattr(trainer.policy, "plan", None)
+    reference = getattr(trainer.policy, "reference_result", None)  # batch_policy="learnability": its reference
     calibrations = [{k: h.get(k) for k in ("step", "decision", "level", "reason", "window", "levels",
                                              "wall_seconds", "cost", "estimate")} for h in follower.history] \
         if follower else []
@@ -305,12 +315,12 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
             "window_active_fraction": len(log) / max(1, sum("divcl/effective_rank" in r
                                                             for r in trainer.state.log_history)),
             "selection_seconds": trainer.selection_seconds(),
-            "reference_seconds": getattr(trainer, "reference_seconds", 0.0),
+            "reference_seconds": reference.seconds if reference is not None else 0.0,
             "bank_seconds": getattr(trainer, "bank_seconds", 0.0),
             "masked": {k: r[k] for r in trainer.state.log_history[-3:] for k in r if "masked_negatives" in k},
             "calibration_seconds": follower.seconds if follower else 0.0,
             "calibration_fraction": (follower.seconds / total if follower and total else 0.0),
-            "calibration_plan": trainer.calibration_plan.to_dict() if trainer.calibration_plan else None,
+            "calibration_plan": plan.to_dict() if plan else None,
             "calibrations": calibrations}
 
 
@@ -474,7 +484,7 @@ def main() -> None:
                    help="text: only these WordNet lexicographer files, e.g. noun.animal (low-diversity domain data)")
     p.add_argument("--kind", default="example", choices=["example", "lemma", "both"],
                    help="text pairs: example sentence or lemmas → definition")
-    p.add_argument("--explore-budget", type=float, default=None, help="explore: calibration_budget (default 0.05)")
+    p.add_argument("--explore-budget", type=float, default=None, help="explore: its budget (default 0.05)")
     p.add_argument("--explore-probe-rows", type=int, default=0, help="explore: probe rows (default min(256, N/10))")
     p.add_argument("--hardness-strength", type=float, default=9.0, help="mnrl_hardness: hardness_strength")
     p.add_argument("--schedule", choices=["linear", "plateau"], default="linear",

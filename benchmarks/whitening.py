@@ -42,7 +42,7 @@ def run(whitening: bool, seed: int, train, test, a, tmp: Path) -> dict:
     args = DivCLTrainingArguments(
         output_dir=str(tmp / f"w{int(whitening)}-s{seed}"), per_device_train_batch_size=a.batch_size,
         max_steps=a.steps, learning_rate=a.lr, logging_steps=1, report_to=[], disable_tqdm=True, save_strategy="no",
-        seed=seed, whitening=whitening, bank_cache_dir=str(tmp / "cache"), log_bands=False)
+        seed=seed, loss_kwargs={"whitening": whitening}, bank_cache_dir=str(tmp / "cache"), log_bands=False)
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train()
     norms = [r["grad_norm"] for r in trainer.state.log_history if "grad_norm" in r]

@@ -49,11 +49,11 @@ def one_run(kind: str, data, a, workdir: Path) -> dict:
     seconds = time.perf_counter() - t0
     out = {"kind": kind, "seconds": seconds, "steps": trainer.state.global_step}
     if kind == "divcl":
-        plan = trainer.calibration_plan
-        out.update({"bank_encoded": trainer.bank is not None,
-                    "calibration_seconds": trainer.follower.seconds if trainer.follower else 0.0,
-                    "calibrations": [(h["step"], h["decision"]) for h in trainer.follower.history]
-                    if trainer.follower else [],
+        plan = getattr(trainer.policy, "plan", None)  # batch_policy="progress" / "explore" only
+        runner = getattr(trainer.policy, "runner", None)
+        out.update({"batch_policy": trainer.policy.name, "bank_encoded": trainer.bank is not None,
+                    "calibration_seconds": runner.seconds if runner else 0.0,
+                    "calibrations": [(h["step"], h["decision"]) for h in runner.history] if runner else [],
                     "calibration_plan": plan.to_dict() if plan else None})
     return out
 

@@ -88,10 +88,13 @@ def main() -> None:
                 model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
                 args = DivCLTrainingArguments(
                     output_dir=str(Path(tmp) / f"t{tau}-{w.low:.1f}"), per_device_train_batch_size=a.batch_size,
-                    max_steps=a.steps, learning_rate=a.lr, warmup_steps=max(1, a.steps // 10), temperature=tau,
-                    window=f"{w.low}:{w.high}", builder="greedy", bank_source="reference", report_to=[],
-                    disable_tqdm=True, save_strategy="no", logging_steps=max(1, a.steps // 5), seed=0,
-                    bank_cache_dir=str(Path(tmp) / "cache"), collapse_threshold=0, on_infeasible="closest")
+                    max_steps=a.steps, learning_rate=a.lr, warmup_steps=max(1, a.steps // 10),
+                    loss_kwargs={"temperature": tau}, batch_policy="window",
+                    batch_policy_kwargs={"window": f"{w.low}:{w.high}", "builder": "greedy",
+                                         "on_infeasible": "closest"},
+                    bank_source="reference", report_to=[], disable_tqdm=True, save_strategy="no",
+                    logging_steps=max(1, a.steps // 5), seed=0, bank_cache_dir=str(Path(tmp) / "cache"),
+                    collapse_threshold=0)
                 trainer = DivCLTrainer(model=model, args=args, train_dataset=train, bank=emb.cpu())
                 trainer.train()
                 logs = [r for r in trainer.state.log_history if "divcl/effective_rank" in r]

@@ -103,15 +103,16 @@ def test_progress_card_shows_each_calibration_its_decision_and_evidence(tmp_path
 
 
 POLICIES = {
-    "progress (the default)": {},
-    "progress with a forced calibration": {"calibration_pairs": 3, "calibration_levels": "local:16,random"},
-    "window=auto": {"window": "auto"},
-    "fixed window": {"window": "effective_rank:2:6"},
-    "random batches": {"window": "none", "builder": "random"},
-    "learnability": {"builder": "learnability", "window": "none", "learnability_reference_rows": 32,
-                     "learnability_reference_steps": 2},
-    "hard": {"builder": "hard", "window": "none"},
-    "MNRL with hardness_mode": {"window": "none", "builder": "random"},
+    "random batches (the default)": {},
+    "progress": {"batch_policy": "progress"},
+    "progress with a forced calibration": {"batch_policy": "progress",
+                                           "batch_policy_kwargs": {"pairs": 3, "levels": "local:16,random"}},
+    "batch_policy=auto": {"batch_policy": "auto"},
+    "fixed window": {"batch_policy": "window", "batch_policy_kwargs": {"window": "effective_rank:2:6"}},
+    "learnability": {"batch_policy": "learnability",
+                     "batch_policy_kwargs": {"reference_rows": 32, "reference_steps": 2}},
+    "hard": {"batch_policy": "hard"},
+    "MNRL with hardness_mode": {"batch_policy": "random"},
     "DiversityCallback on an unchanged trainer": None,
 }
 
@@ -170,7 +171,7 @@ def train_policy(model, pairs, tmp_path, policy: str) -> None:
 
 
 def test_the_card_shows_the_pre_flight_report_when_the_run_made_one(tmp_path):
-    from hf_divcl.batch_policy.preflight import PREFLIGHT_FILE, PreflightReport
+    from hf_divcl.policies.preflight import PREFLIGHT_FILE, PreflightReport
 
     out = tmp_path / "run"
     fake_run(out)

@@ -37,7 +37,7 @@ def test_train_help_describes_keys_with_defaults_from_the_dataclasses():
     assert "EXIT 0" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
     out = run.stdout
     assert "--max_train_rows (default: 0)" in out and "Use at most this many training rows" in out
-    assert "--builder (default: 'greedy')" in out and "Batch builder: greedy" in out  # DivCLTrainingArguments
+    assert "--batch_policy (default: 'random')" in out and "How batches are chosen: 'random'" in out  # DivCL args
     assert "--help-all" in out and "--max-steps" in out
     assert "--diversity_log_file (default: 'diversity_log.jsonl')" in out  # the value, not the constant's name
     assert "--learning_rate (default" not in out  # inherited TrainingArguments keys only with --help-all
@@ -85,10 +85,10 @@ def test_every_command_reads_yaml_underneath_its_flags(tmp_path):
 def test_none_unsets_an_optional_key_on_the_command_line():
     from hf_divcl.cli.recipe_config import load_recipe_config
 
-    _, args = load_recipe_config("text_wordnet", argv=["--calibration_pairs", "4"])
-    assert args.calibration_pairs == 4
-    _, args = load_recipe_config(None, {"calibration_pairs": 4}, argv=["--calibration-pairs", "none"])
-    assert args.calibration_pairs is None
+    _, args = load_recipe_config("text_wordnet", argv=["--image_size", "4"])
+    assert args.image_size == 4
+    _, args = load_recipe_config(None, {"image_size": 4}, argv=["--image-size", "none"])
+    assert args.image_size is None
 
 
 def test_once_the_keys_are_known_typos_and_bad_values_fail_before_torch_loads(tmp_path):
@@ -112,7 +112,7 @@ def test_once_the_keys_are_known_typos_and_bad_values_fail_before_torch_loads(tm
     for argv, message in ((["--max_stepz", "3"], "command line (--max_stepz): unknown key 'max_stepz'. Did you "
                                                  "mean 'max_steps'"),
                           (["--max-steps", "many"], "command line (--max_steps): invalid int value: 'many'."),
-                          (["--calibration_pairs", "none", "--learning_rate", "fast"],
+                          (["--image_size", "none", "--learning_rate", "fast"],
                            "command line (--learning_rate): invalid float value: 'fast'.")):
         run = light("--config", "text_wordnet", *argv)
         assert "EXIT 2 HEAVY []" in run.stdout, run.stdout + run.stderr

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from hf_divcl._common import ROW_ID_COLUMN
-from hf_divcl.batch_policy.selectors import MegaBatchSelector
 from hf_divcl.collator import DivCLDataCollator
 from hf_divcl.diversity.window import DiversityWindow, measure_diversity
+from hf_divcl.experimental.selectors import MegaBatchSelector
 
 
 def test_row_ids_travel_next_to_the_model_inputs(tiny_model_dir):
@@ -73,7 +73,8 @@ def test_mega_batch_training_keeps_b_rows_per_step(tiny_model_dir, tmp_path):
 
     data = wordnet_pairs(kind="example", source="embedded").select(range(192)).select_columns(["anchor", "positive"])
     args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_train_epochs=1,
-                                  mega_batch_factor=3, window="auto", logging_steps=2, report_to=[], disable_tqdm=True,
+                                  batch_policy="mega_batch", batch_policy_kwargs={"factor": 3, "window": "auto"},
+                                  logging_steps=2, report_to=[], disable_tqdm=True,
                                   collapse_threshold=0, bank_cache_dir=str(tmp_path / "cache"), save_strategy="no")
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args, train_dataset=data)
     trainer.train()

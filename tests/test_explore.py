@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_divcl.batch_policy.explore import (
+from hf_divcl.experimental.sequential import (
     RANDOM_ARM,
     SequentialTest,
     block_order,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_divcl.batch_policy.preflight import (
+from hf_divcl.policies.preflight import (
     DUPLICATE_ROWS,
     duplicate_rows_per_batch,
     preflight,
@@ -60,7 +60,7 @@ def test_duplicate_rows_are_counted_per_batch():
     ({"effective_rank": 27.0, "p_pos": 0.4, "duplicate_rows": 2 * DUPLICATE_ROWS, "near_duplicate_rows": 0.0},
      "use NO_DUPLICATES"),
     ({"effective_rank": 4.0, "p_pos": 0.4, "duplicate_rows": 0.0, "near_duplicate_rows": 0.0},
-     "batches are crowded: measure a spread window"),
+     "batches are crowded: try a spread window (batch_policy=\"window\""),
     ({"effective_rank": 27.0, "p_pos": 0.4, "duplicate_rows": 0.0, "near_duplicate_rows": 3.0},
      "deduplicate near-identical rows"),
 ])
@@ -76,7 +76,8 @@ def test_data_less_diverse_than_the_reference_is_said_to_be_outside_the_evidence
              "false_negatives": 0.0}
     assert recommend(stats, 32, reference_rank=21.0)[1] == "random batches are fine here"
     _, recommendation, reason = recommend(stats, 32, reference_rank=27.0)
-    assert recommendation.startswith("random batches, and let window=\"progress\" measure") and "no paired" in reason
+    assert recommendation.startswith("random batches (the default); the experimental batch_policy=\"explore\" can "
+                                     "measure") and "no paired" in reason
 
 
 def test_text_pairs_with_repeated_texts_are_told_to_use_no_duplicates(tiny_model_dir):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_divcl.batch_policy.calibration import calibrate_window
-from hf_divcl.batch_policy.follower import calibration_cost, plan_calibrations
-from hf_divcl.batch_policy.progress import ProgressCalibration, StepGain, calibrate_progress, decide, paired_interval
+from hf_divcl.experimental.follower import calibration_cost, plan_calibrations
+from hf_divcl.experimental.progress import ProgressCalibration, StepGain, calibrate_progress, decide, paired_interval
+from hf_divcl.policies.calibration import calibrate_window
 
 
 def clustered(n=512, d=16, k=8, seed=0) -> torch.Tensor:
@@ -73,16 +73,16 @@ def test_a_nan_gain_falls_back_to_random_naming_the_level():
     assert cal.decision == "random" and "NaN" in cal.reason and "local:32" in cal.reason
 
 
-def test_calibration_round_trips_through_json_and_calibrate_window_dispatches():
+def test_calibration_round_trips_through_json_and_calibrate_window_is_only_the_gradient_calibration():
     u = clustered()
-    cal = calibrate_window(u, 16, 0.1, method="progress", gain=lambda rows: mean_sq_cos(u, rows), n_pairs=3,
-                           levels=["local:32"])
+    cal = calibrate_progress(u, 16, 0.1, lambda rows: mean_sq_cos(u, rows), n_pairs=3, levels=["local:32"])
     again = ProgressCalibration.from_dict({**cal.to_dict(), "wall_seconds": 1.0})
     assert again.window == cal.window and again.levels == cal.levels
-    with pytest.raises(ValueError, match="needs gain"):
-        calibrate_window(u, 16, 0.1, method="progress")
-    with pytest.raises(ValueError, match="method must be"):
-        calibrate_window(u, 16, 0.1, method="largest")
+    with pytest.raises(TypeError, match="gain"):
+        calibrate_progress(u, 16, 0.1)  # the progress calibration needs the gain of a step
+    for method in ("progress", "largest"):  # the progress calibration lives in hf_divcl.experimental.progress
+        with pytest.raises(TypeError, match="method"):
+            calibrate_window(u, 16, 0.1, method=method)
 
 
 def tiny_regression(seed=0):
@@ -167,13 +167,13 @@ def test_calibrations_fit_the_budget_and_a_short_run_says_how_long_it_would_need
 def test_bad_calibration_arguments_are_refused_before_training():
     from hf_divcl.training.arguments import DivCLTrainingArguments
 
-    for kw, match in [({"calibration_budget": 2.0}, "calibration_budget"), ({"calibration_pairs": 1}, "pairs"),
+    for kw, match in [({"budget": 2.0}, "budget"), ({"pairs": 1}, "pairs"),
                       ({"recalibrate_every": "weekly"}, "recalibrate_every"),
-                      ({"calibration_levels": "local:x"}, "sweep level"),
-                      ({"calibration_confidence": 1.0}, "confidence"),
-                      ({"mega_batch_factor": 2}, "mega_batch_factor")]:
+                      ({"levels": "local:x"}, "sweep level"),
+                      ({"confidence": 1.0}, "confidence"),
+                      ({"factor": 2}, "factor")]:  # a super-batch factor is not a progress setting
         with pytest.raises(ValueError, match=match):
-            DivCLTrainingArguments(output_dir="x", **kw)
+            DivCLTrainingArguments(output_dir="x", batch_policy="progress", batch_policy_kwargs=kw)
 
 
 def test_measured_gains_are_deterministic_for_a_seed():

@@ -18,6 +18,7 @@ from hf_divcl.cli.recipe_config import load_recipe_config
 from hf_divcl.cli.steps import run_cli as main
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
+from hf_divcl.policies.registry import available_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 hub_server = loopback.hub_server
@@ -86,7 +87,9 @@ def test_clip_recipe_trains_image_text_pairs_via_the_cli(tmp_path):
     ({"max_stepz": 3}, r"unknown key 'max_stepz'\. Did you mean 'max_steps'"),
     ({"learning_rate": "fast"}, r"key 'learning_rate' must be float, got 'fast'"),
     ({"task": "audio"}, r"task must be one of"),
-    ({"builder": "best"}, r"builder"),
+    ({"batch_policy": "window", "batch_policy_kwargs": {"window": "12:20", "builder": "best"}},
+     r"batch_policy='window': builder must be one of"),
+    ({"builder": "greedy"}, r"'builder' is no longer a key; it is now batch_policy='window'"),
 ])
 def test_bad_configs_fail_before_anything_runs(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -97,7 +100,8 @@ def test_every_shipped_config_loads(tmp_path):
     for path in sorted((ROOT / "recipes").glob("*.yaml")):
         extra = {} if torch.cuda.is_available() else {"bf16": False}  # the GPU-sized configs ask for bf16
         cfg, args = load_recipe_config(path, {"output_dir": str(tmp_path), **extra})
-        assert cfg.task in ("text", "vision", "clip") and args.builder in ("greedy", "pool", "cluster", "random")
+        assert cfg.task in ("text", "vision", "clip") and args.batch_policy in available_policies()["stable"]
+        assert args.policy.name == args.batch_policy and args.temperature > 0
 
 
 def test_command_line_reports_config_errors(tmp_path, capsys):

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_divcl.batch_policy.calibration import calibrate_window
 from hf_divcl.diversity.window import DiversityWindow, measure_diversity
+from hf_divcl.policies.calibration import calibrate_window
 
 
 def test_contains_and_distance():

@@ -151,7 +151,8 @@ STRUCTURE = [
                  r"got list\. Convert it with datasets\.Dataset\.from_list", id="list-of-dicts"),
     pytest.param(_rows(), r"got dict\. Convert it with datasets\.Dataset\.from_dict", id="dict-of-lists"),
     pytest.param(_ds().to_iterable_dataset(),
-                 r"got IterableDataset\. Streaming data sets cannot be planned.*without streaming=True",
+                 r"got IterableDataset\. A streaming data set trains with batch_policy='random' only.*without "
+                 r"streaming=True",
                  id="iterable-dataset"),
     pytest.param(datasets.DatasetDict({"train": _ds(), "test": _ds()}),
                  r"got DatasetDict\. Pass one split, e\.g\. train_dataset=ds\['train'\] "
@@ -489,7 +490,9 @@ def test_trainer_reports_truncation_and_duplicates_then_trains(tiny_model_dir, t
     for row in (40, 45):
         data["anchor"][row], data["positive"][row] = data["anchor"][9], data["positive"][9]
     model = SentenceTransformer(tiny_model_dir, device="cpu")
-    trainer = DivCLTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=Dataset.from_dict(data))
+    # batch_policy="random" (the default): make_args' experimental "auto" would add its own notice to the warnings
+    trainer = DivCLTrainer(model=model, args=make_args(tmp_path, max_steps=3, batch_policy="random"),
+                           train_dataset=Dataset.from_dict(data))
     assert _warnings(caplog) == [
         "2 of 48 rows repeat an earlier row exactly in column(s) ['anchor', 'positive'] (1 distinct row(s) repeated; "
         "e.g. rows 9 and 45, 3 copies). With dedupe=True copies never share a batch, but every copy is trained on, "
@@ -506,7 +509,8 @@ def test_trainer_reports_truncation_and_duplicates_then_trains(tiny_model_dir, t
 def test_trainer_replaces_a_users_row_id_column_with_a_warning(tiny_model, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     ds = Dataset.from_dict({**_rows(n=32), "_divcl_row": list(range(100, 132))})
-    trainer = DivCLTrainer(model=tiny_model, args=make_args(tmp_path, max_steps=1), train_dataset=ds)
+    trainer = DivCLTrainer(model=tiny_model, args=make_args(tmp_path, max_steps=1, batch_policy="random"),
+                           train_dataset=ds)
     assert trainer.train_dataset["_divcl_row"] == list(range(32))
     assert _warnings(caplog) == ["Column '_divcl_row' is the trainer's row-id column; its values are replaced by the "
                                  "row index 0..31. Rename it if you need it."]
@@ -519,7 +523,8 @@ def test_trainer_trains_on_every_image_mode_and_odd_size(tiny_vit_dir, tmp_path,
     caplog.set_level(logging.WARNING)
     model = SentenceTransformer(tiny_vit_dir, device="cpu")
     ds = _images([*_odd_images(), _GIF], n=16)
-    args = vision_args(tmp_path, max_steps=2, per_device_train_batch_size=8, loss_type="nt_xent")
+    args = vision_args(tmp_path, max_steps=2, per_device_train_batch_size=8,
+                       loss_kwargs={"loss_type": "nt_xent"})
     trainer = DivCLTrainer(model=model, args=args, train_dataset=ds)
     trainer.train()
     assert trainer.state.global_step == 2 and math.isfinite(trainer.state.log_history[-1]["train_loss"])

@@ -65,8 +65,8 @@ def unwritable_folders(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["below_a_regular_file", "on_read_only_sysfs"])
 def test_an_unwritable_bank_cache_folder_costs_the_cache_not_the_run(where, tiny_model_dir, tmp_path, caplog):
-    """window="auto" needs a bank: with a cache folder that cannot be written, training runs to the end on a freshly
-    encoded bank and a warning names the folder and what to do."""
+    """batch_policy="auto" needs a bank: with a cache folder that cannot be written, training runs to the end on a
+    freshly encoded bank and a warning names the folder and what to do."""
     from sentence_transformers import SentenceTransformer
 
     from hf_divcl.data.wordnet import wordnet_pairs
@@ -79,7 +79,7 @@ def test_an_unwritable_bank_cache_folder_costs_the_cache_not_the_run(where, tiny
     pairs = wordnet_pairs(kind="example", source="embedded").select(range(96)).select_columns(["anchor", "positive"])
     args = DivCLTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=16, max_steps=4,
                                   logging_steps=2, report_to=[], disable_tqdm=True, save_strategy="no",
-                                  window="auto", collapse_threshold=0, bank_cache_dir=str(cache))
+                                  batch_policy="auto", collapse_threshold=0, bank_cache_dir=str(cache))
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args, train_dataset=pairs)
     with caplog.at_level("WARNING", logger="hf_divcl.bank"):
         trainer.train()

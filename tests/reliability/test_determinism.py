@@ -60,11 +60,12 @@ def test_one_and_two_processes_train_on_the_same_global_batches(tiny_model_dir, 
 
 
 def test_explore_under_two_processes_trains_the_same_arms_and_applies_one_decision(tiny_model_dir, tmp_path):
-    """window="explore" under DDP (the first process's block scores, re-plan cuts and re-check start are broadcast):
-    both processes draw the arms' global batches alike — the same as one process while the weights are identical —
-    the run records one decision and one re-check, and the two shards never overlap, before, during or after them."""
-    # explore_alpha = 0.9 makes a decision early (not evidence for it), so that a re-check (10 blocks: the default 40
-    # would not fit) follows within the run
+    """batch_policy="explore" under DDP (the first process's block scores, re-plan cuts and re-check start are
+    broadcast): both processes draw the arms' global batches alike — the same as one process while the weights are
+    identical — the run records one decision and one re-check, and the two shards never overlap, before, during or
+    after them."""
+    # alpha = 0.9 (--explore-alpha) makes a decision early (not evidence for it), so that a re-check (10 blocks: the
+    # default 40 would not fit) follows within the run
     flags = ["--rows", "400", "--window", "explore", "--calibration-budget", "1.0", "--explore-min-blocks", "3",
              "--explore-max-fraction", "0.9", "--calibration-levels", "local:16", "--explore-alpha", "0.9",
              "--explore-recheck-blocks", "10", "--max-steps", "60", "--save-steps", "100"]

@@ -99,10 +99,11 @@ def test_configs_are_parsed_as_plain_data_only(payload, loader, tmp_path):
     assert not marker.exists()
 
 
-def test_builder_kwargs_from_a_config_must_be_a_json_object(tmp_path):
+@pytest.mark.parametrize("key", ["batch_policy_kwargs", "loss_kwargs"])
+def test_policy_and_loss_kwargs_from_a_config_must_be_a_json_object(tmp_path, key):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("builder_kwargs: '[\"__import__(\\\"os\\\")\"]'\noutput_dir: " + str(tmp_path / "o") + "\n")
-    with pytest.raises(ValueError, match="builder_kwargs must be a dict, got list"):
+    cfg.write_text(key + ": '[\"__import__(\\\"os\\\")\"]'\noutput_dir: " + str(tmp_path / "o") + "\n")
+    with pytest.raises(ValueError, match=key + r" must be a dict \(or a JSON object\), got list"):
         load_recipe_config(cfg)
 
 
@@ -194,7 +195,7 @@ def test_hub_token_never_reaches_logs_cards_arguments_checkpoints_or_errors(hub_
     out = tmp_path / "run"
     args = DivCLTrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=4, save_steps=2,
                                   logging_steps=2, report_to=[], disable_tqdm=True, collapse_threshold=0,
-                                  builder="random", window="none", hub_token=token, hub_model_id=REPO)
+                                  batch_policy="random", hub_token=token, hub_model_id=REPO)
     data = wordnet_pairs(kind="example", source="embedded").select(range(32)).select_columns(["anchor", "positive"])
     trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=args, train_dataset=data)
     trainer.train()
