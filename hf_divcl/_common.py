@@ -109,6 +109,49 @@ def end_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+# -- configuration options that moved (no release had the old names: they fail, naming the new spelling). Here, not
+# in training.arguments, so that the command line can name them before torch loads.
+
+_PROGRESS = "batch_policy='progress' (or 'explore'), batch_policy_kwargs={{'{}': ...}}"
+_EXPLORE = "batch_policy='explore', batch_policy_kwargs={{'{}': ...}}"
+_LEARN = "batch_policy='learnability', batch_policy_kwargs={{'{}': ...}}"
+_WINDOWED = "batch_policy='window' (or another window policy), batch_policy_kwargs={{'{}': ...}}"
+_LOSS = "loss_kwargs={{'{}': ...}}"
+RENAMED: dict[str, str] = {
+    "window": "batch_policy='window', batch_policy_kwargs={'window': 'low:high'}; window='none' is "
+              "batch_policy='random' (the default); 'auto', 'progress' and 'explore' are batch_policy names",
+    "builder": "batch_policy='window', batch_policy_kwargs={'builder': ...}; builder='learnability' / 'hard' are "
+               "batch_policy names",
+    "builder_kwargs": _WINDOWED.format("builder_kwargs"),
+    "on_infeasible": _WINDOWED.format("on_infeasible"),
+    "replan_chunk_rows": _PROGRESS.format("replan_chunk_rows"),
+    "mega_batch_factor": "batch_policy='mega_batch', batch_policy_kwargs={'factor': ...} (or 'factor' of "
+                         "batch_policy='learnability' / 'hard')",
+    "window_keep_fraction": "batch_policy='auto', batch_policy_kwargs={'keep_fraction': ...}",
+    "calibration_budget": _PROGRESS.format("budget"),
+    "calibration_pairs": "batch_policy='progress', batch_policy_kwargs={'pairs': ...}",
+    "calibration_levels": _PROGRESS.format("levels"),
+    "calibration_estimate": "batch_policy='progress', batch_policy_kwargs={'estimate': ...}",
+    "calibration_confidence": "batch_policy='progress', batch_policy_kwargs={'confidence': ...}",
+    "calibration_probe_rows": _PROGRESS.format("probe_rows"),
+    "calibration_sample_rows": _PROGRESS.format("sample_rows"),
+    "recalibrate_every": "batch_policy='progress', batch_policy_kwargs={'recalibrate_every': ...}",
+    "recalibrate_early": "batch_policy='progress', batch_policy_kwargs={'recalibrate_early': ...}",
+    **{f"explore_{k}": _EXPLORE.format(k) for k in ("alpha", "max_fraction", "min_blocks", "probe_temperature",
+                                                     "probe", "probe_label_column", "recheck_blocks",
+                                                     "recheck_rule")},
+    "learnability_reference": _LEARN.format("reference"),
+    "learnability_reference_rows": _LEARN.format("reference_rows"),
+    "learnability_reference_steps": _LEARN.format("reference_steps"),
+    "learnability_chunks": "batch_policy='learnability' (or 'hard'), batch_policy_kwargs={'chunks': ...}",
+    **{k: _LOSS.format(k) for k in ("temperature", "learnable_temperature", "loss_type", "gather_across_devices",
+                                    "whitening", "whitening_eps", "false_negatives", "false_negative_margin")},
+    "symmetric_loss": _LOSS.format("symmetric"),
+    "false_negative_guide": _LOSS.format("guide"),
+}
+"""Options that moved, and their new spelling (no release had them: the old name fails, naming the new one)."""
+
+
 def agree(value: Any) -> Any:
     """``value`` as the first process has it: broadcast from rank 0 under ``torch.distributed`` (every process must
     call this at the same point of the run), returned unchanged in a single process. How the experimental policies'

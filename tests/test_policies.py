@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from hf_divcl._common import RENAMED
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
 from hf_divcl.policies.base import BatchPolicy, SamplerSetup
 from hf_divcl.policies.registry import POLICIES, available_policies, resolve_policy
-from hf_divcl.training.arguments import RENAMED, DivCLTrainingArguments
+from hf_divcl.training.arguments import DivCLTrainingArguments
 from hf_divcl.training.trainer import DivCLTrainer
 
 ROOT = Path(__file__).resolve().parents[1]

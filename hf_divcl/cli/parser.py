@@ -114,7 +114,7 @@ def parse_config(parser, classes: Sequence[type], argv: Sequence[str], *, config
 
 def unknown_key(key: str, keys: list[str], where: str) -> ValueError:
     """The error for a key no configuration class has: its new spelling when it moved, else the closest valid ones."""
-    from ..training.arguments import RENAMED
+    from .._common import RENAMED
 
     if key in RENAMED:
         return ValueError(f"{where}: {key!r} is no longer a key; it is now {RENAMED[key]} (YAML: batch_policy: "

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from .._common import DIVERSITY_LOG_FILE, parse_json_object, world_size
+from .._common import DIVERSITY_LOG_FILE, RENAMED, parse_json_object, world_size
 from ..losses.false_negatives import check_false_negatives
 from ..losses.infonce import LOSS_TYPES, InfoNCELoss
 from ..policies.base import BatchPolicy
 from ..policies.registry import resolve_policy
 
-__all__ = ["BANK_SOURCES", "LOSS_OPTIONS", "RENAMED", "DivCLTrainingArguments"]
+__all__ = ["BANK_SOURCES", "LOSS_OPTIONS", "DivCLTrainingArguments", "check_renamed"]
 
 BANK_SOURCES = ("training", "reference")
 """Where the bank's embeddings come from (``bank_source``): the training steps' own, or the starting model's."""
@@ -35,46 +35,6 @@ LOSS_OPTIONS: dict[str, Any] = {
     if name not in ("self", "model")}
 """What ``loss_kwargs`` accepts (the default :class:`~hf_divcl.losses.infonce.InfoNCELoss`'s options) and their
 defaults; ``guide`` is a SentenceTransformer folder here (loaded by the trainer)."""
-
-_PROGRESS = "batch_policy='progress' (or 'explore'), batch_policy_kwargs={{'{}': ...}}"
-_EXPLORE = "batch_policy='explore', batch_policy_kwargs={{'{}': ...}}"
-_LEARN = "batch_policy='learnability', batch_policy_kwargs={{'{}': ...}}"
-_WINDOWED = "batch_policy='window' (or another window policy), batch_policy_kwargs={{'{}': ...}}"
-_LOSS = "loss_kwargs={{'{}': ...}}"
-RENAMED: dict[str, str] = {
-    "window": "batch_policy='window', batch_policy_kwargs={'window': 'low:high'}; window='none' is "
-              "batch_policy='random' (the default); 'auto', 'progress' and 'explore' are batch_policy names",
-    "builder": "batch_policy='window', batch_policy_kwargs={'builder': ...}; builder='learnability' / 'hard' are "
-               "batch_policy names",
-    "builder_kwargs": _WINDOWED.format("builder_kwargs"),
-    "on_infeasible": _WINDOWED.format("on_infeasible"),
-    "replan_chunk_rows": _PROGRESS.format("replan_chunk_rows"),
-    "mega_batch_factor": "batch_policy='mega_batch', batch_policy_kwargs={'factor': ...} (or 'factor' of "
-                         "batch_policy='learnability' / 'hard')",
-    "window_keep_fraction": "batch_policy='auto', batch_policy_kwargs={'keep_fraction': ...}",
-    "calibration_budget": _PROGRESS.format("budget"),
-    "calibration_pairs": "batch_policy='progress', batch_policy_kwargs={'pairs': ...}",
-    "calibration_levels": _PROGRESS.format("levels"),
-    "calibration_estimate": "batch_policy='progress', batch_policy_kwargs={'estimate': ...}",
-    "calibration_confidence": "batch_policy='progress', batch_policy_kwargs={'confidence': ...}",
-    "calibration_probe_rows": _PROGRESS.format("probe_rows"),
-    "calibration_sample_rows": _PROGRESS.format("sample_rows"),
-    "recalibrate_every": "batch_policy='progress', batch_policy_kwargs={'recalibrate_every': ...}",
-    "recalibrate_early": "batch_policy='progress', batch_policy_kwargs={'recalibrate_early': ...}",
-    **{f"explore_{k}": _EXPLORE.format(k) for k in ("alpha", "max_fraction", "min_blocks", "probe_temperature",
-                                                     "probe", "probe_label_column", "recheck_blocks",
-                                                     "recheck_rule")},
-    "learnability_reference": _LEARN.format("reference"),
-    "learnability_reference_rows": _LEARN.format("reference_rows"),
-    "learnability_reference_steps": _LEARN.format("reference_steps"),
-    "learnability_chunks": "batch_policy='learnability' (or 'hard'), batch_policy_kwargs={'chunks': ...}",
-    **{k: _LOSS.format(k) for k in ("temperature", "learnable_temperature", "loss_type", "gather_across_devices",
-                                    "whitening", "whitening_eps", "false_negatives", "false_negative_margin")},
-    "symmetric_loss": _LOSS.format("symmetric"),
-    "false_negative_guide": _LOSS.format("guide"),
-}
-"""Options that moved, and their new spelling (no release had them: the old name fails, naming the new one)."""
-
 
 def check_renamed(options: Any) -> None:
     """Fail, naming the new spelling, when ``options`` (names) hold an option that moved."""
