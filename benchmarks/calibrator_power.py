@@ -144,7 +144,7 @@ class Run:
         return [p.grad.detach().clone() for p in self.params]
 
     def probe_gradient(self) -> list[torch.Tensor]:
-        from hf_divcl.experimental.sequential import retrieval_probe_loss
+        from hf_divcl.experimental.probe import retrieval_probe_loss
 
         loss = retrieval_probe_loss(self.model(self.A[self.probe]), self.model(self.P[self.probe]),
                                     self.a.probe_temperature)
@@ -164,13 +164,8 @@ def fixed_arm(feats, a, seed: int, dup: int, arm: str, levels: list[str]) -> flo
 
 def explore(feats, a, seed: int, dup: int, levels: list[str], null: bool) -> dict:
     """Explore on the training steps until the test decides, then train on the decided arm to ``a.steps``."""
-    from hf_divcl.experimental.sequential import (
-        SequentialTest,
-        block_order,
-        preconditioner,
-        recheck_verdict,
-        step_score,
-    )
+    from hf_divcl.experimental.preconditioner import preconditioner, step_score
+    from hf_divcl.experimental.sequential import SequentialTest, block_order, recheck_verdict
 
     run = Run(feats, a, seed, dup, levels)
     test = SequentialTest(levels, alpha=a.alpha, min_blocks=a.min_blocks, max_blocks=a.max_blocks,
@@ -284,7 +279,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
 
 
 def t_interval(values: list[float]) -> dict:
-    from hf_divcl.experimental.progress import paired_interval
+    from hf_divcl.experimental.sequential import paired_interval
 
     mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
     return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values),

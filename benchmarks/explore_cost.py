@@ -124,7 +124,7 @@ def score_microbenchmark(a) -> dict:
     alternating, with the same random gradients."""
     import torch
 
-    from hf_divcl.experimental.sequential import preconditioned_score, preconditioner, step_score
+    from hf_divcl.experimental.preconditioner import preconditioned_score, preconditioner, step_score
 
     model = task_setup(a)[1]()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hf_divcl.experimental.explore_plan import SCORE_COST
+    from hf_divcl.experimental.cost import SCORE_COST
 
     machine = {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
                "threads": torch.get_num_threads(), "cpus": os.cpu_count()}

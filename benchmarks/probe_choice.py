@@ -54,7 +54,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def probe_grad(run: Run, probe: str, tau: float, batch: int) -> list[torch.Tensor]:
-    from hf_divcl.experimental.sequential import retrieval_probe_loss
+    from hf_divcl.experimental.probe import retrieval_probe_loss
     from hf_divcl.losses.maths import contrastive_loss
 
     u, v = run.model(run.A[run.probe]), run.model(run.P[run.probe])
@@ -69,7 +69,7 @@ def probe_grad(run: Run, probe: str, tau: float, batch: int) -> list[torch.Tenso
 
 def probe_effects(feats, a, seed: int, levels: list[str]) -> dict[str, dict[str, float]]:
     """Per probe, per level: mean step score minus random's, at the weights after ``a.warm`` random steps."""
-    from hf_divcl.experimental.sequential import preconditioner, step_score
+    from hf_divcl.experimental.preconditioner import preconditioner, step_score
 
     run = Run(feats, a, seed, 1, levels)
     for t in range(a.warm):

@@ -340,7 +340,7 @@ def _t_interval(values: list[float]) -> dict:
     """Mean and 95 % Student-t interval of paired differences (None where fewer than two)."""
     import torch
 
-    from hf_divcl.experimental.progress import paired_interval
+    from hf_divcl.experimental.sequential import paired_interval
 
     if not values:
         return {"mean": None, "ci95": None, "n": 0}

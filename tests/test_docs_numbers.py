@@ -4,7 +4,7 @@ until the docs say the new number; and the README stays a short front door that 
 import re
 from pathlib import Path
 
-from hf_divcl.experimental.explorer import explore_min_steps, plan_exploration
+from hf_divcl.experimental.explore_plan import explore_min_steps, plan_exploration
 from hf_divcl.experimental.follower import plan_calibrations
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,18 +5,9 @@ import math
 import pytest
 import torch
 
-from hf_divcl.experimental.sequential import (
-    RANDOM_ARM,
-    SequentialTest,
-    block_order,
-    label_probe_loss,
-    look_schedule,
-    preconditioned_score,
-    preconditioner,
-    recheck_verdict,
-    retrieval_probe_loss,
-    step_score,
-)
+from hf_divcl.experimental.preconditioner import preconditioned_score, preconditioner, step_score
+from hf_divcl.experimental.probe import label_probe_loss, retrieval_probe_loss
+from hf_divcl.experimental.sequential import RANDOM_ARM, SequentialTest, block_order, look_schedule, recheck_verdict
 
 LEVELS = ["local:32", "spread:4"]
 
@@ -268,3 +259,20 @@ def test_resume_mid_exploration_continues_identically():
     assert resumed.decision == full.decision
     with pytest.raises(ValueError, match="Resume with the same exploration settings"):
         SequentialTest(["local:32"], min_blocks=4, max_blocks=30).load_state_dict(half.state_dict())
+
+
+def test_the_preconditioner_without_a_gradient_is_adams_second_moment_as_the_optimizer_holds_it():
+    """What ``"progress"`` scores a step on another batch with: ``1/(√v̂ + ε)``, ``v̂ = v/(1 − β2^t)`` from Adam's
+    state as it is (no update by a new gradient); nothing before Adam's first step; the identity for SGD."""
+    from hf_divcl.experimental.preconditioner import preconditioner
+
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    adam = torch.optim.AdamW([p], lr=0.1, betas=(0.9, 0.99), eps=1e-6)
+    assert preconditioner(adam, [p]) == (None, "identity")
+    for _ in range(3):
+        p.grad = torch.randn(5, dtype=torch.float64)
+        adam.step()
+    v, t = adam.state[p]["exp_avg_sq"], float(adam.state[p]["step"])
+    got, name = preconditioner(adam, [p])
+    assert name == "adam" and torch.equal(got[0], 1.0 / ((v / (1 - 0.99 ** t)).sqrt() + 1e-6))
+    assert preconditioner(torch.optim.SGD([p], lr=0.1), [p]) == (None, "identity")

@@ -12,13 +12,8 @@ from datasets import Value
 
 from hf_divcl.data.wordnet import wordnet_pairs
 from hf_divcl.diversity.log import read_diversity_log
-from hf_divcl.experimental.explore_plan import (
-    EXPLORE_FILE,
-    RECHECK_BLOCKS,
-    SCORE_COST,
-    explore_min_steps,
-    plan_exploration,
-)
+from hf_divcl.experimental.cost import SCORE_COST
+from hf_divcl.experimental.explore_plan import EXPLORE_FILE, RECHECK_BLOCKS, explore_min_steps, plan_exploration
 from hf_divcl.publish.card import write_model_card
 from hf_divcl.training.arguments import DivCLTrainingArguments
 from hf_divcl.training.trainer import DivCLTrainer

@@ -9,8 +9,10 @@ import pytest
 import torch
 from scipy import stats
 
-from hf_divcl.experimental.follower import calibration_cost, plan_calibrations
-from hf_divcl.experimental.progress import ProgressCalibration, StepGain, calibrate_progress, decide, paired_interval
+from hf_divcl.experimental.cost import calibration_cost
+from hf_divcl.experimental.follower import plan_calibrations
+from hf_divcl.experimental.progress import ProgressCalibration, StepGain, calibrate_progress, decide
+from hf_divcl.experimental.sequential import paired_interval
 from hf_divcl.policies.calibration import calibrate_window
 
 

@@ -18,19 +18,16 @@ from typing import Any
 
 from .._common import HOLD_OUT_SEED, hold_out, total_training_steps
 from ..diversity.levels import parse_level
+from .cost import SCORE_COST, recheck_cost, refresh_cost
 from .progress import default_progress_levels
 from .sequential import RANDOM_ARM
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EXPLORE_FILE", "RECHECK_BLOCKS", "SCORE_COST", "ExplorePlan", "check_probe_labels", "explore_min_steps",
+__all__ = ["EXPLORE_FILE", "RECHECK_BLOCKS", "ExplorePlan", "check_probe_labels", "explore_min_steps",
            "plan_exploration", "schedule_exploration"]
 
 EXPLORE_FILE = "divcl_explore.jsonl"
-# A scored step's extra work in batch equivalents: the fused score (preconditioned_score) over every trainable
-# parameter. Measured 0.07-0.09 on MiniLM at B = 32 on CPU, 0.03-0.05 on the tiny ViT at B = 128
-# (benchmarks/explore_cost.py, docs/results.md); rounded up.
-SCORE_COST = 0.1
 # Blocks an exploration needs, in multiples of its first look (min_blocks), and the most blocks one probe gradient
 # may score. On the adapter setting of benchmarks/calibrator_power.py (30 seeds, true gains of local:32 +0.11 at
 # τ = 0.5 and +0.03 at τ = 0.2) the test chose the level in 29/30 and 25/30 runs with up to 80 blocks and the probe
@@ -99,8 +96,8 @@ def plan_exploration(*, total_steps: int, batch_size: int, train_rows: int, prob
     for name in lv:
         parse_level(name)  # fail early on a typo
     k = 1 + len(lv)
-    per_refresh = sample_rows / (3 * batch_size) + probe_rows / batch_size
-    recheck = probe_rows / batch_size + 2 * recheck_blocks * SCORE_COST
+    per_refresh = refresh_cost(sample_rows, probe_rows, batch_size)
+    recheck = recheck_cost(probe_rows, batch_size, recheck_blocks)
     budget_units = budget * total_steps
     block_cost = SCORE_COST * k
     stale = max(1, min(min_blocks, REFRESH_EVERY))  # the most blocks one probe gradient scores

@@ -36,15 +36,11 @@ from ..diversity.levels import draw_level, parse_level
 from ..diversity.window import DiversityWindow, measure_diversity
 from .explore_plan import EXPLORE_FILE, ExplorePlan
 from .follower import ProbeEnv, calibration_sample, seeded_rows
+from .preconditioner import preconditioned_score
 from .probe import probe_gradient
 from .progress import ProgressCalibration
 from .recheck import Rechecks
-from .sequential import (
-    RANDOM_ARM,
-    SequentialTest,
-    block_order,
-    preconditioned_score,
-)
+from .sequential import RANDOM_ARM, SequentialTest, block_order
 
 if TYPE_CHECKING:
     from ..policies.context import PolicyContext

@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 from .._common import HOLD_OUT_SEED, agree, append_jsonl, hold_out, mix_seed, total_training_steps
 from ..diversity.levels import parse_level
 from ..losses.infonce import InfoNCELoss
+from .cost import calibration_cost
 from .progress import ProgressCalibration, StepGain, calibrate_progress, default_progress_levels
 
 if TYPE_CHECKING:
@@ -70,16 +71,6 @@ class CalibrationPlan:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("steps", "n_pairs", "levels", "probe_rows", "sample_rows",
                                               "cost_per_calibration", "total_batches", "reason")}
-
-
-def calibration_cost(batch_size: int, n_pairs: int, n_levels: int, probe_rows: int, sample_rows: int,
-                     estimate: str = "first_order") -> float:
-    """Batch equivalents of one calibration (see the module docstring)."""
-    scored = n_pairs * (1 + n_levels)
-    cost = sample_rows / (3 * batch_size) + scored
-    if estimate == "lookahead":
-        return cost + (2 * scored + 1) * probe_rows / (3 * batch_size)
-    return cost + probe_rows / batch_size
 
 
 def schedule(total_steps: int, steps_per_epoch: int, recalibrate_every: str | int = "epoch",

@@ -11,12 +11,48 @@ import numpy as np
 import torch
 
 from .explore_plan import ExplorePlan
-from .sequential import label_probe_loss, retrieval_probe_loss
 
 if TYPE_CHECKING:
     from ..policies.context import PolicyContext
 
-__all__ = ["probe_embeddings", "probe_gradient"]
+__all__ = ["label_probe_loss", "probe_embeddings", "probe_gradient", "retrieval_probe_loss"]
+
+
+def retrieval_probe_loss(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Retrieval loss over a whole probe set: each anchor ``(P, d)`` against *all* ``P`` positives ``(P, d)``
+    (cross-entropy of the true positive's rank-softmax at ``temperature``); rows are L2-normalised here.
+
+    With ``P`` in the hundreds this is a smooth stand-in for ranking a corpus (what ndcg@k / k-NN evaluate),
+    unlike InfoNCE over ``B`` random in-batch negatives. Returns a 0-dim tensor.
+    """
+    u = torch.nn.functional.normalize(anchors, dim=-1)
+    v = torch.nn.functional.normalize(positives, dim=-1)
+    logits = u @ v.T / temperature
+    return torch.nn.functional.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
+
+
+def label_probe_loss(anchors: torch.Tensor, positives: torch.Tensor, labels: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Soft k-NN loss over a labelled probe set: anchor ``i`` ``(P, d)`` against the positives of every *other* probe
+    row ``(P, d)``; the loss is ``−log`` of the softmax mass (at ``temperature``) on rows sharing its label
+    ``(P,)``, averaged over anchors that have such a row. Rows are L2-normalised here. Returns a 0-dim tensor.
+
+    This is what k-NN classification rewards (neighbours of the same class), unlike instance retrieval
+    (:func:`retrieval_probe_loss`), which also rewards pushing apart two images of one class.
+    """
+    u = torch.nn.functional.normalize(anchors, dim=-1)
+    v = torch.nn.functional.normalize(positives, dim=-1)
+    n = u.shape[0]
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) (one per probe row), got {tuple(labels.shape)}.")
+    other = ~torch.eye(n, dtype=torch.bool, device=u.device)
+    same = (labels[:, None] == labels[None, :]).to(u.device) & other
+    has = same.any(dim=1)
+    if not bool(has.any()):
+        raise ValueError("the label probe needs at least two probe rows of one label; every label occurs once.")
+    logits = (u @ v.T / temperature).masked_fill(~other, float("-inf"))
+    pos = logits.masked_fill(~same, float("-inf")).logsumexp(dim=1)
+    return (logits.logsumexp(dim=1) - pos)[has].mean()
 
 
 def probe_embeddings(trainer: PolicyContext, data) -> tuple[torch.Tensor, torch.Tensor]:

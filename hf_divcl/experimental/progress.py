@@ -28,30 +28,12 @@ import torch
 
 from ..diversity.levels import SweepLevel, draw_level, parse_level
 from ..diversity.window import METRICS, DiversityWindow, measure_diversity
+from .preconditioner import preconditioner
+from .sequential import paired_interval
 
-__all__ = ["ESTIMATES", "ProgressCalibration", "StepGain", "calibrate_progress", "decide", "default_progress_levels",
-           "paired_interval"]
+__all__ = ["ESTIMATES", "ProgressCalibration", "StepGain", "calibrate_progress", "decide", "default_progress_levels"]
 
 ESTIMATES = ("first_order", "lookahead")
-
-
-def paired_interval(diffs: torch.Tensor, confidence: float = 0.9) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t ``confidence`` interval of paired differences ``(n,)``, as floats.
-
-    With fewer than two finite differences the interval is ``(-inf, inf)``: nothing is known.
-    """
-    d = diffs.double()
-    d = d[torch.isfinite(d)]
-    n = d.numel()
-    if n == 0:
-        return float("nan"), -math.inf, math.inf
-    mean = d.mean().item()
-    if n < 2:
-        return mean, -math.inf, math.inf
-    from scipy.special import stdtrit  # Student-t quantile (lighter import than scipy.stats)
-
-    half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * d.std(unbiased=True).item() / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def default_progress_levels(n_rows: int, batch_size: int) -> list[SweepLevel]:
@@ -249,21 +231,8 @@ class StepGain:
         self._probe_loss: float | None = None
 
     def _preconditioner(self, optimizer) -> list[torch.Tensor] | None:
-        if optimizer is None:
-            return None
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        out = []
-        for p in self.params:
-            st = inner.state.get(p, {})
-            if "exp_avg_sq" not in st or "step" not in st:
-                return None
-            group = next((g for g in inner.param_groups if any(q is p for q in g["params"])), {})
-            beta2 = group.get("betas", (0.9, 0.999))[1]
-            eps = group.get("eps", 1e-8)
-            step = float(st["step"])
-            v_hat = st["exp_avg_sq"] / (1 - beta2 ** max(step, 1.0))
-            out.append(1.0 / (v_hat.sqrt() + eps))
-        return out
+        """Adam's ``1/(√v̂ + ε)`` as the optimizer holds it (``None``: no second moment yet, or not Adam)."""
+        return preconditioner(optimizer, self.params)[0] if optimizer is not None else None
 
     def direction(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self.precond is None:

@@ -41,16 +41,31 @@ __all__ = [
     "ExploreDecision",
     "SequentialTest",
     "block_order",
-    "label_probe_loss",
     "look_schedule",
-    "preconditioned_score",
-    "preconditioner",
+    "paired_interval",
     "recheck_verdict",
-    "retrieval_probe_loss",
-    "step_score",
 ]
 
 RANDOM_ARM = "random"
+
+
+def paired_interval(diffs: torch.Tensor, confidence: float = 0.9) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t ``confidence`` interval of paired differences ``(n,)``, as floats.
+
+    With fewer than two finite differences the interval is ``(-inf, inf)``: nothing is known.
+    """
+    d = diffs.double()
+    d = d[torch.isfinite(d)]
+    n = d.numel()
+    if n == 0:
+        return float("nan"), -math.inf, math.inf
+    mean = d.mean().item()
+    if n < 2:
+        return mean, -math.inf, math.inf
+    from scipy.special import stdtrit  # Student-t quantile (lighter import than scipy.stats)
+
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * d.std(unbiased=True).item() / math.sqrt(n)
+    return mean, mean - half, mean + half
 
 
 def block_order(arms: Sequence[str], block: int, seed: int) -> list[str]:
@@ -73,145 +88,6 @@ def look_schedule(min_blocks: int, max_blocks: int, growth: float = 2.0) -> list
     while looks[-1] < max_blocks:
         looks.append(min(max_blocks, max(looks[-1] + 1, math.ceil(looks[-1] * growth))))
     return looks
-
-
-def retrieval_probe_loss(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Retrieval loss over a whole probe set: each anchor ``(P, d)`` against *all* ``P`` positives ``(P, d)``
-    (cross-entropy of the true positive's rank-softmax at ``temperature``); rows are L2-normalised here.
-
-    With ``P`` in the hundreds this is a smooth stand-in for ranking a corpus (what ndcg@k / k-NN evaluate),
-    unlike InfoNCE over ``B`` random in-batch negatives. Returns a 0-dim tensor.
-    """
-    u = torch.nn.functional.normalize(anchors, dim=-1)
-    v = torch.nn.functional.normalize(positives, dim=-1)
-    logits = u @ v.T / temperature
-    return torch.nn.functional.cross_entropy(logits, torch.arange(u.shape[0], device=u.device))
-
-
-def label_probe_loss(anchors: torch.Tensor, positives: torch.Tensor, labels: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """Soft k-NN loss over a labelled probe set: anchor ``i`` ``(P, d)`` against the positives of every *other* probe
-    row ``(P, d)``; the loss is ``−log`` of the softmax mass (at ``temperature``) on rows sharing its label
-    ``(P,)``, averaged over anchors that have such a row. Rows are L2-normalised here. Returns a 0-dim tensor.
-
-    This is what k-NN classification rewards (neighbours of the same class), unlike instance retrieval
-    (:func:`retrieval_probe_loss`), which also rewards pushing apart two images of one class.
-    """
-    u = torch.nn.functional.normalize(anchors, dim=-1)
-    v = torch.nn.functional.normalize(positives, dim=-1)
-    n = u.shape[0]
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) (one per probe row), got {tuple(labels.shape)}.")
-    other = ~torch.eye(n, dtype=torch.bool, device=u.device)
-    same = (labels[:, None] == labels[None, :]).to(u.device) & other
-    has = same.any(dim=1)
-    if not bool(has.any()):
-        raise ValueError("the label probe needs at least two probe rows of one label; every label occurs once.")
-    logits = (u @ v.T / temperature).masked_fill(~other, float("-inf"))
-    pos = logits.masked_fill(~same, float("-inf")).logsumexp(dim=1)
-    return (logits.logsumexp(dim=1) - pos)[has].mean()
-
-
-def preconditioner(optimizer, params: Sequence[torch.nn.Parameter],
-                   grads: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor] | None, str]:
-    """The factor the optimizer will apply to each gradient this step, and its name.
-
-    Adam-family (``exp_avg_sq`` in the state or a fresh Adam): ``1/(√v̂_t + ε)`` with ``v_t`` already updated by
-    this step's gradient and bias-corrected — at the first step this makes the direction ``sign(g)``, as Adam's.
-    Anything else (SGD, Adafactor without ``exp_avg_sq``…): ``None`` = the identity (the step is ``lr·g``, up to
-    momentum, which is common to every arm of a block).
-    """
-    states = _adam_states(optimizer, params)
-    if states is None:
-        return None, "identity"
-    out = []
-    for (sq, beta2, eps, step), g in zip(states, grads, strict=True):
-        v = sq * beta2 + (1 - beta2) * g * g if sq is not None else (1 - beta2) * g * g
-        out.append(1.0 / ((v / (1 - beta2 ** (float(step) + 1))).sqrt() + eps))
-    return out, "adam"
-
-
-def step_score(grads: Sequence[torch.Tensor], precond: Sequence[torch.Tensor] | None,
-               probe_grad: Sequence[torch.Tensor], lr: float) -> torch.Tensor:
-    """``lr·⟨P(g), ∇L_probe⟩`` as a 0-dim float64 tensor on the gradients' device (no host sync): the drop of the
-    probe loss the step would buy, to first order."""
-    terms = []
-    for i, (g, q) in enumerate(zip(grads, probe_grad, strict=True)):
-        d = g if precond is None else g * precond[i]
-        terms.append((d.double() * q.double()).sum())
-    return lr * torch.stack(terms).sum()
-
-
-def preconditioned_score(optimizer, params: Sequence[torch.nn.Parameter], grads: Sequence[torch.Tensor],
-                         probe_grad: Sequence[torch.Tensor], lr: float) -> tuple[torch.Tensor, str]:
-    """``step_score(grads, preconditioner(optimizer, params, grads)[0], probe_grad, lr)`` and the preconditioner's
-    name, without materialising the preconditioner or float64 copies: per parameter one scratch tensor and five
-    passes over it (``v``, its root, ``+ε``, ``q/·``, the dot with ``g``), each tensor's dot in its own dtype, summed
-    in float64. No host sync. This is the explorer's per-step cost, so it must stay a small fraction of a step."""
-    states = _adam_states(optimizer, params)
-    scales = None if states is None else _bias_scales(states)
-    terms = []
-    for i, (g, q) in enumerate(zip(grads, probe_grad, strict=True)):
-        dtype = torch.promote_types(g.dtype, q.dtype)
-        g, q = g.reshape(-1).to(dtype), q.reshape(-1).to(dtype)
-        if scales is None:
-            terms.append(torch.dot(g, q).double())
-            continue
-        sq, beta2 = states[i][:2]
-        # √(v_t/bias) + ε = √(c/bias) · (√w + ε·s) with s = √(bias/c), w = sq + g²·(1-β2)/β2 and c = β2 (w = g²,
-        # c = 1-β2 without a second moment yet): five passes, the factor 1/s applied to the tensor's dot at the end
-        if sq is not None:
-            w = torch.addcmul(sq.reshape(-1).to(dtype), g, g, value=(1 - beta2) / beta2)
-        else:
-            w = torch.mul(g, g)
-        scale, eps_scale = scales[i]
-        w.sqrt_().add_(eps_scale)
-        torch.div(q, w, out=w)
-        terms.append(torch.dot(g, w).double() * scale)
-    return lr * torch.stack(terms).sum(), "identity" if states is None else "adam"
-
-
-def _bias_scales(states: list[tuple[Any, float, float, Any]]) -> list[tuple[Any, Any]]:
-    """``(s, ε·s)`` per parameter with ``s = √(bias_t / c)``, ``bias_t = 1 − β2^(t+1)``, ``c = β2`` with a second
-    moment (``1 − β2`` without). Adam keeps ``t`` as a tensor, on the parameter's device when fused or capturable
-    (the Trainer's default ``adamw_torch_fused``): reading it per parameter would be one host sync each, so tensor
-    steps are stacked per ``(β2, c, ε)`` and the factors stay 0-dim float64 tensors on that device."""
-    out: list[tuple[Any, Any]] = [(0.0, 0.0)] * len(states)
-    groups: dict[tuple[float, float, float, bool], list[int]] = {}
-    for i, (sq, beta2, eps, step) in enumerate(states):
-        key = (beta2, beta2 if sq is not None else 1 - beta2, eps, isinstance(step, torch.Tensor))
-        groups.setdefault(key, []).append(i)
-    for (beta2, c, eps, tensor), idx in groups.items():
-        if tensor and len({states[i][3].device for i in idx}) == 1:
-            t = torch.stack([states[i][3].reshape(()) for i in idx]).double()
-            scale = ((1 - torch.pow(beta2, t + 1)) / c).sqrt()
-            pairs = zip(scale.unbind(), (eps * scale).unbind(), strict=True)
-        else:
-            values = [math.sqrt((1 - beta2 ** (float(states[i][3]) + 1)) / c) for i in idx]
-            pairs = ((v, eps * v) for v in values)
-        for i, pair in zip(idx, pairs, strict=True):
-            out[i] = pair
-    return out
-
-
-def _adam_states(optimizer, params: Sequence[torch.nn.Parameter]) -> list[tuple[Any, float, float, Any]] | None:
-    """Per parameter ``(exp_avg_sq or None, β2, ε, step)`` of an Adam-family optimizer, ``step`` as the optimizer
-    keeps it (a number, or a 0-dim tensor, possibly on the parameter's device: never read here); ``None`` when any
-    parameter has no second moment (the identity preconditioner, as :func:`preconditioner`)."""
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-    if inner is None:
-        return None
-    adam = "betas" in inner.defaults and "eps" in inner.defaults
-    groups = {id(p): gr for gr in inner.param_groups for p in gr["params"]}
-    out = []
-    for p in params:
-        st = inner.state.get(p, {})
-        if "exp_avg_sq" not in st and not (adam and not st):
-            return None
-        group = groups.get(id(p), inner.defaults)
-        out.append((st.get("exp_avg_sq"), group.get("betas", (0.9, 0.999))[1], group.get("eps", 1e-8),
-                    st.get("step", 0.0)))
-    return out
 
 
 @dataclass
