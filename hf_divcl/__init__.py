@@ -20,7 +20,9 @@ _LAZY: dict[str, str] = {
     "end_distributed": "_common",
     "EmbeddingBank": "bank",
     "calibrate_window": "policies.calibration",
-    "MegaBatchSelector": "experimental.selectors",
+    "BatchPolicy": "policies.base",
+    "SamplerSetup": "policies.base",
+    "register_policy": "policies.registry",
     "DivCLDataCollator": "collator",
     "DatasetError": "data.validation",
     "validate_training_dataset": "data.validation",
@@ -46,6 +48,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "BatchPolicy",
     "DatasetError",
     "DivCLDataCollator",
     "DivCLTrainer",
@@ -57,7 +60,7 @@ __all__ = [
     "EmbeddingBank",
     "GradientBands",
     "InfoNCELoss",
-    "MegaBatchSelector",
+    "SamplerSetup",
     "__version__",
     "batch_diversity",
     "calibrate_window",
@@ -71,6 +74,7 @@ __all__ = [
     "plan_epoch",
     "push_to_hub",
     "read_diversity_log",
+    "register_policy",
     "validate_training_dataset",
     "write_model_card",
 ]
@@ -84,13 +88,14 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from .diversity.log import read_diversity_log
     from .diversity.metrics import batch_diversity, participation_ratio
     from .diversity.window import DiversityWindow
-    from .experimental.selectors import MegaBatchSelector
     from .losses.infonce import InfoNCELoss
     from .losses.maths import contrastive_loss
     from .models.loading import load_sentence_transformer
     from .planning.dedupe import duplicate_groups
     from .planning.plan import plan_epoch
+    from .policies.base import BatchPolicy, SamplerSetup
     from .policies.calibration import calibrate_window
+    from .policies.registry import register_policy
     from .publish.card import write_model_card
     from .publish.hub import push_to_hub
     from .sampler import DiversityWindowBatchSampler
