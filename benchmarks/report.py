@@ -24,13 +24,39 @@ DEFAULT_TAU = {"text": 0.05, "vision": 0.2, "clip": 0.07}
 METRIC = {"text": "ndcg@10", "vision": "k-NN acc.", "clip": "zero-shot acc."}
 
 
-def _fmt(stat: dict | None) -> str:
+def p_value(stat: dict | None) -> float | None:
+    """Two-sided p-value of a paired mean difference, recovered from its 95 % t-interval and ``n`` (the Student-t
+    interval the benchmarks store: half-width = t₀.₉₇₅,ₙ₋₁ · se); ``None`` without an interval."""
+    from scipy import stats as st
+
+    if not stat or stat.get("mean") is None or not stat.get("ci95") or (stat.get("n") or 0) < 2:
+        return None
+    n, (lo, hi) = int(stat["n"]), stat["ci95"]
+    se = (hi - lo) / 2 / st.t.ppf(0.975, n - 1)
+    if se <= 0:
+        return 0.0 if stat["mean"] != 0 else 1.0
+    return float(2 * st.t.sf(abs(stat["mean"]) / se, n - 1))
+
+
+def holm(pvalues: list[float | None], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down correction over one family: which hypotheses are rejected at family-wise level ``alpha``
+    (``None``: not tested, never rejected)."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, rejected = len(order), [False] * len(pvalues)
+    for k, (p, i) in enumerate(order):
+        if p > alpha / (m - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def _fmt(stat: dict | None, significant: bool = False) -> str:
     if not stat or stat.get("mean") is None:
         return "–"
     mean, ci = stat["mean"], stat.get("ci95")
     if not ci:
         return f"{mean:+.4f} (n = {stat.get('n', 1)})"
-    mark = " ▲" if ci[0] > 0 else " ▼" if ci[1] < 0 else ""
+    mark = (" ▲" if mean > 0 else " ▼") if significant else ""
     return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]{mark}"
 
 
@@ -62,8 +88,8 @@ def time_to_quality_rows(path: Path) -> list[dict]:
         wins = paired.get("wins", sum(d > 0 for d in paired.get("final_diffs", [])))
         rows.append({"source": path.stem, "task": task, "regime": _regime(task, c),
                      "tau": c.get("temperature") or DEFAULT_TAU[task], "steps": f"{c['steps']} × {c['batch_size']}",
-                     "seeds": final.get("n", 0), "policy": policy, "metric": METRIC[task], "final": _fmt(final),
-                     "auc": _fmt(paired.get("auc_minus_random")), "wins": f"{wins}/{final.get('n', 0)}"})
+                     "seeds": final.get("n", 0), "policy": policy, "metric": METRIC[task], "final": final,
+                     "auc": paired.get("auc_minus_random"), "wins": f"{wins}/{final.get('n', 0)}"})
     return rows
 
 
@@ -77,10 +103,10 @@ def calibrator_rows(path: Path) -> list[dict]:
         common = {"source": path.stem, "task": "adapter", "regime": f"MiniLM + adapter, WordNet {c['domain']} "
                   f"({c['kind']}), {c.get('optim', 'adamw')}", "tau": float(tau),
                   "steps": f"{c['steps']} × {c['batch_size']}",
-                  "metric": "ndcg@10", "auc": "–"}
+                  "metric": "ndcg@10", "auc": None}
         oneshot = c.get("calibrator") == "oneshot"
         for level, stat in ([] if oneshot else truth["levels"].items()):
-            rows.append({**common, "seeds": stat["n"], "policy": f"fixed {level}", "final": _fmt(stat),
+            rows.append({**common, "seeds": stat["n"], "policy": f"fixed {level}", "final": stat,
                          "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
         planted = r.get("planted", {}).get(tau)
         if planted:
@@ -92,7 +118,7 @@ def calibrator_rows(path: Path) -> list[dict]:
             if c.get("recheck_blocks"):
                 name += f", re-checks ({c['recheck_blocks']} blocks, rule '{c.get('recheck_rule', 'behind')}')"
             rows.append({**common, "seeds": stat["n"], "policy": name,
-                         "final": _fmt(stat), "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
+                         "final": stat, "wins": f"{stat.get('wins', '?')}/{stat['n']}"})
     return rows
 
 
@@ -107,11 +133,21 @@ def collect(results: Path = RESULTS) -> list[dict]:
 
 
 def render(rows: list[dict]) -> str:
+    """The table; ▲/▼ mark the differences that stay significant after Holm's correction, the final-quality column
+    and the AUC column each one family over every row of the table."""
+    final_p = [p_value(r["final"]) for r in rows]
+    auc_p = [p_value(r["auc"]) for r in rows]
+    final_sig, auc_sig = holm(final_p), holm(auc_p)
+    tested_final, tested_auc = sum(p is not None for p in final_p), sum(p is not None for p in auc_p)
+    note = (f"▲ / ▼: significant at 5 % after Holm's correction over the table's {tested_final} final-quality "
+            f"comparisons (and, for AUC, its {tested_auc}); an interval that excludes zero without a mark is "
+            "significant only uncorrected.")
     head = ("| task | regime | τ | steps × B | seeds | policy | policy − random, final (95 % CI) | "
             "policy − random, AUC (95 % CI) | wins |\n|---|---|---|---|---|---|---|---|---|")
     body = [f"| {r['task']} ({r['metric']}) | {r['regime']} | {r['tau']:g} | {r['steps']} | {r['seeds']} | "
-            f"{r['policy']} | {r['final']} | {r['auc']} | {r['wins']} |" for r in rows]
-    return "\n".join([head, *body])
+            f"{r['policy']} | {_fmt(r['final'], fs)} | {_fmt(r['auc'], a_s)} | {r['wins']} |"
+            for r, fs, a_s in zip(rows, final_sig, auc_sig, strict=True)]
+    return "\n".join([note, "", head, *body])
 
 
 def doc_table(text: str) -> str | None:

@@ -24,15 +24,44 @@ def test_the_table_has_a_row_per_paired_result():
     mod = _report()
     table = mod.doc_table(mod.RESULTS_DOC.read_text(encoding="utf-8"))
     rows = mod.collect()
-    assert rows and len(table.splitlines()) == len(rows) + 2
+    assert rows and len(table.splitlines()) == len(rows) + 4  # the correction's note, a blank line, the header
 
 
-def test_an_interval_above_or_below_zero_is_marked():
+def test_a_significant_difference_is_marked_with_its_sign():
     fmt = _report()._fmt
-    assert fmt({"mean": 0.03, "ci95": [0.02, 0.04], "n": 8}).endswith("▲")
-    assert fmt({"mean": -0.03, "ci95": [-0.04, -0.02], "n": 8}).endswith("▼")
-    assert fmt({"mean": 0.01, "ci95": [-0.01, 0.03], "n": 8}) == "+0.0100 [-0.0100, +0.0300]"
+    assert fmt({"mean": 0.03, "ci95": [0.02, 0.04], "n": 8}, True).endswith("▲")
+    assert fmt({"mean": -0.03, "ci95": [-0.04, -0.02], "n": 8}, True).endswith("▼")
+    assert fmt({"mean": 0.03, "ci95": [0.02, 0.04], "n": 8}) == "+0.0300 [+0.0200, +0.0400]"
     assert fmt({"mean": 0.01, "ci95": None, "n": 1}) == "+0.0100 (n = 1)"
+
+
+def test_p_values_are_recovered_from_the_stored_t_interval():
+    """The benchmarks store a Student-t 95 % interval: its p-value is exactly 0.05 when the interval touches zero."""
+    from scipy import stats
+
+    p = _report().p_value
+    n, se = 8, 0.01
+    half = stats.t.ppf(0.975, n - 1) * se
+    assert abs(p({"mean": half, "ci95": [0.0, 2 * half], "n": n}) - 0.05) < 1e-12
+    assert p({"mean": 0.0, "ci95": [-half, half], "n": n}) == 1.0
+    assert p({"mean": 0.01, "ci95": None, "n": 1}) is None
+
+
+def test_holm_corrects_over_the_whole_family():
+    holm = _report().holm
+    # three p-values at 0.02: each significant alone, none after the correction (0.02 > 0.05 / 3)
+    assert holm([0.02, 0.02, 0.02]) == [False, False, False]
+    # step-down: 0.001 < 0.05/4, 0.013 < 0.05/3, 0.03 > 0.05/2 stops the rest; untested entries never count
+    assert holm([0.03, 0.001, None, 0.013, 0.04]) == [False, True, False, True, False]
+
+
+def test_the_table_marks_fewer_rows_than_its_uncorrected_intervals_would():
+    mod = _report()
+    rows = mod.collect()
+    uncorrected = sum(1 for r in rows if r["final"] and r["final"].get("ci95")
+                      and (r["final"]["ci95"][0] > 0 or r["final"]["ci95"][1] < 0))
+    corrected = sum(mod.holm([mod.p_value(r["final"]) for r in rows]))
+    assert 0 < corrected < uncorrected
 
 
 def test_a_stale_table_is_caught(tmp_path):
