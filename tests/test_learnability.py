@@ -234,3 +234,22 @@ def test_a_reference_slice_too_large_for_the_data_is_refused(tiny_model_dir, tmp
         DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
                      args=_args(tmp_path, batch_policy="learnability", batch_policy_kwargs={"reference_rows": 30}),
                      train_dataset=_pairs(40))
+
+
+def test_the_reference_is_fine_tuned_by_a_small_trainer_and_leaves_the_run_alone(tiny_model_dir, tmp_path):
+    """The held-out reference: a copy of the starting model trained for the asked steps on the reference rows only;
+    the model being trained, the global RNG and the collator's augmentation state are untouched."""
+    from sentence_transformers import SentenceTransformer
+
+    from hf_divcl.experimental.learnability import train_reference_model
+    from hf_divcl.training.trainer import DivCLTrainer
+
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"),
+                           args=_args(tmp_path, batch_policy="learnability"), train_dataset=_pairs(240))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    rng = torch.get_rng_state()
+    ref = train_reference_model(trainer, trainer.policy.reference_rows_dataset, steps=4)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    moved = [not torch.equal(a, b) for a, b in zip(before, ref.parameters(), strict=True)]
+    assert sum(moved) > len(moved) // 2 and not ref.training

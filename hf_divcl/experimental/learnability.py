@@ -244,48 +244,36 @@ def hold_out_reference_rows(dataset, settings, global_batch: int):
 
 
 def train_reference_model(host: PolicyContext, data, steps: int) -> torch.nn.Module:
-    """Fine-tune a copy of the starting model on ``data`` (the held-out reference rows) with the run's loss, learning
-    rate and global batch size, for ``steps`` AdamW steps on random batches. The run's RNG and augmentation state are
-    left as they were, so the training run itself is the same as without a reference."""
+    """Fine-tune a copy of the starting model on ``data`` (the held-out reference rows) with a small
+    ``SentenceTransformerTrainer``: the run's loss, learning rate, weight decay, precision and global batch size, the
+    run's collator (image views included), ``steps`` AdamW steps on random batches with a short warm-up. The run's RNG
+    and augmentation state are left as they were, so the training run itself is the same as without a reference."""
+    import math
+    import tempfile
+
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
     from ..losses.infonce import InfoNCELoss
     from .follower import ProbeEnv
 
     a = host.args
     ref = host.model_copy()
-    loss_fn = InfoNCELoss(ref, temperature=a.temperature, loss_type=a.loss_option("loss_type"),
-                          symmetric=a.loss_option("symmetric"), gather_across_devices=False)
-    params = [p for p in ref.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=a.learning_rate, weight_decay=a.weight_decay)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm))
-    b = min(host.global_batch_size(), len(data))
-    gen = torch.Generator().manual_seed(HOLD_OUT_SEED)
-    order: list[int] = []
-    bar = None
-    if not a.disable_tqdm:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="fine-tuning the learnability reference", leave=False)
-    with ProbeEnv(host):
-        torch.manual_seed(HOLD_OUT_SEED)
-        ref.train()
-        for _ in range(steps):
-            if len(order) < b:
-                order = torch.randperm(len(data), generator=gen).tolist()
-            rows, order = order[:b], order[b:]
-            features, labels = host.collect_features(host.collate_rows(data, rows))
-            loss = loss_fn(features, labels)
-            if not torch.isfinite(loss):
-                raise ValueError(f"The learnability reference's fine-tune hit a non-finite loss ({loss.item()}); "
-                                 "lower learning_rate or pass a reference model path.")
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    loss = InfoNCELoss(ref, temperature=a.temperature, loss_type=a.loss_option("loss_type"),
+                       symmetric=a.loss_option("symmetric"), gather_across_devices=False)
+    batch = max(1, min(host.global_batch_size(), len(data)) // max(1, a.world_size))
+    with tempfile.TemporaryDirectory(prefix="divcl-reference-") as out, ProbeEnv(host):
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=a.learning_rate,
+            weight_decay=a.weight_decay, lr_scheduler_type="constant_with_warmup", warmup_steps=max(1, steps // 10),
+            seed=HOLD_OUT_SEED, data_seed=HOLD_OUT_SEED, bf16=a.bf16, fp16=a.fp16, use_cpu=a.use_cpu,
+            save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=a.disable_tqdm,
+            dataloader_drop_last=True)
+        trainer = SentenceTransformerTrainer(model=ref, args=args, train_dataset=data, loss=loss,
+                                             data_collator=host.data_collator)
+        result = trainer.train()
+    if not math.isfinite(result.training_loss):
+        raise ValueError(f"The learnability reference's fine-tune ended with a non-finite loss "
+                         f"({result.training_loss}); lower learning_rate or pass a reference model path.")
     ref.eval()
     return ref
 
