@@ -51,9 +51,9 @@ def run(cfg, args) -> dict:
         before = evaluate_text(model, test, name=cfg.data_name(), show_progress_bar=not args.disable_tqdm)
     reset_card_scores(model, base)
 
-    # 5. Train. DivCLTrainer is a SentenceTransformerTrainer: InfoNCE on the global batch, batches planned by the
-    #    window policy (window: progress keeps them random until a measured diversity level beats random), the
-    #    batch geometry logged to diversity_log.jsonl, resumable checkpoints that carry the plan and the bank.
+    # 5. Train. DivCLTrainer is a SentenceTransformerTrainer: InfoNCE on the global batch, batches from the batch
+    #    policy (batch_policy: random by default), the batch geometry logged to diversity_log.jsonl, resumable
+    #    checkpoints that carry the plan and the bank.
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

@@ -55,7 +55,8 @@ def run(cfg, args) -> dict:
     reset_card_scores(model, base)
 
     # 5. Train: NT-Xent over both views (vision) or symmetric InfoNCE (clip) on the global batch, batches from the
-    #    window policy, the batch geometry logged, resumable checkpoints that carry the plan and the bank.
+    #    batch policy (random by default), the batch geometry logged, resumable checkpoints that carry the plan and
+    #    the bank.
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

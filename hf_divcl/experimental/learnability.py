@@ -225,7 +225,7 @@ class LearnabilitySelector:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the reference model (builder="learnability")
+# the reference model (batch_policy="learnability")
 
 
 def hold_out_reference_rows(dataset, settings, global_batch: int):
