@@ -14,7 +14,7 @@ from typing import Any
 from ..policies.base import BatchPolicy, SamplerSetup
 from ..policies.context import PolicyContext
 from ..policies.registry import register_policy
-from ..policies.window import check_builder, check_on_infeasible, resolve_window, window_metric
+from ..policies.window import check_builder, check_on_infeasible, check_window, resolve_window, window_metric
 from .selectors import MegaBatchSelector
 
 __all__ = ["AutoWindow", "MegaBatch"]
@@ -85,10 +85,7 @@ class MegaBatch(BatchPolicy):
         if int(self.factor) < 2:
             raise ValueError(f"batch_policy='mega_batch': factor must be >= 2 (rows drawn per kept row), got "
                              f"{self.factor}.")
-        if self.window != "auto":
-            from ..diversity.window import DiversityWindow
-
-            DiversityWindow.parse(self.window)
+        check_window(self.window, self.name)
         check_builder(self.builder, self.name)
         _check_keep_fraction(self.keep_fraction, self.name)
 

@@ -16,7 +16,7 @@ from .._common import global_batch_size
 from ..policies.base import BatchPolicy, SamplerSetup
 from ..policies.context import PolicyContext
 from ..policies.registry import register_policy
-from ..policies.window import resolve_window, window_metric
+from ..policies.window import check_window, resolve_window, window_metric
 from .learnability import LearnabilitySelector, build_reference_bank, hold_out_reference_rows
 
 __all__ = ["HardSelection", "Learnability"]
@@ -35,10 +35,7 @@ class _Selection(BatchPolicy):
         if int(self.factor) < 2:
             raise ValueError(f"batch_policy={self.name!r}: factor must be >= 2 (super-batch rows per kept row), got "
                              f"{self.factor}.")
-        if self.window not in (None, "auto"):
-            from ..diversity.window import DiversityWindow
-
-            DiversityWindow.parse(self.window)
+        check_window(self.window, self.name)
 
     def dedupe_factor(self) -> int:
         return int(self.factor)
@@ -72,7 +69,7 @@ class _Selection(BatchPolicy):
         held = getattr(self, "reference_rows_dataset", None)
         return {"selection": {
             "mode": selector.mode, "super_batch_factor": int(self.factor), "chunks": selector.chunks,
-            "reference": getattr(self, "reference_name", None) if selector.reference is not None else None,
+            "reference": getattr(self, "reference", None) if selector.reference is not None else None,
             "reference_rows": len(held) if held is not None else None,
             "reference_steps": reference.steps if reference is not None else None,
             "within_window": selector.window is not None}}
@@ -117,10 +114,6 @@ class Learnability(_Selection):
         if self.reference not in ("held_out", "guide") and not Path(self.reference).is_dir():
             raise ValueError(f"batch_policy='learnability': reference must be 'held_out', 'guide' or a "
                              f"SentenceTransformer folder; {self.reference!r} is neither (no such folder).")
-
-    @property
-    def reference_name(self) -> str:
-        return self.reference
 
     def uses_guide(self) -> bool:
         return self.reference == "guide"

@@ -25,7 +25,7 @@ from .registry import register_policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATION_FILE", "FixedWindow", "check_builder", "check_on_infeasible", "resolve_window",
+__all__ = ["CALIBRATION_FILE", "FixedWindow", "check_builder", "check_on_infeasible", "check_window", "resolve_window",
            "window_metric"]
 
 CALIBRATION_FILE = "divcl_calibration.json"  # in output_dir: the "auto" window's calibration curve
@@ -43,6 +43,15 @@ def check_on_infeasible(value: str, policy: str) -> None:
     if value not in ON_INFEASIBLE:
         raise ValueError(f"batch_policy={policy!r}: on_infeasible must be one of {list(ON_INFEASIBLE)}, got "
                          f"{value!r}.")
+
+
+def check_window(spec: str | DiversityWindow | None, policy: str) -> None:
+    """Fail now, not at the first epoch, on a window setting that does not parse (``None`` and ``"auto"`` pass)."""
+    if spec is not None and spec != "auto" and not isinstance(spec, DiversityWindow):
+        try:
+            DiversityWindow.parse(spec)
+        except ValueError as err:
+            raise ValueError(f"batch_policy={policy!r}: {err}") from None
 
 
 def window_metric(spec: str | DiversityWindow | None) -> str:
@@ -98,8 +107,7 @@ class FixedWindow(BatchPolicy):
         if not self.window:
             raise ValueError("batch_policy='window' needs a window: batch_policy_kwargs={'window': 'low:high'} "
                              "(effective rank) or 'metric:low:high', e.g. 'effective_rank:12:24'.")
-        if not isinstance(self.window, DiversityWindow):
-            DiversityWindow.parse(self.window)  # fail now, not at the first epoch
+        check_window(self.window, self.name)
         check_builder(self.builder, self.name)
         check_on_infeasible(self.on_infeasible, self.name)
         if self.builder_kwargs is not None and not isinstance(self.builder_kwargs, dict):
