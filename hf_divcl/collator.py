@@ -38,6 +38,9 @@ class DivCLDataCollator(SentenceTransformerDataCollator):
         select: optional callable ``row_ids (M·B,) -> positions (B,)`` that keeps the B rows of an M×B mega-batch
             whose bank embeddings best fit the window (:class:`MegaBatchSelector`).
         row_id_column: column holding each row's index in the training set.
+        sources: a :class:`~hf_divcl.planning.sources.SourceSplit` when the rows are several sources: the batch
+            gets ``dataset_name`` (its first row's source), which sentence-transformers reads for per-source losses,
+            prompts and router mappings.
 
     The returned batch has ``row_ids`` (LongTensor ``(B,)``) next to the usual ``{column}_{input}`` tensors.
     """
@@ -46,6 +49,7 @@ class DivCLDataCollator(SentenceTransformerDataCollator):
     to_inputs: Callable[[torch.Tensor], dict[str, Any]] | None = field(default=None, repr=False)
     select: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     row_id_column: str = ROW_ID_COLUMN
+    sources: Any = field(default=None, repr=False)
     selection_seconds: float = field(default=0.0, init=False, repr=False)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,10 +65,16 @@ class DivCLDataCollator(SentenceTransformerDataCollator):
                 row_ids = row_ids[keep]
                 self.selection_seconds += time.perf_counter() - t0
             features = [{k: v for k, v in f.items() if k != self.row_id_column} for f in features]
+        name = None
+        if self.sources is not None and row_ids is not None:
+            name = self.sources.names[int(self.sources.source_of(row_ids[:1])[0])]
+            features = [{**f, "dataset_name": name} for f in features]
         inputs = input_columns(features[0], self.valid_label_columns)
         image_cols = [c for c in inputs if _is_image(features[0][c])]
         if self.augment is not None and len(inputs) == 1 and image_cols == inputs:
             batch = self._two_views(features, inputs[0])
+            if name is not None:
+                batch["dataset_name"] = name
         else:
             batch = super().__call__(features)
         if row_ids is not None:

@@ -23,12 +23,13 @@ from typing import Any, ClassVar
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from ._common import world_size
+from ._common import mix_seed, world_size
 from .diversity.window import DiversityWindow
 from .planning.base import BatchBuilder
 from .planning.dataset import default_bank, row_duplicate_groups
 from .planning.plan import EpochPlan, plan_epoch
 from .planning.replan import BackgroundReplanner
+from .planning.sources import SourceSplit, plan_sources
 from .policies.calibration import calibrate_window
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             than this is planned in parts, so that training goes on within about a second of the decision: the
             first few global batches at once, the rest in a background thread, parts of up to this many rows
             (see :meth:`replan`). ``None`` or 0: the rest of the epoch in one go.
+        sources (:class:`~hf_divcl.planning.sources.SourceSplit`, *optional*): the rows are several sources one
+            after the other: every global batch is planned within one source and the sources' batches are ordered
+            proportionally or round robin (and mixed by ``sources.mix``); a source's last partial global batch is
+            dropped when ``processes > 1``, so that every global step holds one source on every process.
     """
 
     _defaults: ClassVar[dict[str, Any]] = {}
@@ -93,13 +98,15 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         positives: torch.Tensor | None = None,
         show_progress: bool | None = None,
         replan_chunk_rows: int | None = 65_536,
+        sources: SourceSplit | None = None,
     ) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
                          valid_label_columns=valid_label_columns, generator=generator, seed=seed)
         opts = {"bank": bank, "window": window, "builder": builder, "builder_kwargs": builder_kwargs,
                 "temperature": temperature, "processes": processes, "on_infeasible": on_infeasible,
                 "dedupe": dedupe, "default_model": default_model, "positives": positives,
-                "show_progress": show_progress, "replan_chunk_rows": replan_chunk_rows}
+                "show_progress": show_progress, "replan_chunk_rows": replan_chunk_rows,
+                "sources": sources}
         for key, value in self._defaults.items():  # options bound by configure()
             opts[key] = value
         self.dataset = dataset
@@ -129,8 +136,18 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         self._replanner = BackgroundReplanner()  # the parts of a re-plan still being planned in the background
         self.background_plan_seconds = 0.0  # planning done in the background thread (not on the training path)
         self.replan_wait_seconds = 0.0  # time the data loader waited for a part planned in the background
+        self.sources: SourceSplit | None = opts["sources"]
         if self.num_rows == 0:
             raise ValueError("The training dataset is empty.")
+        if self.sources is not None:
+            if sum(self.sources.sizes) != self.num_rows:
+                raise ValueError(f"The sources hold {sum(self.sources.sizes)} rows but the dataset has "
+                                 f"{self.num_rows}.")
+            for name, n in zip(self.sources.names, self.sources.sizes, strict=True):
+                if n < self.global_batch_size:
+                    raise ValueError(f"Source {name!r} has {n} rows, fewer than one global batch ({self.processes} "
+                                     f"process(es) × {batch_size}); every batch is drawn from one source. Use a "
+                                     "smaller batch size or merge that source into another.")
         if self.global_batch_size > self.num_rows:
             raise ValueError(f"The global batch ({self.processes} process(es) × {batch_size}) is larger than the "
                              f"dataset ({self.num_rows} rows).")
@@ -208,10 +225,22 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
             window = self.window() if builder != "random" else None
             # random batches need no embeddings: without a bank, plan from the row count (no encoding pass)
             emb = self.num_rows if builder == "random" and self._bank is None else self.embeddings()
-            plan = plan_epoch(emb, self.global_batch_size, builder=builder, window=window,
-                              seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=self.groups(),
-                              on_infeasible=self.on_infeasible, progress=self.show_progress,
-                              **(self.builder_kwargs if builder != "random" else {}))
+            kwargs = self.builder_kwargs if builder != "random" else {}
+            groups = self.groups()
+            if self.sources is None:
+                plan = plan_epoch(emb, self.global_batch_size, builder=builder, window=window,
+                                  seed=self.seed, epoch=epoch, drop_last=self.drop_last, groups=groups,
+                                  on_infeasible=self.on_infeasible, progress=self.show_progress, **kwargs)
+            else:
+                def plan_source(rows: torch.Tensor, s: int) -> EpochPlan:
+                    sub = len(rows) if isinstance(emb, int) else emb[rows]
+                    return plan_epoch(sub, self.global_batch_size, builder=builder, window=window,
+                                      seed=mix_seed(self.seed, 1_000 + s), epoch=epoch,
+                                      drop_last=self._source_drop_last, on_infeasible=self.on_infeasible,
+                                      groups=None if groups is None else groups[rows],
+                                      progress=self.show_progress, **kwargs)
+                plan = plan_sources(self.sources, plan_source, self.global_batch_size, seed=self.seed,
+                                    epoch=epoch, groups=groups)
             self.plan_seconds += time.perf_counter() - t0
             self._replanner.drop()
             self._plan = (epoch, plan)
@@ -303,6 +332,8 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
 
         Deterministic for (plan, seed, epoch, from_global_batch, bank), so every rank computes the same plan.
         """
+        if self.sources is not None:
+            raise NotImplementedError("Re-planning an epoch mid-way is not supported with several sources.")
         plan = self.plan()
         cut = max(0, min(int(from_global_batch), len(plan.batches)))
         if self.yielded_global() > cut:
@@ -349,7 +380,13 @@ class DiversityWindowBatchSampler(DefaultBatchSampler):
         """Global batches of the current epoch handed out so far (a started one counts)."""
         return -(-getattr(self, "_yielded", 0) // self.processes)
 
+    @property
+    def _source_drop_last(self) -> bool:
+        return self.drop_last or self.processes > 1
+
     def __len__(self) -> int:
+        if self.sources is not None:
+            return self.sources.local_batches(self.batch_size, self.processes, self._source_drop_last)
         g = self.global_batch_size
         n_full = self.num_rows // g
         rest = self.num_rows - n_full * g

@@ -62,6 +62,7 @@ class BatchPolicy:
     experimental: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     streams: ClassVar[bool] = False  # trains on an IterableDataset (streaming=True): no bank, no plan, no length
+    multi_source: ClassVar[bool] = False  # trains on several sources (a DatasetDict), planning within each source
 
     # -- settings ----------------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ class RandomBatches(BatchPolicy):
 
     name = "random"
     streams = True
+    multi_source = True
     summary = "random duplicate-free batches with every diagnostic (the default)"
 
     def start(self, ctx: PolicyContext, dataset: Any, batch_size: int, seed: int) -> SamplerSetup:

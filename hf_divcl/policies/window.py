@@ -101,6 +101,7 @@ class FixedWindow(BatchPolicy):
     on_infeasible: str = "closest"
 
     name = "window"
+    multi_source = True
     summary = "every batch planned inside a fixed diversity window by Greedy-m, Pool-P or cluster"
 
     def __post_init__(self) -> None:

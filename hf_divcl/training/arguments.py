@@ -94,6 +94,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             The policy's settings as a dict or JSON, e.g. `{"window": "12:20", "builder": "pool"}`.
         dedupe (`bool`, *optional*, defaults to `True`):
             Keep rows with identical text (or identical image bytes) out of the same batch.
+        source_mix (`float`, *optional*, defaults to `0.0`):
+            Several sources (a `DatasetDict`): the fraction of each batch's rows dealt out at random across the
+            epoch's batches. 0 draws every batch from one source (sentence-transformers' way; the order of the
+            sources' batches is `multi_dataset_batch_sampler`: proportional or round robin); 1 mixes them fully.
 
         > Bank
 
@@ -152,6 +156,10 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
                 "\"pool\"}' (batch_policy='window') or '{\"budget\": 0.1}' (batch_policy='explore')."})
     dedupe: bool = field(default=True, metadata={
         "help": "Keep rows with identical text (or identical image bytes) out of the same batch."})
+    source_mix: float = field(default=0.0, metadata={
+        "help": "Several sources (a DatasetDict): the fraction of each batch's rows dealt out at random across the "
+                "epoch's batches; 0 (default) draws every batch from one source, as sentence-transformers does "
+                "(multi_dataset_batch_sampler orders the sources' batches), 1 mixes the sources fully."})
 
     # bank
     bank_source: str = field(default="training", metadata={
@@ -220,6 +228,9 @@ class DivCLTrainingArguments(SentenceTransformerTrainingArguments):
             choices = type(self).__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}.")
+        if not (isinstance(self.source_mix, (int, float)) and 0.0 <= self.source_mix <= 1.0):
+            raise ValueError(f"source_mix must be in [0, 1] (0: one source per batch, 1: fully mixed), got "
+                             f"{self.source_mix!r}.")
         if self.bank_source not in BANK_SOURCES:
             raise ValueError(f"bank_source must be one of {BANK_SOURCES}, got {self.bank_source!r}.")
         if self.loss_option("guide") is not None and self.loss_option("false_negatives") != "mask" \

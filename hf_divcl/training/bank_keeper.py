@@ -74,9 +74,9 @@ class BankControl(TrainerCallback):
             self.trainer.refresh_bank()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        loss = self.trainer.loss
-        p = getattr(loss, "log_temperature", None)
-        if isinstance(p, torch.nn.Parameter) and p.grad is not None and torch.distributed.is_available() \
-                and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= torch.distributed.get_world_size()
+        for loss in self.trainer.losses():
+            p = getattr(loss, "log_temperature", None)
+            if isinstance(p, torch.nn.Parameter) and p.grad is not None and torch.distributed.is_available() \
+                    and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= torch.distributed.get_world_size()

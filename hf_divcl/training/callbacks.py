@@ -68,6 +68,8 @@ class DiversityLogger(TrainerCallback):
         self.is_main_process = is_main_process
         self.window = None
         self._steps: list[torch.Tensor] = []
+        self.source: str | None = None  # the current step's source (several sources), set by the trainer
+        self._step_sources: list[str | None] = []
         self._masked: list[torch.Tensor] = []
         self._last: tuple[torch.Tensor, torch.Tensor, float] | None = None
         self._last_mask: torch.Tensor | None = None
@@ -91,6 +93,7 @@ class DiversityLogger(TrainerCallback):
         t0 = time.perf_counter()
         d = batch_diversity(anchors, spectrum=True, validate=False)
         self._steps.append(torch.stack([d[k].float() for k in _STEP_METRICS]))
+        self._step_sources.append(self.source)
         if masked_stats is not None:
             self._masked.append(masked_stats.detach().float())
         self._last = (anchors, positives, temperature)
@@ -126,6 +129,7 @@ class DiversityLogger(TrainerCallback):
         t0 = time.perf_counter()
         per_step = torch.stack(self._steps).cpu()  # (steps, metrics)
         self._steps.clear()
+        sources, self._step_sources = self._step_sources, []
         out: dict[str, float] = {}
         for i, key in enumerate(_STEP_METRICS):
             out[PREFIX + key] = per_step[:, i].mean().item()
@@ -134,6 +138,13 @@ class DiversityLogger(TrainerCallback):
             out[PREFIX + "in_window_fraction"] = self.window.contains(values).float().mean().item()
             out[PREFIX + "window_low"] = float(self.window.low)
             out[PREFIX + "window_high"] = float(self.window.high)
+        for name in dict.fromkeys(s for s in sources if s is not None):  # per source, in order of first step
+            rows = torch.tensor([s == name for s in sources])
+            key = f"{PREFIX}source/{name}/"
+            out[key + "steps"] = float(rows.sum())
+            out[key + "effective_rank"] = per_step[rows, _STEP_METRICS.index("effective_rank")].mean().item()
+            if self.window is not None and values is not None:
+                out[key + "in_window_fraction"] = self.window.contains(values[rows]).float().mean().item()
         if self._masked:  # per-step values, averaged over the steps since the last log
             masked = torch.stack(self._masked).cpu().mean(0)
             self._masked.clear()

@@ -18,5 +18,9 @@ class TrainerHost(PolicyContext, Protocol):
     policy: Any  # the run's BatchPolicy
     state: Any  # transformers' TrainerState
     nonfinite_skipped: int
+    sources: Any  # the SourceSplit of a multi-source run, else None
+    step_loss: Any  # the current batch's loss
+
+    def losses(self) -> list[Any]: ...
 
     def train(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -87,7 +87,7 @@ class StepRecorder:
 
     def _record(self, row_ids: torch.Tensor, captured: list[torch.Tensor] | None) -> None:
         t = self.trainer
-        loss = t.loss
+        loss = t.step_loss
         if isinstance(loss, InfoNCELoss) and loss.last_output is not None:
             out = loss.last_output
             anchors, positives, tau = out.anchors, out.positives, out.temperature

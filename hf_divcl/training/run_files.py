@@ -43,7 +43,7 @@ def write_run_file(trainer: TrainerHost) -> None:
     """``divcl_run.json``: the loss, processes, bank, false-negative masking and batch selection of the run."""
     if not trainer.is_world_process_zero():
         return
-    a, loss = trainer.args, trainer.loss
+    a, loss = trainer.args, trainer.losses()[0]
     run = {"loss": type(loss).__name__ + (f" ({loss.loss_type}{', symmetric' if loss.symmetric else ''})"
                                           if isinstance(loss, InfoNCELoss) else ""),
            "processes": trainer.processes(), "batch_size": a.train_batch_size, "bank_source": a.bank_source,
@@ -53,6 +53,12 @@ def write_run_file(trainer: TrainerHost) -> None:
     if isinstance(loss, InfoNCELoss) and loss.false_negatives != "none":
         run["false_negatives"] = {"mode": loss.false_negatives, "margin": loss.false_negative_margin,
                                   "reference": loss.get_config_dict()["guide"]}
+    split = trainer.sources
+    if split is not None:
+        per_loss = trainer.loss if isinstance(trainer.loss, dict) else {}
+        run["sources"] = {"order": split.order, "mix": split.mix, "names": list(split.names),
+                          "rows": dict(zip(split.names, split.sizes, strict=True)),
+                          "losses": {k: type(v).__name__ for k, v in per_loss.items()} or None}
     run.update(trainer.policy.run_info(trainer))
     atomic_write_text(Path(a.output_dir, RUN_INFO_FILE), json.dumps(run, indent=2))
 
@@ -67,7 +73,7 @@ def write_window_file(trainer: TrainerHost) -> None:
                             "settings": policy.settings(),
                             "window": window.to_dict() if window is not None else None,
                             "builder": sampler.builder if sampler is not None else None,
-                            "temperature": loss_temperature(trainer.loss, a.temperature),
+                            "temperature": loss_temperature(trainer.losses()[0], a.temperature),
                             "global_batch_size": trainer.global_batch_size(),
                             "mega_batch_factor": sampler.batch_size // a.per_device_train_batch_size
                             if sampler is not None else 1,

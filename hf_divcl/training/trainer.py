@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
@@ -36,7 +37,8 @@ from ..diversity.log import PREFIX, use_readable_console
 from ..diversity.window import DiversityWindow
 from ..losses.infonce import InfoNCELoss, check_false_negative_setup, load_guide_model
 from ..models.views import image_views
-from ..policies.rows import prepare_training_rows
+from ..planning.sources import SourceSplit
+from ..policies.rows import prepare_source_rows, prepare_training_rows
 from ..sampler import DiversityWindowBatchSampler
 from .arguments import DivCLTrainingArguments
 from .bank_keeper import BankControl, build_bank, encode_bank, refresh_bank
@@ -91,12 +93,24 @@ class DivCLTrainer(SentenceTransformerTrainer):
         if self.policy.experimental:
             logger.warning("batch_policy=%r is experimental (hf_divcl.experimental): no benchmark supports it yet, "
                            "and it may change.", self.policy.name)
-        if train_dataset is not None:
-            train_dataset = prepare_training_rows(train_dataset, args, self.policy, model=model,
-                                                  infonce=loss is None or isinstance(loss, InfoNCELoss))
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, loss=loss,
-                         **kwargs)
+        losses = loss if isinstance(loss, dict) else None
+        infonce = all(x is None or isinstance(x, InfoNCELoss) for x in (losses or {None: loss}).values())
+        self.sources: SourceSplit | None = None  # several sources (a DatasetDict): which rows are which
+        if isinstance(train_dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            train_dataset, self.sources = prepare_source_rows(train_dataset, args, self.policy, model=model,
+                                                              infonce=infonce, losses=losses)
+        elif train_dataset is not None:
+            if losses is not None:
+                raise ValueError("loss is a dict (one loss per source) but train_dataset is one data set: pass a "
+                                 "DatasetDict whose keys are the loss dict's keys.")
+            train_dataset = prepare_training_rows(train_dataset, args, self.policy, model=model, infonce=infonce)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         loss=None if losses is not None else loss, **kwargs)
         self.args: DivCLTrainingArguments
+        if losses is not None:  # one loss per source; the collator names each batch's source (`dataset_name`)
+            self.loss = {name: self.prepare_loss(fn, self.model) for name, fn in losses.items()}
+        self.data_collator.sources = self.sources
+        self.source_name: str | None = None  # the current batch's source
         log_file = os.path.join(args.output_dir, args.diversity_log_file) if args.diversity_log_file else None
         self.diversity = DiversityLogger(
             metric=self.policy.metric(),
@@ -142,8 +156,20 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     def _check_false_negatives(self) -> None:
         """Before training: masking needs hf_divcl's loss, and a guide must encode a few rows of every column."""
-        check_false_negative_setup(self.loss, self.args.loss_option("false_negatives"), self.train_dataset,
-                                   self._input_columns)
+        for loss in self.losses():
+            check_false_negative_setup(loss, self.args.loss_option("false_negatives"), self.train_dataset,
+                                       self._input_columns)
+
+    def losses(self) -> list[torch.nn.Module]:
+        """Every loss of the run (one per source when ``loss`` is a dict)."""
+        return list(self.loss.values()) if isinstance(self.loss, dict) else [self.loss]
+
+    @property
+    def step_loss(self) -> torch.nn.Module:
+        """The loss of the current batch: ``loss``, or its source's entry when ``loss`` is a dict."""
+        if isinstance(self.loss, dict):
+            return self.loss[self.source_name] if self.source_name in self.loss else next(iter(self.loss.values()))
+        return self.loss
 
     def _input_columns(self, dataset) -> list[str]:
         return input_columns(dataset.column_names, self.data_collator.valid_label_columns)
@@ -189,13 +215,15 @@ class DivCLTrainer(SentenceTransformerTrainer):
         self.data_collator.select = setup.selector  # the collator exists before the bank: its selector comes now
         self.diversity.window = setup.logged_window
         a = self.args
+        # several sources: the W processes' batches of a step are planned together, so a step holds one source
+        processes = world_size() if self.sources is not None else self.processes()
         sampler = DiversityWindowBatchSampler(
             dataset, batch_size=batch_size * setup.factor, drop_last=drop_last,
             valid_label_columns=valid_label_columns, generator=generator, seed=seed, bank=self.bank,
             window=setup.window, builder=setup.builder, builder_kwargs=setup.builder_kwargs,
-            temperature=a.temperature, processes=self.processes(), on_infeasible=setup.on_infeasible,
+            temperature=a.temperature, processes=processes, on_infeasible=setup.on_infeasible,
             dedupe=a.dedupe, show_progress=False if a.disable_tqdm else None,
-            replan_chunk_rows=setup.replan_chunk_rows)
+            replan_chunk_rows=setup.replan_chunk_rows, sources=self.sources)
         state = self.saved.sampler()
         if state is not None:
             sampler.load_state_dict(state, skip=False)
@@ -255,14 +283,16 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         row_ids = inputs.pop("row_ids", None)
-        ours = isinstance(self.loss, InfoNCELoss)
+        self.source_name = self.diversity.source = inputs.get("dataset_name")
+        loss_fn = self.step_loss
+        ours = isinstance(loss_fn, InfoNCELoss)
         track = row_ids is not None and self.model.training
         if track and not ours:
             self.recorder.start()
         if track:
             self.policy.on_batch(row_ids)
-        if row_ids is not None and ours and self.loss.false_negatives == "duplicates":
-            self.loss.batch_groups = self.row_groups()[row_ids.cpu()]
+        if row_ids is not None and ours and loss_fn.false_negatives == "duplicates":
+            loss_fn.batch_groups = self.row_groups()[row_ids.cpu()]
         try:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
@@ -278,8 +308,8 @@ class DivCLTrainer(SentenceTransformerTrainer):
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        extra = [p for p in self.loss.parameters() if p.requires_grad] if isinstance(self.loss, torch.nn.Module) \
-            else []
+        extra = [p for loss in self.losses() if isinstance(loss, torch.nn.Module)
+                 for p in loss.parameters() if p.requires_grad]
         known = {id(p) for g in optimizer.param_groups for p in g["params"]}
         extra = [p for p in extra if id(p) not in known]
         if extra:
