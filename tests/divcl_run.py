@@ -33,6 +33,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from datasets import DatasetDict
 from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
@@ -61,7 +62,7 @@ class RecordingTrainer(DivCLTrainer):
             value = (loss[0] if return_outputs else loss).item()
             with open(os.path.join(self.args.output_dir, f"rows_rank{RANK}.jsonl"), "a") as fh:
                 fh.write(json.dumps({"step": self.state.global_step + 1, "rows": row_ids.tolist(),
-                                     "loss": value}) + "\n")
+                                     "loss": value, "source": self.source_name}) + "\n")
             if FAULT.get("mid_step") == self.state.global_step + 1:
                 die()
         if FAULT.get("oom_at_step") == self.state.global_step + 1:
@@ -191,6 +192,8 @@ def main():
     p.add_argument("--explore-alpha", type=float, default=0.05)
     p.add_argument("--explore-recheck-blocks", type=int, default=40)
     p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--sources", type=int, default=0, help="split the rows into N sources (a DatasetDict)")
+    p.add_argument("--gather", action="store_true", help="loss_kwargs gather_across_devices=True")
     p.add_argument("--oom-at-step", type=int, default=0, help="an allocation fails for lack of memory at step N")
     a = p.parse_args()
     if a.kill_rank is None or a.kill_rank == RANK:
@@ -208,13 +211,20 @@ def main():
     if a.oom_at_step:
         FAULT["oom_at_step"] = a.oom_at_step
     ds = wordnet_pairs(kind="example", source="embedded").select(range(a.rows)).select_columns(["anchor", "positive"])
+    if a.sources:  # N contiguous sources of unequal sizes (the first takes what the others leave)
+        sizes = [a.rows // (a.sources + 1)] * (a.sources - 1)
+        sizes.insert(0, a.rows - sum(sizes))
+        starts = [sum(sizes[:k]) for k in range(a.sources)]
+        ds = DatasetDict({f"s{k}": ds.select(range(st, st + n))
+                          for k, (st, n) in enumerate(zip(starts, sizes, strict=True))})
     model = SentenceTransformer(a.model, device="cpu")
     args = DivCLTrainingArguments(
         output_dir=a.out, per_device_train_batch_size=a.batch, num_train_epochs=a.epochs, learning_rate=1e-3,
         logging_steps=2, save_steps=a.save_steps, save_strategy="steps", report_to=[], disable_tqdm=True,
         collapse_threshold=0, **policy_options(a), max_steps=a.max_steps,
         bank_cache_dir=os.path.join(a.out, "bank_cache"), seed=7,
-        bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action)
+        bank_refresh_epochs=a.refresh_epochs, nonfinite_action=a.nonfinite_action,
+        loss_kwargs={"gather_across_devices": True} if a.gather else None)
     callbacks = [KillAt(a.kill_at)] if a.kill_at and (a.kill_rank is None or a.kill_rank == RANK) else []
     trainer = RecordingTrainer(model=model, args=args, train_dataset=ds, callbacks=callbacks)
     if a.nan_at_step:

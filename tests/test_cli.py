@@ -121,3 +121,10 @@ def test_once_the_keys_are_known_typos_and_bad_values_fail_before_torch_loads(tm
     bad_yaml.write_text("max_steps: 3\nlearning_rat: 0.001\n")
     run = light("--config", str(bad_yaml))
     assert "EXIT 2 HEAVY []" in run.stdout and "unknown key 'learning_rat'. Did you mean 'learning_rate'" in run.stderr
+
+
+def test_report_to_none_means_no_integration_not_a_missing_value():
+    from hf_divcl.cli.recipe_config import load_recipe_config
+
+    _, args = load_recipe_config(None, argv=["--report_to", "none"])
+    assert args.report_to == []

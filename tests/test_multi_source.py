@@ -210,3 +210,58 @@ def test_columns_with_other_names_are_matched_by_position(tiny_model_dir, tmp_pa
                            train_dataset=DatasetDict({**data, "verbs": renamed}))
     assert trainer.train_dataset.column_names[:2] == ["anchor", "positive"]
     assert trainer.train_dataset[96]["anchor"] == data["verbs"][0]["anchor"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gather", [False, True])
+def test_two_accelerate_processes_share_one_source_per_step_on_disjoint_rows(tiny_model_dir, tmp_path, gather):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(root / "tests" / "divcl_run.py"), tiny_model_dir, str(out), "--batch", "8", "--builder", "random",
+           "--sources", "3", *(["--gather"] if gather else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    read = [[json.loads(x) for x in (out / f"rows_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    r0, r1 = read
+    # 200 rows as sources of 100, 50 and 50 rows; each source's global batches of 2 × 8 rows: 6 + 3 + 3 steps
+    assert [r["step"] for r in r0] == [r["step"] for r in r1] == list(range(1, 13))
+    for a, b in zip(r0, r1, strict=True):
+        assert a["source"] == b["source"]  # one source per global step, on both processes
+    offsets = {"s0": range(0, 100), "s1": range(100, 150), "s2": range(150, 200)}
+    for r in r0 + r1:
+        assert all(x in offsets[r["source"]] for x in r["rows"])
+    rows = [x for r in r0 + r1 for x in r["rows"]]
+    assert len(rows) == len(set(rows)) == 192
+    log = read_diversity_log(out / "diversity_log.jsonl")
+    assert {k.split("/")[2] for r in log for k in r if k.startswith("divcl/source/")} == {"s0", "s1", "s2"}
+
+
+def test_hf_divcl_train_takes_several_files_as_sources_with_a_per_source_card(tiny_model_dir, tmp_path):
+    from hf_divcl.cli.steps import run_cli
+
+    data = sources(sizes=(120, 90, 0))
+    files = []
+    for name in ("nouns", "verbs"):
+        path = tmp_path / f"{name}.jsonl"
+        data[name].to_json(str(path))
+        files.append(str(path))
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\ndata:\n  - {files[0]}\n  - {files[1]}\nmax_steps: 6\n"
+                      f"per_device_train_batch_size: 16\nlogging_steps: 2\ndisable_tqdm: true\nreport_to: none\n"
+                      f"output_dir: {tmp_path / 'out'}\nmax_eval_rows: 40\n")
+    assert run_cli(["--config", str(recipe)]) == 0
+    out = tmp_path / "out"
+    summary = json.loads((out / "divcl_summary.json").read_text())
+    assert {"nouns_ndcg@10", "verbs_ndcg@10", "sources_ndcg@10"} <= set(summary["after"])
+    assert summary["train_rows"] == 100 + 72  # max_eval_rows shared out: at most 20 per source and a fifth
+    pre = json.loads((out / "divcl_preflight.json").read_text())
+    assert set(pre["sources"]) == {"nouns", "verbs"}
+    card = (out / "README.md").read_text()
+    section = card[card.index("### Sources"):card.index("### Pre-flight")]
+    assert "| nouns | 100 |" in section and "| verbs | 72 |" in section

@@ -28,6 +28,8 @@ __all__ = ["MAX_CONFIG_NODES", "check_value", "config_option", "config_parser", 
 
 MAX_CONFIG_NODES = 10_000
 _NONE = ("none", "null")
+COMMA_LIST_KEYS = frozenset({"data"})
+"""Text keys that a YAML list may give as well: the items are joined with commas (``data``: several files)."""
 _UNSET = object()  # not a string: argparse converts string defaults with the option's type
 
 
@@ -37,7 +39,10 @@ def config_parser(*classes: type, add_help: bool = True, **kwargs):
     field accepts ``none`` / ``null`` for ``None``."""
     from transformers import HfArgumentParser
 
-    optional = {name for name, tp in field_types(classes).items() if type(None) in typing.get_args(tp)}
+    # report_to's own "none" means "no integration" (transformers reads the string); every other optional "none"
+    # is None
+    optional = {name for name, tp in field_types(classes).items() if type(None) in typing.get_args(tp)} - {
+        "report_to"}
 
     class _Parser(HfArgumentParser):
         def add_argument(self, *args, **kw):
@@ -148,6 +153,8 @@ def check_value(key: str, value: Any, tp: Any, source: str) -> Any:
     checked by the configuration classes themselves). YAML 1.1 reads ``no``/``yes`` as booleans: they go back to
     strings for string fields (``save_strategy: no``)."""
     allowed = _simple_types(tp)
+    if key in COMMA_LIST_KEYS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
     if isinstance(value, bool) and bool not in allowed and str in allowed:
         return "yes" if value else "no"
     simple = [a for a in allowed if a in (bool, int, float, str)]

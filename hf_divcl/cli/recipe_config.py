@@ -42,7 +42,9 @@ class RecipeConfig:
                 "build a small randomly initialised encoder from a config (no download)."})
     data: str = field(default="embedded", metadata={
         "help": "text: 'embedded' (WordNet sample shipped with hf_divcl), 'wordnet' (Debian wordnet-base) or a "
-                "local .csv/.tsv/.jsonl/.parquet file with anchor/positive columns; vision/clip: 'fashion_mnist' "
+                "local .csv/.tsv/.jsonl/.parquet file with anchor/positive columns (several files, comma-separated "
+                "or a YAML list: one source each, named by the file, trained as a DatasetDict); vision/clip: "
+                "'fashion_mnist' "
                 "(Debian dataset-fashion-mnist) or 'digits' (scikit-learn)."})
     pair_kind: str = field(default="example", metadata={
         "help": "WordNet pairs: example (sentence → gloss), lemma (lemmas → gloss) or both.",
@@ -68,6 +70,8 @@ class RecipeConfig:
     hub_endpoint: str | None = field(default=None, metadata={"help": "Hub endpoint (default: HF_ENDPOINT)."})
 
     def __post_init__(self) -> None:
+        if isinstance(self.data, (list, tuple)):  # a YAML list of files
+            self.data = ",".join(str(x) for x in self.data)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
         if self.dataset_name is not None and not re.fullmatch(r"[\w.-]+", self.dataset_name):
@@ -79,8 +83,27 @@ class RecipeConfig:
         if self.dataset_name:
             return self.dataset_name
         if self.task == "text" and self.data not in ("embedded", "wordnet"):
-            return re.sub(r"[^\w.-]+", "_", Path(self.data).stem).strip("_.") or "pairs"
+            files = self.data_files()
+            return "sources" if len(files) > 1 else _file_name(files[0])
         return "wordnet" if self.task == "text" else self.data
+
+    def data_files(self) -> list[str]:
+        """The local data files of ``data`` (one per source; empty for the built-in data sets)."""
+        if self.task != "text" or self.data in ("embedded", "wordnet"):
+            return []
+        return [f.strip() for f in str(self.data).split(",") if f.strip()]
+
+    def source_names(self) -> list[str]:
+        """One name per data file (the file name without its extension; numbered when two agree)."""
+        names: list[str] = []
+        for f in self.data_files():
+            name = _file_name(f)
+            names.append(name if name not in names else f"{name}_{len(names)}")
+        return names
+
+
+def _file_name(path: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("_.") or "pairs"
 
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -175,9 +198,16 @@ def _precheck_data(argv: list[str], config: str | None) -> None:
     except (argparse.ArgumentError, ValueError, FileNotFoundError):
         return  # reported with context by load_recipe_config
     raw = vars(known)
-    task, data = str(raw["task"]), str(raw["data"])
+    task, data = str(raw["task"]), raw["data"]
     if task != "text" or data in ("embedded", "wordnet"):
         return
+    files = [str(x) for x in data] if isinstance(data, (list, tuple)) else str(data).split(",")
+    for f in files:
+        if f.strip():
+            _precheck_file(f.strip(), raw)
+
+
+def _precheck_file(data: str, raw: dict[str, Any]) -> None:
     path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(f"data file {data!r} does not exist (data: 'embedded', 'wordnet' or a local "

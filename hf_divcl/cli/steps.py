@@ -60,19 +60,58 @@ def load_text_pairs(cfg: RecipeConfig, seed: int):
         test = wordnet_split(kind=cfg.pair_kind, split="test", source=source, seed=seed)
         which = "embedded sample" if source == "embedded" else "full"
         desc = f"WordNet 3.0 {cfg.pair_kind} → gloss pairs ({which})"
+    elif len(cfg.data_files()) > 1:
+        return load_text_sources(cfg, seed)
     else:
-        from datasets import Dataset
-
-        from ..data.local import load_pair_file
-
-        anchors, positives = load_pair_file(cfg.data, cfg.anchor_column, cfg.positive_column)
-        full = Dataset.from_dict({"anchor": anchors, "positive": positives}).shuffle(seed=seed)
-        n_test = min(cfg.max_eval_rows, len(full) // 5)
-        test, train = full.select(range(n_test)), full.select(range(n_test, len(full)))
+        train, test = _split_pair_file(cfg, cfg.data, seed, cfg.max_eval_rows)
         desc = (f"{cfg.dataset_name} (pairs from {Path(cfg.data).name})" if cfg.dataset_name else
                 f"pairs from {Path(cfg.data).name}")
     return _limit(cfg, train.select_columns(["anchor", "positive"]), test.select_columns(["anchor", "positive"]),
                   desc)
+
+
+def load_text_sources(cfg: RecipeConfig, seed: int):
+    """``(train, test, description)`` for several pair files: ``DatasetDict``\\ s with one source per file (named by
+    :meth:`RecipeConfig.source_names`), each shuffled with ``seed`` and split as one file is; ``max_eval_rows`` is
+    shared out over the sources."""
+    from datasets import DatasetDict
+
+    files, names = cfg.data_files(), cfg.source_names()
+    per_source = max(1, cfg.max_eval_rows // len(files))
+    train, test = {}, {}
+    for name, path in zip(names, files, strict=True):
+        tr, te = _split_pair_file(cfg, path, seed, per_source)
+        if cfg.max_train_rows:
+            tr = tr.select(range(min(cfg.max_train_rows, len(tr))))
+        train[name], test[name] = tr, te
+    desc = f"{len(files)} sources: " + ", ".join(f"{n} ({len(train[n])} pairs from {Path(f).name})"
+                                                 for n, f in zip(names, files, strict=True))
+    return DatasetDict(train), DatasetDict(test), desc
+
+
+def _split_pair_file(cfg: RecipeConfig, path: str, seed: int, max_test: int):
+    from datasets import Dataset
+
+    from ..data.local import load_pair_file
+
+    anchors, positives = load_pair_file(path, cfg.anchor_column, cfg.positive_column)
+    full = Dataset.from_dict({"anchor": anchors, "positive": positives}).shuffle(seed=seed)
+    n_test = min(max_test, len(full) // 5)
+    return full.select(range(n_test, len(full))), full.select(range(n_test))
+
+
+def rows_of(data) -> int:
+    """Rows of a data set, or of all the sources of a ``DatasetDict``."""
+    return sum(len(d) for d in data.values()) if hasattr(data, "values") else len(data)
+
+
+def pooled(data):
+    """One data set: ``data`` itself, or the sources of a ``DatasetDict`` one after the other."""
+    if not hasattr(data, "values"):
+        return data
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets(list(data.values()))
 
 
 def load_images(cfg: RecipeConfig):
@@ -126,7 +165,15 @@ def evaluate_model(cfg: RecipeConfig, model, train, test, stage: str = "fine-tun
         return {}
     from ..evaluation import tasks as evaluation
 
-    print(f"evaluating the {stage} model on {len(test)} held-out rows ...", flush=True)
+    print(f"evaluating the {stage} model on {rows_of(test)} held-out rows ...", flush=True)
+    if cfg.task == "text" and hasattr(test, "values"):  # several sources: each on its own, then pooled
+        out: dict[str, float] = {}
+        for name, part in test.items():
+            out.update(evaluation.evaluate_text(model, part, name=name, word_sim=False,
+                                                show_progress_bar=show_progress_bar))
+        out.update(evaluation.evaluate_text(model, pooled(test), name=cfg.data_name(),
+                                            show_progress_bar=show_progress_bar))
+        return out
     if cfg.task == "text":
         return evaluation.evaluate_text(model, test, name=cfg.data_name(), show_progress_bar=show_progress_bar)
     return evaluation.evaluate_vision(model, train.select_columns(["image", "label"]), test,
@@ -153,13 +200,24 @@ def preflight_step(cfg: RecipeConfig, args, model, train, description: str, *, m
         augment = TwoViewAugment(args.image_size or processor_image_size(model) or 224,
                                  scale=(args.augment_scale_min, 1.0), jitter=args.augment_jitter, seed=args.seed)
     batch = global_batch_size(args)
-    report = preflight(model, train, min(batch, len(train)), args.temperature, data=description, seed=args.seed,
-                       augment=augment, show_progress_bar=not args.disable_tqdm, max_rows=max_rows,
-                       n_batches=n_batches, near_threshold=near_threshold)
+
+    def one(rows, what: str):
+        return preflight(model, rows, min(batch, len(rows)), args.temperature, data=what, seed=args.seed,
+                         augment=augment, show_progress_bar=not args.disable_tqdm, max_rows=max_rows,
+                         n_batches=n_batches, near_threshold=near_threshold)
+
+    report = one(pooled(train), description)
     print(report.format(), flush=True)
+    result = report.to_dict()
+    if hasattr(train, "values"):  # several sources: training batches come from one source, so each is measured
+        result["sources"] = {}
+        for name, rows in train.items():
+            part = one(rows, f"source {name}")
+            print(part.format(), flush=True)
+            result["sources"][name] = part.to_dict()
     atomic_write_text(Path(path) if path is not None else Path(args.output_dir, PREFLIGHT_FILE),
-                      json.dumps(report.to_dict(), indent=2))
-    return report.to_dict()
+                      json.dumps(result, indent=2))
+    return result
 
 
 def reset_card_scores(model, base: str) -> None:
@@ -212,7 +270,7 @@ def finish_run(trainer, cfg: RecipeConfig, *, base: str, description: str, train
     the diversity log exists) and the push (``push_repo_id``). Returns the summary."""
     args, model = trainer.args, trainer.model
     summary: dict[str, Any] = {"task": cfg.task, "base_model": base, "dataset_name": cfg.data_name(),
-                               "data": description, "train_rows": len(train), "eval_rows": len(test),
+                               "data": description, "train_rows": rows_of(train), "eval_rows": rows_of(test),
                                "before": before, "after": after, "steps": trainer.state.global_step,
                                "seconds": time.perf_counter() - started}
     out = Path(args.output_dir)
@@ -230,11 +288,14 @@ def finish_run(trainer, cfg: RecipeConfig, *, base: str, description: str, train
 
         evaluation = {k: (before.get(k), after.get(k)) for k in dict.fromkeys([*before, *after])
                       if not k.endswith(_BOOKKEEPING) and k != "seconds"}
-        usage = list(test["anchor"][:2]) if cfg.task == "text" else None
-        card = write_model_card(out, model=model, base_model=base, dataset=description, train_rows=len(train),
+        usage = list(pooled(test)["anchor"][:2]) if cfg.task == "text" else None
+        note = f"Held-out set: {rows_of(test)} rows of {description} (never trained on)."
+        if hasattr(test, "values"):
+            note += (f" Each source's metrics (<source>_...) retrieve within its own held-out rows; "
+                     f"{cfg.data_name()}_... retrieve among all the sources' held-out rows at once.")
+        card = write_model_card(out, model=model, base_model=base, dataset=description, train_rows=rows_of(train),
                                 repo_id=cfg.push_repo_id, evaluation=evaluation, usage_inputs=usage,
-                                evaluation_note=f"Held-out set: {len(test)} rows of {description} (never trained "
-                                "on).", log_file=log)
+                                evaluation_note=note, log_file=log)
         summary["card"] = str(card)
     if cfg.push_repo_id:
         from ..publish.hub import push_to_hub

@@ -234,6 +234,31 @@ def _preflight_context(out: Path) -> dict[str, Any] | None:
             "reason": md_escape(r["reason"])}
 
 
+def _sources_context(out: Path, records: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any] | None:
+    """Several sources: one card row per source (rows, steps trained, mean effective rank of its batches, its
+    pre-flight regime), Markdown-escaped; ``None`` for a one-source run."""
+    info = run.get("sources")
+    if not info:
+        return None
+    path = out / "divcl_preflight.json"
+    pre = json.loads(path.read_text(encoding="utf-8")).get("sources", {}) if path.is_file() else {}
+    rows = []
+    for name in info["names"]:
+        key = f"source/{name}/"
+        steps = [r.get(PREFIX + key + "steps", 0.0) for r in records]
+        ranks = [r.get(PREFIX + key + "effective_rank") for r in records]
+        weighted = [(n, x) for n, x in zip(steps, ranks, strict=True) if n and x is not None]
+        total = sum(n for n, _ in weighted)
+        rank = sum(n * x for n, x in weighted) / total if total else None
+        p = pre.get(name)
+        rows.append({"name": md_escape(name), "rows": info["rows"].get(name), "steps": int(sum(steps)),
+                     "effective_rank": _fmt(rank, 3) if rank is not None else "–",
+                     "loss": md_escape((info.get("losses") or {}).get(name, "")) or "the run's loss",
+                     "preflight": md_escape(f"{_fmt(p['effective_rank'], 3)}; {p['regime']}") if p else "–"})
+    order = "one source per batch" if not info.get("mix") else f"{info['mix']:.0%} of each batch dealt across sources"
+    return {"rows": rows, "order": md_escape(f"{info['order']}, {order}")}
+
+
 def _settings_rows(records, run, info, policy, cal, base_model, dataset, train_rows, temperature, metric,
                    in_window) -> list[tuple[str, str]]:
     """The card's settings table, Markdown-escaped: only rows whose value the run recorded (never a placeholder)."""
@@ -345,7 +370,8 @@ def write_model_card(output_dir: str | Path, *, model=None, base_model: str, dat
                                                             train_rows, temperature, metric, in_window),
         "calibration": curve, "trajectory_png": TRAJECTORY_PNG, "bands_png": BANDS_PNG,
         "trajectory_summary": trajectory_summary, "bands_summary": bands_summary,
-        "evaluation": eval_rows, "evaluation_note": evaluation_note, "preflight": _preflight_context(out), **policy,
+        "evaluation": eval_rows, "evaluation_note": evaluation_note, "preflight": _preflight_context(out),
+        "sources": _sources_context(out, records, run), **policy,
     }
     env = ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
     env.filters["md"] = md_escape
