@@ -11,6 +11,10 @@ is exactly 0 and its gradient exactly 0, and it is counted.
 
 ``false_negatives="duplicates"`` masks only the certain false negatives: candidates whose row shares the query
 row's duplicate group. Kept apart from the loss maths: this module decides *which* logits go, the loss applies them.
+
+Whatever the mode, a *hard negative* that is the same text (or image) as a query row's own anchor or positive is a
+false negative of that query — e.g. a mined negative of row ``j`` that is row ``i``'s positive, with ``i`` and ``j`` in
+one batch: :func:`duplicate_negative_mask` finds them from content ids, and the loss masks them by default.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 
 from .gather import gather_with_grad
 
-__all__ = ["FALSE_NEGATIVE_MODES", "false_negative_mask"]
+__all__ = ["FALSE_NEGATIVE_MODES", "duplicate_negative_mask", "false_negative_mask"]
 
 FALSE_NEGATIVE_MODES = ("none", "mask", "duplicates")
 
@@ -104,3 +108,28 @@ def check_false_negatives(mode: str, margin: float) -> None:
         raise ValueError(f"false_negative_margin must be a finite number in [-2, 2] (cosine units), got {margin!r}; "
                          "0 masks the negatives the reference ranks above the positive, 0.1 also those within 0.1 "
                          "of it.")
+
+
+def duplicate_negative_mask(contents: torch.Tensor, gather: bool = False) -> torch.Tensor:
+    """Hard negatives equal to the query row's anchor or positive, for InfoNCE's anchor → candidates softmax.
+
+    Args:
+        contents (`torch.Tensor` of shape `(n, k)`): content id of each row's columns (anchor, positive, ``k − 2``
+            hard negatives) in one id space (:func:`hf_divcl.planning.dedupe.content_ids`); equal ids = equal content.
+        gather: gather the rows of every process first (the loss's global batch).
+
+    Returns:
+        `(N, (k − 1) N)` bool, True = masked: query ``i`` against the candidates in the loss's order (the N positives,
+        then each hard-negative column's N rows). Only hard-negative columns are ever marked.
+    """
+    with torch.no_grad():
+        ids = contents.to(torch.float64)  # float64: exact ids up to 2**53, gatherable with the other columns
+        if gather:
+            ids = gather_with_grad(ids)[0]
+        big_n, k = ids.shape
+        anchor, positive = ids[:, :1], ids[:, 1:2]  # (N, 1) each: the query row's own
+        blocks = [torch.zeros(big_n, big_n, dtype=torch.bool, device=ids.device)]  # the positives: never
+        for c in range(2, k):  # one (N, N) block per hard-negative column, as the loss lays out its candidates
+            neg = ids[:, c][None, :]
+            blocks.append((neg == anchor) | (neg == positive))
+        return torch.cat(blocks, dim=1)

@@ -59,13 +59,18 @@ class InfoNCELoss(nn.Module):
             never trained); default: the model's own embeddings, detached. Text the guide tokenises differently is
             decoded with the model's tokenizer and re-tokenised, as GISTEmbedLoss does. Check it on a few rows with
             :meth:`check_guide` (DivCLTrainer does so before training).
+        mask_duplicate_negatives (`bool`, *optional*, defaults to `True`): with hard-negative columns, remove from
+            each anchor's softmax every hard negative that is the same text or image as that anchor's own anchor or
+            positive (a mined negative of another row in the batch that is this row's positive), whatever
+            ``false_negatives`` is. Needs ``batch_contents`` set before each call (DivCLTrainer does); the count
+            is ``last_output.duplicate_negatives``.
     """
 
     def __init__(self, model: nn.Module, temperature: float = 0.05, *, learnable_temperature: bool = False,
                  min_temperature: float = 0.01, loss_type: str = "infonce", symmetric: bool = False,
                  gather_across_devices: bool = True, whitening: bool = False, whitening_eps: float = 0.05,
                  false_negatives: str = "none", false_negative_margin: float = 0.0,
-                 guide: nn.Module | None = None) -> None:
+                 guide: nn.Module | None = None, mask_duplicate_negatives: bool = True) -> None:
         super().__init__()
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}.")
@@ -89,6 +94,8 @@ class InfoNCELoss(nn.Module):
         self.false_negatives = false_negatives
         self.false_negative_margin = float(false_negative_margin)
         self.batch_groups: torch.Tensor | None = None  # (n,) duplicate group per row, for "duplicates"; consumed
+        self.mask_duplicate_negatives = bool(mask_duplicate_negatives)
+        self.batch_contents: torch.Tensor | None = None  # (n, k) content id per cell, for the above; consumed
         # not a submodule: the guide is never trained, never in the optimiser, never moved or saved with the loss
         self.__dict__["guide"] = guide
         self._retokenize = _must_retokenize(model, guide) if guide is not None else False
@@ -180,11 +187,14 @@ class InfoNCELoss(nn.Module):
                                "batch, nothing is masked. DivCLTrainer sets them for every training batch.")
             n, rank = embs[0].shape[0], torch.distributed.get_rank() if distributed_ready() else 0
             groups = torch.arange(rank * n, (rank + 1) * n, device=embs[0].device)  # unique across processes
+        contents, self.batch_contents = self.batch_contents, None
+        if not self.mask_duplicate_negatives:
+            contents = None
         out = contrastive_loss(embs[0], embs[1], self.temperature, negatives=embs[2:], loss_type=self.loss_type,
                                symmetric=self.symmetric, whitening=self.whitening, whitening_eps=self.whitening_eps,
                                gather=self.gather_across_devices, false_negatives=self.false_negatives,
                                false_negative_margin=self.false_negative_margin, reference=reference,
-                               groups=groups)
+                               groups=groups, contents=None if contents is None else contents.to(embs[0].device))
         self.last_output = out
         return out.loss
 
@@ -193,6 +203,8 @@ class InfoNCELoss(nn.Module):
             "temperature": round(float(self.temperature), 6), "loss_type": self.loss_type,
             "symmetric": self.symmetric, "gather_across_devices": self.gather_across_devices,
             "whitening": self.whitening, "learnable_temperature": isinstance(self.log_temperature, nn.Parameter)}
+        if not self.mask_duplicate_negatives:
+            config["mask_duplicate_negatives"] = False
         if self.false_negatives != "none":
             config.update(false_negatives=self.false_negatives, false_negative_margin=self.false_negative_margin,
                           guide=_model_name(self.guide) if self.guide is not None else "self (detached)")

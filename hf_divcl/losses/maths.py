@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .false_negatives import FALSE_NEGATIVE_MODES, duplicate_masks, false_negative_mask, reference_view
+from .false_negatives import (
+    FALSE_NEGATIVE_MODES,
+    duplicate_masks,
+    duplicate_negative_mask,
+    false_negative_mask,
+    reference_view,
+)
 from .gather import gather_with_grad
 
 __all__ = ["LOSS_TYPES", "ContrastiveOutput", "contrastive_loss", "whiten"]
@@ -64,6 +70,8 @@ class ContrastiveOutput:
             query, masked negatives in total and queries with every negative masked, over every softmax row of the
             global batch (the N anchors; with ``symmetric`` or NT-Xent also the N positives as queries).
         loss_type: ``"infonce"`` or ``"nt_xent"``.
+        duplicate_negatives: with ``contents``, the scalar count of hard negatives masked in the global batch for
+            being equal to their query row's anchor or positive (a device tensor; no host sync).
     """
 
     loss: torch.Tensor
@@ -76,6 +84,7 @@ class ContrastiveOutput:
     negative_mask: torch.Tensor | None = None
     masked_stats: torch.Tensor | None = None
     loss_type: str = "infonce"
+    duplicate_negatives: torch.Tensor | None = None
 
     def inbatch_negative_mask(self) -> torch.Tensor | None:
         """`(N, N)` True = kept: each anchor against the global batch's positives — the in-batch negatives of
@@ -109,6 +118,7 @@ def contrastive_loss(
     false_negative_margin: float = 0.0,
     reference: Sequence[torch.Tensor] | None = None,
     groups: torch.Tensor | None = None,
+    contents: torch.Tensor | None = None,
 ) -> ContrastiveOutput:
     """Contrastive loss of a batch, against the global batch when running distributed.
 
@@ -134,6 +144,11 @@ def contrastive_loss(
             duplicate group (rows sharing an identical anchor or positive, :func:`hf_divcl.planning.duplicate_groups`):
             an in-batch candidate of the same group as the query's row is masked — a certain false negative, e.g.
             another image with the same caption. Hard-negative columns are never masked this way.
+        contents (`torch.Tensor` of shape `(n, k)`, *optional*): content id of each row's columns in one id space
+            (:func:`hf_divcl.planning.dedupe.content_ids`); InfoNCE with hard negatives then masks, whatever
+            ``false_negatives`` is, every hard negative equal to the query row's own anchor or positive (a mined
+            negative of one row that is another row's positive): :func:`duplicate_negative_mask`. Their number in
+            the global batch is ``duplicate_negatives``.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
@@ -179,11 +194,25 @@ def contrastive_loss(
                                                                                              device=ref.device)))
         masked = [m.to(u.device) for m in masked]
 
+    duplicates = None
+    if contents is not None and loss_type == "infonce" and len(cols) > 2:
+        if contents.shape != (n, len(cols)):
+            raise ValueError(f"contents must hold one id per row and column, shape ({n}, {len(cols)}), got "
+                             f"{tuple(contents.shape)}.")
+        same = duplicate_negative_mask(contents, gather=gather).to(u.device)  # (N, (k−1) N)
+        duplicates = same.sum()
+        if mask_on:
+            masked[0] = masked[0] | same
+        else:
+            dup_local = same[offset:offset + n]
+
     if loss_type == "infonce":
         cand = glob[1:].reshape(-1, glob.shape[-1])  # positives then hard negatives, ((k−1) N, d)
         logits = u @ cand.T / temperature  # (n, (k−1) N)
         if mask_on:
             logits = logits.masked_fill(masked[0][offset:offset + n], float("-inf"))
+        elif duplicates is not None:
+            logits = logits.masked_fill(dup_local, float("-inf"))
         loss = F.cross_entropy(logits, target)
         if symmetric:
             logits_r = v @ u_all.T / temperature  # (n, N)
@@ -213,4 +242,4 @@ def contrastive_loss(
     tau = float(temperature.detach()) if isinstance(temperature, torch.Tensor) else float(temperature)
     return ContrastiveOutput(loss=loss, anchors=u_all.detach(), positives=v_all.detach(), logits=logits.detach(),
                              offset=offset, temperature=tau, sizes=sizes, negative_mask=keep, masked_stats=stats,
-                             loss_type=loss_type)
+                             loss_type=loss_type, duplicate_negatives=duplicates)

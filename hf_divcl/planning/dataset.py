@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from .._common import banks_cache_dir, is_image_feature
-from .dedupe import duplicate_groups
+from .dedupe import content_ids, duplicate_groups
 
 logger = logging.getLogger("hf_divcl.sampler")  # the sampler's logger, as before the split
 
-__all__ = ["default_bank", "image_columns", "row_duplicate_groups", "text_columns"]
+__all__ = ["default_bank", "image_columns", "row_content_ids", "row_duplicate_groups", "text_columns"]
 
 
 def text_columns(dataset, label_columns: list[str] | None = None) -> list[str]:
@@ -47,6 +47,23 @@ def row_duplicate_groups(dataset, label_columns: list[str] | None = None) -> tor
         cols.append([hashlib.sha256(x["bytes"]).digest() if x and x.get("bytes") is not None
                      else (x or {}).get("path") or f"row{i}" for i, x in enumerate(cells)])
     return duplicate_groups(*cols) if cols else None
+
+
+def row_content_ids(dataset, columns: list[str]) -> torch.Tensor:
+    """``(N, k)`` content id of each row's ``columns`` (anchor, positive, hard negatives) in one id space: equal texts
+    (or equal image bytes) share an id across rows and columns (:func:`~hf_divcl.planning.dedupe.content_ids`)."""
+    from datasets import Image
+
+    cells = []
+    for c in columns:
+        if is_image_feature(dataset.features[c]):
+            raw = dataset.cast_column(c, Image(decode=False))[c]
+            cells.append([hashlib.sha256(x["bytes"]).digest() if x and x.get("bytes") is not None
+                          else f"path:{x['path']}".encode() if x and x.get("path") else f"{c}:row{i}".encode()
+                          for i, x in enumerate(raw)])  # bytes: never equal to a text
+        else:
+            cells.append(dataset[c])
+    return content_ids(*cells)
 
 
 def default_bank(dataset, label_columns: list[str] | None, default_model: bool | str) -> Any:

@@ -7,7 +7,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["duplicate_groups", "repair_duplicates"]
+__all__ = ["content_ids", "duplicate_groups", "repair_duplicates"]
+
+
+def content_ids(*columns: Sequence[Any]) -> torch.Tensor:
+    """``(N, k)`` id of every cell of ``k`` columns in one id space: equal values get equal ids, whichever column
+    they are in (a row's hard negative that is another row's positive gets that positive's id)."""
+    if not columns:
+        raise ValueError("content_ids needs at least one column.")
+    n = len(columns[0])
+    if any(len(c) != n for c in columns):
+        raise ValueError(f"All columns must have the same length; got {[len(c) for c in columns]}.")
+    ids: dict[Any, int] = {}
+    out = torch.empty(n, len(columns), dtype=torch.long)
+    for k, col in enumerate(columns):
+        out[:, k] = torch.tensor([ids.setdefault(v if isinstance(v, (str, bytes)) else repr(v), len(ids))
+                                  for v in col], dtype=torch.long)
+    return out
 
 
 def duplicate_groups(*columns: Sequence[Any]) -> torch.Tensor:

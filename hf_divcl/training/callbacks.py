@@ -70,6 +70,8 @@ class DiversityLogger(TrainerCallback):
         self._steps: list[torch.Tensor] = []
         self.source: str | None = None  # the current step's source (several sources), set by the trainer
         self._step_sources: list[str | None] = []
+        self._duplicates: dict[bool, list[torch.Tensor]] = {True: [], False: []}  # masked / only counted
+        self.duplicate_negatives_total = {True: 0.0, False: 0.0}
         self._masked: list[torch.Tensor] = []
         self._last: tuple[torch.Tensor, torch.Tensor, float] | None = None
         self._last_mask: torch.Tensor | None = None
@@ -99,6 +101,11 @@ class DiversityLogger(TrainerCallback):
         self._last = (anchors, positives, temperature)
         self._last_mask = negative_mask
         self.bookkeeping_seconds += time.perf_counter() - t0
+
+    def count_duplicate_negatives(self, count: torch.Tensor, masked: bool = False) -> None:
+        """A step's hard negatives equal to their query row's anchor or positive (scalar, no host sync): masked by
+        the loss, or only counted (another loss)."""
+        self._duplicates[masked].append(count.detach().float().reshape(()))
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_t0 = time.perf_counter()
@@ -151,6 +158,14 @@ class DiversityLogger(TrainerCallback):
             out[PREFIX + "masked_negatives_mean"] = masked[0].item()
             out[PREFIX + "masked_negatives_total"] = masked[1].item()
             out[PREFIX + "anchors_all_masked"] = masked[2].item()
+        for masked, counts in self._duplicates.items():
+            if counts:
+                total = torch.stack(counts).sum().item()
+                counts.clear()
+                self.duplicate_negatives_total[masked] += total
+                name = "duplicate_negatives_masked" if masked else "duplicate_negatives_unmasked"
+                out[PREFIX + name] = total
+                out[PREFIX + name + "_total"] = self.duplicate_negatives_total[masked]
         if self.log_bands and self._last is not None:
             u, v, tau = self._last
             bands = gradient_bands(u.double(), v.double(), tau, negative_mask=self._last_mask, validate=False)

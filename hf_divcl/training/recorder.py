@@ -92,6 +92,8 @@ class StepRecorder:
             out = loss.last_output
             anchors, positives, tau = out.anchors, out.positives, out.temperature
             mask, masked_stats = out.inbatch_negative_mask(), out.masked_stats
+            if out.duplicate_negatives is not None:
+                t.diversity.count_duplicate_negatives(out.duplicate_negatives, masked=True)
             if loss.gather_across_devices:
                 with torch.no_grad():
                     ids = gather_with_grad(row_ids[:, None])[0][:, 0]

@@ -35,8 +35,10 @@ from ..bank import EmbeddingBank
 from ..collator import DivCLDataCollator
 from ..diversity.log import PREFIX, use_readable_console
 from ..diversity.window import DiversityWindow
+from ..losses.false_negatives import duplicate_negative_mask
 from ..losses.infonce import InfoNCELoss, check_false_negative_setup, load_guide_model
 from ..models.views import image_views
+from ..planning.dataset import row_content_ids
 from ..planning.sources import SourceSplit
 from ..policies.rows import prepare_source_rows, prepare_training_rows
 from ..sampler import DiversityWindowBatchSampler
@@ -279,6 +281,15 @@ class DivCLTrainer(SentenceTransformerTrainer):
             self._row_groups = groups if groups is not None else torch.arange(len(self.train_dataset))
         return self._row_groups
 
+    def content_ids(self) -> torch.Tensor | None:
+        """``(N, k)`` content id of every training row's input columns (one id space), computed once; ``None``
+        without hard-negative columns (only a third column or later can be a duplicate negative)."""
+        if not hasattr(self, "_content_ids"):
+            columns = self._input_columns(self.train_dataset)
+            text_or_image = len(columns) > 2 and not isinstance(self.train_dataset, datasets.IterableDataset)
+            self._content_ids = row_content_ids(self.train_dataset, columns) if text_or_image else None
+        return self._content_ids
+
     # -- the step --------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -293,6 +304,13 @@ class DivCLTrainer(SentenceTransformerTrainer):
             self.policy.on_batch(row_ids)
         if row_ids is not None and ours and loss_fn.false_negatives == "duplicates":
             loss_fn.batch_groups = self.row_groups()[row_ids.cpu()]
+        contents = self.content_ids() if track else None
+        if contents is not None:
+            batch_contents = contents[row_ids.cpu()]
+            if ours and loss_fn.mask_duplicate_negatives:
+                loss_fn.batch_contents = batch_contents
+            else:  # another loss (or masking off): counted, not masked
+                self.diversity.count_duplicate_negatives(duplicate_negative_mask(batch_contents).sum())
         try:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
