@@ -52,8 +52,8 @@ def _not_a_dataset(dataset) -> str:
                "every row, which needs random access and a length. Load it without streaming=True, or materialise "
                "it with datasets.Dataset.from_generator(...).")
     elif kind in ("DatasetDict", "IterableDatasetDict"):
-        fix = (f"Pass one split, e.g. train_dataset=ds['train'] (splits: {list(dataset.keys())}); several data sets "
-               "at once are not planned by the diversity-window sampler.")
+        fix = (f"Check one split at a time, e.g. ds['train'] (splits: {list(dataset.keys())}); DivCLTrainer takes a "
+               "DatasetDict of several training sources and checks each one.")
     elif isinstance(dataset, dict):
         fix = "Convert it with datasets.Dataset.from_dict({...}) (one list per column)."
     elif isinstance(dataset, (list, tuple)):

@@ -155,8 +155,8 @@ STRUCTURE = [
                  r"streaming=True",
                  id="iterable-dataset"),
     pytest.param(datasets.DatasetDict({"train": _ds(), "test": _ds()}),
-                 r"got DatasetDict\. Pass one split, e\.g\. train_dataset=ds\['train'\] "
-                 r"\(splits: \['train', 'test'\]\)",
+                 r"got DatasetDict\. Check one split at a time, e\.g\. ds\['train'\] "
+                 r"\(splits: \['train', 'test'\]\); DivCLTrainer takes a DatasetDict",
                  id="dataset-dict"),
 ]
 
