@@ -1,0 +1,227 @@
+"""Mined hard negatives: hf_divcl's trainer against plain sentence-transformers on the same mined data, paired seeds.
+
+The data is what a sentence-transformers user builds: WordNet lemma → gloss pairs of one domain (Debian
+``wordnet-base``, split by synset), with one hard negative per pair mined by the starting model itself
+(``sentence_transformers.util.mine_hard_negatives``, n-tuple format). all-MiniLM-L6-v2 is fine-tuned on it by:
+
+- ``st_mnrl``:          ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss`` (scale 1/τ), ``NO_DUPLICATES``
+                         batches — the usual sentence-transformers recipe;
+- ``st_mnrl_hardness``: the same with ``hardness_mode="hard_negatives"`` (``--hardness-strength``);
+- ``divcl``:            ``DivCLTrainer`` with its defaults (random duplicate-free batches, InfoNCE at τ; hard negatives
+                         equal to an in-batch row's own anchor or positive masked, and counted);
+- ``divcl_nomask``:     the same with ``loss_kwargs={"mask_duplicate_negatives": False}`` (the masking's own effect).
+
+Held-out ndcg@10 (the domain's held-out pairs) along the run, SimLex-999 / WordSim-353 at the end; paired
+differences against ``st_mnrl`` (and ``divcl`` against ``divcl_nomask``) with 95 % t-intervals, final and area.
+
+    python benchmarks/mined_negatives.py --seeds 0 1 2 3 4 5 6 7 --output benchmarks/results/mined_negatives.json
+    python benchmarks/mined_negatives.py --smoke      # embedded WordNet sample, tiny run: < 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARMS = ("st_mnrl", "st_mnrl_hardness", "divcl", "divcl_nomask")
+
+
+def build_data(a):
+    """``(train n-tuples, held-out pairs, mining seconds)``: the domain's pairs, negatives mined by the start model."""
+    from sentence_transformers.util import mine_hard_negatives
+
+    from hf_divcl.data.wordnet import wordnet_split
+    from hf_divcl.models.loading import load_sentence_transformer
+
+    domains = a.domain.split(",") if a.domain else None
+    test_size = 0.2 if a.source == "embedded" else a.test_size
+    train = wordnet_split(kind=a.kind, split="train", source=a.source, domains=domains, test_size=test_size)
+    test = wordnet_split(kind=a.kind, split="test", source=a.source, domains=domains, test_size=test_size)
+    train = train.select_columns(["anchor", "positive"])
+    if a.rows:
+        train = train.shuffle(seed=0).select(range(min(a.rows, len(train))))
+    t0 = time.perf_counter()
+    model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+    mined = mine_hard_negatives(train, model, num_negatives=a.negatives, output_format="n-tuple",
+                                batch_size=64, verbose=False)
+    return mined, test, time.perf_counter() - t0
+
+
+def evaluate(model, test, word_sim: bool) -> dict:
+    from hf_divcl.evaluation.retrieval import retrieval_metrics
+    from hf_divcl.evaluation.word_similarity import word_similarity
+
+    scores = retrieval_metrics(model, list(test["anchor"]), list(test["positive"]), name="heldout")
+    out = {"score": scores["heldout_ndcg@10"]}
+    if word_sim:
+        out.update({k: v for k, v in word_similarity(model).items() if k.endswith("spearman")})
+    model.train()
+    return out
+
+
+def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from hf_divcl.models.loading import load_sentence_transformer
+    from hf_divcl.training.arguments import DivCLTrainingArguments
+    from hf_divcl.training.trainer import DivCLTrainer
+
+    model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
+    curve = [{"step": 0, "seconds": 0.0, **evaluate(model, test, False)}]
+    clock = {"t0": None, "eval": 0.0}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock["t0"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if step % a.eval_every == 0 or step == a.steps:
+                e0 = time.perf_counter()
+                last = step == a.steps
+                point = {"step": step, "seconds": e0 - clock["t0"] - clock["eval"], **evaluate(model, test, last)}
+                clock["eval"] += time.perf_counter() - e0
+                curve.append(point)
+
+    common = dict(output_dir=str(workdir / f"{arm}-{seed}"), per_device_train_batch_size=a.batch_size,
+                  max_steps=a.steps, warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True,
+                  save_strategy="no", logging_steps=max(1, a.eval_every), learning_rate=a.lr)
+    if arm.startswith("st_"):
+        hardness = {"hardness_mode": "hard_negatives", "hardness_strength": a.hardness_strength} \
+            if arm == "st_mnrl_hardness" else {}
+        loss = MultipleNegativesRankingLoss(model, scale=1.0 / a.temperature, **hardness)
+        args = SentenceTransformerTrainingArguments(**common, batch_sampler=BatchSamplers.NO_DUPLICATES)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=mined, loss=loss,
+                                             callbacks=[Clock()])
+    else:
+        loss_kwargs = {"temperature": a.temperature}
+        if arm == "divcl_nomask":
+            loss_kwargs["mask_duplicate_negatives"] = False
+        args = DivCLTrainingArguments(**common, collapse_threshold=0, loss_kwargs=loss_kwargs)
+        trainer = DivCLTrainer(model=model, args=args, train_dataset=mined, callbacks=[Clock()])
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "divcl/duplicate_negatives_masked_total" in r
+            or "divcl/duplicate_negatives_unmasked_total" in r]
+    duplicates = None
+    if logs:
+        last = logs[-1]
+        duplicates = last.get("divcl/duplicate_negatives_masked_total",
+                              last.get("divcl/duplicate_negatives_unmasked_total"))
+    return {"arm": arm, "seed": seed, "curve": curve, "total_seconds": time.perf_counter() - clock["t0"],
+            "duplicate_negatives": duplicates}
+
+
+def auc(curve: list[dict]) -> float:
+    """Mean quality along the run (trapezoids over steps)."""
+    steps = [p["step"] for p in curve]
+    if len(curve) < 2 or steps[-1] == steps[0]:
+        return curve[-1]["score"]
+    area = sum((b["step"] - a["step"]) * (a["score"] + b["score"]) / 2 for a, b in itertools.pairwise(curve))
+    return area / (steps[-1] - steps[0])
+
+
+def interval(values: list[float]) -> dict:
+    import torch
+
+    from hf_divcl.experimental.sequential import paired_interval
+
+    if len(values) < 2:
+        return {"mean": statistics.fmean(values) if values else None, "ci95": None, "n": len(values)}
+    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
+    return {"mean": mean, "ci95": [low, high], "n": len(values)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    by: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        by.setdefault(r["arm"], {})[r["seed"]] = r
+    out: dict = {"arms": {}, "paired": {}}
+    for arm, rs in by.items():
+        rs_list = list(rs.values())
+        out["arms"][arm] = {
+            "final_mean": statistics.fmean(r["curve"][-1]["score"] for r in rs_list),
+            "auc_mean": statistics.fmean(auc(r["curve"]) for r in rs_list),
+            "simlex999_mean": statistics.fmean(r["curve"][-1].get("simlex999_spearman", float("nan"))
+                                                for r in rs_list),
+            "wordsim353_mean": statistics.fmean(r["curve"][-1].get("wordsim353_spearman", float("nan"))
+                                                 for r in rs_list),
+            "seconds_mean": statistics.fmean(r["total_seconds"] for r in rs_list),
+            "duplicate_negatives_per_run": [r["duplicate_negatives"] for r in rs_list], "seeds": sorted(rs)}
+    for arm, base in itertools.product(by, ("st_mnrl", "divcl_nomask")):
+        if arm == base or base not in by:
+            continue
+        seeds = sorted(set(by[arm]) & set(by[base]))
+        if not seeds:
+            continue
+        d_final = [by[arm][s]["curve"][-1]["score"] - by[base][s]["curve"][-1]["score"] for s in seeds]
+        d_auc = [auc(by[arm][s]["curve"]) - auc(by[base][s]["curve"]) for s in seeds]
+        out["paired"][f"{arm} - {base}"] = {"final": interval(d_final), "auc": interval(d_auc),
+                                            "final_diffs": d_final, "wins": sum(d > 0 for d in d_final)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--eval-every", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--hardness-strength", type=float, default=9.0)
+    p.add_argument("--negatives", type=int, default=1, help="mined negatives per pair (n-tuple columns)")
+    p.add_argument("--source", default="debian", help="WordNet: debian (wordnet-base) or embedded")
+    p.add_argument("--domain", default="noun.animal", help="lexicographer file(s), comma-separated ('' for all)")
+    p.add_argument("--kind", default="lemma", choices=["example", "lemma", "both"])
+    p.add_argument("--rows", type=int, default=0, help="training pairs (0: all of the domain)")
+    p.add_argument("--test-size", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="embedded sample, 2 arms, 1 seed, 6 steps")
+    p.add_argument("--output", default=None)
+    a = p.parse_args()
+    if a.smoke:
+        a.source, a.domain, a.kind, a.rows = "embedded", "", "example", 200
+        a.arms, a.seeds, a.steps, a.eval_every, a.batch_size = ["st_mnrl", "divcl"], [0], 6, 3, 16
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    mined, test, mining_seconds = build_data(a)
+    print(f"mined {len(mined)} rows ({mined.column_names}) in {mining_seconds:.0f} s; {len(test)} held out",
+          flush=True)
+    runs = []
+    out_path = Path(a.output) if a.output else None
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, arm in itertools.product(a.seeds, a.arms):  # seed-major: every finished seed is a paired set
+            r = run_one(arm, seed, mined, test, a, Path(tmp))
+            runs.append(r)
+            print(f"{arm} seed {seed}: ndcg@10 {r['curve'][0]['score']:.4f} → {r['curve'][-1]['score']:.4f} "
+                  f"({r['total_seconds']:.0f} s, duplicate negatives {r['duplicate_negatives']})", flush=True)
+            result = {"benchmark": "mined_negatives", "config": vars(a), "mining_seconds": mining_seconds,
+                      "train_rows": len(mined), "columns": mined.column_names, "heldout_rows": len(test),
+                      "runs": runs, "summary": summarise(runs),
+                      "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
+                                  "platform": platform.platform(), "threads": a.threads}}
+            if out_path is not None:  # rewritten after every run: a stopped grid keeps what it finished
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out_path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"]["paired"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
