@@ -178,3 +178,13 @@ def test_explore_cost_smoke(tmp_path):
     kinds = summary["median"]
     assert kinds["refreshes"] >= 1 and kinds["scored_steps"] >= 6 and kinds["plain_step_s"] > 0
     assert summary["score_model"] > 0 and kinds["score_batch_eq"] > 0 and kinds["refresh_batch_eq"] > 0
+
+
+@pytest.mark.slow
+def test_mined_negatives_smoke(tmp_path):
+    out = tmp_path / "m.json"
+    run("mined_negatives.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert {r["arm"] for r in res["runs"]} == {"st_mnrl", "divcl"}
+    assert res["columns"] == ["anchor", "positive", "negative_1"]
+    assert "divcl - st_mnrl" in res["summary"]["paired"]
