@@ -529,8 +529,8 @@ def main() -> None:
     p.add_argument("--heldout-fraction", type=float, default=0.2, help="fraction of synsets held out")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the split and of the drawn pairs")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--smoke", action="store_true", help="2 arms (1 where multi-source support is missing), 1 seed, "
-                                                        "10 steps, 64 + 32 pairs per source: < 2 minutes")
+    p.add_argument("--smoke", action="store_true", help="arms mixed, single and mix0.5, 1 seed, 10 steps, "
+                                                        "64 + 32 pairs per source: < 2 minutes")
     p.add_argument("--output", default=None)
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="combine the runs of these result files (same data and settings) into --output")
@@ -548,14 +548,7 @@ def main() -> None:
     except RuntimeError:
         pass
     if a.smoke:
-        from hf_divcl.training.arguments import DivCLTrainingArguments
-
-        supported = "source_mix" in DivCLTrainingArguments.__dataclass_fields__
-        if a.arms is None:
-            a.arms = ["mixed", "single"] if supported else ["mixed"]
-            if not supported:
-                print("smoke: no multi-source support in this hf_divcl (DivCLTrainingArguments.source_mix): "
-                      "the mixed arm only", flush=True)
+        a.arms = a.arms or ["mixed", "single", "mix0.5"]
         a.seeds, a.steps, a.eval_every, a.batch_size = a.seeds[:1], 10, 5, 16
         a.rows_per_source, a.heldout_per_source, a.temperatures = 64, 32, a.temperatures[:1]
     a.arms = list(dict.fromkeys(a.arms or FIXED_ARMS))

@@ -188,3 +188,14 @@ def test_mined_negatives_smoke(tmp_path):
     assert {r["arm"] for r in res["runs"]} == {"st_mnrl", "divcl"}
     assert res["columns"] == ["anchor", "positive", "negative_1"]
     assert "divcl - st_mnrl" in res["summary"]["paired"]
+
+
+@pytest.mark.slow
+def test_multi_source_smoke(tmp_path):
+    if not Path("/usr/share/wordnet/data.noun").is_file():
+        pytest.skip("Debian wordnet-base not installed")
+    out = tmp_path / "ms.json"
+    run("multi_source.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert {r["arm"] for r in res["runs"]} == {"mixed", "single", "mix0.5"}
+    assert all("ndcg@10/pooled" in r["final"] for r in res["runs"])
