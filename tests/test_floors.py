@@ -115,6 +115,17 @@ SMOKE = textwrap.dedent('''
                                       logging_steps=1, **kw)
         DivCLTrainer(model=model, args=args, train_dataset=data).train()
         done(f"3 training steps, {name}")
+    from datasets import DatasetDict
+
+    from hf_divcl.losses.infonce import InfoNCELoss
+
+    model = SentenceTransformer(model_dir, device="cpu")
+    sources = DatasetDict({"a": pairs.select(range(32)), "b": pairs.select(range(32, 64))})
+    args = DivCLTrainingArguments(output_dir=str(work / "sources"), max_steps=3, per_device_train_batch_size=8,
+                                  report_to=[], disable_tqdm=True, save_strategy="no", use_cpu=True, logging_steps=1)
+    DivCLTrainer(model=model, args=args, train_dataset=sources,
+                 loss={"a": InfoNCELoss(model), "b": InfoNCELoss(model, temperature=0.1)}).train()
+    done("3 training steps, two sources with a loss each")
     card = write_model_card(work / "window", model=model, base_model="tiny", dataset="wordnet", train_rows=64)
     assert "wordnet" in card.read_text()
     model.save(str(work / "saved"))
