@@ -199,3 +199,11 @@ def test_multi_source_smoke(tmp_path):
     res = json.loads(out.read_text())
     assert {r["arm"] for r in res["runs"]} == {"mixed", "single", "mix0.5"}
     assert all("ndcg@10/pooled" in r["final"] for r in res["runs"])
+
+
+@pytest.mark.slow
+def test_vision_simclr_smoke(tmp_path):
+    out = tmp_path / "v.json"
+    run("vision_simclr.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert {"raw_knn", "centred_knn", "raw_probe"} <= set(res["baselines"])
