@@ -103,10 +103,10 @@ def handle_nonfinite_loss(trainer: TrainerHost, model: torch.nn.Module, loss: to
     args = trainer.args
     n = row_ids.shape[0]
     views: list[torch.Tensor] = []
-    loss = trainer.step_loss
-    out = loss.last_output if isinstance(loss, InfoNCELoss) else None
+    loss_fn = trainer.step_loss
+    out = loss_fn.last_output if isinstance(loss_fn, InfoNCELoss) else None
     if out is not None:
-        loss.last_output = None
+        loss_fn.last_output = None
         views = [out.anchors[out.offset:out.offset + n], out.positives[out.offset:out.offset + n]]
     elif captured:
         flat = torch.cat(captured)
