@@ -42,7 +42,7 @@ def multi_source(path: Path) -> str:
                 for metric in ("ndcg@10/source_mean", "ndcg@10/pooled"):
                     for kind in ("final", "auc"):
                         stat = block[metric][kind]
-                        cite = f"{name}: summary[{tau}].{arm}.minus_{end}[{metric}].{kind}"
+                        cite = f"{name}: summary[{tau}][{arm}].minus_{end}[{metric}].{kind}"
                         cells.append((stat, cite))
                         stats.append(stat)
                 rows.append((tau, arm, end, len(entry["seeds"]), cells))
@@ -58,7 +58,7 @@ def multi_source(path: Path) -> str:
         for arm, entry in arms.items():
             vals = []
             for key in ("ndcg@10/source_mean", "ndcg@10/pooled", "simlex999_spearman", "wordsim353_spearman"):
-                vals.append(f"{entry['final_mean'][key]:.4f}<!-- {name}: summary[{tau}].{arm}.final_mean[{key}] -->")
+                vals.append(f"{entry['final_mean'][key]:.4f}<!-- {name}: summary[{tau}][{arm}].final_mean[{key}] -->")
             means.append(f"| {tau.split('=')[1]} | {arm} | " + " | ".join(vals) + " |")
     untrained = res["untrained"]
     means.append(f"| – | untrained | {untrained['ndcg@10/source_mean']:.4f}<!-- {name}: "
