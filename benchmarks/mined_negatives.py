@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _clock import eval_clock
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -73,7 +76,6 @@ def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers import TrainerCallback
 
     from hf_divcl.models.loading import load_sentence_transformer
     from hf_divcl.training.arguments import DivCLTrainingArguments
@@ -81,20 +83,7 @@ def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
 
     model = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu")
     curve = [{"step": 0, "seconds": 0.0, **evaluate(model, test, False)}]
-    clock = {"t0": None, "eval": 0.0}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock["t0"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step = state.global_step
-            if step % a.eval_every == 0 or step == a.steps:
-                e0 = time.perf_counter()
-                last = step == a.steps
-                point = {"step": step, "seconds": e0 - clock["t0"] - clock["eval"], **evaluate(model, test, last)}
-                clock["eval"] += time.perf_counter() - e0
-                curve.append(point)
+    clock = eval_clock(lambda last: evaluate(model, test, last), a.eval_every, curve, start_on_train_begin=True)
 
     common = dict(output_dir=str(workdir / f"{arm}-{seed}"), per_device_train_batch_size=a.batch_size,
                   max_steps=a.steps, warmup_steps=max(1, a.steps // 10), seed=seed, report_to=[], disable_tqdm=True,
@@ -105,13 +94,13 @@ def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
         loss = MultipleNegativesRankingLoss(model, scale=1.0 / a.temperature, **hardness)
         args = SentenceTransformerTrainingArguments(**common, batch_sampler=BatchSamplers.NO_DUPLICATES)
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=mined, loss=loss,
-                                             callbacks=[Clock()])
+                                             callbacks=[clock])
     else:
         loss_kwargs = {"temperature": a.temperature}
         if arm == "divcl_nomask":
             loss_kwargs["mask_duplicate_negatives"] = False
         args = DivCLTrainingArguments(**common, collapse_threshold=0, loss_kwargs=loss_kwargs)
-        trainer = DivCLTrainer(model=model, args=args, train_dataset=mined, callbacks=[Clock()])
+        trainer = DivCLTrainer(model=model, args=args, train_dataset=mined, callbacks=[clock])
     trainer.train()
     logs = [r for r in trainer.state.log_history if "divcl/duplicate_negatives_masked_total" in r
             or "divcl/duplicate_negatives_unmasked_total" in r]
@@ -120,7 +109,7 @@ def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
         last = logs[-1]
         duplicates = last.get("divcl/duplicate_negatives_masked_total",
                               last.get("divcl/duplicate_negatives_unmasked_total"))
-    return {"arm": arm, "seed": seed, "curve": curve, "total_seconds": time.perf_counter() - clock["t0"],
+    return {"arm": arm, "seed": seed, "curve": curve, "total_seconds": time.perf_counter() - clock.t0,
             "duplicate_negatives": duplicates}
 
 

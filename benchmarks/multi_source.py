@@ -65,6 +65,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _clock import eval_clock
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -363,31 +366,6 @@ def training_arguments(arm: str, temperature: float, seed: int, a, output_dir: P
         **arm_options(arm)["args"])
 
 
-def _clock(evaluate, every: int, curve: list):
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        """Training wall clock without the evaluations; evaluates every ``every`` steps and at the last."""
-
-        def __init__(self):
-            self.t0 = time.perf_counter()
-            self.eval_seconds = 0.0
-
-        def seconds(self) -> float:
-            return time.perf_counter() - self.t0 - self.eval_seconds
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every == 0 or state.global_step == state.max_steps:
-                t = self.seconds()
-                e0 = time.perf_counter()
-                scores = evaluate()
-                spent = time.perf_counter() - e0
-                self.eval_seconds += spent
-                curve.append({"step": state.global_step, "seconds": t, "eval_seconds": spent, **scores})
-
-    return Clock()
-
-
 def run_one(arm: str, temperature: float, seed: int, data, untrained: dict, a, workdir: Path) -> dict:
     import datasets
 
@@ -396,12 +374,12 @@ def run_one(arm: str, temperature: float, seed: int, data, untrained: dict, a, w
     train, held = data
     model = load_model()
     curve = [{"step": 0, "seconds": 0.0, "eval_seconds": 0.0, **untrained}]  # the same weights in every run
-    clock = _clock(lambda: held.evaluate(model), a.eval_every, curve)
+    clock = eval_clock(lambda last: held.evaluate(model), a.eval_every, curve)
     dataset = train_columns(train)
     dataset = datasets.DatasetDict(dataset) if arm_options(arm)["dict"] else \
         datasets.concatenate_datasets(list(dataset.values()))
     args = training_arguments(arm, temperature, seed, a, workdir / f"{arm}-t{temperature}-s{seed}")
-    clock.t0 = time.perf_counter()
+    clock.restart()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=dataset, callbacks=[clock])
     trainer.train()
     train_seconds = clock.seconds()

@@ -57,8 +57,10 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _clock import eval_clock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -108,30 +110,6 @@ POLICIES = {  # DivCLTrainingArguments options per policy (loss_kwargs add to th
                                                                           "recheck_blocks": 40}},
     "explore_null": {"batch_policy": "explore"},  # + levels that are random batches, set in run_one
 }
-
-
-def _clock_callback(evaluate, every: int, results: list):
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        """Wall clock of the run minus the time spent evaluating; evaluates every `every` steps."""
-
-        def __init__(self):
-            self.t0 = time.perf_counter()
-            self.eval_seconds = 0.0
-
-        def seconds(self) -> float:
-            return time.perf_counter() - self.t0 - self.eval_seconds
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % every == 0 or state.global_step == state.max_steps:
-                t = self.seconds()
-                e0 = time.perf_counter()
-                scores = evaluate()
-                self.eval_seconds += time.perf_counter() - e0
-                results.append({"step": state.global_step, "seconds": t, **scores})
-
-    return Clock()
 
 
 def text_task(a):
@@ -246,7 +224,7 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
     train, make_model, evaluate, extra, _, info = task
     model = make_model(seed)
     results: list[dict] = []
-    clock = _clock_callback(lambda: evaluate(model), a.eval_every, results)
+    clock = eval_clock(lambda last: evaluate(model), a.eval_every, results)
     results.append({"step": 0, "seconds": 0.0, **evaluate(model)})
     opts = dict(POLICIES[policy])
     kw = dict(opts.pop("batch_policy_kwargs", None) or {})  # the policy's settings
@@ -298,7 +276,7 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
         **{k: v for k, v in extra.items() if k != "loss_kwargs"}, **opts, **schedule,
         batch_policy_kwargs=kw or None, loss_kwargs=loss_kwargs)
-    clock.t0 = time.perf_counter()
+    clock.restart()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, loss=loss, callbacks=[clock])
     trainer.train()
     log = [r for r in trainer.state.log_history if "divcl/in_window_fraction" in r]

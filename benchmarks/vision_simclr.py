@@ -48,6 +48,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
+from _clock import eval_clock
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -130,33 +133,6 @@ def make_evaluate(model, mem_px, mem_y, qry_px, qry_y, head: bool, probe: bool):
 
 # -- one run -------------------------------------------------------------------------------------------------------
 
-def _clock(evaluate, every: int, curve: list[dict], losses: dict[int, float]):
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        """Evaluates every ``every`` steps; ``seconds`` leaves the evaluations out, ``wall_seconds`` keeps them."""
-
-        def __init__(self):
-            self.t0 = time.perf_counter()
-            self.eval_seconds = 0.0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % every == 0 or state.global_step == state.max_steps:
-                now = time.perf_counter()
-                scores = evaluate()
-                curve.append({"step": state.global_step, "seconds": now - self.t0 - self.eval_seconds,
-                              "wall_seconds": now - self.t0, **scores})
-                self.eval_seconds += time.perf_counter() - now
-                print(f"  eval step {state.global_step}: "
-                      + " ".join(f"{k} {v:.4f}" for k, v in scores.items()), flush=True)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses[state.global_step] = float(logs["loss"])
-
-    return Clock()
-
-
 def run_one(arm: tuple[str, str, dict | None], seed: int, temperature: float, a, data, workdir: Path) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -180,7 +156,7 @@ def run_one(arm: tuple[str, str, dict | None], seed: int, temperature: float, a,
     e0 = time.perf_counter()
     curve.append({"step": 0, "seconds": 0.0, "wall_seconds": 0.0, **evaluate()})
     first_eval = time.perf_counter() - e0
-    clock = _clock(evaluate, a.eval_every, curve, losses)
+    clock = eval_clock(lambda last: evaluate(), a.eval_every, curve, losses, verbose=True)
     args = DivCLTrainingArguments(
         output_dir=str(workdir / f"{name}-{seed}-{temperature}"), per_device_train_batch_size=a.batch_size,
         max_steps=a.steps, learning_rate=a.lr, weight_decay=a.weight_decay, warmup_steps=max(1, a.steps // 20),
@@ -188,7 +164,7 @@ def run_one(arm: tuple[str, str, dict | None], seed: int, temperature: float, a,
         logging_steps=a.eval_every, collapse_threshold=0, bank_cache_dir=str(workdir / "cache" / name),
         augment_scale_min=a.scale_min, augment_jitter=a.jitter, batch_policy=policy, batch_policy_kwargs=kwargs,
         loss_kwargs={"temperature": temperature, "loss_type": "nt_xent"}, dataloader_num_workers=0)
-    clock.t0 = time.perf_counter()
+    clock.restart()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
     trainer.train()
     total = time.perf_counter() - clock.t0
