@@ -1,0 +1,59 @@
+"""benchmarks/best_random.py: the best τ of random batches is found from the files, and policies are paired against
+random batches at that τ, not at the grid's (synthetic result files; no training)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def best_random():
+    spec = importlib.util.spec_from_file_location("best_random", ROOT / "benchmarks" / "best_random.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _runs(policy: str, finals: list[float]) -> list[dict]:
+    return [{"policy": policy, "seed": s, "curve": [{"step": 0, "score": 0.3}, {"step": 10, "score": f}]}
+            for s, f in enumerate(finals)]
+
+
+def _file(tau: float | None, *groups: list[dict]) -> dict:
+    return {"config": {"temperature": tau}, "runs": [r for g in groups for r in g]}
+
+
+def test_policies_are_paired_against_random_at_the_best_tau_not_the_grids(best_random):
+    noise = [0.001, -0.002, 0.0015, -0.0005, 0.002, -0.001, 0.0, 0.0005]
+    grid = _file(None, _runs("random", [0.40 + e for e in noise]),  # τ = 0.05, the text default
+                 _runs("tight", [0.42 + e / 2 for e in noise]))
+    low = _file(0.02, _runs("random", [0.45 - e for e in noise]))
+    high = _file(0.1, _runs("random", [0.38 + e for e in noise]))
+    out = best_random.best_random(grid, [low, high])
+    assert out["best"]["tau"] == 0.02 and out["best"]["at_edge"]  # 0.02 is the lowest τ tried
+    assert out["taus"] == [0.02, 0.05, 0.1]
+    rows = {r["policy"]: r for r in out["rows"]}
+    assert set(rows) == {"random@0.05", "tight"}  # the grid's own random arm is a row when it is not the best
+    tight = rows["tight"]["final_minus_best_random"]
+    assert tight["mean"] == pytest.approx(0.42 - 0.45 + sum(e / 2 + e for e in noise) / 8)
+    assert tight["ci95"][1] < 0 and rows["tight"]["final_holm_significant"]  # beats random at 0.05, loses at 0.02
+    assert out["sweep"]["0.02"]["final_minus_grid_tau"]["mean"] == pytest.approx(0.05 - 2 * sum(noise) / 8)
+    assert rows["tight"]["final_detectable"] > (tight["ci95"][1] - tight["ci95"][0]) / 2  # corrected: wider
+
+
+def test_an_interior_best_is_not_at_the_edge_and_mismatched_lengths_are_refused(best_random):
+    grid = _file(0.05, _runs("random", [0.44, 0.45, 0.46]), _runs("spread", [0.43, 0.45, 0.44]))
+    low = _file(0.02, _runs("random", [0.41, 0.42, 0.40]))
+    high = _file(0.1, _runs("random", [0.42, 0.43, 0.44]))
+    out = best_random.best_random(grid, [low, high])
+    assert out["best"]["tau"] == 0.05 and not out["best"]["at_edge"]
+    assert [r["policy"] for r in out["rows"]] == ["spread"]
+    longer = _file(0.2, [{**r, "curve": r["curve"] + [{"step": 20, "score": 0.5}]}
+                         for r in _runs("random", [0.4, 0.4, 0.4])])
+    with pytest.raises(SystemExit, match="different steps"):
+        best_random.best_random(grid, [longer])
+    with pytest.raises(SystemExit, match="appears twice"):
+        best_random.best_random(grid, [_file(0.05, _runs("random", [0.4]))])
