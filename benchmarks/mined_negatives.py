@@ -181,6 +181,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="embedded sample, 2 arms, 1 seed, 6 steps")
     p.add_argument("--output", default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --output (same settings) and run only the missing (arm, seed) pairs")
     a = p.parse_args()
     if a.smoke:
         a.source, a.domain, a.kind, a.rows = "embedded", "", "example", 200
@@ -195,13 +197,29 @@ def main() -> None:
           flush=True)
     runs = []
     out_path = Path(a.output) if a.output else None
+    if a.resume and out_path is not None and out_path.exists():
+        old = json.loads(out_path.read_text())
+        free = ("seeds", "arms", "output", "resume")
+        diff = sorted(k for k in vars(a).keys() | old["config"].keys()
+                      if k not in free and vars(a).get(k) != old["config"].get(k))
+        if diff:
+            raise SystemExit(f"{out_path} was run with other settings ({', '.join(diff)}); --resume keeps only runs "
+                             "of the same settings. Pass them as they were, or another --output.")
+        runs = old["runs"]
+        print(f"resuming: {len(runs)} runs kept from {out_path}", flush=True)
+    done = {(r["arm"], r["seed"]) for r in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for seed, arm in itertools.product(a.seeds, a.arms):  # seed-major: every finished seed is a paired set
+            if (arm, seed) in done:
+                continue
             r = run_one(arm, seed, mined, test, a, Path(tmp))
             runs.append(r)
             print(f"{arm} seed {seed}: ndcg@10 {r['curve'][0]['score']:.4f} → {r['curve'][-1]['score']:.4f} "
                   f"({r['total_seconds']:.0f} s, duplicate negatives {r['duplicate_negatives']})", flush=True)
-            result = {"benchmark": "mined_negatives", "config": vars(a), "mining_seconds": mining_seconds,
+            seeds = sorted({r["seed"] for r in runs})
+            arms = list(dict.fromkeys(r["arm"] for r in runs))
+            config = {**vars(a), "seeds": seeds, "arms": arms}
+            result = {"benchmark": "mined_negatives", "config": config, "mining_seconds": mining_seconds,
                       "train_rows": len(mined), "columns": mined.column_names, "heldout_rows": len(test),
                       "runs": runs, "summary": summarise(runs),
                       "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
@@ -209,7 +227,7 @@ def main() -> None:
             if out_path is not None:  # rewritten after every run: a stopped grid keeps what it finished
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 out_path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["summary"]["paired"], indent=1))
+    print(json.dumps(summarise(runs)["paired"], indent=1))
 
 
 if __name__ == "__main__":
