@@ -12,7 +12,11 @@ bracket the best). Every policy of the grid is then paired by seed against rando
 area, i.e. the mean score along the run), with Holm's correction over the table (one family: every policy × both
 metrics) and the smallest effect the table could detect: the corrected half-width of each interval (half-width ×
 t(1 − 0.025/m, n − 1) / t(0.975, n − 1), Bonferroni's bound, the strictest step of Holm's). The markdown printed
-cites the output file in ``docs/results.md``'s convention.
+cites the output file in ``docs/results.md``'s convention. ``--adapter`` does the same for the truth tables of
+``benchmarks/calibrator_power.py`` (every level at every τ against random at the best τ):
+
+    python benchmarks/best_random.py --adapter benchmarks/results/calibrator_power.json \\
+        benchmarks/results/calibrator_power_low_tau.json --output benchmarks/results/best_random_adapter.json
 """
 
 from __future__ import annotations
@@ -113,6 +117,42 @@ def best_random(grid: dict, sweeps: list[dict]) -> dict:
             "correction": f"Holm over {m} tests (every policy × final and area)", "rows": rows}
 
 
+def adapter_best_random(results: list[dict]) -> dict:
+    """The same comparison for ``calibrator_power.py`` truth tables (final ndcg@10 per arm over seeds 0..n−1, one
+    file or several with other τ): random batches at every τ, the best τ, and every level at every τ against random
+    at the best τ, paired by seed, Holm over the table."""
+    finals: dict[float, dict[str, list[float]]] = {}
+    for res in results:
+        for tau, entry in res.get("truth", {}).items():
+            if float(tau) in finals:
+                raise SystemExit(f"τ = {tau} appears twice")
+            finals[float(tau)] = entry["finals"]
+    if not finals:
+        raise SystemExit("no truth tables in these files")
+    taus = sorted(finals)
+    sweep = {f"{t:g}": {"final_mean": statistics.fmean(finals[t]["random"]), "finals": finals[t]["random"]}
+             for t in taus}
+    best = max(taus, key=lambda t: sweep[f"{t:g}"]["final_mean"])
+    base = finals[best]["random"]
+    rows, stats = [], []
+    for t in taus:
+        for arm, values in finals[t].items():
+            if arm == "random" and t == best:
+                continue
+            pairs = list(zip(values, base, strict=True))
+            diff = _t_interval([x - b for x, b in pairs])
+            rows.append({"policy": arm, "tau": t, "final_mean": statistics.fmean(values),
+                         "final_minus_best_random": diff, "wins": sum(x > b for x, b in pairs)})
+            stats.append(diff)
+    significant = holm([p_value(x) for x in stats])
+    for row, sig in zip(rows, significant, strict=True):
+        row["final_holm_significant"] = sig
+        row["final_detectable"] = _corrected_half_width(row["final_minus_best_random"], len(stats))
+    return {"taus": taus, "sweep": sweep, "best": {"tau": best, "at_edge": best in (taus[0], taus[-1]),
+                                                     "final_mean": sweep[f"{best:g}"]["final_mean"]},
+            "correction": f"Holm over {len(stats)} tests (every level × τ, final)", "rows": rows}
+
+
 def _cell(stat: dict, significant: bool, cite: str) -> str:
     mean, ci = stat["mean"], stat.get("ci95")
     if mean is None:
@@ -146,12 +186,37 @@ def markdown(result: dict, name: str) -> str:
     return "\n".join(out)
 
 
+def adapter_markdown(result: dict, name: str) -> str:
+    out = ["| arm | τ | final | − random at the best τ | wins | detectable |", "|---|---|---|---|---|---|"]
+    for tau, entry in result["sweep"].items():
+        out.append(f"| random | {tau} | {entry['final_mean']:.4f}<!-- {name}: sweep[{tau}].final_mean --> | | | |")
+    for i, row in enumerate(result["rows"]):
+        cell = _cell(row["final_minus_best_random"], row["final_holm_significant"],
+                     f"{name}: rows.{i}.final_minus_best_random")
+        n = row["final_minus_best_random"]["n"]
+        out.append(f"| {row['policy']} | {row['tau']:g} | {row['final_mean']:.4f} | {cell} | {row['wins']}/{n} | "
+                   f"{row['final_detectable']:.3f} |")
+    out.append(f"\nBest τ of random batches: {result['best']['tau']:g}"
+               f"{' (at the edge of the sweep)' if result['best']['at_edge'] else ''}; ▲/▼: significant at 5 % after "
+               f"{result['correction']}.")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", required=True, help="time_to_quality result file with the policies (one τ)")
-    p.add_argument("--sweep", nargs="+", required=True, help="time_to_quality files of random batches, one τ each")
+    p.add_argument("--grid", help="time_to_quality result file with the policies (one τ)")
+    p.add_argument("--sweep", nargs="+", help="time_to_quality files of random batches, one τ each")
+    p.add_argument("--adapter", nargs="+", help="instead: calibrator_power.py files whose truth tables make the sweep")
     p.add_argument("--output", required=True)
     a = p.parse_args(argv)
+    if a.adapter:
+        results = [json.loads(Path(f).read_text()) for f in a.adapter]
+        result = {"files": a.adapter, **adapter_best_random(results)}
+        Path(a.output).write_text(json.dumps(result, indent=2))
+        print(adapter_markdown(result, Path(a.output).name))
+        return
+    if not a.grid or not a.sweep:
+        p.error("pass --grid and --sweep (time_to_quality files), or --adapter (calibrator_power files)")
     grid = json.loads(Path(a.grid).read_text())
     sweeps = [json.loads(Path(s).read_text()) for s in a.sweep]
     result = {"grid": a.grid, "sweep_files": a.sweep, **best_random(grid, sweeps)}

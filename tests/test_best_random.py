@@ -57,3 +57,21 @@ def test_an_interior_best_is_not_at_the_edge_and_mismatched_lengths_are_refused(
         best_random.best_random(grid, [longer])
     with pytest.raises(SystemExit, match="appears twice"):
         best_random.best_random(grid, [_file(0.05, _runs("random", [0.4]))])
+
+
+def test_adapter_truth_tables_are_compared_with_random_at_their_best_tau(best_random):
+    def truth(random, tight):
+        return {"finals": {"random": random, "local:32": tight}}
+
+    high = {"truth": {"0.05": truth([0.40, 0.41, 0.42], [0.41, 0.42, 0.43]),
+                      "0.5": truth([0.20, 0.22, 0.24], [0.36, 0.37, 0.38])}}
+    low = {"truth": {"0.02": truth([0.45, 0.46, 0.47], [0.44, 0.45, 0.46])}}
+    out = best_random.adapter_best_random([high, low])
+    assert out["best"]["tau"] == 0.02 and out["best"]["at_edge"]
+    rows = {(r["policy"], r["tau"]): r for r in out["rows"]}
+    assert ("random", 0.02) not in rows and ("random", 0.05) in rows
+    # tight at τ = 0.5 beats random at 0.5 by 0.14 but loses 0.09 to random at the best τ
+    assert rows[("local:32", 0.5)]["final_minus_best_random"]["mean"] == pytest.approx(-0.09)
+    assert rows[("local:32", 0.5)]["wins"] == 0
+    with pytest.raises(SystemExit, match="twice"):
+        best_random.adapter_best_random([high, high])
