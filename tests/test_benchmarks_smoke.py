@@ -207,3 +207,12 @@ def test_vision_simclr_smoke(tmp_path):
     run("vision_simclr.py", "--output", str(out))
     res = json.loads(out.read_text())
     assert {"raw_knn", "centred_knn", "raw_probe"} <= set(res["baselines"])
+
+
+@pytest.mark.slow
+def test_vision_ceiling_smoke(tmp_path):
+    out = tmp_path / "c.json"
+    run("vision_ceiling.py", "--output", str(out))
+    res = json.loads(out.read_text())
+    assert res["bar"] == pytest.approx(res["baselines"]["centred_knn"] + 0.03)
+    assert [c["step"] for c in res["curve"]] == [0, 3, 6] and 0 <= res["final_knn"] <= 1
