@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+CLOCK_KEYS = ("step", "seconds", "wall_seconds", "eval_seconds")  # a curve point's keys that are not scores
+
 
 def eval_clock(evaluate: Callable[[bool], dict], every: int, curve: list[dict], losses: dict[int, float] | None = None,
                start_on_train_begin: bool = False, verbose: bool = False):

@@ -66,7 +66,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
-from _clock import eval_clock
+from _clock import CLOCK_KEYS, eval_clock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -384,7 +384,7 @@ def run_one(arm: str, temperature: float, seed: int, data, untrained: dict, a, w
     trainer.train()
     train_seconds = clock.seconds()
     evals = [p["eval_seconds"] for p in curve[1:]]
-    keys = [k for k in curve[-1] if k not in ("step", "seconds", "eval_seconds")]
+    keys = [k for k in curve[-1] if k not in CLOCK_KEYS]
     log = [{k: v for k, v in r.items() if k in ("step", "loss", "grad_norm", "learning_rate")
             or (k.startswith("divcl/") and isinstance(v, (int, float)))}
            for r in trainer.state.log_history if "loss" in r]

@@ -60,7 +60,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
-from _clock import eval_clock
+from _clock import CLOCK_KEYS, eval_clock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -383,7 +383,7 @@ def summarise(runs: list[dict]) -> dict:
                  "decisions": [[(c["step"], c["decision"], c["level"]) for c in r.get("calibrations", [])]
                                for r in rs]}
         for k in rs[0]["curve"][-1]:
-            if k not in ("step", "seconds", "score") and rs[0]["curve"][-1][k] is not None:
+            if k not in (*CLOCK_KEYS, "score") and rs[0]["curve"][-1][k] is not None:
                 entry[f"final_{k}_mean"] = statistics.fmean(r["curve"][-1][k] for r in rs)
         out["policies"][policy] = entry
         if policy == "random":
