@@ -4,14 +4,17 @@
         --sweep benchmarks/results/time_to_quality_text_domain_animal_tau*.json \\
         --output benchmarks/results/best_random_text_domain_animal.json
 
-Inputs are ``benchmarks/time_to_quality.py`` result files: the grid (policies at one τ) and a τ sweep of random
-batches (``--policies random --temperature T``, one file per τ, same steps and data). Random batches at every τ are
-compared with random at the grid's τ, paired by seed; the best τ is the one with the highest mean final score over
-the seeds every τ shares (``best.at_edge`` says when it is the lowest or highest τ tried: then the sweep does not
-bracket the best). Every policy of the grid is then paired by seed against random batches at the best τ (final and
-area, i.e. the mean score along the run), with Holm's correction over the table (one family: every policy × both
-metrics) and the smallest effect the table could detect: the corrected half-width of each interval (half-width ×
-t(1 − 0.025/m, n − 1) / t(0.975, n − 1), Bonferroni's bound, the strictest step of Holm's). The markdown printed
+Inputs are ``benchmarks/time_to_quality.py`` result files: the grid (policies at one τ; several ``--grid`` files
+for policies at several τ) and a τ sweep of random batches (``--policies random --temperature T``, one τ per file,
+same steps and data). Random runs of all files are pooled by τ and compared with random at the (first) grid's τ,
+paired by seed; the best τ is the one with the highest mean final score over the seeds every τ shares
+(``best.at_edge`` says when it is the lowest or highest τ tried: then the sweep does not bracket the best). Every
+policy of the grid is then paired by seed against random batches at the best τ: final score, area (the mean score
+along the run) and the paper's measure, steps (and seconds) to a target, ``--target-fraction`` (95 %) of random's
+mean final score at the best τ. Final and area form one family under Holm's correction (every policy × both
+metrics), steps to target another; the smallest effect the table could detect is the corrected half-width of each
+final interval (half-width × t(1 − 0.025/m, n − 1) / t(0.975, n − 1), Bonferroni's bound, the strictest step of
+Holm's). The markdown printed
 cites the output file in ``docs/results.md``'s convention. ``--adapter`` does the same for the truth tables of
 ``benchmarks/calibrator_power.py`` (every level at every τ against random at the best τ):
 
@@ -29,17 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _stats import auc, reach, t_interval
 from report import holm, p_value
-from time_to_quality import _t_interval, auc
+
+DEFAULT_TAU = {"text": 0.05, "vision": 0.2, "clip": 0.07}  # time_to_quality's defaults per task
 
 
 def _tau(result: dict) -> float:
     t = result["config"].get("temperature")
-    return 0.05 if t is None else float(t)  # time_to_quality's text default
-
-
-def _random_runs(result: dict) -> dict[int, dict]:
-    return {r["seed"]: r for r in result["runs"] if r["policy"] == "random"}
+    return DEFAULT_TAU[result.get("task", "text")] if t is None else float(t)
 
 
 def _corrected_half_width(stat: dict, m: int) -> float | None:
@@ -52,19 +53,44 @@ def _corrected_half_width(stat: dict, m: int) -> float | None:
     return half * st.t.ppf(1 - 0.025 / m, n - 1) / st.t.ppf(0.975, n - 1)
 
 
-def best_random(grid: dict, sweeps: list[dict]) -> dict:
-    """The sweep of random batches, the best τ, and every grid policy against random at that τ (see module doc)."""
-    grid_tau = _tau(grid)
-    randoms: dict[float, dict[int, dict]] = {grid_tau: _random_runs(grid)}
-    for s in sweeps:
-        tau = _tau(s)
-        if tau in randoms:
-            raise SystemExit(f"τ = {tau:g} appears twice (grid and sweep files must hold one τ each)")
-        randoms[tau] = _random_runs(s)
-    for tau, runs in randoms.items():
-        if not runs:
-            raise SystemExit(f"no random runs at τ = {tau:g}")
-    steps = {r["curve"][-1]["step"] for runs in randoms.values() for r in runs.values()}
+def _final(run: dict) -> float:
+    return run["curve"][-1]["score"]
+
+
+def _to_target(runs: dict[int, dict], base: dict[int, dict], target: float, key: str) -> tuple[dict, int]:
+    """Paired ``key`` (step / seconds) to reach ``target``, run − random, over the seeds where both reach it; and
+    how many of the runs never reach it."""
+    diffs, never = [], 0
+    for s in sorted(runs):
+        if s not in base:
+            continue
+        mine, ref = reach(runs[s]["curve"], target, key), reach(base[s]["curve"], target, key)
+        never += mine is None
+        if mine is not None and ref is not None:
+            diffs.append(mine - ref)
+    return t_interval(diffs), never
+
+
+def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: float = 0.95) -> dict:
+    """The sweep of random batches, the best τ, and every grid policy against random at that τ (see module doc).
+
+    ``grids``: one result file or several (policies at other τ); ``sweeps``: files of random batches. Random runs
+    of every file are pooled by τ (the same τ and seed twice is refused); the first grid's τ is the reference of
+    the sweep's "− random at the grid's τ" column."""
+    grids = [grids] if isinstance(grids, dict) else list(grids)
+    grid_tau = _tau(grids[0])
+    randoms: dict[float, dict[int, dict]] = {}
+    for res in [*grids, *sweeps]:
+        tau = _tau(res)
+        for r in res["runs"]:
+            if r["policy"] != "random":
+                continue
+            if r["seed"] in randoms.setdefault(tau, {}):
+                raise SystemExit(f"random batches at τ = {tau:g}, seed {r['seed']} appears twice (in two files)")
+            randoms[tau][r["seed"]] = r
+    if grid_tau not in randoms:
+        raise SystemExit(f"no random runs at the grid's τ = {grid_tau:g}")
+    steps = {r["curve"][-1]["step"] for res in [*grids, *sweeps] for r in res["runs"]}
     if len(steps) != 1:
         raise SystemExit(f"the files end at different steps {sorted(steps)}; compare runs of the same length")
     common = sorted(set.intersection(*(set(runs) for runs in randoms.values())))
@@ -76,45 +102,59 @@ def best_random(grid: dict, sweeps: list[dict]) -> dict:
         base = randoms[grid_tau]
         pairs = [s for s in sorted(runs) if s in base]
         sweep[f"{tau:g}"] = {
-            "seeds": sorted(runs), "finals": [runs[s]["curve"][-1]["score"] for s in sorted(runs)],
-            "final_mean": statistics.fmean(runs[s]["curve"][-1]["score"] for s in runs),
+            "seeds": sorted(runs), "finals": [_final(runs[s]) for s in sorted(runs)],
+            "final_mean": statistics.fmean(_final(runs[s]) for s in runs),
             "area_mean": statistics.fmean(auc(runs[s]["curve"]) for s in runs),
-            "final_mean_common": statistics.fmean(runs[s]["curve"][-1]["score"] for s in common),
+            "final_mean_common": statistics.fmean(_final(runs[s]) for s in common),
             "mean_curve": [{"step": p["step"], "score": statistics.fmean(runs[s]["curve"][i]["score"] for s in runs)}
                            for i, p in enumerate(runs[sorted(runs)[0]]["curve"])],
-            "final_minus_grid_tau": _t_interval([runs[s]["curve"][-1]["score"] - base[s]["curve"][-1]["score"]
-                                                 for s in pairs]) if tau != grid_tau else None,
-            "area_minus_grid_tau": _t_interval([auc(runs[s]["curve"]) - auc(base[s]["curve"]) for s in pairs])
+            "final_minus_grid_tau": t_interval([_final(runs[s]) - _final(base[s]) for s in pairs])
+            if tau != grid_tau else None,
+            "area_minus_grid_tau": t_interval([auc(runs[s]["curve"]) - auc(base[s]["curve"]) for s in pairs])
             if tau != grid_tau else None}
     best = max(randoms, key=lambda t: sweep[f"{t:g}"]["final_mean_common"])
     taus = sorted(randoms)
     base = randoms[best]
-    rows, stats = [], []
-    policies = list(dict.fromkeys(r["policy"] for r in grid["runs"] if r["policy"] != "random"))
-    if best != grid_tau:
-        policies.insert(0, f"random@{grid_tau:g}")
-    for policy in policies:
-        if policy.startswith("random@"):
-            runs = randoms[grid_tau]
-        else:
-            runs = {r["seed"]: r for r in grid["runs"] if r["policy"] == policy}
+    target = target_fraction * statistics.fmean(_final(r) for r in base.values())
+    arms: list[tuple[str, float, dict[int, dict]]] = []
+    for tau in dict.fromkeys(_tau(g) for g in grids):
+        if tau != best:
+            arms.append((f"random@{tau:g}", tau, randoms[tau]))
+    for g in grids:
+        for policy in dict.fromkeys(r["policy"] for r in g["runs"] if r["policy"] != "random"):
+            arms.append((policy, _tau(g), {r["seed"]: r for r in g["runs"] if r["policy"] == policy}))
+    rows, stats, time_stats = [], [], []
+    for policy, tau, runs in arms:
         pairs = [s for s in sorted(runs) if s in base]
-        final = _t_interval([runs[s]["curve"][-1]["score"] - base[s]["curve"][-1]["score"] for s in pairs])
-        area = _t_interval([auc(runs[s]["curve"]) - auc(base[s]["curve"]) for s in pairs])
-        rows.append({"policy": policy, "tau": grid_tau, "seeds": pairs,
-                     "final_mean": statistics.fmean(runs[s]["curve"][-1]["score"] for s in pairs),
+        final = t_interval([_final(runs[s]) - _final(base[s]) for s in pairs])
+        area = t_interval([auc(runs[s]["curve"]) - auc(base[s]["curve"]) for s in pairs])
+        steps_to, never = _to_target(runs, base, target, "step")
+        seconds_to, _ = _to_target(runs, base, target, "seconds") if all(
+            "seconds" in runs[s]["curve"][-1] and "seconds" in base[s]["curve"][-1] for s in pairs) else (None, 0)
+        rows.append({"policy": policy, "tau": tau, "seeds": pairs,
+                     "final_mean": statistics.fmean(_final(runs[s]) for s in pairs),
                      "final_minus_best_random": final, "area_minus_best_random": area,
-                     "wins": sum(runs[s]["curve"][-1]["score"] > base[s]["curve"][-1]["score"] for s in pairs)})
+                     "steps_to_target_minus_best_random": steps_to, "seconds_to_target_minus_best_random": seconds_to,
+                     "runs_never_reaching_target": never,
+                     "wins": sum(_final(runs[s]) > _final(base[s]) for s in pairs)})
         stats += [final, area]
+        time_stats.append(steps_to)
     significant = holm([p_value(s) for s in stats])
+    time_significant = holm([p_value(s) for s in time_stats])
     m = len(stats)
     for i, row in enumerate(rows):
         row["final_holm_significant"], row["area_holm_significant"] = significant[2 * i], significant[2 * i + 1]
+        row["steps_to_target_holm_significant"] = time_significant[i]
         row["final_detectable"] = _corrected_half_width(row["final_minus_best_random"], m)
+    base_steps = [reach(r["curve"], target, "step") for r in base.values()]
     return {"grid_tau": grid_tau, "taus": taus, "common_seeds": common, "sweep": sweep,
             "best": {"tau": best, "at_edge": best in (taus[0], taus[-1]), "seeds": sorted(base),
                      "final_mean": sweep[f"{best:g}"]["final_mean"]},
-            "correction": f"Holm over {m} tests (every policy × final and area)", "rows": rows}
+            "target": {"fraction": target_fraction, "score": target,
+                       "best_random_steps_mean": statistics.fmean(s for s in base_steps if s is not None)
+                       if any(s is not None for s in base_steps) else None},
+            "correction": f"Holm over {m} tests (every policy × final and area)",
+            "time_correction": f"Holm over {len(time_stats)} tests (every policy, steps to target)", "rows": rows}
 
 
 def adapter_best_random(results: list[dict]) -> dict:
@@ -140,7 +180,7 @@ def adapter_best_random(results: list[dict]) -> dict:
             if arm == "random" and t == best:
                 continue
             pairs = list(zip(values, base, strict=True))
-            diff = _t_interval([x - b for x, b in pairs])
+            diff = t_interval([x - b for x, b in pairs])
             rows.append({"policy": arm, "tau": t, "final_mean": statistics.fmean(values),
                          "final_minus_best_random": diff, "wins": sum(x > b for x, b in pairs)})
             stats.append(diff)
@@ -153,14 +193,15 @@ def adapter_best_random(results: list[dict]) -> dict:
             "correction": f"Holm over {len(stats)} tests (every level × τ, final)", "rows": rows}
 
 
-def _cell(stat: dict, significant: bool, cite: str) -> str:
-    mean, ci = stat["mean"], stat.get("ci95")
-    if mean is None:
+def _cell(stat: dict | None, significant: bool, cite: str, lower_is_better: bool = False, fmt: str = "+.4f") -> str:
+    if not stat or stat["mean"] is None:
         return "–"
+    mean, ci = stat["mean"], stat.get("ci95")
     if not ci:
-        return f"{mean:+.4f}<!-- {cite} --> (n = {stat['n']})"
-    mark = (" ▲" if mean > 0 else " ▼") if significant else ""
-    return f"{mean:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]<!-- {cite} -->{mark}"
+        return f"{mean:{fmt}}<!-- {cite} --> (n = {stat['n']})"
+    better = mean < 0 if lower_is_better else mean > 0
+    mark = (" ▲" if better else " ▼") if significant else ""
+    return f"{mean:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]<!-- {cite} -->{mark}"
 
 
 def markdown(result: dict, name: str) -> str:
@@ -171,18 +212,26 @@ def markdown(result: dict, name: str) -> str:
                    f"<!-- {name}: sweep[{tau}].final_mean --> | {entry['area_mean']:.4f}"
                    f"<!-- {name}: sweep[{tau}].area_mean --> | "
                    + (_cell(diff, False, f"{name}: sweep[{tau}].final_minus_grid_tau") if diff else "–") + " |")
-    best = result["best"]
-    out += ["", f"Best τ: {best['tau']:g}{' (at the edge of the sweep)' if best['at_edge'] else ''}.", "",
-            "| policy (grid τ) − random at the best τ | seeds | final | area | detectable (final) |",
-            "|---|---|---|---|---|"]
+    best, target = result["best"], result.get("target")
+    out += ["", f"Best τ: {best['tau']:g}{' (at the edge of the sweep)' if best['at_edge'] else ''}."]
+    if target:
+        steps = target["best_random_steps_mean"]
+        out.append(f"Target: {target['fraction']:.0%} of its mean final score, {target['score']:.4f}; random batches "
+                   f"at the best τ reach it at step {'–' if steps is None else f'{steps:.0f}'} on average.")
+    out += ["", "| policy (τ) − random at the best τ | seeds | final | area | steps to target | never reached | "
+            "detectable (final) |", "|---|---|---|---|---|---|---|"]
     for i, row in enumerate(result["rows"]):
         cite = f"{name}: rows.{i}"
         det = row["final_detectable"]
         final = _cell(row["final_minus_best_random"], row["final_holm_significant"], f"{cite}.final_minus_best_random")
         area = _cell(row["area_minus_best_random"], row["area_holm_significant"], f"{cite}.area_minus_best_random")
-        out.append(f"| {row['policy']} | {len(row['seeds'])} | {final} | {area} | "
+        steps = _cell(row.get("steps_to_target_minus_best_random"), row.get("steps_to_target_holm_significant", False),
+                      f"{cite}.steps_to_target_minus_best_random", lower_is_better=True, fmt="+.0f")
+        out.append(f"| {row['policy']} ({row.get('tau', result['grid_tau']):g}) | {len(row['seeds'])} | {final} | "
+                   f"{area} | {steps} | {row.get('runs_never_reaching_target', '–')} | "
                    f"{'–' if det is None else f'{det:.3f}'} |")
-    out.append(f"\n▲/▼: significant at 5 % after {result['correction']}.")
+    out.append(f"\n▲/▼: significant at 5 % after {result['correction']}"
+               + (f"; steps to target after {result['time_correction']} (▲: sooner)." if target else "."))
     return "\n".join(out)
 
 
@@ -204,9 +253,11 @@ def adapter_markdown(result: dict, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", help="time_to_quality result file with the policies (one τ)")
+    p.add_argument("--grid", nargs="+", help="time_to_quality result files with the policies (one τ per file)")
     p.add_argument("--sweep", nargs="+", help="time_to_quality files of random batches, one τ each")
     p.add_argument("--adapter", nargs="+", help="instead: calibrator_power.py files whose truth tables make the sweep")
+    p.add_argument("--target-fraction", type=float, default=0.95,
+                   help="time to target: this fraction of random's mean final score at the best τ")
     p.add_argument("--output", required=True)
     a = p.parse_args(argv)
     if a.adapter:
@@ -217,9 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not a.grid or not a.sweep:
         p.error("pass --grid and --sweep (time_to_quality files), or --adapter (calibrator_power files)")
-    grid = json.loads(Path(a.grid).read_text())
+    grids = [json.loads(Path(g).read_text()) for g in a.grid]
     sweeps = [json.loads(Path(s).read_text()) for s in a.sweep]
-    result = {"grid": a.grid, "sweep_files": a.sweep, **best_random(grid, sweeps)}
+    result = {"grid": a.grid[0] if len(a.grid) == 1 else a.grid, "sweep_files": a.sweep,
+              **best_random(grids, sweeps, a.target_fraction)}
     Path(a.output).write_text(json.dumps(result, indent=2))
     print(markdown(result, Path(a.output).name))
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import eval_clock
+from _stats import auc, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -113,26 +114,6 @@ def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
             "duplicate_negatives": duplicates}
 
 
-def auc(curve: list[dict]) -> float:
-    """Mean quality along the run (trapezoids over steps)."""
-    steps = [p["step"] for p in curve]
-    if len(curve) < 2 or steps[-1] == steps[0]:
-        return curve[-1]["score"]
-    area = sum((b["step"] - a["step"]) * (a["score"] + b["score"]) / 2 for a, b in itertools.pairwise(curve))
-    return area / (steps[-1] - steps[0])
-
-
-def interval(values: list[float]) -> dict:
-    import torch
-
-    from hf_divcl.experimental.sequential import paired_interval
-
-    if len(values) < 2:
-        return {"mean": statistics.fmean(values) if values else None, "ci95": None, "n": len(values)}
-    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
-    return {"mean": mean, "ci95": [low, high], "n": len(values)}
-
-
 def summarise(runs: list[dict]) -> dict:
     by: dict[str, dict[int, dict]] = {}
     for r in runs:
@@ -157,7 +138,7 @@ def summarise(runs: list[dict]) -> dict:
             continue
         d_final = [by[arm][s]["curve"][-1]["score"] - by[base][s]["curve"][-1]["score"] for s in seeds]
         d_auc = [auc(by[arm][s]["curve"]) - auc(by[base][s]["curve"]) for s in seeds]
-        out["paired"][f"{arm} - {base}"] = {"final": interval(d_final), "auc": interval(d_auc),
+        out["paired"][f"{arm} - {base}"] = {"final": t_interval(d_final), "auc": t_interval(d_auc),
                                             "final_diffs": d_final, "wins": sum(d > 0 for d in d_final)}
     return out
 

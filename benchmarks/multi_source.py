@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
-import math
 import os
 import platform
 import re
@@ -67,6 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import CLOCK_KEYS, eval_clock
+from _stats import auc, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -407,27 +406,6 @@ def load_model():
 
 
 # -- summary -------------------------------------------------------------------------------------------------------
-
-def auc(curve: list[dict], key: str) -> float:
-    """Area under ``key``'s curve over training steps divided by the steps (trapezoids): the mean along the run."""
-    if len(curve) < 2 or curve[-1]["step"] == curve[0]["step"]:
-        return curve[-1][key]
-    area = sum((b["step"] - p["step"]) * (p[key] + b[key]) / 2 for p, b in itertools.pairwise(curve))
-    return area / (curve[-1]["step"] - curve[0]["step"])
-
-
-def t_interval(values: list[float]) -> dict:
-    """Mean and 95 % Student-t interval of paired differences (no interval with fewer than two)."""
-    import torch
-
-    from hf_divcl.experimental.sequential import paired_interval
-
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
-    return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values)}
-
 
 def summarise(runs: list[dict]) -> dict:
     """Per τ and arm: means over seeds of every final and AUC value; against each end configuration, the paired

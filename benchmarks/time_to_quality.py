@@ -50,7 +50,6 @@ in-window fraction of the training batches while a window was in force. Results 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -61,6 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import CLOCK_KEYS, eval_clock
+from _stats import auc, reach, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -302,40 +302,6 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
             "calibrations": calibrations}
 
 
-def _reach(curve: list[dict], target: float, key: str) -> float | None:
-    prev = curve[0]
-    for point in curve[1:]:
-        if point["score"] >= target:
-            if prev["score"] >= target:
-                return prev[key]
-            f = (target - prev["score"]) / (point["score"] - prev["score"])
-            return prev[key] + f * (point[key] - prev[key])
-        prev = point
-    return None
-
-
-def _t_interval(values: list[float]) -> dict:
-    """Mean and 95 % Student-t interval of paired differences (None where fewer than two)."""
-    import torch
-
-    from hf_divcl.experimental.sequential import paired_interval
-
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
-    return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values)}
-
-
-def auc(curve: list[dict]) -> float:
-    """Area under the quality curve over training steps, divided by the steps (trapezoids): the mean quality
-    along the run, which rewards getting good sooner."""
-    steps = [p["step"] for p in curve]
-    if len(curve) < 2 or steps[-1] == steps[0]:
-        return curve[-1]["score"]
-    area = sum((b["step"] - a["step"]) * (a["score"] + b["score"]) / 2 for a, b in itertools.pairwise(curve))
-    return area / (steps[-1] - steps[0])
-
-
 def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
     """Per policy, policy − random on the same seed: final score and seconds to random's final mean score."""
     base = {r["seed"]: r for r in by.get("random", [])}
@@ -347,15 +313,15 @@ def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
         d_final = [r["curve"][-1]["score"] - b["curve"][-1]["score"] for r, b in pairs]
         d_time, unreached = [], 0
         for r, b in pairs:
-            tr, tb = (_reach(x["curve"], target, "seconds") if target is not None else None for x in (r, b))
+            tr, tb = (reach(x["curve"], target, "seconds") if target is not None else None for x in (r, b))
             if tr is None or tb is None:
                 unreached += tr is None
                 continue
             d_time.append(tr - tb)
         d_auc = [auc(r["curve"]) - auc(b["curve"]) for r, b in pairs]
-        out[policy] = {"final_minus_random": _t_interval(d_final), "final_diffs": d_final,
-                       "auc_minus_random": _t_interval(d_auc), "wins": sum(d > 0 for d in d_final),
-                       "seconds_to_random_final_minus_random": _t_interval(d_time),
+        out[policy] = {"final_minus_random": t_interval(d_final), "final_diffs": d_final,
+                       "auc_minus_random": t_interval(d_auc), "wins": sum(d > 0 for d in d_final),
+                       "seconds_to_random_final_minus_random": t_interval(d_time),
                        "runs_never_reaching_random_final": unreached}
     return out
 
@@ -369,8 +335,8 @@ def summarise(runs: list[dict]) -> dict:
     base_time = None
     for policy, rs in by.items():
         finals = [r["curve"][-1]["score"] for r in rs]
-        secs = [_reach(r["curve"], target, "seconds") for r in rs] if target is not None else []
-        steps = [_reach(r["curve"], target, "step") for r in rs] if target is not None else []
+        secs = [reach(r["curve"], target, "seconds") for r in rs] if target is not None else []
+        steps = [reach(r["curve"], target, "step") for r in rs] if target is not None else []
         reached = [s for s in secs if s is not None]
         entry = {"final_mean": statistics.fmean(finals), "auc_mean": statistics.fmean(auc(r["curve"]) for r in rs),
                  "final_std": statistics.pstdev(finals) if len(finals) > 1

@@ -50,6 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import eval_clock
+from _stats import reach, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -147,7 +148,7 @@ def run_one(arm: tuple[str, str, dict | None], seed: int, temperature: float, a,
                                                    blocks=a.blocks, stem_stride=a.stem_stride,
                                                    projection_dim=a.projection_dim or None,
                                                    output_norm=a.output_norm, seed=seed)
-    model = SentenceTransformer(path, device="cpu", trust_remote_code=True)
+    model = SentenceTransformer(path, device=a.device, trust_remote_code=True)
     mem_px, qry_px = (pixel_values(model, torch.from_numpy(x[:, None])) for x in (mem_x, qry_x))
     evaluate = make_evaluate(model, mem_px, mem_y.tolist(), qry_px, qry_y.tolist(), head=bool(a.projection_dim),
                              probe=not a.no_probe)
@@ -163,7 +164,8 @@ def run_one(arm: tuple[str, str, dict | None], seed: int, temperature: float, a,
         lr_scheduler_type=SCHEDULES[a.schedule], seed=seed, report_to=[], disable_tqdm=True, save_strategy="no",
         logging_steps=a.eval_every, collapse_threshold=0, bank_cache_dir=str(workdir / "cache" / name),
         augment_scale_min=a.scale_min, augment_jitter=a.jitter, batch_policy=policy, batch_policy_kwargs=kwargs,
-        loss_kwargs={"temperature": temperature, "loss_type": "nt_xent"}, dataloader_num_workers=0)
+        loss_kwargs={"temperature": temperature, "loss_type": "nt_xent"}, dataloader_num_workers=0,
+        use_cpu=a.device == "cpu")
     clock.restart()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, callbacks=[clock])
     trainer.train()
@@ -179,37 +181,11 @@ def run_one(arm: tuple[str, str, dict | None], seed: int, temperature: float, a,
 
 # -- summary -------------------------------------------------------------------------------------------------------
 
-def reach(curve: list[dict], target: float, key: str, score: str = "knn") -> float | None:
-    """First ``key`` (``step`` or ``seconds``) at which the curve reaches ``target`` (linear interpolation between
-    evaluations), or None when it never does."""
-    prev = curve[0]
-    if prev[score] >= target:
-        return prev[key]
-    for point in curve[1:]:
-        if point[score] >= target:
-            f = (target - prev[score]) / (point[score] - prev[score])
-            return prev[key] + f * (point[key] - prev[key])
-        prev = point
-    return None
-
-
 def plateau(curve: list[dict], score: str = "knn", tail: float = 0.2) -> float:
     """Mean score over the evaluations in the last ``tail`` of the steps (at least the last one)."""
     last = curve[-1]["step"]
     points = [p[score] for p in curve if p["step"] >= (1 - tail) * last and p["step"] > 0] or [curve[-1][score]]
     return statistics.fmean(points)
-
-
-def _interval(values: list[float]) -> dict:
-    """Mean and 95 % Student-t interval (None with fewer than two values)."""
-    import torch
-
-    from hf_divcl.experimental.sequential import paired_interval
-
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean, low, high = paired_interval(torch.tensor(values, dtype=torch.float64), 0.95)
-    return {"mean": mean, "ci95": [low, high] if len(values) > 1 else None, "n": len(values)}
 
 
 def time_to_target(runs: list[dict], fraction: float = 0.95, score: str = "knn") -> dict:
@@ -240,9 +216,9 @@ def time_to_target(runs: list[dict], fraction: float = 0.95, score: str = "knn")
                 if arm != "random":
                     pairs = [s for s in steps if s in base and steps[s] is not None
                              and reach(base[s]["curve"], target, "step", score) is not None]
-                    item["steps_minus_random"] = _interval(
+                    item["steps_minus_random"] = t_interval(
                         [steps[s] - reach(base[s]["curve"], target, "step", score) for s in pairs])
-                    item["seconds_minus_random"] = _interval(
+                    item["seconds_minus_random"] = t_interval(
                         [secs[s] - reach(base[s]["curve"], target, "seconds", score) for s in pairs])
                 per[kind] = item
             entry["arms"][arm] = per
@@ -300,6 +276,7 @@ def main() -> None:
     p.add_argument("--target-fraction", type=float, default=0.95)
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe at each evaluation")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:N], or auto (cuda when visible, else cpu)")
     p.add_argument("--smoke", action="store_true", help="tiny run (< 1 minute), for CI")
     p.add_argument("--output", default=None)
     a = p.parse_args()
@@ -319,6 +296,8 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     threadpool_limits(a.threads)
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
     arms = [parse_arm(s) for s in a.policies]
     if "random" not in [n for n, _, _ in arms]:
         print("note: no random arm, so no time-to-target summary", file=sys.stderr)
@@ -328,7 +307,8 @@ def main() -> None:
     print(f"baselines: raw k-NN {baselines['raw_knn']:.4f}, centred raw k-NN {baselines['centred_knn']:.4f}, "
           f"raw linear probe {baselines['raw_probe']:.4f}", flush=True)
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
-               "torch": torch.__version__, "platform": platform.platform()}
+               "torch": torch.__version__, "platform": platform.platform(),
+               "device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else "cpu"}
     config = {k: v for k, v in vars(a).items()}
     runs: list[dict] = []
     out.parent.mkdir(parents=True, exist_ok=True)

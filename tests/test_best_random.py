@@ -75,3 +75,28 @@ def test_adapter_truth_tables_are_compared_with_random_at_their_best_tau(best_ra
     assert rows[("local:32", 0.5)]["wins"] == 0
     with pytest.raises(SystemExit, match="twice"):
         best_random.adapter_best_random([high, high])
+
+
+def test_steps_to_target_are_paired_against_random_at_the_best_tau(best_random):
+    def curve_runs(policy, reach_steps):  # linear from 0.0 at step 0 to 1.0 at ``r``, then flat at 1.0
+        return [{"policy": policy, "seed": s, "curve": [{"step": 0, "score": 0.0, "seconds": 0.0},
+                                                         {"step": r, "score": 1.0, "seconds": 2.0 * r},
+                                                         {"step": 100, "score": 1.0, "seconds": 200.0}]}
+                for s, r in enumerate(reach_steps)]
+
+    grid = {"task": "clip", "config": {"temperature": None}, "runs": curve_runs("random", [40, 50, 60, 50])
+            + curve_runs("greedy", [30, 42, 48, 40])}  # τ = 0.07, the CLIP default
+    other = {"task": "clip", "config": {"temperature": 0.2},
+             "runs": curve_runs("random", [80, 80, 80, 80]) + curve_runs("pool", [70, 90, 60, 80])}
+    out = best_random.best_random([grid, other], [], target_fraction=0.5)
+    assert out["taus"] == [0.07, 0.2] and out["best"]["tau"] == 0.07  # finals tie at 1.0; the first τ wins
+    assert out["target"]["score"] == 0.5 and out["target"]["best_random_steps_mean"] == 25.0
+    rows = {(r["policy"], r["tau"]): r for r in out["rows"]}
+    assert set(rows) == {("random@0.2", 0.2), ("greedy", 0.07), ("pool", 0.2)}
+    greedy = rows[("greedy", 0.07)]
+    # half-way is reached at half the step of reaching 1.0: (30 − 40 + 42 − 50 + 48 − 60 + 40 − 50) / 2 / 4
+    assert greedy["steps_to_target_minus_best_random"]["mean"] == pytest.approx(-5.0)
+    assert greedy["seconds_to_target_minus_best_random"]["mean"] == pytest.approx(-10.0)
+    assert greedy["runs_never_reaching_target"] == 0
+    pool = rows[("pool", 0.2)]["steps_to_target_minus_best_random"]
+    assert pool["mean"] == pytest.approx(12.5)  # half of (70 − 40, 90 − 50, 60 − 60, 80 − 50), averaged
