@@ -23,6 +23,8 @@ the batch sampler differs:
                      S = 8B-row candidate sample: every row is in the neighbourhood): what the machinery alone costs
     best_fixed       Greedy-64 in a fixed window (--best-window, e.g. the best level of window_location.py)
     cluster / pool / greedy   TAS-B-like mix, Pool-P3, Greedy-64, each in the gradient-calibrated window
+    greedy_follow / pool_follow   Greedy-64 / Pool-P3 in the gradient-calibrated window, re-calibrated on the bank
+                     at every epoch start (a window that follows an encoder trained from scratch)
     random_mask      random batches, false-negative masking (false_negatives="mask", margin 0, self-guided)
     tight            one k-means cluster per batch (TAS-Balanced's tight batches: the lowest diversity)
     tight_mask       tight batches with false-negative masking
@@ -77,6 +79,9 @@ POLICIES = {  # DivCLTrainingArguments options per policy (loss_kwargs add to th
     "progress_follow": {"batch_policy": "progress", "batch_policy_kwargs": {"builder_kwargs": {"m": 64}}},
     # + recalibrate_every / budget from flags
     "best_fixed": {"batch_policy": "window", "batch_policy_kwargs": _M64},  # + window from --best-window
+    "greedy_follow": {"batch_policy": "auto", "batch_policy_kwargs": {**_M64, "recalibrate_every_epochs": 1}},
+    "pool_follow": {"batch_policy": "auto", "batch_policy_kwargs": {"builder": "pool", "builder_kwargs": {"p": 3},
+                                                                    "recalibrate_every_epochs": 1}},
     "cluster": {"batch_policy": "auto", "batch_policy_kwargs": {"builder": "cluster"}},
     "pool": {"batch_policy": "auto", "batch_policy_kwargs": {"builder": "pool", "builder_kwargs": {"p": 3}}},
     "greedy": {"batch_policy": "auto", "batch_policy_kwargs": _M64},

@@ -215,3 +215,21 @@ def test_nothing_in_training_or_cli_knows_a_policy_class():
                 if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value in POLICIES
                                                          for c in node.comparators):
                     raise AssertionError(f"{path.name}:{node.lineno} compares with a policy name")
+
+
+def test_the_auto_window_can_be_recalibrated_on_the_bank_every_k_epochs(tiny_model_dir, tmp_path):
+    """A window set on an encoder trained from scratch goes stale as it learns: with ``recalibrate_every_epochs``
+    it is calibrated again on the bank (the training steps' own embeddings) before the sampler plans the epoch."""
+    from sentence_transformers import SentenceTransformer
+
+    a = args(tmp_path, batch_policy="auto", batch_policy_kwargs={"recalibrate_every_epochs": 1}, max_steps=12,
+             learning_rate=5e-3)
+    trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=a, train_dataset=pairs(64))
+    trainer.train()  # 64 rows at B = 16: 4 steps per epoch, 3 epochs
+    policy = trainer.policy
+    assert [r["epoch"] for r in policy.recalibrations] == [1, 2]
+    last = policy.recalibrations[-1]["window"]
+    assert trainer.divcl_sampler.plan(2).window.to_dict() == last  # epoch 2 was planned in the new window
+    assert trainer.diversity.window.to_dict() == last  # and the logs and run files report it
+    with pytest.raises(ValueError, match="recalibrate_every_epochs must be an integer >= 0"):
+        args(tmp_path, batch_policy="auto", batch_policy_kwargs={"recalibrate_every_epochs": -1})

@@ -8,16 +8,25 @@ the rows).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from transformers import TrainerCallback
+
+from .._common import agree
+from ..diversity.window import DiversityWindow
 from ..policies.base import BatchPolicy, SamplerSetup
+from ..policies.calibration import calibrate_window
 from ..policies.context import PolicyContext
 from ..policies.registry import register_policy
 from ..policies.window import check_builder, check_on_infeasible, check_window, resolve_window, window_metric
 from .selectors import MegaBatchSelector
 
 __all__ = ["AutoWindow", "MegaBatch"]
+
+logger = logging.getLogger(__name__)
 
 
 def _check_keep_fraction(value: float, policy: str) -> None:
@@ -28,36 +37,84 @@ def _check_keep_fraction(value: float, policy: str) -> None:
 @register_policy
 @dataclass
 class AutoWindow(BatchPolicy):
-    """The gradient-magnitude window, calibrated once on the starting model's embeddings.
+    """The gradient-magnitude window, calibrated on the starting model's embeddings (and, with
+    ``recalibrate_every_epochs``, again on the bank as training moves it).
 
     Args:
         keep_fraction: keep the diversity levels whose mean gradient norm reaches this fraction of the peak.
         builder, builder_kwargs, on_infeasible: as for ``batch_policy="window"``.
+        recalibrate_every_epochs: re-calibrate the window at the start of every k-th epoch on the bank as it is then
+            (with ``bank_source="training"`` it holds the training steps' own embeddings), so that a window set on
+            an encoder trained from scratch follows it; 0: calibrate once.
     """
 
     keep_fraction: float = 0.9
     builder: str = "greedy"
     builder_kwargs: dict[str, Any] | None = None
     on_infeasible: str = "closest"
+    recalibrate_every_epochs: int = 0
 
     name = "auto"
     experimental = True
-    summary = "a window around the gradient-magnitude peak, calibrated once at the start"
+    summary = "a window around the gradient-magnitude peak, calibrated at the start (optionally every k epochs)"
 
     def __post_init__(self) -> None:
         _check_keep_fraction(self.keep_fraction, self.name)
         check_builder(self.builder, self.name)
         check_on_infeasible(self.on_infeasible, self.name)
+        if not isinstance(self.recalibrate_every_epochs, int) or self.recalibrate_every_epochs < 0:
+            raise ValueError(f"batch_policy='auto': recalibrate_every_epochs must be an integer >= 0 (0: calibrate "
+                             f"once), got {self.recalibrate_every_epochs!r}.")
 
     def start(self, ctx: PolicyContext, dataset: Any, batch_size: int, seed: int) -> SamplerSetup:
         bank = ctx.build_bank(dataset)
         self._window = resolve_window(ctx, bank, batch_size * ctx.processes(), seed, "auto", self.keep_fraction)
+        self._bank, self._global_batch, self._seed = bank, batch_size * ctx.processes(), seed
+        self.recalibrations: list[dict[str, Any]] = []
         return SamplerSetup(self.builder, self._window, self.builder_kwargs, bank=bank, logged_window=self._window,
                             on_infeasible=self.on_infeasible)
 
+    def callbacks(self, ctx: PolicyContext) -> list[Any]:
+        return [_Recalibrator(self, ctx)] if self.recalibrate_every_epochs > 0 else []
+
+    def recalibrate(self, ctx: PolicyContext, epoch: int) -> DiversityWindow:
+        """Calibrate the window on the bank as it is now (on the first process; every process takes its result) and
+        plan the coming epoch in it."""
+        payload = None
+        if ctx.is_world_process_zero():
+            bank = self._bank
+            positives = bank.all(view=1, dtype=torch.float32) if bank.num_views > 1 else None
+            cal = calibrate_window(bank.all(dtype=torch.float32), self._global_batch, ctx.args.temperature,
+                                   seed=self._seed + epoch, positives=positives, keep_fraction=self.keep_fraction)
+            payload = cal.window.to_dict()
+        window = DiversityWindow(**agree(payload))
+        self._window = window
+        self.recalibrations.append({"epoch": epoch, "window": window.to_dict()})
+        logger.info("epoch %d: re-calibrated window %s", epoch, window)
+        ctx.apply_window(window, self.builder)
+        return window
+
+    def run_info(self, ctx: PolicyContext) -> dict[str, Any]:
+        return {"recalibrations": getattr(self, "recalibrations", [])} if self.recalibrate_every_epochs else {}
+
     def describe(self, ctx: PolicyContext) -> dict[str, Any]:
+        again = (f", re-calibrated on the bank every {self.recalibrate_every_epochs} epoch(s)"
+                 if self.recalibrate_every_epochs else "")
         return {"decision": "window", "reason": "batch_policy='auto': the window around the gradient-magnitude peak, "
-                                                "calibrated on the starting model's embeddings"}
+                                                f"calibrated on the starting model's embeddings{again}"}
+
+
+class _Recalibrator(TrainerCallback):
+    """Re-calibrates an :class:`AutoWindow` at the start of every ``recalibrate_every_epochs``-th epoch, before the
+    sampler plans that epoch."""
+
+    def __init__(self, policy: AutoWindow, ctx: PolicyContext) -> None:
+        self.policy, self.ctx = policy, ctx
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        epoch = round(state.epoch or 0)
+        if epoch > 0 and epoch % self.policy.recalibrate_every_epochs == 0:
+            self.policy.recalibrate(self.ctx, epoch)
 
 
 @register_policy
