@@ -74,9 +74,9 @@ def _to_target(runs: dict[int, dict], base: dict[int, dict], target: float, key:
 def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: float = 0.95) -> dict:
     """The sweep of random batches, the best τ, and every grid policy against random at that τ (see module doc).
 
-    ``grids``: one result file or several (policies at other τ); ``sweeps``: files of random batches. Random runs
-    of every file are pooled by τ (the same τ and seed twice is refused); the first grid's τ is the reference of
-    the sweep's "− random at the grid's τ" column."""
+    ``grids``: one result file or several (policies at other τ, or other seeds); ``sweeps``: files of random
+    batches. Runs of every file are pooled by (policy, τ) (the same policy, τ and seed twice is refused); the first
+    grid's τ is the reference of the sweep's "− random at the grid's τ" column."""
     grids = [grids] if isinstance(grids, dict) else list(grids)
     grid_tau = _tau(grids[0])
     randoms: dict[float, dict[int, dict]] = {}
@@ -116,15 +116,20 @@ def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: f
     taus = sorted(randoms)
     base = randoms[best]
     target = target_fraction * statistics.fmean(_final(r) for r in base.values())
-    arms: list[tuple[str, float, dict[int, dict]]] = []
+    arms: dict[tuple[str, float], dict[int, dict]] = {}
     for tau in dict.fromkeys(_tau(g) for g in grids):
         if tau != best:
-            arms.append((f"random@{tau:g}", tau, randoms[tau]))
-    for g in grids:
-        for policy in dict.fromkeys(r["policy"] for r in g["runs"] if r["policy"] != "random"):
-            arms.append((policy, _tau(g), {r["seed"]: r for r in g["runs"] if r["policy"] == policy}))
+            arms[(f"random@{tau:g}", tau)] = randoms[tau]
+    for g in grids:  # a policy's runs at one τ pooled over the grid files (e.g. seeds added later)
+        for r in g["runs"]:
+            if r["policy"] == "random":
+                continue
+            runs = arms.setdefault((r["policy"], _tau(g)), {})
+            if r["seed"] in runs:
+                raise SystemExit(f"{r['policy']} at τ = {_tau(g):g}, seed {r['seed']} appears twice (in two files)")
+            runs[r["seed"]] = r
     rows, stats, time_stats = [], [], []
-    for policy, tau, runs in arms:
+    for (policy, tau), runs in arms.items():
         pairs = [s for s in sorted(runs) if s in base]
         final = t_interval([_final(runs[s]) - _final(base[s]) for s in pairs])
         area = t_interval([auc(runs[s]["curve"]) - auc(base[s]["curve"]) for s in pairs])

@@ -100,3 +100,14 @@ def test_steps_to_target_are_paired_against_random_at_the_best_tau(best_random):
     assert greedy["runs_never_reaching_target"] == 0
     pool = rows[("pool", 0.2)]["steps_to_target_minus_best_random"]
     assert pool["mean"] == pytest.approx(12.5)  # half of (70 − 40, 90 − 50, 60 − 60, 80 − 50), averaged
+
+
+def test_a_policys_seeds_from_several_grid_files_are_pooled_and_duplicates_refused(best_random):
+    first = _file(0.05, _runs("random", [0.40, 0.41, 0.42]), _runs("pool", [0.41, 0.42, 0.43])[:2])
+    later = _file(0.05, _runs("pool", [0.41, 0.42, 0.43])[2:])  # seed 2 of pool, run later
+    out = best_random.best_random([first, later], [])
+    (row,) = out["rows"]
+    assert (row["policy"], row["seeds"]) == ("pool", [0, 1, 2])
+    assert row["final_minus_best_random"]["mean"] == pytest.approx(0.01)
+    with pytest.raises(SystemExit, match=r"pool at τ = 0\.05, seed 2 appears twice"):
+        best_random.best_random([first, later, later], [])
