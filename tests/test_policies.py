@@ -233,3 +233,22 @@ def test_the_auto_window_can_be_recalibrated_on_the_bank_every_k_epochs(tiny_mod
     assert trainer.diversity.window.to_dict() == last  # and the logs and run files report it
     with pytest.raises(ValueError, match="recalibrate_every_epochs must be an integer >= 0"):
         args(tmp_path, batch_policy="auto", batch_policy_kwargs={"recalibrate_every_epochs": -1})
+
+
+def test_a_resumed_run_keeps_its_recalibrated_window_and_their_record(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    def run(max_steps, resume=None):
+        a = args(tmp_path, batch_policy="auto", batch_policy_kwargs={"recalibrate_every_epochs": 1},
+                 max_steps=max_steps, learning_rate=5e-3, save_strategy="steps", save_steps=6)
+        trainer = DivCLTrainer(model=SentenceTransformer(tiny_model_dir, device="cpu"), args=a,
+                               train_dataset=pairs(64))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    first = run(6)  # stops in epoch 1, after its re-calibration at step 4
+    (epoch1,) = first.policy.recalibrations
+    resumed = run(12, resume=str(tmp_path / "out" / "checkpoint-6"))
+    assert resumed.policy.recalibrations[0] == epoch1  # restored from the checkpoint
+    assert [r["epoch"] for r in resumed.policy.recalibrations] == [1, 2]
+    assert resumed.divcl_sampler.plan(2).window.to_dict() == resumed.policy.recalibrations[1]["window"]

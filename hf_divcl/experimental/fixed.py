@@ -70,7 +70,7 @@ class AutoWindow(BatchPolicy):
         bank = ctx.build_bank(dataset)
         self._window = resolve_window(ctx, bank, batch_size * ctx.processes(), seed, "auto", self.keep_fraction)
         self._bank, self._global_batch, self._seed = bank, batch_size * ctx.processes(), seed
-        self.recalibrations: list[dict[str, Any]] = []
+        self.recalibrations: list[dict[str, Any]] = getattr(self, "recalibrations", [])  # kept from a checkpoint
         return SamplerSetup(self.builder, self._window, self.builder_kwargs, bank=bank, logged_window=self._window,
                             on_infeasible=self.on_infeasible)
 
@@ -97,6 +97,12 @@ class AutoWindow(BatchPolicy):
     def run_info(self, ctx: PolicyContext) -> dict[str, Any]:
         return {"recalibrations": getattr(self, "recalibrations", [])} if self.recalibrate_every_epochs else {}
 
+    def state_dict(self) -> dict[str, Any] | None:
+        return {"recalibrations": self.recalibrations} if getattr(self, "recalibrations", None) else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.recalibrations = list(state.get("recalibrations", []))
+
     def describe(self, ctx: PolicyContext) -> dict[str, Any]:
         again = (f", re-calibrated on the bank every {self.recalibrate_every_epochs} epoch(s)"
                  if self.recalibrate_every_epochs else "")
@@ -113,7 +119,10 @@ class _Recalibrator(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         epoch = round(state.epoch or 0)
-        if epoch > 0 and epoch % self.policy.recalibrate_every_epochs == 0:
+        if abs((state.epoch or 0) - epoch) > 1e-6:
+            return  # a run resumed mid-epoch: that epoch keeps the window restored from the checkpoint
+        done = {r["epoch"] for r in self.policy.recalibrations}
+        if epoch > 0 and epoch % self.policy.recalibrate_every_epochs == 0 and epoch not in done:
             self.policy.recalibrate(self.ctx, epoch)
 
 
