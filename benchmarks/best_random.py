@@ -33,9 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stats import auc, reach, t_interval
-from report import holm, p_value
-
-DEFAULT_TAU = {"text": 0.05, "vision": 0.2, "clip": 0.07}  # time_to_quality's defaults per task
+from report import DEFAULT_TAU, holm, p_value
 
 
 def _tau(result: dict) -> float:
