@@ -221,8 +221,8 @@ def markdown(result: dict, name: str) -> str:
         steps = target["best_random_steps_mean"]
         out.append(f"Target: {target['fraction']:.0%} of its mean final score, {target['score']:.4f}; random batches "
                    f"at the best τ reach it at step {'–' if steps is None else f'{steps:.0f}'} on average.")
-    out += ["", "| policy (τ) − random at the best τ | seeds | final | area | steps to target | never reached | "
-            "detectable (final) |", "|---|---|---|---|---|---|---|"]
+    out += ["", "| policy (τ) − random at the best τ | seeds | final | area | steps to target | seconds to target | "
+            "never reached | detectable (final) |", "|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(result["rows"]):
         cite = f"{name}: rows.{i}"
         det = row["final_detectable"]
@@ -230,11 +230,14 @@ def markdown(result: dict, name: str) -> str:
         area = _cell(row["area_minus_best_random"], row["area_holm_significant"], f"{cite}.area_minus_best_random")
         steps = _cell(row.get("steps_to_target_minus_best_random"), row.get("steps_to_target_holm_significant", False),
                       f"{cite}.steps_to_target_minus_best_random", lower_is_better=True, fmt="+.0f")
+        seconds = _cell(row.get("seconds_to_target_minus_best_random"), False,
+                        f"{cite}.seconds_to_target_minus_best_random", lower_is_better=True, fmt="+.1f")
         out.append(f"| {row['policy']} ({row.get('tau', result['grid_tau']):g}) | {len(row['seeds'])} | {final} | "
-                   f"{area} | {steps} | {row.get('runs_never_reaching_target', '–')} | "
+                   f"{area} | {steps} | {seconds} | {row.get('runs_never_reaching_target', '–')} | "
                    f"{'–' if det is None else f'{det:.3f}'} |")
     out.append(f"\n▲/▼: significant at 5 % after {result['correction']}"
-               + (f"; steps to target after {result['time_correction']} (▲: sooner)." if target else "."))
+               + (f"; steps to target after {result['time_correction']} (▲: sooner). Seconds: wall-clock of "
+                  "training with selection and calibration, evaluation excluded, not corrected." if target else "."))
     return "\n".join(out)
 
 
