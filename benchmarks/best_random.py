@@ -156,8 +156,8 @@ def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: f
             "target": {"fraction": target_fraction, "score": target,
                        "best_random_steps_mean": statistics.fmean(s for s in base_steps if s is not None)
                        if any(s is not None for s in base_steps) else None},
-            "correction": f"Holm over {m} tests (every policy × final and area)",
-            "time_correction": f"Holm over {len(time_stats)} tests (every policy, steps to target)", "rows": rows}
+            "correction": f"Holm over {m} tests (each policy × final and area)",
+            "time_correction": f"Holm over {len(time_stats)} tests (each policy, steps to target)", "rows": rows}
 
 
 def adapter_best_random(results: list[dict]) -> dict:
@@ -219,8 +219,9 @@ def markdown(result: dict, name: str) -> str:
     out += ["", f"Best τ: {best['tau']:g}{' (at the edge of the sweep)' if best['at_edge'] else ''}."]
     if target:
         steps = target["best_random_steps_mean"]
-        out.append(f"Target: {target['fraction']:.0%} of its mean final score, {target['score']:.4f}; random batches "
-                   f"at the best τ reach it at step {'–' if steps is None else f'{steps:.0f}'} on average.")
+        at = "–" if steps is None else f"{steps:.0f}<!-- {name}: target.best_random_steps_mean -->"
+        out.append(f"Target: {target['fraction']:.0%} of its mean final score, {target['score']:.4f}<!-- {name}: "
+                   f"target.score -->; random batches at the best τ reach it at step {at} on average.")
     out += ["", "| policy (τ) − random at the best τ | seeds | final | area | steps to target | seconds to target | "
             "never reached | detectable (final) |", "|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(result["rows"]):

@@ -82,8 +82,8 @@ def time_to_quality_rows(path: Path) -> list[dict]:
     rows = []
     for policy, entry in r["summary"]["policies"].items():
         paired = entry.get("paired_vs_random")
-        if not paired:
-            continue
+        if not paired or not paired["final_minus_random"].get("n"):
+            continue  # no random arm on these seeds in this file (e.g. policies at a τ swept elsewhere)
         final = paired["final_minus_random"]
         wins = paired.get("wins", sum(d > 0 for d in paired.get("final_diffs", [])))
         rows.append({"source": path.stem, "task": task, "regime": _regime(task, c),

@@ -4,9 +4,9 @@ The convention, documented at the top of docs/results.md: a number in the prose 
 its source, ``0.4063<!-- calibrator_power.json: truth[0.05].random_final_mean -->`` (it may wrap onto the next
 lines) — a file under ``benchmarks/results/``, then keys separated by dots: list indices as numbers, a key holding a
 dot, a slash or a space in brackets (``truth[0.05]``), ``*`` for every key or item at that level, ``[policy=random]``
-for the list items whose key has that value. The path may sit in a small expression (``+ - * /`` item by item on
-lists, ``mean min max sum len abs`` and ``t(q, df)``, a Student-t quantile): ``x * 100`` for a percentage, ``a - b``
-for a difference. A ``{mean, ci95}`` entry cited after ``m [lo, hi]`` checks all three numbers. A quoted number
+for the list items whose key has that value (``[policy!=random]``: the others). The path may sit in a small
+expression (``+ - * /`` item by item on lists, ``mean min max sum len abs`` and ``t(q, df)``, a Student-t quantile):
+``x * 100`` for a percentage, ``a - b`` for a difference. A ``{mean, ci95}`` entry cited after ``m [lo, hi]`` checks all three numbers. A quoted number
 matches when it equals the file's value rounded to the quoted decimals.
 
 A prose sentence (outside code, the rendered table and Markdown tables) that makes an absolute claim ("every",
@@ -112,10 +112,12 @@ def resolve(data, path: str):
                 wild = True
             elif isinstance(node, dict) and seg in node:
                 step.append(node[seg])
-            elif "=" in seg:  # a filter: list items (or the dict itself) whose key has that value
+            elif "=" in seg:  # a filter: list items (or the dict itself) whose key has (!=: has not) that value
                 key, want = seg.split("=", 1)
+                negate = key.endswith("!")
+                key = key.rstrip("!")
                 step += [item for item in (node if isinstance(node, list) else [node])
-                         if isinstance(item, dict) and str(item.get(key)) == want]
+                         if isinstance(item, dict) and (str(item.get(key)) == want) != negate]
                 wild = True
             elif isinstance(node, list):
                 step.append(node[int(seg)])
@@ -472,3 +474,9 @@ def test_a_citation_checks_every_number_of_an_interval():
         is None
     assert "KeyError" in check_citation("0.4", name, "truth[0.3].random_final_mean")
     assert "no number" in check_citation("see", name, "truth[0.05].random_final_mean")
+
+
+def test_a_filter_keeps_the_items_with_or_without_a_value():
+    data = {"rows": [{"policy": "random", "x": 1}, {"policy": "tight", "x": 2}, {"policy": "pool", "x": 3}]}
+    assert resolve(data, "rows[policy=random].x") == [1]
+    assert resolve(data, "rows[policy!=random].x") == [2, 3]
