@@ -6,8 +6,8 @@ lines) — a file under ``benchmarks/results/``, then keys separated by dots: li
 dot, a slash or a space in brackets (``truth[0.05]``), ``*`` for every key or item at that level, ``[policy=random]``
 for the list items whose key has that value (``[policy!=random]``: the others). The path may sit in a small
 expression (``+ - * /`` item by item on lists, ``mean min max sum len abs`` and ``t(q, df)``, a Student-t quantile):
-``x * 100`` for a percentage, ``a - b`` for a difference. A ``{mean, ci95}`` entry cited after ``m [lo, hi]`` checks all three numbers. A quoted number
-matches when it equals the file's value rounded to the quoted decimals.
+``x * 100`` for a percentage, ``a - b`` for a difference. A ``{mean, ci95}`` entry cited after ``m [lo, hi]``
+checks all three numbers. A quoted number matches when it equals the file's value rounded to the quoted decimals.
 
 A prose sentence (outside code, the rendered table and Markdown tables) that makes an absolute claim ("every",
 "never", "none", "no policy" …) and holds a number or a comparison word carries a citation or a
