@@ -11,10 +11,10 @@ paired by seed; the best τ is the one with the highest mean final score over th
 (``best.at_edge`` says when it is the lowest or highest τ tried: then the sweep does not bracket the best). Every
 policy of the grid is then paired by seed against random batches at the best τ: final score, area (the mean score
 along the run) and the paper's measure, steps (and seconds) to a target, ``--target-fraction`` (95 %) of random's
-mean final score at the best τ. Final and area form one family under Holm's correction (every policy × both
-metrics), steps to target another; the smallest effect the table could detect is the corrected half-width of each
-final interval (half-width × t(1 − 0.025/m, n − 1) / t(0.975, n − 1), Bonferroni's bound, the strictest step of
-Holm's). The markdown printed
+mean final score at the best τ (``--target-kind gain``: 95 % of the way from its step-0 score to its final
+score). Final and area form one family under Holm's correction (every policy × both metrics), steps to target
+another; the smallest effect the table could detect is the corrected half-width of each final interval (half-width
+× t(1 − 0.025/m, n − 1) / t(0.975, n − 1), Bonferroni's bound, the strictest step of Holm's). The markdown printed
 cites the output file in ``docs/results.md``'s convention. ``--adapter`` does the same for the truth tables of
 ``benchmarks/calibrator_power.py`` (every level at every τ against random at the best τ):
 
@@ -69,7 +69,8 @@ def _to_target(runs: dict[int, dict], base: dict[int, dict], target: float, key:
     return t_interval(diffs), never
 
 
-def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: float = 0.95) -> dict:
+def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: float = 0.95,
+                target_kind: str = "level") -> dict:
     """The sweep of random batches, the best τ, and every grid policy against random at that τ (see module doc).
 
     ``grids``: one result file or several (policies at other τ, or other seeds); ``sweeps``: files of random
@@ -113,7 +114,14 @@ def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: f
     best = max(randoms, key=lambda t: sweep[f"{t:g}"]["final_mean_common"])
     taus = sorted(randoms)
     base = randoms[best]
-    target = target_fraction * statistics.fmean(_final(r) for r in base.values())
+    final = statistics.fmean(_final(r) for r in base.values())
+    if target_kind == "level":  # a fraction of random's final score
+        target = target_fraction * final
+    elif target_kind == "gain":  # a fraction of the way from random's step-0 score to its final score
+        start = statistics.fmean(r["curve"][0]["score"] for r in base.values())
+        target = start + target_fraction * (final - start)
+    else:
+        raise SystemExit(f"target_kind must be 'level' or 'gain', got {target_kind!r}")
     arms: dict[tuple[str, float], dict[int, dict]] = {}
     for tau in dict.fromkeys(_tau(g) for g in grids):
         if tau != best:
@@ -153,7 +161,7 @@ def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: f
     return {"grid_tau": grid_tau, "taus": taus, "common_seeds": common, "sweep": sweep,
             "best": {"tau": best, "at_edge": best in (taus[0], taus[-1]), "seeds": sorted(base),
                      "final_mean": sweep[f"{best:g}"]["final_mean"]},
-            "target": {"fraction": target_fraction, "score": target,
+            "target": {"kind": target_kind, "fraction": target_fraction, "score": target,
                        "best_random_steps_mean": statistics.fmean(s for s in base_steps if s is not None)
                        if any(s is not None for s in base_steps) else None},
             "correction": f"Holm over {m} tests (each policy × final and area)",
@@ -220,7 +228,9 @@ def markdown(result: dict, name: str) -> str:
     if target:
         steps = target["best_random_steps_mean"]
         at = "–" if steps is None else f"{steps:.0f}<!-- {name}: target.best_random_steps_mean -->"
-        out.append(f"Target: {target['fraction']:.0%} of its mean final score, {target['score']:.4f}<!-- {name}: "
+        what = ("of the way from its step-0 score to its mean final score" if target.get("kind") == "gain"
+                else "of its mean final score")
+        out.append(f"Target: {target['fraction']:.0%} {what}, {target['score']:.4f}<!-- {name}: "
                    f"target.score -->; random batches at the best τ reach it at step {at} on average.")
     out += ["", "| policy (τ) − random at the best τ | seeds | final | area | steps to target | seconds to target | "
             "never reached | detectable (final) |", "|---|---|---|---|---|---|---|---|"]
@@ -264,7 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep", nargs="+", help="time_to_quality files of random batches, one τ each")
     p.add_argument("--adapter", nargs="+", help="instead: calibrator_power.py files whose truth tables make the sweep")
     p.add_argument("--target-fraction", type=float, default=0.95,
-                   help="time to target: this fraction of random's mean final score at the best τ")
+                   help="time to target: this fraction of random's mean final score at the best τ (level), or of "
+                        "the way from its step-0 score to it (gain)")
+    p.add_argument("--target-kind", choices=["level", "gain"], default="level",
+                   help="level: a fraction of the final score; gain: a fraction of what training adds (for runs "
+                        "that start close to their final score)")
     p.add_argument("--output", required=True)
     a = p.parse_args(argv)
     if a.adapter:
@@ -278,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     grids = [json.loads(Path(g).read_text()) for g in a.grid]
     sweeps = [json.loads(Path(s).read_text()) for s in a.sweep]
     result = {"grid": a.grid[0] if len(a.grid) == 1 else a.grid, "sweep_files": a.sweep,
-              **best_random(grids, sweeps, a.target_fraction)}
+              **best_random(grids, sweeps, a.target_fraction, a.target_kind)}
     Path(a.output).write_text(json.dumps(result, indent=2))
     print(markdown(result, Path(a.output).name))
 

@@ -111,3 +111,11 @@ def test_a_policys_seeds_from_several_grid_files_are_pooled_and_duplicates_refus
     assert row["final_minus_best_random"]["mean"] == pytest.approx(0.01)
     with pytest.raises(SystemExit, match=r"pool at τ = 0\.05, seed 2 appears twice"):
         best_random.best_random([first, later, later], [])
+
+
+def test_a_gain_target_counts_what_training_adds(best_random):
+    runs = [{"policy": "random", "seed": s, "curve": [{"step": 0, "score": 0.4}, {"step": 10, "score": 0.45},
+                                                       {"step": 20, "score": 0.5}]} for s in range(3)]
+    out = best_random.best_random(_file(0.05, runs), [], target_fraction=0.5, target_kind="gain")
+    assert out["target"]["score"] == pytest.approx(0.45)  # half-way from 0.4 to 0.5, not half of 0.5
+    assert out["target"]["best_random_steps_mean"] == pytest.approx(10.0)
