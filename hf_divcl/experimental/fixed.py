@@ -12,16 +12,21 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from .._common import agree
 from ..diversity.window import DiversityWindow
 from ..policies.base import BatchPolicy, SamplerSetup
-from ..policies.calibration import calibrate_window
 from ..policies.context import PolicyContext
 from ..policies.registry import register_policy
-from ..policies.window import check_builder, check_on_infeasible, check_window, resolve_window, window_metric
+from ..policies.window import (
+    calibrate_on_bank,
+    check_builder,
+    check_on_infeasible,
+    check_window,
+    resolve_window,
+    window_metric,
+)
 from .selectors import MegaBatchSelector
 
 __all__ = ["AutoWindow", "MegaBatch"]
@@ -82,10 +87,8 @@ class AutoWindow(BatchPolicy):
         plan the coming epoch in it."""
         payload = None
         if ctx.is_world_process_zero():
-            bank = self._bank
-            positives = bank.all(view=1, dtype=torch.float32) if bank.num_views > 1 else None
-            cal = calibrate_window(bank.all(dtype=torch.float32), self._global_batch, ctx.args.temperature,
-                                   seed=self._seed + epoch, positives=positives, keep_fraction=self.keep_fraction)
+            cal = calibrate_on_bank(self._bank, self._global_batch, ctx.args.temperature, self._seed + epoch,
+                                    self.keep_fraction)
             payload = cal.window.to_dict()
         window = DiversityWindow(**agree(payload))
         self._window = window

@@ -61,6 +61,13 @@ def window_metric(spec: str | DiversityWindow | None) -> str:
     return DiversityWindow.parse(spec).metric if spec and spec != "auto" else "effective_rank"
 
 
+def calibrate_on_bank(bank: Any, global_batch: int, temperature: float, seed: int, keep_fraction: float = 0.9):
+    """The gradient-peak calibration on an embedding bank's anchors (and its positives, when it holds them)."""
+    positives = bank.all(view=1, dtype=torch.float32) if bank.num_views > 1 else None
+    return calibrate_window(bank.all(dtype=torch.float32), global_batch, temperature, seed=seed,
+                            positives=positives, keep_fraction=keep_fraction)
+
+
 def resolve_window(ctx: PolicyContext, bank: Any, global_batch: int, seed: int, spec: str | DiversityWindow,
                    keep_fraction: float = 0.9) -> DiversityWindow:
     """The run's window: restored from a checkpoint, given (``spec``), or with ``spec="auto"`` calibrated on the
@@ -72,9 +79,7 @@ def resolve_window(ctx: PolicyContext, bank: Any, global_batch: int, seed: int, 
         return spec
     if spec != "auto":
         return DiversityWindow.parse(spec)
-    positives = bank.all(view=1, dtype=torch.float32) if bank.num_views > 1 else None
-    cal = calibrate_window(bank.all(dtype=torch.float32), global_batch, ctx.args.temperature, seed=seed,
-                           positives=positives, keep_fraction=keep_fraction)
+    cal = calibrate_on_bank(bank, global_batch, ctx.args.temperature, seed, keep_fraction)
     logger.info("calibrated window: %s", cal.format())
     if ctx.is_world_process_zero():
         Path(ctx.args.output_dir).mkdir(parents=True, exist_ok=True)
