@@ -1,20 +1,12 @@
 """benchmarks/_stats.py: the curve statistics every benchmark reports (area, time to target, paired intervals),
 checked against direct float64 computations."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def stats():
-    spec = importlib.util.spec_from_file_location("_stats", ROOT / "benchmarks" / "_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def stats(load_benchmark):
+    return load_benchmark("_stats")
 
 
 CURVE = [{"step": 0, "seconds": 0.0, "score": 0.2}, {"step": 10, "seconds": 4.0, "score": 0.5},

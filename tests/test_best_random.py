@@ -1,20 +1,12 @@
 """benchmarks/best_random.py: the best τ of random batches is found from the files, and policies are paired against
 random batches at that τ, not at the grid's (synthetic result files; no training)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def best_random():
-    spec = importlib.util.spec_from_file_location("best_random", ROOT / "benchmarks" / "best_random.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def best_random(load_benchmark):
+    return load_benchmark("best_random")
 
 
 def _runs(policy: str, finals: list[float]) -> list[dict]:

@@ -1,26 +1,16 @@
 """benchmarks/multi_source.py's data: four WordNet sources, split by synset, non-empty (the data only; no training)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from hf_divcl.data.wordnet_files import WORDNET_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("multi_source", ROOT / "benchmarks" / "multi_source.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(WORDNET_ROOT, "data.noun").is_file(), reason="Debian wordnet-base not installed")
-def test_multi_source_data_is_split_by_synset():
-    bench = load_benchmark()
+def test_multi_source_data_is_split_by_synset(load_benchmark):
+    bench = load_benchmark("multi_source")
     train, heldout, info = bench.build_sources(rows_per_source=300, heldout_per_source=50)
     assert list(train) == list(heldout) == list(bench.SOURCES)
 
