@@ -438,6 +438,50 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+BEST_TAU_METRICS = ("ndcg@10/source_mean", "ndcg@10/pooled")
+
+
+def best_tau(runs: list[dict], metrics: tuple[str, ...] = BEST_TAU_METRICS) -> dict:
+    """Each arm at its own best τ, and the arms against each end configuration there (the decision rule's
+    comparison: each side at its best configuration, not all at one τ).
+
+    Per metric and arm, the best τ is the one with the highest mean final score over the seeds every τ of that arm
+    shares; ``at_edge`` says when it is the lowest or highest τ tried (then the sweep does not bracket it). The
+    paired differences (arm at its best τ − end at its best τ, by seed) use every seed both have there.
+    """
+    out: dict = {}
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    for metric in metrics:
+        best: dict = {}
+        for arm in arms:
+            rs = [r for r in runs if r["arm"] == arm]
+            taus = sorted({r["temperature"] for r in rs})
+            common = set.intersection(*({r["seed"] for r in rs if r["temperature"] == t} for t in taus))
+            if not common:
+                continue
+            means = {t: statistics.fmean(r["final"][metric] for r in rs if r["temperature"] == t
+                                         and r["seed"] in common) for t in taus}
+            tau = max(taus, key=lambda t: means[t])
+            best[arm] = {"tau": tau, "at_edge": tau in (taus[0], taus[-1]), "common_seeds": sorted(common),
+                         "final_by_tau": {f"{t:g}": means[t] for t in taus},
+                         "seeds": sorted(r["seed"] for r in rs if r["temperature"] == tau),
+                         "final_mean": statistics.fmean(r["final"][metric] for r in rs if r["temperature"] == tau)}
+        paired: dict = {}
+        for arm in best:
+            for end in END_ARMS:
+                if end == arm or end not in best or (arm, end) == ("single", "mixed"):  # the mirror of mixed − single
+                    continue
+                mine = {r["seed"]: r for r in runs if r["arm"] == arm and r["temperature"] == best[arm]["tau"]}
+                theirs = {r["seed"]: r for r in runs if r["arm"] == end and r["temperature"] == best[end]["tau"]}
+                seeds = sorted(mine.keys() & theirs.keys())
+                paired[f"{arm} - {end}"] = {
+                    "taus": [best[arm]["tau"], best[end]["tau"]], "seeds": seeds,
+                    "final": t_interval([mine[s]["final"][metric] - theirs[s]["final"][metric] for s in seeds]),
+                    "auc": t_interval([mine[s]["auc"][metric] - theirs[s]["auc"][metric] for s in seeds])}
+        out[metric] = {"arms": best, "paired": paired}
+    return out
+
+
 def merge(paths: list[str], out: Path) -> None:
     """One result file from several with the same data and settings (other seeds, arms or temperatures)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
@@ -463,7 +507,8 @@ def merge(paths: list[str], out: Path) -> None:
               "temperatures": sorted({r["temperature"] for r in runs}), "merged_from": merged_from,
               "threads": sorted({p["config"].get("threads") for p in parts})}
     result = {**{k: v for k, v in parts[0].items() if k not in ("config", "runs", "summary")}, "config": config,
-              "summary": summarise(runs), "runs": runs, "machines": [p["machine"] for p in parts]}
+              "summary": summarise(runs), "best_tau": best_tau(runs), "runs": runs,
+              "machines": [p["machine"] for p in parts]}
     out.write_text(json.dumps(result, indent=2))
     print(f"merged {len(runs)} runs from {len(paths)} files into {out}")
 
@@ -552,7 +597,8 @@ def main() -> None:
                     result = {"benchmark": "multi_source", "metric": "ndcg@10", "config": vars(a),
                               "sources": info, "data_seconds": data_seconds, "untrained": untrained,
                               "untrained_eval_seconds": untrained_seconds, "eval_check": check,
-                              "summary": summarise(runs), "runs": runs, "machine": machine}
+                              "summary": summarise(runs), "best_tau": best_tau(runs), "runs": runs,
+                              "machine": machine}
                     out.write_text(json.dumps(result, indent=2))  # partial results survive an interrupted run
     print(json.dumps({t: {arm: {k: e[k] for k in ("final_mean", "auc_mean")} for arm, e in arms.items()}
                       for t, arms in summarise(runs).items()}, indent=2))

@@ -66,7 +66,34 @@ def multi_source(path: Path) -> str:
                  f"untrained[ndcg@10/pooled] --> | {untrained['simlex999_spearman']:.4f}<!-- {name}: "
                  f"untrained.simlex999_spearman --> | {untrained['wordsim353_spearman']:.4f}<!-- {name}: "
                  f"untrained.wordsim353_spearman --> |")
-    return "\n".join(out + means)
+    return "\n".join(out + means + best_tau_table(res, name))
+
+
+def best_tau_table(res: dict, name: str) -> list[str]:
+    """Each arm at its own best τ and the arms against each end there, when the file holds a τ sweep (Holm over
+    this table's family)."""
+    best = res.get("best_tau") or {}
+    if len(res["summary"]) < 2 or not best:
+        return []
+    out = ["", "| metric | arm | final by τ (seeds every τ shares) | best τ |", "|---|---|---|---|"]
+    for metric, block in best.items():
+        for arm, e in block["arms"].items():
+            by_tau = ", ".join(f"{t}: {v:.4f}<!-- {name}: best_tau[{metric}].arms.{arm}.final_by_tau[{t}] -->"
+                               for t, v in e["final_by_tau"].items())
+            edge = " (at the edge)" if e["at_edge"] else ""
+            out.append(f"| {metric} | {arm} | {by_tau} ({len(e['common_seeds'])} seeds) | {e['tau']:g}{edge} |")
+    stats = [(metric, key, kind, entry[kind]) for metric, block in best.items()
+             for key, entry in block["paired"].items() for kind in ("final", "auc")]
+    significant = iter(holm([p_value(s) for *_, s in stats]))
+    out += ["", "| metric | arm − end, each at its best τ | τ | seeds | final | area |", "|---|---|---|---|---|---|"]
+    for metric, block in best.items():
+        for key, entry in block["paired"].items():
+            cells = [_cell(entry[kind], next(significant), f"{name}: best_tau[{metric}].paired[{key}].{kind}")
+                     for kind in ("final", "auc")]
+            taus = " / ".join(f"{t:g}" for t in entry["taus"])
+            out.append(f"| {metric} | {key.replace(' - ', ' − ')} | {taus} | {len(entry['seeds'])} | "
+                       + " | ".join(cells) + " |")
+    return out
 
 
 def mined(path: Path) -> str:

@@ -33,3 +33,31 @@ def test_multi_source_data_is_split_by_synset(load_benchmark):
                                                                        strict=True))
     hyper = train["hypernym_gloss"]
     assert all(a != p for a, p in zip(hyper["anchor_synset"], hyper["positive_synset"], strict=True))
+
+
+def _run(arm: str, tau: float, seed: int, score: float) -> dict:
+    values = {"ndcg@10/source_mean": score, "ndcg@10/pooled": score / 2}
+    return {"arm": arm, "temperature": tau, "seed": seed, "final": values, "auc": dict(values)}
+
+
+def test_each_arm_is_compared_at_its_own_best_tau(load_benchmark):
+    """mixed is best at τ = 0.05 (bracketed), single at 0.1 (the sweep's edge); mixed − single pairs mixed@0.05
+    with single@0.1 on the seeds both have there, not the two arms at one τ."""
+    bench = load_benchmark("multi_source")
+    runs = [_run("mixed", 0.03, s, 0.50 + s / 100) for s in range(3)]
+    runs += [_run("mixed", 0.05, s, 0.60 + s / 100) for s in range(8)]
+    runs += [_run("mixed", 0.1, s, 0.55) for s in range(3)]
+    runs += [_run("single", 0.05, s, 0.40) for s in range(8)]
+    runs += [_run("single", 0.1, s, 0.45 + s / 50) for s in range(3)]
+    best = bench.best_tau(runs)["ndcg@10/source_mean"]
+    assert best["arms"]["mixed"]["tau"] == 0.05 and not best["arms"]["mixed"]["at_edge"]
+    assert best["arms"]["mixed"]["common_seeds"] == [0, 1, 2]
+    assert best["arms"]["mixed"]["final_by_tau"]["0.05"] == pytest.approx(0.61)
+    assert best["arms"]["mixed"]["final_mean"] == pytest.approx(0.635)  # all 8 seeds at its best τ
+    assert best["arms"]["single"]["tau"] == 0.1 and best["arms"]["single"]["at_edge"]
+    pair = best["paired"]["mixed - single"]
+    assert pair["taus"] == [0.05, 0.1] and pair["seeds"] == [0, 1, 2]
+    diffs = [0.60 + s / 100 - (0.45 + s / 50) for s in range(3)]
+    assert pair["final"]["n"] == 3 and pair["final"]["mean"] == pytest.approx(sum(diffs) / 3)
+    assert "single - mixed" not in best["paired"]  # the mirror is left out
+    assert bench.best_tau(runs)["ndcg@10/pooled"]["arms"]["single"]["tau"] == 0.1
