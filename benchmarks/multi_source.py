@@ -446,8 +446,9 @@ def best_tau(runs: list[dict], metrics: tuple[str, ...] = BEST_TAU_METRICS) -> d
     comparison: each side at its best configuration, not all at one τ).
 
     Per metric and arm, the best τ is the one with the highest mean final score over the seeds every τ of that arm
-    shares; ``at_edge`` says when it is the lowest or highest τ tried (then the sweep does not bracket it). The
-    paired differences (arm at its best τ − end at its best τ, by seed) use every seed both have there.
+    shares; ``at_edge`` says when it is the lowest or highest τ tried (then the sweep does not bracket it; an arm
+    run at one τ only has ``swept`` false). The paired differences (arm at its best τ − end at its best τ, by seed)
+    use every seed both have there.
     """
     out: dict = {}
     arms = list(dict.fromkeys(r["arm"] for r in runs))
@@ -462,7 +463,8 @@ def best_tau(runs: list[dict], metrics: tuple[str, ...] = BEST_TAU_METRICS) -> d
             means = {t: statistics.fmean(r["final"][metric] for r in rs if r["temperature"] == t
                                          and r["seed"] in common) for t in taus}
             tau = max(taus, key=lambda t: means[t])
-            best[arm] = {"tau": tau, "at_edge": tau in (taus[0], taus[-1]), "common_seeds": sorted(common),
+            best[arm] = {"tau": tau, "swept": len(taus) > 1, "at_edge": tau in (taus[0], taus[-1]),
+                         "common_seeds": sorted(common),
                          "final_by_tau": {f"{t:g}": means[t] for t in taus},
                          "seeds": sorted(r["seed"] for r in rs if r["temperature"] == tau),
                          "final_mean": statistics.fmean(r["final"][metric] for r in rs if r["temperature"] == tau)}

@@ -80,7 +80,7 @@ def best_tau_table(res: dict, name: str) -> list[str]:
         for arm, e in block["arms"].items():
             by_tau = ", ".join(f"{t}: {v:.4f}<!-- {name}: best_tau[{metric}].arms.{arm}.final_by_tau[{t}] -->"
                                for t, v in e["final_by_tau"].items())
-            edge = " (at the edge)" if e["at_edge"] else ""
+            edge = " (not swept)" if not e.get("swept", True) else " (at the edge)" if e["at_edge"] else ""
             out.append(f"| {metric} | {arm} | {by_tau} ({len(e['common_seeds'])} seeds) | {e['tau']:g}{edge} |")
     stats = [(metric, key, kind, entry[kind]) for metric, block in best.items()
              for key, entry in block["paired"].items() for kind in ("final", "auc")]

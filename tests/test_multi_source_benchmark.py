@@ -55,6 +55,8 @@ def test_each_arm_is_compared_at_its_own_best_tau(load_benchmark):
     assert best["arms"]["mixed"]["final_by_tau"]["0.05"] == pytest.approx(0.61)
     assert best["arms"]["mixed"]["final_mean"] == pytest.approx(0.635)  # all 8 seeds at its best τ
     assert best["arms"]["single"]["tau"] == 0.1 and best["arms"]["single"]["at_edge"]
+    assert best["arms"]["single"]["swept"]
+    assert not bench.best_tau(runs[3:11])["ndcg@10/pooled"]["arms"]["mixed"]["swept"]  # mixed at τ = 0.05 only
     pair = best["paired"]["mixed - single"]
     assert pair["taus"] == [0.05, 0.1] and pair["seeds"] == [0, 1, 2]
     diffs = [0.60 + s / 100 - (0.45 + s / 50) for s in range(3)]
