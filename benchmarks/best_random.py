@@ -163,7 +163,8 @@ def best_random(grids: dict | list[dict], sweeps: list[dict], target_fraction: f
                      "final_mean": sweep[f"{best:g}"]["final_mean"]},
             "target": {"kind": target_kind, "fraction": target_fraction, "score": target,
                        "best_random_steps_mean": statistics.fmean(s for s in base_steps if s is not None)
-                       if any(s is not None for s in base_steps) else None},
+                       if any(s is not None for s in base_steps) else None,
+                       "best_random_runs_never_reaching": sum(s is None for s in base_steps)},
             "correction": f"Holm over {m} tests (each policy × final and area)",
             "time_correction": f"Holm over {len(time_stats)} tests (each policy, steps to target)", "rows": rows}
 
@@ -230,8 +231,11 @@ def markdown(result: dict, name: str) -> str:
         at = "–" if steps is None else f"{steps:.0f}<!-- {name}: target.best_random_steps_mean -->"
         what = ("of the way from its step-0 score to its mean final score" if target.get("kind") == "gain"
                 else "of its mean final score")
+        missed = target.get("best_random_runs_never_reaching") or 0
+        misses = (f" (the {len(result['best']['seeds']) - missed} runs that reach it; "
+                  f"{missed}<!-- {name}: target.best_random_runs_never_reaching --> never do)" if missed else "")
         out.append(f"Target: {target['fraction']:.0%} {what}, {target['score']:.4f}<!-- {name}: "
-                   f"target.score -->; random batches at the best τ reach it at step {at} on average.")
+                   f"target.score -->; random batches at the best τ reach it at step {at} on average{misses}.")
     out += ["", "| policy (τ) − random at the best τ | seeds | final | area | steps to target | seconds to target | "
             "never reached | detectable (final) |", "|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(result["rows"]):

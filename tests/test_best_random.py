@@ -111,3 +111,16 @@ def test_a_gain_target_counts_what_training_adds(best_random):
     out = best_random.best_random(_file(0.05, runs), [], target_fraction=0.5, target_kind="gain")
     assert out["target"]["score"] == pytest.approx(0.45)  # half-way from 0.4 to 0.5, not half of 0.5
     assert out["target"]["best_random_steps_mean"] == pytest.approx(10.0)
+    assert out["target"]["best_random_runs_never_reaching"] == 0
+
+
+def test_random_runs_that_miss_the_target_are_counted_not_averaged(best_random):
+    """A target at 95 % of random's mean final can lie above some random runs' own finals: those runs are counted
+    apart, and the mean step is over the runs that reach it."""
+    finals = [0.40, 0.50, 0.60]
+    runs = [{"policy": "random", "seed": s, "curve": [{"step": 0, "score": 0.0}, {"step": 10, "score": f}]}
+            for s, f in enumerate(finals)]
+    out = best_random.best_random(_file(0.05, runs), [], target_fraction=0.95)
+    assert out["target"]["score"] == pytest.approx(0.475)
+    assert out["target"]["best_random_runs_never_reaching"] == 1
+    assert out["target"]["best_random_steps_mean"] == pytest.approx((9.5 + 0.475 / 0.6 * 10) / 2)
