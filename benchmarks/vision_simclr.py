@@ -9,6 +9,8 @@ seed → same initial weights) on the first ``--rows`` Fashion-MNIST training im
     random   batch_policy="random" (hf_divcl's duplicate-free random batches)
     greedy   batch_policy="window", Greedy-64 in the gradient-calibrated ("auto") window
     pool     batch_policy="window", Pool-P3 in the gradient-calibrated window
+    greedy_follow / pool_follow   the same builders with batch_policy="auto" re-calibrating the window on the bank
+             at every epoch start (a window calibrated on the untrained encoder goes stale as it learns)
     NAME=POLICY[:JSON]   any registered batch policy with its batch_policy_kwargs, e.g.
              'greedy_fixed=window:{"window": "40:80", "builder": "greedy", "builder_kwargs": {"m": 64}}'
 
@@ -34,6 +36,7 @@ encoder already scores well above chance, also 95 % of the way from random's ste
     python benchmarks/vision_simclr.py --temperature 0.1 0.2 0.5 --policies random --seeds 0
     python benchmarks/vision_simclr.py --policies random greedy pool --seeds 0 1 2 3 4 5 6 7
     python benchmarks/vision_simclr.py --smoke
+    python benchmarks/vision_simclr.py --merge seed0.json seed1.json --output grid.json   # runs made apart
 """
 
 from __future__ import annotations
@@ -59,13 +62,15 @@ ARMS = {  # DivCLTrainingArguments batch policy per arm
     "random": ("random", None),
     "greedy": ("window", {"window": "auto", "builder": "greedy", "builder_kwargs": {"m": 64}}),
     "pool": ("window", {"window": "auto", "builder": "pool", "builder_kwargs": {"p": 3}}),
+    "greedy_follow": ("auto", {"builder": "greedy", "builder_kwargs": {"m": 64}, "recalibrate_every_epochs": 1}),
+    "pool_follow": ("auto", {"builder": "pool", "builder_kwargs": {"p": 3}, "recalibrate_every_epochs": 1}),
 }
 K = 20
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
 
 def parse_arm(spec: str) -> tuple[str, str, dict | None]:
-    """``random`` / ``greedy`` / ``pool``, or ``NAME=POLICY[:JSON]`` → ``(name, batch_policy, batch_policy_kwargs)``."""
+    """A name of :data:`ARMS`, or ``NAME=POLICY[:JSON]`` → ``(name, batch_policy, batch_policy_kwargs)``."""
     if spec in ARMS:
         return (spec, *ARMS[spec])
     if "=" not in spec:
@@ -247,12 +252,40 @@ def summarise(runs: list[dict], baselines: dict, fraction: float) -> dict:
     return {"arms": arms, "time_to_target": time_to_target(runs, fraction)}
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One result file from several made apart (other seeds, arms or τ; same data, encoder and schedule), with the
+    summary computed over all their runs."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    skip = ("policies", "seeds", "temperature", "output", "merge", "threads", "device")
+    base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        other = {k: v for k, v in part["config"].items() if k not in skip}
+        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
+        if diff or part["baselines"]["centred_knn"] != parts[0]["baselines"]["centred_knn"]:
+            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(diff) or 'baselines'}); only "
+                             "policies, seeds, temperatures, threads and device may differ.")
+    runs = [r for part in parts for r in part["runs"]]
+    seen = [(r["arm"], r["temperature"], r["seed"]) for r in runs]
+    if len(set(seen)) != len(seen):
+        raise SystemExit("the files share (arm, τ, seed) runs; merge files with different runs.")
+    config = {**parts[0]["config"], "policies": list(dict.fromkeys(r["arm"] for r in runs)),
+              "seeds": sorted({r["seed"] for r in runs}), "temperature": sorted({r["temperature"] for r in runs}),
+              "output": str(out), "merged_from": list(paths)}
+    baselines = parts[0]["baselines"]
+    result = {"task": parts[0]["task"], "config": config, "baselines": baselines,
+              "summary": summarise(runs, baselines, config["target_fraction"]), "runs": runs,
+              "machines": [p["machine"] for p in parts]}
+    out.write_text(json.dumps(result, indent=2))
+    print(f"merged {len(runs)} runs from {len(paths)} files into {out}")
+
+
 # -- main ----------------------------------------------------------------------------------------------------------
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policies", nargs="+", default=["random"],
-                   help="arms: random, greedy, pool, or NAME=POLICY[:JSON batch_policy_kwargs]")
+                   help="arms: random, greedy, pool, greedy_follow, pool_follow, or NAME=POLICY[:JSON "
+                        "batch_policy_kwargs]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--temperature", type=float, nargs="+", default=[0.2], help="τ of NT-Xent (several: a sweep)")
     p.add_argument("--steps", type=int, default=600)
@@ -279,7 +312,14 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda[:N], or auto (cuda when visible, else cpu)")
     p.add_argument("--smoke", action="store_true", help="tiny run (< 1 minute), for CI")
     p.add_argument("--output", default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine the runs of these result files (same data and settings) into --output")
     a = p.parse_args()
+    if a.merge:
+        if not a.output:
+            raise SystemExit("--merge needs --output")
+        merge(a.merge, Path(a.output))
+        return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(a.threads)
     if a.smoke:

@@ -202,11 +202,25 @@ def test_multi_source_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_vision_simclr_smoke(tmp_path):
-    out = tmp_path / "v.json"
-    run("vision_simclr.py", "--output", str(out))
-    res = json.loads(out.read_text())
+def test_vision_simclr_smoke_and_a_merge_of_runs_made_apart(tmp_path):
+    """Two processes (as on one GPU, seeds side by side), one with a window that follows the encoder; the merged
+    file is summarised over both, and a run present twice is refused."""
+    first, second, merged = tmp_path / "v0.json", tmp_path / "v1.json", tmp_path / "v.json"
+    run("vision_simclr.py", "--policies", "random", "pool_follow", "--seeds", "0", "--output", str(first))
+    run("vision_simclr.py", "--seeds", "1", "--output", str(second))
+    res = json.loads(first.read_text())
     assert {"raw_knn", "centred_knn", "raw_probe"} <= set(res["baselines"])
+    follow = next(r for r in res["runs"] if r["arm"] == "pool_follow")
+    assert follow["policy"] == "auto" and follow["policy_kwargs"]["recalibrate_every_epochs"] == 1
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vision_simclr.py"), "--merge", str(first),
+                    str(second), "--output", str(merged)], check=True, cwd=ROOT, capture_output=True, text=True)
+    out = json.loads(merged.read_text())
+    assert sorted((r["arm"], r["seed"]) for r in out["runs"]) == [("pool_follow", 0), ("random", 0), ("random", 1)]
+    assert out["summary"]["arms"]["random@tau=0.2"]["seeds"] == [0, 1]
+    twice = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vision_simclr.py"), "--merge", str(first),
+                            str(first), "--output", str(tmp_path / "bad.json")], cwd=ROOT, capture_output=True,
+                           text=True)
+    assert twice.returncode != 0 and "share (arm, τ, seed) runs" in twice.stderr
 
 
 @pytest.mark.slow
