@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,24 @@ def test_vision_simclr_smoke_and_a_merge_of_runs_made_apart(tmp_path):
                             str(first), "--output", str(tmp_path / "bad.json")], cwd=ROOT, capture_output=True,
                            text=True)
     assert twice.returncode != 0 and "share (arm, τ, seed) runs" in twice.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_stage(tmp_path):
+    """benchmarks/gpu.sh, the one prepared device-machine command, with tiny CPU runs (SMOKE=1) and 2 processes side
+    by side: timing → run length, τ of random batches → best τ, the paired grid; each stage's merged file lands."""
+    out = tmp_path / "gpu"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PY": sys.executable, "SMOKE": "1", "SEEDS": "0 1",
+           "OUT": str(out)}
+    log = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=900).stdout
+    assert re.search(r"^best τ of random batches: 0\.[125]$", log, re.M) and re.search(r"^L = \d+ steps$", log, re.M)
+    taus = json.loads((out / "vision_simclr_tau_gpu.json").read_text())
+    assert sorted(r["temperature"] for r in taus["runs"]) == [0.1, 0.2, 0.5]
+    grid = json.loads((out / "vision_simclr_grid_gpu.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in grid["runs"]) == [
+        (arm, s) for arm in ("greedy_follow", "pool_follow", "random") for s in (0, 1)]
+    assert (out / "gpu.log").is_file() and (out / "gpu_timing.json").is_file()
 
 
 @pytest.mark.slow
