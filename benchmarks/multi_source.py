@@ -65,6 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import CLOCK_KEYS, eval_clock
+from _merge import merged_from, read_parts
 from _stats import auc, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -486,27 +487,15 @@ def best_tau(runs: list[dict], metrics: tuple[str, ...] = BEST_TAU_METRICS) -> d
 
 def merge(paths: list[str], out: Path) -> None:
     """One result file from several with the same data and settings (other seeds, arms or temperatures)."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    skip = ("seeds", "arms", "temperatures", "output", "merge", "merged_from", "threads")
-    base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
+    parts, runs = read_parts(paths, ("seeds", "arms", "temperatures", "threads", "output", "merge", "merged_from"),
+                             {"arm": "arm", "temperature": "temperature", "seed": "seed"})
     for path, part in zip(paths[1:], parts[1:], strict=True):
-        other = {k: v for k, v in part["config"].items() if k not in skip}
-        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
-        if diff:
-            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(diff)}); only seeds, arms, "
-                             "temperatures and threads may differ.")
         if {n: s["fingerprint"] for n, s in part["sources"].items()} != \
                 {n: s["fingerprint"] for n, s in parts[0]["sources"].items()}:
             raise SystemExit(f"{path}: other data than {paths[0]} (source fingerprints differ).")
-    runs = [r for part in parts for r in part["runs"]]
-    seen = [(r["arm"], r["temperature"], r["seed"]) for r in runs]
-    if len(set(seen)) != len(seen):
-        raise SystemExit("the files share (arm, temperature, seed) runs; merge files with different runs.")
-    merged_from = [src for path, part in zip(paths, parts, strict=True)
-                   for src in (part["config"].get("merged_from") or [path])]
     config = {**parts[0]["config"], "seeds": sorted({r["seed"] for r in runs}), "output": str(out),
               "arms": list(dict.fromkeys(r["arm"] for r in runs)),
-              "temperatures": sorted({r["temperature"] for r in runs}), "merged_from": merged_from,
+              "temperatures": sorted({r["temperature"] for r in runs}), "merged_from": merged_from(paths, parts),
               "threads": sorted({p["config"].get("threads") for p in parts})}
     result = {**{k: v for k, v in parts[0].items() if k not in ("config", "runs", "summary")}, "config": config,
               "summary": summarise(runs), "best_tau": best_tau(runs), "runs": runs,

@@ -82,9 +82,8 @@ def best_tau_table(res: dict, name: str) -> list[str]:
                                for t, v in e["final_by_tau"].items())
             edge = " (not swept)" if not e.get("swept", True) else " (at the edge)" if e["at_edge"] else ""
             out.append(f"| {metric} | {arm} | {by_tau} ({len(e['common_seeds'])} seeds) | {e['tau']:g}{edge} |")
-    stats = [(metric, key, kind, entry[kind]) for metric, block in best.items()
-             for key, entry in block["paired"].items() for kind in ("final", "auc")]
-    significant = iter(holm([p_value(s) for *_, s in stats]))
+    stats = [entry[kind] for block in best.values() for entry in block["paired"].values() for kind in ("final", "auc")]
+    significant = iter(holm([p_value(s) for s in stats]))
     out += ["", "| metric | arm − end, each at its best τ | τ | seeds | final | area |", "|---|---|---|---|---|---|"]
     for metric, block in best.items():
         for key, entry in block["paired"].items():

@@ -62,6 +62,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import CLOCK_KEYS, eval_clock
+from _merge import merged_from, read_parts
 from _stats import auc, reach, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -392,20 +393,9 @@ def plot(runs: list[dict], label: str, path: Path) -> None:
 
 def merge(paths: list[str], out: Path) -> None:
     """One result file from several runs of the same settings on different seeds (e.g. seeds added later)."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    skip = ("seeds", "output", "policies", "merged_from", "renamed")
-    base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
-    for path, part in zip(paths[1:], parts[1:], strict=True):
-        other = {k: v for k, v in part["config"].items() if k not in skip}
-        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))  # absent == None
-        if diff:
-            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(diff)}); only seeds may differ.")
-    runs = [r for part in parts for r in part["runs"]]
-    seen = [(r["policy"], r["seed"]) for r in runs]
-    if len(set(seen)) != len(seen):
-        raise SystemExit("the files share (policy, seed) runs; merge files with different seeds.")
-    sources = [src for path, part in zip(paths, parts, strict=True)
-               for src in (part["config"].get("merged_from") or [path])]  # a merged file names its own sources
+    parts, runs = read_parts(paths, ("seeds", "policies", "renamed", "output", "merged_from"),
+                             {"policy": "policy", "seed": "seed"})
+    sources = merged_from(paths, parts)
     config = {**parts[0]["config"], "seeds": sorted({r["seed"] for r in runs}), "output": str(out),
               "policies": list(dict.fromkeys(r["policy"] for r in runs)), "merged_from": sources}
     result = {"task": parts[0]["task"], "metric": parts[0]["metric"], "config": config, "summary": summarise(runs),

@@ -53,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import eval_clock
+from _merge import merged_from, read_parts
 from _stats import reach, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -255,22 +256,14 @@ def summarise(runs: list[dict], baselines: dict, fraction: float) -> dict:
 def merge(paths: list[str], out: Path) -> None:
     """One result file from several made apart (other seeds, arms or τ; same data, encoder and schedule), with the
     summary computed over all their runs."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
-    skip = ("policies", "seeds", "temperature", "output", "merge", "threads", "device")
-    base = {k: v for k, v in parts[0]["config"].items() if k not in skip}
+    parts, runs = read_parts(paths, ("policies", "seeds", "temperature", "threads", "device", "output", "merge",
+                                     "merged_from"), {"arm": "arm", "τ": "temperature", "seed": "seed"})
     for path, part in zip(paths[1:], parts[1:], strict=True):
-        other = {k: v for k, v in part["config"].items() if k not in skip}
-        diff = sorted(k for k in base.keys() | other.keys() if base.get(k) != other.get(k))
-        if diff or part["baselines"]["centred_knn"] != parts[0]["baselines"]["centred_knn"]:
-            raise SystemExit(f"{path}: other settings than {paths[0]} ({', '.join(diff) or 'baselines'}); only "
-                             "policies, seeds, temperatures, threads and device may differ.")
-    runs = [r for part in parts for r in part["runs"]]
-    seen = [(r["arm"], r["temperature"], r["seed"]) for r in runs]
-    if len(set(seen)) != len(seen):
-        raise SystemExit("the files share (arm, τ, seed) runs; merge files with different runs.")
+        if part["baselines"]["centred_knn"] != parts[0]["baselines"]["centred_knn"]:
+            raise SystemExit(f"{path}: other baselines than {paths[0]} (another evaluation split).")
     config = {**parts[0]["config"], "policies": list(dict.fromkeys(r["arm"] for r in runs)),
               "seeds": sorted({r["seed"] for r in runs}), "temperature": sorted({r["temperature"] for r in runs}),
-              "output": str(out), "merged_from": list(paths)}
+              "output": str(out), "merged_from": merged_from(paths, parts)}
     baselines = parts[0]["baselines"]
     result = {"task": parts[0]["task"], "config": config, "baselines": baselines,
               "summary": summarise(runs, baselines, config["target_fraction"]), "runs": runs,
