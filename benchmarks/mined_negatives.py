@@ -16,6 +16,14 @@ differences against ``st_mnrl`` (and ``divcl`` against ``divcl_nomask``) with 95
 
     python benchmarks/mined_negatives.py --seeds 0 1 2 3 4 5 6 7 --output benchmarks/results/mined_negatives.json
     python benchmarks/mined_negatives.py --smoke      # embedded WordNet sample, tiny run: < 2 minutes
+
+A τ sweep runs one ``--temperature`` per file; ``--merge`` joins files of the same data and settings (other τ, seeds
+or arms) and adds ``best_tau``: each arm at its own best τ (highest mean final ndcg@10 over the seeds its τ share;
+``at_edge`` when that is the lowest or highest τ tried) and every arm there against ``st_mnrl`` at its best τ, paired
+by seed, with the guards (SimLex-999 / WordSim-353) of both:
+
+    python benchmarks/mined_negatives.py --arms st_mnrl divcl --temperature 0.1 --output tau0.1.json
+    python benchmarks/mined_negatives.py --merge benchmarks/results/mined_negatives.json tau0.1.json --output all.json
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import eval_clock
+from _merge import merged_from, read_parts
 from _stats import auc, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,8 +119,8 @@ def run_one(arm: str, seed: int, mined, test, a, workdir: Path) -> dict:
         last = logs[-1]
         duplicates = last.get("divcl/duplicate_negatives_masked_total",
                               last.get("divcl/duplicate_negatives_unmasked_total"))
-    return {"arm": arm, "seed": seed, "curve": curve, "total_seconds": time.perf_counter() - clock.t0,
-            "duplicate_negatives": duplicates}
+    return {"arm": arm, "seed": seed, "temperature": a.temperature, "curve": curve,
+            "total_seconds": time.perf_counter() - clock.t0, "duplicate_negatives": duplicates}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -143,6 +152,69 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+GUARDS = ("simlex999_spearman", "wordsim353_spearman")
+
+
+def best_tau(runs: list[dict], reference: str = "st_mnrl") -> dict:
+    """Each arm at its own best τ (mean final ndcg@10 over the seeds all its τ share), and every arm there against
+    ``reference`` at its best τ, paired by seed: final, area and the guards (the end-of-run SimLex / WordSim)."""
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    best: dict = {}
+    for arm in arms:
+        rs = [r for r in runs if r["arm"] == arm]
+        taus = sorted({r["temperature"] for r in rs})
+        common = set.intersection(*({r["seed"] for r in rs if r["temperature"] == t} for t in taus))
+        if not common:
+            continue
+        means = {t: statistics.fmean(r["curve"][-1]["score"] for r in rs if r["temperature"] == t
+                                     and r["seed"] in common) for t in taus}
+        tau = max(taus, key=lambda t: means[t])
+        at_tau = [r for r in rs if r["temperature"] == tau]
+        best[arm] = {"tau": tau, "swept": len(taus) > 1, "at_edge": len(taus) > 1 and tau in (taus[0], taus[-1]),
+                     "common_seeds": sorted(common), "final_by_tau": {f"{t:g}": means[t] for t in taus},
+                     "seeds": sorted(r["seed"] for r in at_tau),
+                     "final_mean": statistics.fmean(r["curve"][-1]["score"] for r in at_tau),
+                     **{f"{g}_mean": statistics.fmean(r["curve"][-1].get(g, float("nan")) for r in at_tau)
+                        for g in GUARDS}}
+    paired: dict = {}
+    if reference in best:
+        ref = {r["seed"]: r for r in runs if r["arm"] == reference and r["temperature"] == best[reference]["tau"]}
+        for arm in best:
+            if arm == reference:
+                continue
+            mine = {r["seed"]: r for r in runs if r["arm"] == arm and r["temperature"] == best[arm]["tau"]}
+            seeds = sorted(mine.keys() & ref.keys())
+            paired[f"{arm} - {reference}"] = {
+                "taus": [best[arm]["tau"], best[reference]["tau"]], "seeds": seeds,
+                "final": t_interval([mine[s]["curve"][-1]["score"] - ref[s]["curve"][-1]["score"] for s in seeds]),
+                "auc": t_interval([auc(mine[s]["curve"]) - auc(ref[s]["curve"]) for s in seeds]),
+                **{g: t_interval([mine[s]["curve"][-1].get(g) - ref[s]["curve"][-1].get(g) for s in seeds
+                                  if g in mine[s]["curve"][-1] and g in ref[s]["curve"][-1]]) for g in GUARDS}}
+    return {"arms": best, "paired": paired}
+
+
+def merge(paths: list[str], out: Path) -> None:
+    """One result file from several of the same data and settings (other τ, seeds or arms), with :func:`best_tau`.
+    Runs of files written before runs carried their τ take their file's."""
+    parts, runs = read_parts(paths, ("seeds", "arms", "temperature", "threads", "output", "resume", "merge",
+                                     "merged_from"), {"arm": "arm", "temperature": "temperature", "seed": "seed"},
+                             from_config={"temperature": "temperature"})
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        if part["train_rows"] != parts[0]["train_rows"] or part["heldout_rows"] != parts[0]["heldout_rows"]:
+            raise SystemExit(f"{path}: other data than {paths[0]} (train or held-out rows differ).")
+    temperatures = sorted({r["temperature"] for r in runs})
+    config = {**parts[0]["config"], "seeds": sorted({r["seed"] for r in runs}), "output": str(out),
+              "arms": list(dict.fromkeys(r["arm"] for r in runs)), "temperature": temperatures,
+              "merged_from": merged_from(paths, parts), "threads": sorted({p["config"].get("threads") for p in parts})}
+    by_tau = {f"{t:g}": summarise([r for r in runs if r["temperature"] == t]) for t in temperatures}
+    result = {**{k: v for k, v in parts[0].items() if k not in ("config", "runs", "summary", "machine")},
+              "config": config, "summary_by_tau": by_tau, "best_tau": best_tau(runs), "runs": runs,
+              "machines": [p.get("machine") for p in parts]}
+    out.write_text(json.dumps(result, indent=1))
+    print(f"merged {len(runs)} runs from {len(paths)} files into {out}")
+    print(json.dumps(result["best_tau"], indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
@@ -164,7 +236,14 @@ def main() -> None:
     p.add_argument("--output", default=None)
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in --output (same settings) and run only the missing (arm, seed) pairs")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="instead of running: join these result files (other τ, seeds or arms) into --output")
     a = p.parse_args()
+    if a.merge:
+        if not a.output:
+            raise SystemExit("--merge needs --output.")
+        merge(a.merge, Path(a.output))
+        return
     if a.smoke:
         a.source, a.domain, a.kind, a.rows = "embedded", "", "example", 200
         a.arms, a.seeds, a.steps, a.eval_every, a.batch_size = ["st_mnrl", "divcl"], [0], 6, 3, 16

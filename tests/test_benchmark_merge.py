@@ -29,3 +29,18 @@ def test_other_settings_or_a_repeated_run_are_refused(load_benchmark, tmp_path):
         merge.read_parts([a, b], ("seeds",), key)
     with pytest.raises(SystemExit, match=r"share \(policy, seed\) runs"):
         merge.read_parts([a, a], ("seeds",), key)
+
+
+def test_a_field_older_runs_lack_comes_from_their_files_setting(load_benchmark, tmp_path):
+    """Runs written before they recorded their τ take their file's; a run that has it keeps its own, and the same
+    (arm, seed) at two τ is two runs, not a repeat."""
+    merge = load_benchmark("_merge")
+    a = _write(tmp_path / "a.json", {"temperature": 0.05}, [{"arm": "divcl", "seed": 0}])
+    b = _write(tmp_path / "b.json", {"temperature": 0.1}, [{"arm": "divcl", "seed": 0, "temperature": 0.1}])
+    _, runs = merge.read_parts([a, b], ("temperature",), {"arm": "arm", "temperature": "temperature", "seed": "seed"},
+                               from_config={"temperature": "temperature"})
+    assert [r["temperature"] for r in runs] == [0.05, 0.1]
+    c = _write(tmp_path / "c.json", {"temperature": 0.05}, [{"arm": "divcl", "seed": 0}])
+    with pytest.raises(SystemExit, match=r"share \(arm, temperature, seed\) runs"):
+        merge.read_parts([a, c], ("temperature",), {"arm": "arm", "temperature": "temperature", "seed": "seed"},
+                         from_config={"temperature": "temperature"})
