@@ -280,7 +280,7 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
         disable_tqdm=True, save_strategy="no",
         logging_steps=max(1, a.eval_every), collapse_threshold=0,
         bank_cache_dir=str(workdir / "cache" / ("shared" if a.shared_cache else policy)),
-        **{k: v for k, v in extra.items() if k != "loss_kwargs"}, **opts, **schedule,
+        **{**{k: v for k, v in extra.items() if k != "loss_kwargs"}, **opts}, **schedule,  # the policy's own win
         batch_policy_kwargs=kw or None, loss_kwargs=loss_kwargs)
     clock.restart()
     trainer = DivCLTrainer(model=model, args=args, train_dataset=train, loss=loss, callbacks=[clock])
