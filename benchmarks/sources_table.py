@@ -2,11 +2,13 @@
 
     python benchmarks/sources_table.py benchmarks/results/multi_source_main.json
     python benchmarks/sources_table.py benchmarks/results/mined_negatives.json
+    python benchmarks/sources_table.py benchmarks/results/mined_negatives_tau.json   # a merged τ sweep
 
 Multi-source: every arm against each end configuration (``mixed``, ``single``), per-source mean and pooled ndcg@10,
-final and area; mined negatives: every paired comparison. Paired mean and 95 % t-interval (uncorrected); ▲/▼ where
-the difference stays significant at 5 % after Holm's correction over the table (one family), as in the main table
-of docs/results.md. The citations follow docs/results.md's convention (``<!-- FILE: path -->``).
+final and area; mined negatives: every paired comparison (a merged τ sweep: each arm at its best τ against
+``st_mnrl`` at its own, with the SimLex-999 / WordSim-353 guards). Paired mean and 95 % t-interval (uncorrected);
+▲/▼ where the difference stays significant at 5 % after Holm's correction over the table (one family), as in the
+main table of docs/results.md. The citations follow docs/results.md's convention (``<!-- FILE: path -->``).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def best_tau_table(res: dict, name: str) -> list[str]:
     out = ["", "| metric | arm | final by τ (seeds every τ shares) | best τ |", "|---|---|---|---|"]
     for metric, block in best.items():
         for arm, e in block["arms"].items():
-            by_tau = ", ".join(f"{t}: {v:.4f}<!-- {name}: best_tau[{metric}].arms.{arm}.final_by_tau[{t}] -->"
+            by_tau = ", ".join(f"{t}: {v:.4f}<!-- {name}: best_tau[{metric}].arms[{arm}].final_by_tau[{t}] -->"
                                for t, v in e["final_by_tau"].items())
             edge = " (not swept)" if not e.get("swept", True) else " (at the edge)" if e["at_edge"] else ""
             out.append(f"| {metric} | {arm} | {by_tau} ({len(e['common_seeds'])} seeds) | {e['tau']:g}{edge} |")
@@ -95,9 +97,36 @@ def best_tau_table(res: dict, name: str) -> list[str]:
     return out
 
 
+def mined_sweep(res: dict, name: str) -> str:
+    """A merged τ sweep (``mined_negatives.py --merge``): each arm's final ndcg@10 by τ with its best τ, then each
+    arm at its best τ against ``st_mnrl`` at its own, with the guards."""
+    best = res["best_tau"]
+    out = ["| arm | final by τ (seeds every τ shares) | best τ | SimLex-999 | WordSim-353 |", "|---|---|---|---|---|"]
+    for arm, e in best["arms"].items():
+        by_tau = ", ".join(f"{t}: {v:.4f}<!-- {name}: best_tau.arms[{arm}].final_by_tau[{t}] -->"
+                           for t, v in e["final_by_tau"].items())
+        edge = " (not swept)" if not e["swept"] else " (at the edge)" if e["at_edge"] else ""
+        guards = [f"{e[g + '_mean']:.4f}<!-- {name}: best_tau.arms[{arm}].{g}_mean -->"
+                  for g in ("simlex999_spearman", "wordsim353_spearman")]
+        out.append(f"| {arm} | {by_tau} ({len(e['common_seeds'])} seeds) | {e['tau']:g}{edge} | "
+                   + " | ".join(guards) + " |")
+    kinds = ("final", "auc", "simlex999_spearman", "wordsim353_spearman")
+    stats = [entry[kind] for entry in best["paired"].values() for kind in kinds]
+    significant = iter(holm([p_value(s) for s in stats]))
+    out += ["", "| arm − st_mnrl, each at its best τ | τ | seeds | final | area | SimLex-999 | WordSim-353 |",
+            "|---|---|---|---|---|---|---|"]
+    for key, entry in best["paired"].items():
+        cells = [_cell(entry[kind], next(significant), f"{name}: best_tau.paired[{key}].{kind}") for kind in kinds]
+        taus = " / ".join(f"{t:g}" for t in entry["taus"])
+        out.append(f"| {key} | {taus} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def mined(path: Path) -> str:
     res = json.loads(path.read_text())
     name = path.name
+    if "best_tau" in res:
+        return mined_sweep(res, name)
     pairs = {k: v for k, v in res["summary"]["paired"].items() if k != "st_mnrl - divcl_nomask"}  # a mirror
     stats = [pairs[k][kind] for k in pairs for kind in ("final", "auc")]
     significant = iter(holm([p_value(s) for s in stats]))
