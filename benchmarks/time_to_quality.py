@@ -309,7 +309,8 @@ def run_one(policy: str, seed: int, task, a, workdir: Path) -> dict:
 
 
 def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
-    """Per policy, policy − random on the same seed: final score and seconds to random's final mean score."""
+    """Per policy, policy − random on the same seed: final score, seconds to random's final mean score and, with
+    ``--word-similarity``, the guards at the end (``final_<benchmark>_spearman_minus_random``)."""
     base = {r["seed"]: r for r in by.get("random", [])}
     out = {}
     for policy, rs in by.items():
@@ -329,6 +330,11 @@ def paired(by: dict[str, list[dict]], target: float | None) -> dict[str, dict]:
                        "auc_minus_random": t_interval(d_auc), "wins": sum(d > 0 for d in d_final),
                        "seconds_to_random_final_minus_random": t_interval(d_time),
                        "runs_never_reaching_random_final": unreached}
+        guards = [k for k in (pairs[0][0]["curve"][-1] if pairs else {}) if k.endswith("_spearman")]
+        for k in guards:
+            out[policy][f"final_{k}_minus_random"] = t_interval(
+                [r["curve"][-1][k] - b["curve"][-1][k] for r, b in pairs
+                 if r["curve"][-1].get(k) is not None and b["curve"][-1].get(k) is not None])
     return out
 
 

@@ -45,10 +45,10 @@ def test_time_to_quality_smoke(tmp_path, task):
 @pytest.mark.slow
 def test_time_to_quality_selection_policies_smoke(tmp_path):
     out = tmp_path / "t.json"
-    run("time_to_quality.py", "--task", "clip", "--policies", "random", "tight_mask", "learnability", "--output",
-        str(out))
+    run("time_to_quality.py", "--task", "clip", "--policies", "random", "tight_mask", "learnability", "random_dup",
+        "--output", str(out))
     res = json.loads(out.read_text())
-    assert set(res["summary"]["policies"]) == {"random", "tight_mask", "learnability"}
+    assert set(res["summary"]["policies"]) == {"random", "tight_mask", "learnability", "random_dup"}
     learn = next(r for r in res["runs"] if r["policy"] == "learnability")
     assert learn["reference_seconds"] > 0 and learn["selection_seconds"] > 0
 
