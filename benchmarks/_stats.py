@@ -18,6 +18,20 @@ def auc(curve: list[dict], key: str = "score") -> float:
     return area / (curve[-1]["step"] - curve[0]["step"])
 
 
+def best_of_sweep(finals: dict[float, dict[int, float]]) -> dict | None:
+    """One arm's τ sweep, ``{τ: {seed: final score}}``: the τ with the highest mean final score over the seeds every
+    τ shares (None when no seed is shared), as ``{"tau", "swept", "at_edge", "common_seeds", "final_by_tau"}``;
+    ``at_edge``: the best is the lowest or highest τ tried, so the sweep does not bracket it."""
+    taus = sorted(finals)
+    common = set.intersection(*(set(finals[t]) for t in taus))
+    if not common:
+        return None
+    means = {t: math.fsum(finals[t][s] for s in common) / len(common) for t in taus}
+    tau = max(taus, key=means.__getitem__)
+    return {"tau": tau, "swept": len(taus) > 1, "at_edge": tau in (taus[0], taus[-1]), "common_seeds": sorted(common),
+            "final_by_tau": {f"{t:g}": means[t] for t in taus}}
+
+
 def reach(curve: list[dict], target: float, key: str = "step", score: str = "score") -> float | None:
     """First ``key`` (``step`` or ``seconds``) at which ``score`` reaches ``target``, linearly interpolated between
     evaluations; None when the curve never does."""

@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import eval_clock
 from _merge import merged_from, read_parts
-from _stats import auc, t_interval
+from _stats import auc, best_of_sweep, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -162,16 +162,12 @@ def best_tau(runs: list[dict], reference: str = "st_mnrl") -> dict:
     best: dict = {}
     for arm in arms:
         rs = [r for r in runs if r["arm"] == arm]
-        taus = sorted({r["temperature"] for r in rs})
-        common = set.intersection(*({r["seed"] for r in rs if r["temperature"] == t} for t in taus))
-        if not common:
+        sweep = best_of_sweep({t: {r["seed"]: r["curve"][-1]["score"] for r in rs if r["temperature"] == t}
+                               for t in {r["temperature"] for r in rs}})
+        if sweep is None:
             continue
-        means = {t: statistics.fmean(r["curve"][-1]["score"] for r in rs if r["temperature"] == t
-                                     and r["seed"] in common) for t in taus}
-        tau = max(taus, key=lambda t: means[t])
-        at_tau = [r for r in rs if r["temperature"] == tau]
-        best[arm] = {"tau": tau, "swept": len(taus) > 1, "at_edge": len(taus) > 1 and tau in (taus[0], taus[-1]),
-                     "common_seeds": sorted(common), "final_by_tau": {f"{t:g}": means[t] for t in taus},
+        at_tau = [r for r in rs if r["temperature"] == sweep["tau"]]
+        best[arm] = {**sweep, "at_edge": sweep["swept"] and sweep["at_edge"],  # one τ only: not "at the edge"
                      "seeds": sorted(r["seed"] for r in at_tau),
                      "final_mean": statistics.fmean(r["curve"][-1]["score"] for r in at_tau),
                      **{f"{g}_mean": statistics.fmean(r["curve"][-1].get(g, float("nan")) for r in at_tau)

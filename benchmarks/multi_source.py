@@ -66,7 +66,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' shared helpers
 from _clock import CLOCK_KEYS, eval_clock
 from _merge import merged_from, read_parts
-from _stats import auc, t_interval
+from _stats import auc, best_of_sweep, t_interval
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -457,18 +457,13 @@ def best_tau(runs: list[dict], metrics: tuple[str, ...] = BEST_TAU_METRICS) -> d
         best: dict = {}
         for arm in arms:
             rs = [r for r in runs if r["arm"] == arm]
-            taus = sorted({r["temperature"] for r in rs})
-            common = set.intersection(*({r["seed"] for r in rs if r["temperature"] == t} for t in taus))
-            if not common:
+            sweep = best_of_sweep({t: {r["seed"]: r["final"][metric] for r in rs if r["temperature"] == t}
+                                   for t in {r["temperature"] for r in rs}})
+            if sweep is None:
                 continue
-            means = {t: statistics.fmean(r["final"][metric] for r in rs if r["temperature"] == t
-                                         and r["seed"] in common) for t in taus}
-            tau = max(taus, key=lambda t: means[t])
-            best[arm] = {"tau": tau, "swept": len(taus) > 1, "at_edge": tau in (taus[0], taus[-1]),
-                         "common_seeds": sorted(common),
-                         "final_by_tau": {f"{t:g}": means[t] for t in taus},
-                         "seeds": sorted(r["seed"] for r in rs if r["temperature"] == tau),
-                         "final_mean": statistics.fmean(r["final"][metric] for r in rs if r["temperature"] == tau)}
+            at_tau = [r for r in rs if r["temperature"] == sweep["tau"]]
+            best[arm] = {**sweep, "seeds": sorted(r["seed"] for r in at_tau),
+                         "final_mean": statistics.fmean(r["final"][metric] for r in at_tau)}
         paired: dict = {}
         for arm in best:
             for end in END_ARMS:
